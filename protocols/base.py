@@ -1,0 +1,55 @@
+"""Shared pieces of protocols: seeded pairing that is identical on every machine.
+
+Randomness comes from sha256 of ``(seed, purpose, key)``, not from a library RNG, so a
+manifest does not change with the Python, NumPy or platform version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+from harness.api import FacePair, GalleryItem
+from harness.errors import HarnessError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def seeded_key(seed: int, purpose: str, key: str) -> str:
+    """A uniformly distributed sort key: sorting by it is a seeded random permutation."""
+    return hashlib.sha256(f"{seed}\x00{purpose}\x00{key}".encode()).hexdigest()
+
+
+def seeded_order(keys: Sequence[str], seed: int, purpose: str) -> list[str]:
+    """``keys`` in a random order fixed by (seed, purpose)."""
+    return sorted(keys, key=lambda k: seeded_key(seed, purpose, k))
+
+
+def pair_images(images: Sequence[GalleryItem], seed: int, num_pairs: int | None = None) -> list[FacePair]:
+    """Random (source, target) pairs of different identities.
+
+    The images are put in a seeded random order; pair ``i`` takes image ``i`` (cycling
+    when more pairs than images are asked for) as the source and, as the target, the
+    next image in that order whose identity differs. With one image per identity this
+    is a random cyclic derangement: every image is a source once and a target once.
+    """
+    if len({g.identity for g in images}) < 2:
+        raise HarnessError(f"pairing needs at least 2 identities, got {len({g.identity for g in images})}")
+    by_path = {g.path: g for g in images}
+    if len(by_path) != len(images):
+        raise HarnessError("an image is listed twice")
+    order = [by_path[p] for p in seeded_order(list(by_path), seed, "pair-order")]
+    n = len(order)
+    count = n if num_pairs is None else num_pairs
+    if count < 1:
+        raise HarnessError(f"number of pairs must be positive, got {count}")
+    width = max(5, len(str(count - 1)))
+    pairs = []
+    for i in range(count):
+        src = order[i % n]
+        j = (i + 1) % n
+        while order[j].identity == src.identity:
+            j = (j + 1) % n
+        tgt = order[j]
+        pairs.append(FacePair(f"{i:0{width}d}", src.path, tgt.path, src.identity, tgt.identity))
+    return pairs

@@ -1,0 +1,49 @@
+"""Qualitative grid like the paper's Figure 5: source, target, then each method's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.images import load_rgb
+from reports.tables import REFERENCE_METHODS, select_runs
+
+
+def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, path: Path, rows: int = 6) -> Path | None:
+    """Write a PNG grid for ``protocol``'s first ``rows`` pairs; None when it has no runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    runs = [s for s in select_runs(summaries) if s["protocol"] == protocol]
+    runs = [s for s in runs if s["method"] not in REFERENCE_METHODS] or runs
+    if not runs:
+        return None
+    frames = {s["method"]: pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet") for s in runs}
+    first = next(iter(frames.values())).head(rows)
+    root = Path(runs[0]["root"])
+    cols = ["source", "target"] + list(frames)
+    fig, axes = plt.subplots(len(first), len(cols), figsize=(1.6 * len(cols), 1.6 * len(first)), squeeze=False)
+    for i, (_, pair) in enumerate(first.iterrows()):
+        images = [load_rgb(root / pair["source"]), load_rgb(root / pair["target"])]
+        for m, frame in frames.items():
+            row = frame.loc[frame["pair_id"] == pair["pair_id"]]
+            images.append(load_rgb(out_dir / row["swap_file"].iloc[0]) if len(row) else np.zeros_like(images[0]))
+        for j, img in enumerate(images):
+            ax = axes[i, j]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=9)
+        axes[i, 0].set_ylabel(pair["pair_id"], fontsize=7)
+    fig.suptitle(f"{protocol}: identity from source, attributes from target", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
