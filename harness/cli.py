@@ -119,7 +119,9 @@ def run(
             summaries.append(summary)
             tracker.log_method(summary)
             cells = ", ".join(f"{k}={e['value'] * e['scale']:.3g}" for k, e in summary["metrics"].items())
-            _echo(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached)")
+            t = summary["timing_s"]
+            _echo(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
+                  f"swap {t['swap']:.1f}s, score {t['score']:.1f}s)")
         if report:
             paths = _render_report(cfg.out_dir)
             tracker.log_artifacts(cfg.out_dir / "report", "report")

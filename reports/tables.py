@@ -20,8 +20,9 @@ REFERENCE_METHODS = ("source", "target")
 def select_runs(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per protocol, the manifest of the newest run; per method, its newest run on that
     manifest. Runs on other manifests (another seed, older pairs) are left out."""
+    summaries = sorted(summaries, key=lambda s: s["finished"])  # oldest first
     newest: dict[str, tuple[str, str]] = {}
-    for s in summaries:  # oldest first
+    for s in summaries:
         newest[s["protocol"]] = (s["manifest_sha256"], s["gallery_sha256"])
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for s in summaries:
