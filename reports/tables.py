@@ -11,6 +11,7 @@ the backend that produced each column, its unit, and whether it is the papers' s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +155,8 @@ def _tex_escape(s: str) -> str:
 def to_latex(t: Table) -> str:
     """A booktabs table: \\usepackage{booktabs} in the preamble."""
     spec = "l" + "".join("c" for _ in t.columns)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex_escape(t.title)}}}",
+    caption = re.sub(r"^Table \d+:\s*", "", t.title)  # LaTeX numbers tables itself
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex_escape(caption)}}}",
            rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
     groups, start = [], 2
     for p in t.protocols:

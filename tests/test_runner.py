@@ -17,8 +17,9 @@ def out(tmp_path_factory):
     return tmp_path_factory.mktemp("out")
 
 
-def _run(method, pairset, out, batch_size=8):
-    cfg = RunConfig(out_dir=out, batch_size=batch_size, progress=False, bootstrap_resamples=500)
+def _run(method, pairset, out, batch_size=8, save_images=False):
+    cfg = RunConfig(out_dir=out, batch_size=batch_size, progress=False, bootstrap_resamples=500,
+                    save_images=save_images)
     features = FeatureStore(out / "cache" / "features.sqlite")
     try:
         return run_method(method, pairset, [IdentityMetric()], cfg, features)
@@ -98,3 +99,14 @@ def test_bootstrap_ci():
     assert bootstrap_ci(x, 1000, 0.95, seed=0) == (lo, hi)  # seeded: reproducible
     assert bootstrap_ci(np.ones(5), 100, 0.95, 0) == (1.0, 1.0)
     assert all(np.isnan(bootstrap_ci(np.ones(1), 100, 0.95, 0)))
+
+
+def test_save_images_writes_each_swap_by_pair_id(demo_pairset, tmp_path):
+    from harness.images import load_rgb
+
+    s = _run(TargetMethod(), demo_pairset, tmp_path, save_images=True)
+    saved = sorted((tmp_path / "runs" / "demo").glob("target-*/images/*.png"))
+    assert [p.stem for p in saved] == sorted(p.pair_id for p in demo_pairset.pairs)
+    first = demo_pairset.pairs[0]
+    np.testing.assert_array_equal(load_rgb(saved[0]), load_rgb(demo_pairset.path(first.target)))
+    assert s["swaps"]["computed"] == len(demo_pairset.pairs)
