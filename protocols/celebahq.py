@@ -173,6 +173,7 @@ class CelebAHQProtocol(FaceProtocol):
         self.image_dir = str(image_dir)
         self.identity_file = identity_file
         base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
+        self._layout: CelebAHQLayout | None = None
         self.crop_root = base / "crops" / f"celebahq-{stable_hash([str(self.root), self.image_dir, self.resolution])}"
 
     # -- layout ------------------------------------------------------------------------
@@ -187,7 +188,7 @@ class CelebAHQProtocol(FaceProtocol):
                 return self.root / rel
         return None
 
-    def validate(self, progress: bool = True) -> CelebAHQLayout:
+    def validate(self) -> CelebAHQLayout:
         """Check the whole tree before any long work; raise a LayoutError that lists every
         missing or malformed item (files, mapping rows, identity lines, image headers)."""
         if not self.root.is_dir():
@@ -252,7 +253,8 @@ class CelebAHQProtocol(FaceProtocol):
                 problems.append(f"{im.file}: {width}x{height}, expected a square aligned face")
         if problems:
             raise LayoutError(self.name, self.root, problems)
-        return CelebAHQLayout(self.root, tuple(images), mapping_path, identity_path)
+        self._layout = CelebAHQLayout(self.root, tuple(images), mapping_path, identity_path)
+        return self._layout
 
     # -- selection and crops -----------------------------------------------------------
 
@@ -319,13 +321,12 @@ class CelebAHQProtocol(FaceProtocol):
         return made
 
     def build(self) -> PairSet:
-        layout = self.validate()
+        layout = self._layout or self.validate()  # `harness prepare` validated already
         selected, notes = self.select(layout)
-        made = self.prepare(selected)
+        self.prepare(selected)
         gallery = tuple(GalleryItem(self.crop_name(im), im.identity) for im in selected)
         num_pairs = self.num_pairs or len(gallery)
-        notes.append(f"{len(selected)} images of distinct identities resized to {self.resolution}px "
-                     f"({made} now, {len(selected) - made} cached) in {self.crop_root}")
+        notes.append(f"{len(selected)} images of {len(selected)} distinct identities, resized to {self.resolution}px")
         return PairSet(
             protocol=self.name, version=self.version, root=self.crop_root, resolution=self.resolution,
             seed=self.seed, pairs=tuple(pair_images(gallery, self.seed, num_pairs)), gallery=gallery,

@@ -193,6 +193,7 @@ class FFppProtocol(FaceProtocol):
         key = stable_hash([str(self.root), self.compression, self.resolution, "dlib_hog_68", self.upsample])
         self.crop_root = base / "crops" / f"ffpp-{key}"
         self._detector = None
+        self._layout: FFppLayout | None = None
 
     @property
     def frames_needed(self) -> int:
@@ -246,7 +247,7 @@ class FFppProtocol(FaceProtocol):
                 pairs.append((entry[0], entry[1]))
         return pairs
 
-    def validate(self, progress: bool = True) -> FFppLayout:
+    def validate(self) -> FFppLayout:
         """Check the tree before any long work: folders, video names, that every video
         opens and decodes a first frame with enough frames, and the split files when
         they are used. Raises a LayoutError listing every problem."""
@@ -298,7 +299,8 @@ class FFppProtocol(FaceProtocol):
                 problems.append("the split files list no pairs")
         if problems:
             raise LayoutError(self.name, self.root, problems)
-        return FFppLayout(self.root, tuple(videos), tuple(split_pairs))
+        self._layout = FFppLayout(self.root, tuple(videos), tuple(split_pairs))
+        return self._layout
 
     # -- frame choice ------------------------------------------------------------------
 
@@ -456,7 +458,7 @@ class FFppProtocol(FaceProtocol):
         return pairs, dropped
 
     def build(self) -> PairSet:
-        layout = self.validate()
+        layout = self._layout or self.validate()  # `harness prepare` validated already
         videos = list(layout.videos)
         if self.pairing == "split":
             needed = {v for pair in layout.split_pairs for v in pair}
