@@ -17,7 +17,8 @@ outside CelebA-HQ, as the real file does.
 
 FF++ tree: ``original_sequences/youtube/<compression>/videos/000.mp4 ...`` encoded with
 OpenCV (MPEG-4 Part 2): a demo face moving and zooming over a textured background; the
-video ``GAP_VIDEO`` shows no face in every third frame, so the no-face rule is exercised.
+video ``GAP_VIDEO`` shows no face in frames 0, 3, 6, ... (the even-sampling frames too),
+so both no-face rules are exercised.
 The last video is the real talking-head clip. ``splits/{train,val,test}.json`` pair the
 videos two by two, as the official split files do.
 """
@@ -42,7 +43,7 @@ CARPHONE = HERE / "fixture_media" / "carphone_pristine.mp4"
 # Demo faces used for the synthetic FF++ videos: frontal faces that dlib finds at video size.
 VIDEO_FACES = ("astronaut.png", "grace_hopper.png", "insightface_t1_0.png", "faceapi_sample2.png",
                "faceapi_sample4_0.png", "insightface_t1_3.png", "faceapi_sample6_0.png", "faceapi_sample5_0.png")
-GAP_VIDEO = "001"  # the synthetic video whose every third frame shows no face
+GAP_VIDEO = "001"  # the synthetic video whose frames 0, 3, 6, ... show no face
 GAP_EVERY = 3
 
 
@@ -161,7 +162,7 @@ def _synthetic_video(path: Path, face: Image.Image, seed: int, frames: int, gap_
     try:
         for i in range(frames):
             frame = bg.astype(np.float32)
-            if gap_every and i % gap_every == gap_every - 1:
+            if gap_every and i % gap_every == 0:
                 blank.append(i)
             else:
                 t = i / max(1, frames - 1)
