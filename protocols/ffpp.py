@@ -29,8 +29,8 @@ Gallery. One frame per video: its gallery frame, which is never an evaluation fr
 so it is never the source (nor the target) of any pair.
 
 Pairs. ``pairing=random`` (default): the evaluation frames are paired by
-``protocols.base.pair_images`` with the video as the identity: every frame is a source
-once and a target once, never onto its own video (10,000 pairs on the full set).
+:func:`pair_frames`: every frame is a source once and a target once, never onto a frame
+of its own video (10,000 pairs on the full set).
 ``pairing=split``: for each pair ``[A, B]`` of the official ``splits/<split>.json``
 (``split=all`` joins train, val and test in that order), both directions A->B and B->A,
 evaluation slot N of A onto slot N of B (MegaFS's protocol; 10,000 pairs on the full set).
@@ -48,6 +48,7 @@ import hashlib
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,6 @@ from protocols.base import (
     LayoutError,
     option_choice,
     option_int,
-    pair_images,
     reject_unknown_options,
     seeded_key,
     seeded_order,
@@ -78,7 +78,7 @@ DEFAULT_RESOLUTION = 256
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # The video fingerprint reads this many bytes from each end (plus the size): enough to
 # notice a replaced file without hashing gigabytes of c0 video on every run.
-_FINGERPRINT_BYTES = 1 << 20
+_FINGERPRINT_BYTES = 1 << 18
 
 
 def video_dir(compression: str) -> str:
@@ -86,7 +86,7 @@ def video_dir(compression: str) -> str:
 
 
 def video_fingerprint(path: Path) -> str:
-    """sha256 of (size, first MiB, last MiB) of a video file."""
+    """sha256 of (size, first 256 KiB, last 256 KiB) of a video file."""
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
@@ -159,6 +159,43 @@ class FrameChoice:
     passed_over: int  # sampled frames with no detectable face that a rule replaced
     multi_face: int  # used frames holding several faces (the largest was used)
     problem: str = ""  # non-empty: the video is left out
+
+
+def pair_frames(frames: list[GalleryItem], seed: int, num_pairs: int) -> list[FacePair]:
+    """Random (source, target) pairs of frames from different videos (``identity`` = video).
+
+    Each round of ``len(frames)`` pairs uses every frame once as a source and once as a
+    target: sources and targets are two seeded orders of the frames, and a position whose
+    source and target share a video swaps its target with the first later position
+    (cyclically) where the exchange leaves both positions across videos. Further rounds,
+    when more pairs than frames are asked for, use fresh orders.
+    """
+    videos = Counter(f.identity for f in frames)
+    if len(videos) < 2 or max(videos.values()) * 2 > len(frames):
+        raise HarnessError(f"ffpp: cannot pair {len(frames)} frames across videos "
+                           f"(one video holds {max(videos.values(), default=0)} of them)")
+    by_path = {f.path: f for f in frames}
+    width = max(5, len(str(num_pairs - 1)))
+    pairs: list[FacePair] = []
+    for rnd in range(math.ceil(num_pairs / len(frames))):
+        src = [by_path[p] for p in seeded_order(list(by_path), seed, f"ffpp-sources/{rnd}")]
+        tgt = [by_path[p] for p in seeded_order(list(by_path), seed, f"ffpp-targets/{rnd}")]
+        n = len(src)
+        for i in range(n):
+            if src[i].identity != tgt[i].identity:
+                continue
+            for step in range(1, n):
+                j = (i + step) % n
+                if tgt[j].identity != src[i].identity and tgt[i].identity != src[j].identity:
+                    tgt[i], tgt[j] = tgt[j], tgt[i]
+                    break
+            else:  # cannot happen while no video holds more than half the frames
+                raise HarnessError(f"ffpp: no cross-video target for {src[i].path}")
+        for a, b in zip(src, tgt):
+            if len(pairs) == num_pairs:
+                break
+            pairs.append(FacePair(f"{len(pairs):0{width}d}", a.path, b.path, a.identity, b.identity))
+    return pairs
 
 
 class FFppProtocol(FaceProtocol):
@@ -484,7 +521,7 @@ class FFppProtocol(FaceProtocol):
                                f"({'; '.join(left_out)})")
         if self.pairing == "random":
             frames = [GalleryItem(self.crop_name(v, f), v) for v in sorted(usable) for f in usable[v].evaluation]
-            pairs = pair_images(frames, self.seed, self.num_pairs or len(frames))
+            pairs = pair_frames(frames, self.seed, self.num_pairs or len(frames))
         else:
             pairs, dropped = self._split_pairs(layout, usable)
             if dropped:
