@@ -226,7 +226,8 @@ class CelebAHQProtocol(FaceProtocol):
 
         mapping = _parse_mapping(mapping_path, problems)
         identities = _parse_identities(identity_path, problems)
-        id_name = identity_path.relative_to(self.root).as_posix() if self.root in identity_path.parents else str(identity_path)
+        inside = self.root in identity_path.parents
+        id_name = identity_path.relative_to(self.root).as_posix() if inside else str(identity_path)
 
         images = []
         for idx in sorted(files):

@@ -442,8 +442,8 @@ class FFppProtocol(FaceProtocol):
             if status == "ok" and not (self.crop_root / self.crop_name(video.video_id, f)).is_file():
                 del faces[f]
         if n < self.frames_needed:
-            return FrameChoice(video.video_id, (), None, 0, 0,
-                               problem=f"video {video.video_id}: {n} decodable frames, needs {self.frames_needed}; left out")
+            why = f"{n} decodable frames, needs {self.frames_needed}"
+            return FrameChoice(video.video_id, (), None, 0, 0, problem=f"video {video.video_id}: {why}; left out")
         while True:
             choice, want = self._resolve(video.video_id, n, faces)
             if choice is not None:

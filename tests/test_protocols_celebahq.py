@@ -117,7 +117,8 @@ def test_1024_png_form_and_string_options(tmp_path):
         assert im.size == (128, 128)
     with pytest.raises(HarnessError, match="option num_identities must be an integer"):
         CelebAHQProtocol(root=big.root, num_identities="many")
-    with pytest.raises(HarnessError, match=r"unknown option\(s\) for protocol celebahq: num_identites \(did you mean num_identities\?\)"):
+    typo = r"unknown option\(s\) for protocol celebahq: num_identites \(did you mean num_identities\?\)"
+    with pytest.raises(HarnessError, match=typo):
         CelebAHQProtocol(root=big.root, num_identites="6")
 
 
