@@ -268,3 +268,22 @@ def test_pair_frames_is_balanced_across_videos_for_any_seed():
     lopsided = [GalleryItem(f"a/{i}.png", "a") for i in range(5)] + [GalleryItem("b/0.png", "b")]
     with pytest.raises(HarnessError, match="cannot pair 6 frames across videos"):
         pair_frames(lopsided, 0, 6)
+
+
+def test_downscaled_detection_aligns_like_full_resolution(tree):
+    import cv2
+    import numpy as np
+
+    from harness.faces.crops import crop_largest
+    from harness.faces.detect import DlibDetector
+    from protocols.ffpp import detect_and_align, read_frames
+
+    frame = read_frames(tree.root / VIDEOS / "000.mp4", {12})[12]
+    big = cv2.resize(frame, (1280, 960), interpolation=cv2.INTER_CUBIC)  # (960, 1280, 3): searched at 480
+    detector = DlibDetector(upsample=1)
+    fast = detect_and_align(big, detector, 256, 480)
+    full = crop_largest(big, detector, 256)
+    assert fast is not None and full is not None
+    corners = np.abs(fast.aligned.quad - full.aligned.quad).max()
+    assert corners < 0.01 * np.ptp(full.aligned.quad[:, 0])  # the aligned square moves by < 1 % of its side (0.3 % seen)
+    assert np.abs(fast.aligned.crop.astype(int) - full.aligned.crop.astype(int)).mean() < 4  # 1.1 seen
