@@ -2,7 +2,8 @@
 
 Expected layout (``--root ROOT``; file and folder names as the datasets ship them):
 
-    ROOT/CelebA-HQ-img/0.jpg ... 29999.jpg    1024x1024 (or a square resize, e.g. 512; .jpg or .png)
+    ROOT/CelebA-HQ-img/0.jpg ... 29999.jpg    1024x1024 (or a square resize, e.g. 512; .jpg or .png;
+                                              zero-padded names such as 00012.png are read too)
     ROOT/CelebA-HQ-to-CelebA-mapping.txt      header ``idx orig_idx orig_file``, then one row per image
     ROOT/identity_CelebA.txt                  CelebA's ``000001.jpg 2880`` lines (or ROOT/Anno/identity_CelebA.txt)
 
@@ -53,11 +54,11 @@ MAPPING_FILE = "CelebA-HQ-to-CelebA-mapping.txt"
 IDENTITY_FILE = "identity_CelebA.txt"
 IDENTITY_LOCATIONS = (IDENTITY_FILE, f"Anno/{IDENTITY_FILE}")
 MAPPING_HEADER = ("idx", "orig_idx", "orig_file")
-IMAGE_SUFFIXES = (".jpg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # compared lower-case
 FULL_SIZE = 30_000  # images in CelebA-HQ
 PAPER_NUM_IDENTITIES = 1_000
 DEFAULT_RESOLUTION = 256
-_INDEX_NAME = re.compile(r"^(0|[1-9][0-9]*)$")
+_INDEX_NAME = re.compile(r"^[0-9]+$")  # "12", or zero-padded "00012" as some resized copies name them
 # Write the crop index every this many new crops, so a killed run loses little work.
 _INDEX_FLUSH_EVERY = 50
 
@@ -210,10 +211,10 @@ class CelebAHQProtocol(FaceProtocol):
 
         files: dict[int, str] = {}
         for p in sorted(image_dir.iterdir()):
-            if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES + (".jpeg",):
-                continue  # not an image: thumbnails caches, notes
+            if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue  # not an image: thumbnail caches, notes
             rel = f"{self.image_dir}/{p.name}"
-            if not _INDEX_NAME.match(p.stem) or p.suffix not in IMAGE_SUFFIXES:
+            if not _INDEX_NAME.match(p.stem):
                 problems.append(f"{rel}: name is not <index>.jpg or <index>.png")
                 continue
             idx = int(p.stem)
