@@ -40,7 +40,9 @@ a shorter side above ``detect_side`` = 480 are searched downscaled, landmarks an
 alignment use full resolution) and FFHQ-aligned to ``resolution`` (256), saved as
 ``<video>/<frame:06d>.png`` under the harness cache with a ``frames.json`` per video
 recording its frame count and each examined frame's result, keyed by a fingerprint of
-the video file. A resumed or repeated run (any seed) reuses every decoded frame.
+the video file. A resumed or repeated run (any seed) reuses every examined frame's
+result and crop. ``n``, a video's frame count, is counted by decoding (container
+metadata can be off by a few frames), so the sampled indices are the same everywhere.
 """
 
 from __future__ import annotations

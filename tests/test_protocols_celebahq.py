@@ -201,3 +201,12 @@ def test_cli_run_and_prepare(tree, tmp_path):
     assert f"  - CelebA-HQ-img/4.jpg: no row for idx 4 in {MAPPING_FILE}" in err
     assert f"  - CelebA-HQ-img/5.jpg: no row for idx 5 in {MAPPING_FILE}" in err
     assert err[-1].startswith(f"error: celebahq layout at {root}: 2 problems: CelebA-HQ-img/4.jpg: no row")
+
+
+def test_zero_padded_names_are_read(tree, tmp_path):
+    root = broken_copy(tree, tmp_path)
+    (root / "CelebA-HQ-img" / "5.jpg").rename(root / "CelebA-HQ-img" / "00005.jpg")
+    layout = CelebAHQProtocol(root=root, cache_dir=tmp_path / "c").validate()
+    assert next(im.file for im in layout.images if im.idx == 5) == "CelebA-HQ-img/00005.jpg"
+    shutil.copyfile(root / "CelebA-HQ-img" / "00005.jpg", root / "CelebA-HQ-img" / "5.jpg")
+    assert problems_of(root) == ["CelebA-HQ-img/5.jpg: index 5 also present as CelebA-HQ-img/00005.jpg"]
