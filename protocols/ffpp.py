@@ -35,8 +35,8 @@ of its own video (10,000 pairs on the full set).
 (``split=all`` joins train, val and test in that order), both directions A->B and B->A,
 evaluation slot N of A onto slot N of B (MegaFS's protocol; 10,000 pairs on the full set).
 
-Crops. Each used frame is detected (dlib HOG + 68 landmarks, largest face; frames with
-a shorter side above ``detect_side`` = 480 are searched downscaled, landmarks and
+Crops. Each used frame is detected (dlib HOG + 68 landmarks, largest face; frames with a
+longer side above ``detect_max_side`` = 960 are searched downscaled, landmarks and
 alignment use full resolution) and FFHQ-aligned to ``resolution`` (256), saved as
 ``<video>/<frame:06d>.png`` under the harness cache with a ``frames.json`` per video
 recording its frame count and each examined frame's result, keyed by a fingerprint of
@@ -78,7 +78,10 @@ PAIRINGS = ("random", "split")
 FULL_SIZE = 1_000  # original youtube videos in FaceForensics++
 DEFAULT_FRAMES = 10
 DEFAULT_RESOLUTION = 256
-DEFAULT_DETECT_SIDE = 480  # detection runs on frames scaled to this shorter side (FF++ faces are large)
+# Frames are searched for faces with their longer side scaled down to this (HOG cost grows
+# with the pixels: ~1 s for a 1080p frame, ~0.25 s at 960x540; FF++ faces stay large);
+# landmarks and alignment use the full-resolution frame (harness.faces.detect).
+DEFAULT_DETECT_MAX_SIDE = 960
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 # The video fingerprint reads this many bytes from each end (plus the size): enough to
 # notice a replaced file without hashing gigabytes of c0 video on every run.
@@ -138,33 +141,6 @@ def read_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
     finally:
         cap.release()
     return out
-
-
-def detect_and_align(frame: np.ndarray, detector, size: int, detect_side: int):
-    """The largest face of an (H, W, 3) RGB frame, FFHQ-aligned to ``size``, or None.
-
-    A frame whose shorter side exceeds ``detect_side`` is searched at that scale (HOG
-    detection cost grows with the pixel count: ~1 s for a 1080p frame, ~0.2 s at 480);
-    the 68 landmarks and the alignment then use the full-resolution frame. 0 disables it.
-    """
-    import cv2
-
-    from harness.faces import crops
-    from harness.faces.align import align_ffhq
-    from harness.faces.detect import DetectedFace
-
-    h, w = frame.shape[:2]
-    scale = detect_side / min(h, w) if detect_side else 1.0
-    if scale >= 1.0:
-        return crops.crop_largest(frame, detector, size)
-    small = cv2.resize(frame, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)  # (h', w', 3)
-    faces = detector.detect(small)
-    if not faces:
-        return None
-    box = tuple(v / scale for v in faces[0].box)
-    landmarks = detector.landmarks(frame, box)  # (68, 2) at full resolution
-    return crops.CropResult(DetectedFace(box, faces[0].score, landmarks), align_ffhq(frame, landmarks, size),
-                            len(faces))
 
 
 @dataclass(frozen=True)
@@ -235,13 +211,13 @@ class FFppProtocol(FaceProtocol):
     name = "ffpp"
     version = "1"
     OPTIONS = ("compression", "sampling", "pairing", "split", "frames_per_video", "num_pairs", "resolution",
-               "upsample", "detect_side", "splits_dir")
+               "upsample", "detect_max_side", "splits_dir")
 
     def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | str | None = None,
                  cache_dir: Path | None = None, compression: str = "c23", sampling: str = "random",
                  pairing: str = "random", split: str = "all", frames_per_video: int | str = DEFAULT_FRAMES,
                  resolution: int | str = DEFAULT_RESOLUTION, upsample: int | str = 1,
-                 detect_side: int | str = DEFAULT_DETECT_SIDE, splits_dir: str | None = None,
+                 detect_max_side: int | str = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None,
                  **unknown: object) -> None:
         reject_unknown_options(self.name, unknown, self.OPTIONS)
         if root is None:
@@ -257,11 +233,11 @@ class FFppProtocol(FaceProtocol):
         self.frames_per_video = option_int(frames_per_video, "frames_per_video", minimum=1)
         self.resolution = option_int(resolution, "resolution", minimum=16)
         self.upsample = option_int(upsample, "upsample", minimum=0)
-        self.detect_side = option_int(detect_side, "detect_side", minimum=0)
+        self.detect_max_side = option_int(detect_max_side, "detect_max_side", minimum=64)
         self.splits_dir = splits_dir
         base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
         key = stable_hash([str(self.root), self.compression, self.resolution, "dlib_hog_68", self.upsample,
-                           self.detect_side])
+                           self.detect_max_side])
         self.crop_root = base / "crops" / f"ffpp-{key}"
         self._detector = None
         self._layout: FFppLayout | None = None
@@ -452,11 +428,13 @@ class FFppProtocol(FaceProtocol):
         if self._detector is None:
             from harness.faces.detect import DlibDetector
 
-            self._detector = DlibDetector(upsample=self.upsample)
+            self._detector = DlibDetector(upsample=self.upsample, max_side=self.detect_max_side)
         return self._detector
 
     def prepare_video(self, video: FFppVideo) -> FrameChoice:
         """Decode, detect and align what the sampling rule needs for one video (resumable)."""
+        from harness.faces.crops import crop_largest
+
         path = self.root / video.file
         record_path = self.crop_root / video.video_id / "frames.json"
         fingerprint = video_fingerprint(path)
@@ -487,7 +465,7 @@ class FFppProtocol(FaceProtocol):
                 if f not in frames:
                     faces[f] = "undecodable"
                     continue
-                result = detect_and_align(frames[f], self._detector_instance(), self.resolution, self.detect_side)
+                result = crop_largest(frames[f], self._detector_instance(), self.resolution)
                 if result is None:
                     faces[f] = "no_face"
                 else:
