@@ -135,6 +135,39 @@ def run(
         typer.echo(f"mlflow: {tracker.uri}  (open with: mlflow ui --backend-store-uri {tracker.uri})")
 
 
+@app.command()
+def prepare(
+    protocol: Annotated[str, typer.Argument(help="Protocol whose dataset to check and prepare (celebahq, ffpp, ...).")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root in the protocol's official layout.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = 0,
+    num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
+    option: Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")] = [],  # noqa: B006
+    out: OutOpt = DEFAULT_OUT,
+) -> None:
+    """Check the dataset layout (listing everything missing or malformed), then prepare the
+    aligned crops into --out's cache (resumable) and write the manifest."""
+    proto = PROTOCOLS.resolve(protocol).create(root=root, seed=seed, num_pairs=num_pairs,
+                                               cache_dir=out.resolve() / "cache", **_parse_options(option))
+    validate = getattr(proto, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except HarnessError as exc:
+            for problem in getattr(exc, "problems", []):
+                _echo(f"  - {problem}")
+            raise
+        _echo(f"{protocol}: layout ok")
+    pairset = proto.build()
+    folder = out.resolve() / "manifests" / f"{pairset.protocol}-{pairset.manifest_sha256[:12]}"
+    pairset.write(folder)
+    for note in pairset.notes:
+        _echo(f"  note: {note}")
+    typer.echo(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
+               f"manifest sha256 {pairset.manifest_sha256}")
+    typer.echo(f"crops:    {pairset.root}")
+    typer.echo(f"manifest: {folder}")
+
+
 def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     from harness.runner import load_summaries
     from reports.figures import swap_grid

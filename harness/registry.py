@@ -150,6 +150,12 @@ PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
 PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",
                    description="any folder of face photos (optionally one subfolder per identity)")
+PROTOCOLS.register("celebahq", "protocols.celebahq:CelebAHQProtocol",
+                   description="CodeSwap's CelebA-HQ set: 1,000 distinct identities, 1,000 pairs (--root, the user's copy)",
+                   aliases=("celeba-hq",))
+PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
+                   description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
+                   aliases=("ff++", "faceforensics"))
 
 METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
                  description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
