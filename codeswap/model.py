@@ -135,7 +135,9 @@ class CodeSwap(nn.Module):
     def fuse(self, za: Tensor, zb: Tensor) -> FusionOutput:
         return self.fusion(za, zb, None if self.fusion.selector is None else self.codebook)
 
-    def forward(self, a: Tensor, b: Tensor) -> SwapOutput:
+    def forward(self, a: Tensor, b: Tensor, blend_mask: bool = True) -> SwapOutput:
+        """Both swaps of (a, b). ``blend_mask=False`` returns the raw decoder outputs (stage 2
+        trains without the mask, which only exists from stage 3 on)."""
         if a.shape != b.shape:
             raise ValueError(f"inputs differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
         bsz = a.shape[0]
@@ -146,7 +148,7 @@ class CodeSwap(nn.Module):
         codes_ab, codes_ba = GlobalFusion.split(fused.codes)  # (B, L, d) each
         raw, dec_feats = self.decode(torch.cat([codes_ab, codes_ba]))  # (2B, 3, R, R)
         raw_ab, raw_ba = raw[:bsz], raw[bsz:]
-        if self.mask is None:
+        if self.mask is None or not blend_mask:
             return SwapOutput(raw_ab, raw_ba, raw_ab, raw_ba, None, None, fused, za, zb)
         side = self.cfg.mask_side
         # the target of I_ab is b: b's encoder features pair with I_ab's decoder features

@@ -121,8 +121,15 @@ class Stage2Trainer(TrainLoop):
                                              selector_hidden=sc.selector_hidden)
         return CodeSwap(cfg, autoencoder)
 
+    blend_mask = False  # stage 2 trains on the raw decoder outputs
+
     def trainable(self) -> nn.Module:
         return self.model.fusion
+
+    def extra_loss(self, a: Tensor, b: Tensor, out, loss: Tensor, logs: dict[str, Tensor],
+                   step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Hook for stage 3's mask supervision; stage 2 adds nothing."""
+        return loss, logs
 
     def build(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -176,8 +183,9 @@ class Stage2Trainer(TrainLoop):
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
         a, b, same = make_pairs(x, self.swap_cfg.same_rate, step, self.cfg.seed)
         with self.autocast():
-            out = self.model_ddp(a, b)
+            out = self.model_ddp(a, b, blend_mask=self.blend_mask)
             loss, logs = self.loss(self.model, a, b, same, out)
+            loss, logs = self.extra_loss(a, b, out, loss, logs, step)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
@@ -197,7 +205,7 @@ class Stage2Trainer(TrainLoop):
         was = model.training
         model.eval()
         with self.autocast():
-            out = model(self.val_a, self.val_b)
+            out = model(self.val_a, self.val_b, blend_mask=self.blend_mask)
         model.train(was)
         ab, ba = out.ab.float().clamp(-1, 1), out.ba.float().clamp(-1, 1)
         grid = torch.cat([self.val_a, self.val_b, ab, ba], dim=2)  # (n, 3, 4R, R)
@@ -205,7 +213,8 @@ class Stage2Trainer(TrainLoop):
         path = self.out / "images" / f"swap_{step:08d}.png"
         save_png(path, to_uint8(((grid + 1) * 0.5)[None])[0])
         self.tracker.log_file(path, "swaps")
-        figures = {"val/recon_l1": (model(self.val_a, self.val_a).ab.float() - self.val_a).abs().mean().item()}
+        same = model(self.val_a, self.val_a, blend_mask=self.blend_mask).ab.float()
+        figures = {"val/recon_l1": (same - self.val_a).abs().mean().item()}
         ident = self.loss.identity
         if ident is not None:
             ea = ident(self.val_a)
