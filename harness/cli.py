@@ -171,7 +171,7 @@ def prepare(
 def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     from harness.runner import load_summaries
     from reports.figures import swap_grid
-    from reports.tables import build_table, to_csv, to_latex, to_markdown
+    from reports.tables import build_ablation_table, build_table, to_csv, to_latex, to_markdown
 
     summaries = load_summaries(out_dir)
     if not summaries:
@@ -183,6 +183,12 @@ def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     paths["markdown"].write_text(to_markdown(table))
     paths["latex"].write_text(to_latex(table))
     paths["csv"].write_text(to_csv(table))
+    ablation = build_ablation_table(summaries)
+    if ablation is not None:
+        for kind, suffix, render in (("table3_markdown", "md", to_markdown), ("table3_latex", "tex", to_latex),
+                                     ("table3_csv", "csv", to_csv)):
+            paths[kind] = folder / f"table3.{suffix}"
+            paths[kind].write_text(render(ablation))
     for p in table.protocols:
         grid = swap_grid(summaries, out_dir, p, folder / f"grid_{p}.png", rows=grid_rows)
         if grid:
@@ -195,9 +201,11 @@ def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
 ) -> None:
-    """Render Table 1 (Markdown, LaTeX, CSV) and qualitative grids from the runs in --out."""
+    """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
     paths = _render_report(out.resolve(), grid_rows)
     typer.echo(paths["markdown"].read_text())
+    if "table3_markdown" in paths:
+        typer.echo(paths["table3_markdown"].read_text())
     for kind, p in paths.items():
         typer.echo(f"{kind}: {p}")
 
