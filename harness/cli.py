@@ -322,6 +322,135 @@ def train_stage1(
         if mlflow:
             typer.echo(f"mlflow: {trainer.tracker.uri}")
 
+def _swap_train(stage: str, checkpoint: Path, swap: dict, train: dict, resume: bool, supervised_steps: int = 0) -> None:
+    """Shared body of `train stage2` and `train stage3`."""
+    from codeswap.config import TrainConfig
+    from codeswap.swap_losses import SwapLossWeights
+    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
+
+    if not checkpoint.is_file():
+        raise HarnessError(f"checkpoint not found: {checkpoint}")
+    weights = SwapLossWeights(**{k: swap.pop(k) for k in ("identity", "perceptual", "expression", "cycle")})
+    swap_cfg = SwapTrainConfig(stage1=str(checkpoint), weights=weights, **swap)
+    train_cfg = TrainConfig(**{**train, "progress": train["progress"] and sys.stderr.isatty()})
+    try:
+        if stage == "stage2":
+            trainer = Stage2Trainer(train_cfg, swap_cfg)
+        else:
+            from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
+
+            trainer = Stage3Trainer(train_cfg, swap_cfg, MaskTrainConfig(supervised_steps=supervised_steps))
+        last = trainer.run(resume=resume)
+    finally:
+        cleanup_distributed()
+    if trainer.dist.is_main:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()) if k.startswith(("train/g_total", "val/")))
+        typer.echo(f"{stage}: step {trainer.step}, {shown}")
+        typer.echo(f"checkpoint: {trainer.ckpt_dir / 'last.pt'}")
+
+
+_SWAP_HELP = {
+    "variant": "full, or an ablation: wo_c, wo_s, wo_q1, wo_q2 (wo_m needs no training: it drops the mask).",
+    "identity_net": "Differentiable identity network for L_id: facenet (offline port) or none.",
+    "expression_net": "Expression network for L_exp: deep3d (with --expression-checkpoint) or none.",
+}
+
+
+@train_app.command("stage2")
+def train_stage2(
+    data: Annotated[Path, typer.Option(help="Folder of aligned face images (as for stage 1).")],
+    stage1: Annotated[Path, typer.Option(help="Stage-1 checkpoint (harness train stage1 ... /checkpoints/last.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/stage2"),
+    variant: Annotated[str, typer.Option(help=_SWAP_HELP["variant"])] = "full",
+    layers: Annotated[int, typer.Option(min=1, help="Fusion transformer layers (paper: 6).")] = 6,
+    heads: Annotated[int, typer.Option(min=1)] = 8,
+    selector_hidden: Annotated[int, typer.Option(min=1)] = 1024,
+    same_rate: Annotated[float, typer.Option(help="Share of pairs made of one image twice (L_recon).")] = 0.2,
+    identity_net: Annotated[str, typer.Option(help=_SWAP_HELP["identity_net"])] = "facenet",
+    expression_net: Annotated[str, typer.Option(help=_SWAP_HELP["expression_net"])] = "none",
+    expression_checkpoint: Annotated[Optional[Path], typer.Option()] = None,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (offline) or none.")] = "vgg16",
+    w_id: Annotated[float, typer.Option(help="lambda_id (paper: 1.5).")] = 1.5,
+    w_per: Annotated[float, typer.Option(help="lambda_per (paper: 2e-3).")] = 2e-3,
+    w_exp: Annotated[float, typer.Option(help="lambda_exp (paper: 0.5).")] = 0.5,
+    w_cycle: Annotated[float, typer.Option(help="Weight of the code-cycle loss (paper: 1).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_steps: Annotated[int, typer.Option(min=1, help="Paper: 600K for stage 2.")] = 600_000,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    ema_decay: Annotated[float, typer.Option()] = 0.0,
+    precision: Annotated[str, typer.Option()] = "auto",
+    compile: Annotated[bool, typer.Option()] = False,
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0, help="Last N images kept out for validation pairs.")] = 8,
+    cache_images: Annotated[bool, typer.Option()] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 5000,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last.pt if it exists.")] = False,
+    mlflow: Annotated[bool, typer.Option()] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 2 (paper section 3.2): symmetric code swapping on a frozen stage-1 model."""
+    _swap_train("stage2", stage1,
+                dict(variant=variant, layers=layers, heads=heads, selector_hidden=selector_hidden, same_rate=same_rate,
+                     identity_net=identity_net, expression_net=expression_net,
+                     expression_checkpoint=str(expression_checkpoint) if expression_checkpoint else None,
+                     perceptual_net=perceptual, identity=w_id, perceptual=w_per, expression=w_exp, cycle=w_cycle),
+                dict(data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr,
+                     ema_decay=ema_decay, precision=precision, compile=compile, num_workers=num_workers,
+                     holdout=holdout, cache_images=cache_images, log_every=log_every, image_every=image_every,
+                     ckpt_every=ckpt_every, seed=seed, device=device, mlflow=mlflow, tracking_uri=tracking_uri,
+                     progress=progress),
+                resume)
+
+
+@train_app.command("stage3")
+def train_stage3(
+    data: Annotated[Path, typer.Option(help="Folder of aligned face images.")],
+    stage2: Annotated[Path, typer.Option(help="Stage-2 checkpoint (harness train stage2 ... /checkpoints/last.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/stage3"),
+    supervised_steps: Annotated[int, typer.Option(min=0, help="Steps against landmark masks before the unsupervised phase.")] = 5000,
+    identity_net: Annotated[str, typer.Option(help=_SWAP_HELP["identity_net"])] = "facenet",
+    expression_net: Annotated[str, typer.Option(help=_SWAP_HELP["expression_net"])] = "none",
+    expression_checkpoint: Annotated[Optional[Path], typer.Option()] = None,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (offline) or none.")] = "vgg16",
+    w_id: Annotated[float, typer.Option()] = 1.5,
+    w_per: Annotated[float, typer.Option()] = 2e-3,
+    w_exp: Annotated[float, typer.Option()] = 0.5,
+    w_cycle: Annotated[float, typer.Option()] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_steps: Annotated[int, typer.Option(min=1, help="Paper: 10K for stage 3.")] = 10_000,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    precision: Annotated[str, typer.Option()] = "auto",
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0)] = 8,
+    cache_images: Annotated[bool, typer.Option()] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option()] = False,
+    mlflow: Annotated[bool, typer.Option()] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 3 (paper section 3.3): the mask generator, supervised then with the stage-2 losses."""
+    _swap_train("stage3", stage2,
+                dict(identity_net=identity_net, expression_net=expression_net,
+                     expression_checkpoint=str(expression_checkpoint) if expression_checkpoint else None,
+                     perceptual_net=perceptual, identity=w_id, perceptual=w_per, expression=w_exp, cycle=w_cycle),
+                dict(data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr,
+                     precision=precision, num_workers=num_workers, holdout=holdout, cache_images=cache_images,
+                     log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, device=device,
+                     mlflow=mlflow, tracking_uri=tracking_uri, progress=progress),
+                resume, supervised_steps)
+
+
 def main() -> None:
     """Console entry point: domain errors become one line and exit code 1."""
     try:
