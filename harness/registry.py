@@ -145,6 +145,9 @@ METHODS.register("source", "methods.reference:SourceMethod",
                  description="returns the source face: the identity upper bound")
 METHODS.register("target", "methods.reference:TargetMethod",
                  description="returns the target face: the lower bound (no swap)")
+METHODS.register("classical", "methods.classical:ClassicalSwap",
+                 description="landmark triangle warp + Lab colour transfer + Poisson blend (no swapper weights)",
+                 requires=("shape_predictor_68_face_landmarks.dat",))
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
