@@ -33,6 +33,7 @@ class Entry:
     origin: str = "builtin"  # or the distribution that provided it through an entry point
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
     requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
+    explicit_only: bool = False  # run only when named (it needs options): `--method all` skips it
 
     def missing_weights(self) -> list[str]:
         """Required weight files that cannot be found (checked without importing the entry)."""
@@ -84,6 +85,7 @@ class Registry:
         origin: str = "builtin",
         options: dict[str, Any] | None = None,
         requires: tuple[str, ...] = (),
+        explicit_only: bool = False,
     ) -> Entry:
         """Add an entry; validates the name and target form now, not at first use."""
         if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
@@ -94,7 +96,7 @@ class Registry:
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name {key!r} is registered twice")
         entry = Entry(name, target, description, tuple(aliases), origin, tuple(sorted((options or {}).items())),
-                      tuple(requires))
+                      tuple(requires), explicit_only)
         self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name
@@ -148,6 +150,10 @@ METHODS.register("target", "methods.reference:TargetMethod",
 METHODS.register("classical", "methods.classical:ClassicalSwap",
                  description="landmark triangle warp + Lab colour transfer + Poisson blend (no swapper weights)",
                  requires=("shape_predictor_68_face_landmarks.dat",))
+METHODS.register("precomputed", "methods.precomputed:PrecomputedMethod",
+                 description="scores outputs made elsewhere: --method-option precomputed.dir=DIR "
+                             "(<pair_id>.png or <source_stem>__<target_stem>.png); see `harness export-pairs`",
+                 explicit_only=True)
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
