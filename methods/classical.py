@@ -25,12 +25,8 @@ import cv2
 import numpy as np
 
 from harness.api import SwapMethod
+from harness.faces.templates import crop_landmarks
 from harness.images import to_uint8
-
-# Face box inside an FFHQ-aligned crop (fractions of the side): where the 68-point
-# predictor is run when the HOG detector finds no face in the crop. Same box the
-# identity metric uses (harness.metrics.identity.FFHQ_FACE_BOX).
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 
 JAW_AND_BROWS = slice(0, 27)  # 68-point indices of the face outline (jaw line + eyebrows)
 
@@ -113,24 +109,8 @@ class ClassicalSwap(SwapMethod):
         return DlibDetector(upsample=1)
 
     def landmarks(self, image: np.ndarray) -> np.ndarray:
-        """68 landmarks (68, 2) of the face in an aligned uint8 crop.
-
-        The HOG face nearest the crop centre when one is found, else the predictor run
-        in the fixed FFHQ face box (aligned crops always hold a face there).
-        """
-        h, w = image.shape[:2]
-        if self.config.detect:
-            faces = self._detector.detect(image)
-            if faces:
-                centre = np.array([w / 2, h / 2])
-
-                def dist(f):
-                    left, top, right, bottom = f.box
-                    return float(np.hypot((left + right) / 2 - centre[0], (top + bottom) / 2 - centre[1]))
-
-                return min(faces, key=dist).landmarks
-        x0, y0, x1, y1 = FFHQ_FACE_BOX
-        return self._detector.landmarks(image, (x0 * w, y0 * h, x1 * w, y1 * h))
+        """68 landmarks (68, 2) of the face in an aligned uint8 crop (see ``crop_landmarks``)."""
+        return crop_landmarks(image, self._detector, detect=self.config.detect)
 
     def swap_one(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB x2 -> uint8 (H, W, 3): source's face on the target."""
