@@ -265,7 +265,7 @@ def list_cmd(
         status = "ready" if not missing else f"weights missing: {', '.join(missing)}"
         aliases = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         origin = "" if e.origin == "builtin" else f" [plugin: {e.origin}]"
-        typer.echo(f"{e.name:<14} {status:<10} {e.description}{aliases}{origin}")
+        typer.echo(f"{e.name:<24} {status:<10} {e.description}{aliases}{origin}")
 
 
 @app.command("weights")

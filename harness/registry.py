@@ -154,6 +154,25 @@ METHODS.register("precomputed", "methods.precomputed:PrecomputedMethod",
                  description="scores outputs made elsewhere: --method-option precomputed.dir=DIR "
                              "(<pair_id>.png or <source_stem>__<target_stem>.png); see `harness export-pairs`",
                  explicit_only=True)
+# ONNX swappers: conventions in methods.onnx_swappers.SWAPPERS (a test checks these lines
+# against that table); (name, weight files it needs).
+for _model, _files in (
+    ("inswapper_128", ("inswapper_128.onnx", "w600k_r50.onnx")),
+    ("simswap_256", ("simswap_256.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
+    ("simswap_unofficial_512", ("simswap_unofficial_512.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
+    ("blendswap_256", ("blendswap_256.onnx",)),
+    ("ghost_1_256", ("ghost_1_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("ghost_2_256", ("ghost_2_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("ghost_3_256", ("ghost_3_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("hififace_unofficial_256", ("hififace_unofficial_256.onnx", "w600k_r50.onnx", "crossface_hififace.onnx")),
+    ("uniface_256", ("uniface_256.onnx",)),
+    ("hyperswap_1a_256", ("hyperswap_1a_256.onnx", "w600k_r50.onnx")),
+    ("hyperswap_1b_256", ("hyperswap_1b_256.onnx", "w600k_r50.onnx")),
+    ("hyperswap_1c_256", ("hyperswap_1c_256.onnx", "w600k_r50.onnx")),
+):
+    METHODS.register(_model, "methods.onnx_swappers:OnnxSwapper", options={"model": _model},
+                     description=f"ONNX swapper {_model} (onnxruntime; aligned to its template, pasted back)",
+                     requires=(*_files, "shape_predictor_68_face_landmarks.dat"))
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
