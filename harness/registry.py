@@ -173,6 +173,14 @@ for _model, _files in (
     METHODS.register(_model, "methods.onnx_swappers:OnnxSwapper", options={"model": _model},
                      description=f"ONNX swapper {_model} (onnxruntime; aligned to its template, pasted back)",
                      requires=(*_files, "shape_predictor_68_face_landmarks.dat"))
+METHODS.register("simswap", "methods.simswap:SimSwapMethod", options={"release": "simswap"},
+                 description="SimSwap 224 from the official PyTorch checkpoint (watermark never added)",
+                 requires=("simswap_224_latest_net_G.pth", "arcface_checkpoint.tar",
+                           "shape_predictor_68_face_landmarks.dat"))
+METHODS.register("simswap_512", "methods.simswap:SimSwapMethod", options={"release": "simswap_512"},
+                 description="SimSwap 512 beta from the official PyTorch checkpoint (watermark never added)",
+                 requires=("simswap_512_latest_net_G.pth", "arcface_checkpoint.tar",
+                           "shape_predictor_68_face_landmarks.dat"))
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")

@@ -92,19 +92,19 @@ for _name, _tag, _what, _lic in (
     ("crossface_hififace.onnx", "models-3.4.0", "ArcFace -> HifiFace identity converter", "see facefusion-assets"),
 ):
     register_weight(WeightFile(_name, None, f"swapper: {_what}", None, None, _FF.format(tag=_tag), _lic))
+for _name, _what, _where in (
+    ("simswap_224_latest_net_G.pth", "224 px 'people' release", "checkpoints/people/latest_net_G.pth"),
+    ("simswap_512_latest_net_G.pth", "512 px beta release", "checkpoints/512/550000_net_G.pth"),
+):
+    register_weight(WeightFile(
+        _name, None, f"swapper: SimSwap generator state dict ({_what})", None, None,
+        f"neuralchen/SimSwap release checkpoints: {_where}, renamed to {_name}", "CC BY-NC 4.0 (non-commercial)",
+    ))
 register_weight(WeightFile(
-    "simswap_latest_net_G.pth", None,
-    "swapper: SimSwap official generator state dict (224 px 'people' release, latest_net_G.pth renamed)", None, None,
-    "neuralchen/SimSwap release checkpoints.zip: checkpoints/people/latest_net_G.pth (rename it)",
-    "CC BY-NC 4.0 (non-commercial)",
+    "arcface_checkpoint.tar", None, "identity for SimSwap: its ArcFace (ResNet-50 IR-SE, pickled model)", None, None,
+    "neuralchen/SimSwap release 1.0 (arcface_checkpoint.tar); read with weights_only=True, see methods/simswap.py",
+    "as SimSwap (non-commercial)",
 ))
-register_weight(WeightFile(
-    "simswap_arcface_state_dict.pth", None,
-    "identity for SimSwap: its ArcFace (ResNet-50 IR-SE) as a plain state dict", None, None,
-    "convert SimSwap's arcface_checkpoint.tar once with scripts/convert_simswap_arcface.py (see README)",
-    "as SimSwap",
-))
-
 
 def weights_dir() -> Path:
     return Path(os.environ.get("HARNESS_WEIGHTS_DIR", Path.home() / ".cache" / "codeswap-harness" / "weights"))
