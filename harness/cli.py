@@ -72,15 +72,14 @@ def _expand_methods(names: list[str]) -> list[str]:
         raise HarnessError("give at least one --method (or --method all); see `harness list methods`")
     if "all" not in names:
         return list(dict.fromkeys(METHODS.resolve(n).name for n in names))
-    chosen = []
+    chosen, skipped = [], []
     for e in METHODS.entries():
         if e.explicit_only:
             continue  # needs options (e.g. precomputed's folder): run it by name
-        missing = e.missing_weights()
-        if missing:
-            _echo(f"skipping method {e.name}: weights missing ({', '.join(missing)}); see `harness weights`")
-        else:
-            chosen.append(e.name)
+        (skipped if e.missing_weights() else chosen).append(e.name)
+    if skipped:
+        _echo(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
+              f"see `harness list methods` and `harness weights`")
     return chosen
 
 

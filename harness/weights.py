@@ -94,7 +94,7 @@ for _name, _tag, _what, _lic in (
     register_weight(WeightFile(_name, None, f"swapper: {_what}", None, None, _FF.format(tag=_tag), _lic))
 for _name, _what, _where in (
     ("simswap_224_latest_net_G.pth", "224 px 'people' release", "checkpoints/people/latest_net_G.pth"),
-    ("simswap_512_latest_net_G.pth", "512 px beta release", "checkpoints/512/550000_net_G.pth"),
+    ("simswap_512_latest_net_G.pth", "512 px beta release", "the 512 beta generator (<iteration>_net_G.pth)"),
 ):
     register_weight(WeightFile(
         _name, None, f"swapper: SimSwap generator state dict ({_what})", None, None,
