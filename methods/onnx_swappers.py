@@ -16,8 +16,10 @@ Every model differs in a handful of conventions; they are declared once, in
                       (BlendSwap, UniFace);
 * ``denormalise_output``: output is in the normalised space (``* std + mean``) rather than
   already in [0, 1];
-* masks: none of these graphs returns a mask that the tools use; the swapped crop is
-  pasted back through a feathered box mask (``harness.faces.paste``).
+* ``mask``: how the swapped crop is blended back. ``box``: a feathered box over the
+  template crop (``harness.faces.paste``), what facefusion does by default; none of these
+  graphs returns a mask that the tools use (occlusion / region masks come from separate
+  face-parsing models there, which the harness does not ship).
 
 Graph inputs are named ``source`` and ``target`` (facefusion's exports); inswapper's are
 taken in graph order (target, source) through insightface's own ``INSwapper`` class.
@@ -67,6 +69,7 @@ class SwapperSpec:
     normalise_converted: bool = True
     source_template: str | None = None  # for source == "image"
     source_size: int | None = None
+    mask: str = "box"  # paste-back mask (see the module docstring); the only kind so far
     licence: str = ""
 
     @property
@@ -278,6 +281,8 @@ class OnnxSwapper(SwapMethod):
         identity = self.source_input(source, self.five_points(source))
         crop, matrix = warp_to_template(target, self.five_points(target), self.spec.template, self.spec.size)
         swapped = self.run_model(crop.astype(np.float32) / 255.0, identity)  # (S, S, 3) [0, 1]
+        if self.spec.mask != "box":
+            raise HarnessError(f"{self.spec.name}: unknown mask kind {self.spec.mask!r}")
         return paste_back(target, (swapped * 255.0 + 0.5).astype(np.uint8), matrix)
 
     def swap(self, source, target):

@@ -99,6 +99,7 @@ class PrecomputedMethod(SwapMethod):
 
         Raises a HarnessError listing the missing pairs unless ``allow_missing``.
         """
+        self._check_export(pairset)
         pairs = list(pairset.pairs)
         keyings = {"pair_id": {p.pair_id: p.pair_id for p in pairs}, "names": {p.pair_id: names_key(p) for p in pairs}}
         if len(set(keyings["names"].values())) != len(pairs):
@@ -128,6 +129,22 @@ class PrecomputedMethod(SwapMethod):
         self._by_pair = {pid: self._files[stem] for pid, stem in wanted.items() if stem in self._files}
         self.notes = notes
         return notes
+
+    def _check_export(self, pairset: PairSet) -> None:
+        """Outputs inside a ``harness export-pairs`` folder must be for the same pair set."""
+        import json
+
+        for meta_path in (self.folder / "export.json", self.folder.parent / "export.json"):
+            if meta_path.is_file():
+                meta = json.loads(meta_path.read_text())
+                if meta.get("manifest_sha256") != pairset.manifest_sha256:
+                    raise HarnessError(
+                        f"{self.folder} holds outputs for pairs exported from {meta.get('protocol')} "
+                        f"(seed {meta.get('seed')}, {meta.get('num_pairs')} pairs, manifest "
+                        f"{str(meta.get('manifest_sha256'))[:12]}), not for this run's pairs "
+                        f"({pairset.protocol}, seed {pairset.seed}, {len(pairset.pairs)} pairs, manifest "
+                        f"{pairset.manifest_sha256[:12]}): use the same protocol options as the export")
+                return
 
     def swap_pairs(self, pairs: list[FacePair], source, target):
         """The outputs of ``pairs`` as (B, 3, H, W) float [0, 1], at ``target``'s size."""

@@ -133,3 +133,12 @@ def test_runner_without_hooks_still_works(demo, tmp_path):
     s = run_method(Bare(), demo, [IdentityMetric()], cfg, fs)
     fs.close()
     assert s["num_pairs"] == 4 and s["metrics"]["id_retrieval_top1"]["value"] == 0.0
+
+
+def test_outputs_of_another_export_are_refused(tmp_path):
+    exp = export_pairs(DemoProtocol(num_pairs=3).build(), tmp_path / "exp")
+    other = DemoProtocol(num_pairs=3, seed=5).build()
+    for p in other.pairs:
+        save_png(exp / "outputs" / f"{p.pair_id}.png", _fake_output(other, p))
+    with pytest.raises(HarnessError, match="not for this run's pairs"):
+        PrecomputedMethod(dir=exp / "outputs").prepare(other)
