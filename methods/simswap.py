@@ -13,8 +13,10 @@ when it was trained ``deep``; both are read off the checkpoint, never guessed.
 Inference follows the official test scripts: the target is an RGB [0, 1] crop (no
 normalisation); the source crop is ImageNet-normalised, downsampled by 0.5 (nearest,
 ``F.interpolate``'s default) to 112 px, embedded by SimSwap's ArcFace and L2-normalised;
-the output ``(tanh + 1) / 2`` is pasted back. Crops: insightface's ArcFace template at
-224 px for the 224 release, FFHQ at 512 px for the 512 release. The SimSwap logo watermark
+the output ``(tanh + 1) / 2`` is pasted back. Crops: the 224 release's own template at
+224 px (SimSwap's ``face_align_ffhqandnewarc``: the frontal one of its five pose templates,
+which is ``arcface_112_v1``; SimSwap picks the best-fitting of the five, the harness always
+the frontal one since its crops are already frontalised), FFHQ at 512 px for the 512 release. The SimSwap logo watermark
 (``--no_simswaplogo`` off by default upstream) is never added here.
 
 Identity network: SimSwap's ``arcface_checkpoint.tar`` is a pickled whole model
@@ -334,7 +336,7 @@ class SimSwapRelease:
 
 
 RELEASES = {
-    "simswap": SimSwapRelease("simswap_224_latest_net_G.pth", 224, "arcface_112_v2"),
+    "simswap": SimSwapRelease("simswap_224_latest_net_G.pth", 224, "arcface_112_v1"),
     "simswap_512": SimSwapRelease("simswap_512_latest_net_G.pth", 512, "ffhq_512"),
 }
 ARCFACE_FILE = "arcface_checkpoint.tar"
