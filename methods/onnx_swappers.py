@@ -50,7 +50,6 @@ ONE = (1.0, 1.0, 1.0)
 
 ARCFACE_FILE = "w600k_r50.onnx"
 ARCFACE_TEMPLATE, ARCFACE_SIZE = "arcface_112_v2", 112
-ARCFACE_MEAN, ARCFACE_STD = 127.5, 127.5  # on 0..255 RGB, insightface's ArcFaceONNX convention
 
 
 @dataclass(frozen=True)
@@ -159,19 +158,21 @@ def emap_latent(embedding: np.ndarray, emap: np.ndarray) -> np.ndarray:
 class ArcFaceOnnx:
     """insightface ArcFace recognition ONNX (``w600k_r50.onnx``): aligned crop -> raw 512-d.
 
-    Input: RGB on the ``arcface_112_v2`` template at 112 px, ``(x - 127.5) / 127.5`` on
-    0..255 values, NCHW; the graph's first input and first output are used.
+    Runs through insightface's own ``ArcFaceONNX`` class, which picks the input
+    normalisation from the graph (``(x - 127.5) / 127.5`` on 0..255 RGB for the buffalo_l
+    models; none for old MXNet exports that normalise inside). Input: RGB on the
+    ``arcface_112_v2`` template at 112 px, NCHW.
     """
 
     def __init__(self, path, device: str = "cpu") -> None:
-        self.session = _session(path, device)
-        self.input_name = self.session.get_inputs()[0].name
+        from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+        self.model = ArcFaceONNX(model_file=str(path), session=_session(path, device))
 
     def __call__(self, crop01: np.ndarray) -> np.ndarray:
         """RGB float (112, 112, 3) in [0, 1] on the template -> (1, 512) raw embedding."""
-        x = (crop01 * 255.0 - ARCFACE_MEAN) / ARCFACE_STD
-        blob = x.transpose(2, 0, 1)[None].astype(np.float32)  # (1, 3, 112, 112)
-        return np.asarray(self.session.run(None, {self.input_name: blob})[0], np.float32).reshape(1, -1)
+        rgb255 = crop01.transpose(2, 0, 1)[None].astype(np.float32) * 255.0  # (1, 3, 112, 112)
+        return np.asarray(self.model.forward(rgb255), np.float32).reshape(1, -1)
 
 
 class OnnxSwapper(SwapMethod):

@@ -122,6 +122,8 @@ def test_arcface_input_convention(weights_dir):
     emb = ArcFaceOnnx(path)(crop)
     expected = np.array([[1.0, (127.5 - 127.5) / 127.5, -1.0]], np.float32) @ ARC_W  # (x*255 - 127.5) / 127.5
     np.testing.assert_allclose(emb, expected, rtol=1e-5, atol=1e-5)
+    # 0.5 * 255 = 127.5 exactly: the green channel normalises to 0 (not 0.5 or 127.5)
+    assert ArcFaceOnnx(path).model.input_mean == 127.5 and ArcFaceOnnx(path).model.input_std == 127.5
 
 
 def test_emap_latent_matches_insightface_formula():
