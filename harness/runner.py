@@ -105,7 +105,8 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
         for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
-            out = method.swap(src, tgt)  # (B,3,S,S) float [0,1]
+            swap_pairs = getattr(method, "swap_pairs", None)  # optional hook: methods that need pair identity
+            out = swap_pairs(batch, src, tgt) if callable(swap_pairs) else method.swap(src, tgt)  # (B,3,S,S) [0,1]
             if out.shape != src.shape:
                 raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
             for p, img in zip(batch, to_uint8(out, size)):  # (S,S,3) uint8 at the protocol size
@@ -178,6 +179,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                features: FeatureStore) -> dict[str, Any]:
     """Swap, score and aggregate one method on one pair set; writes its run folder."""
     t0 = time.perf_counter()
+    prepare = getattr(method, "prepare", None)  # optional hook: sees the whole pair set first
+    method_notes = [str(n) for n in (prepare(pairset) or [])] if callable(prepare) else []
     images = ImageSource(pairset)
     keys, store, computed = run_swaps(method, pairset, images, cfg)
     t_swap = time.perf_counter() - t0
@@ -226,7 +229,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "backends": {m.name: asdict(m.backend()) for m in metrics},
         "confidence": cfg.confidence,
         "bootstrap_resamples": cfg.bootstrap_resamples,
-        "notes": list(pairset.notes),
+        "notes": list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes],
         "swaps": {"computed": computed, "cached": len(keys) - computed},
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3)},
         "device": cfg.device,
