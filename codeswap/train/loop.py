@@ -210,9 +210,13 @@ class TrainLoop:
         self.run_id: str | None = None
         self.tracker = RunTracker(self.out, cfg.tracking_uri, enabled=cfg.mlflow and self.dist.is_main)
         configure_backends()
-        seed_all(cfg.seed + self.dist.rank)
+        # the same seed on every rank while building, so that models start identical (DDP
+        # would broadcast rank 0's weights, but copies such as the EMA are made before that);
+        # then a per-rank seed for whatever randomness the steps use
+        seed_all(cfg.seed)
         self.dataset: torch.utils.data.Dataset
         self.build()
+        seed_all(cfg.seed + self.dist.rank)
         self.sampler = ResumableSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
 
     # --- to implement in a stage -------------------------------------------------------
@@ -234,6 +238,10 @@ class TrainLoop:
         return {}
 
     def run_params(self) -> dict[str, Any]:
+        return {}
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The modules whose weights every rank must hold identically (checked at the end)."""
         return {}
 
     # --- shared ---------------------------------------------------------------------------
@@ -375,10 +383,26 @@ class TrainLoop:
                         self.save_checkpoint()
                     if self.step >= cfg.max_steps:
                         break
+            self._record_rank_agreement()
         finally:
             bar.close()
             self.tracker.end()
         return last
+
+    def _record_rank_agreement(self) -> None:
+        """Under several processes, write ``<out>/ranks.json``: each rank's own checksum of
+        each trained module, so that a diverged replica is visible rather than silent."""
+        if self.dist.world_size == 1:
+            return
+        mine = {name: state_sha256(m) for name, m in self.trained_modules().items()}
+        every: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(every, mine)
+        if self.dist.is_main:
+            agree = all(r == every[0] for r in every)
+            (self.out / "ranks.json").write_text(json.dumps(
+                {"world_size": self.dist.world_size, "step": self.step, "agree": agree, "sha256": every}, indent=1))
+            if not agree:
+                raise HarnessError(f"ranks hold different weights after step {self.step}; see {self.out / 'ranks.json'}")
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

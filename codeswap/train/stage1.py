@@ -96,6 +96,12 @@ class Stage1Trainer(TrainLoop):
             params.update({f"{prefix}.{k}": v for k, v in _plain(asdict(c)).items()})
         return params
 
+    def trained_modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"model": self.model, "disc": self.disc}
+        if self.ema is not None:
+            mods["ema"] = self.ema.module
+        return mods
+
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
         adversarial = self.loss.adversarial_on(step)
         # generator step: D is used as a frozen critic through its plain module
