@@ -210,3 +210,37 @@ def test_shipped_mobilenet_v2_loads():
     assert p.weights_sha256.startswith("b0353104")
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert p(x.flip(-1), x).item() > p(x, x).item()
+
+
+def test_single_pass_objective_has_the_vqgan_gradient():
+    torch.manual_seed(6)
+    cfg = replace(TINY, resolution=32)
+    d = PatchDiscriminator(DiscriminatorConfig(base_channels=16, n_layers=2, norm_groups=8)).requires_grad_(False)
+    import torchvision
+
+    perc = PerceptualLoss("mobilenet_v2", torchvision.models.mobilenet_v2().state_dict())
+    lcfg = LossConfig(perceptual_net="mobilenet_v2", disc_start=0, disc_weight=0.8)
+    loss = Stage1Loss(lcfg, perc)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    grads = []
+    for direct in (True, False):
+        torch.manual_seed(7)
+        m = VQAutoencoder(cfg)
+        rec, q = m(x)
+        if direct:  # VQGAN's formulation, term by term
+            rec_loss = (x - rec).abs().mean() + perc(rec, x)
+            g_adv = generator_adv_loss(d(rec), "vanilla")
+            lam = adaptive_weight(rec_loss, g_adv, m.last_layer)
+            total = rec_loss + q.loss + 0.8 * lam * g_adv
+            total.backward()
+            value = total.item()
+        else:
+            obj, logs = loss.generator_loss(x, rec, q, 0, d, m.last_layer)
+            obj.backward()
+            value = logs["train/g_total"].item()
+            assert logs["train/adaptive_weight"].item() == pytest.approx(lam.item(), rel=1e-4)
+        grads.append(({k: p.grad.clone() for k, p in m.named_parameters()}, value))
+    (ga, va), (gb, vb) = grads
+    assert va == pytest.approx(vb, rel=1e-5)
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=1e-4, atol=1e-5, msg=k)  # float32 summation order
