@@ -76,6 +76,11 @@ class Stage1Trainer(TrainLoop):
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
         if cfg.compile:
+            import torch._functorch.config as functorch_config
+
+            # the adaptive weight differentiates the generator graph more than once
+            # (retain_graph), which AOTAutograd's donated buffers forbid
+            functorch_config.donated_buffer = False
             self.model_ddp = torch.compile(self.model_ddp)
             self.disc_ddp = torch.compile(self.disc_ddp)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
