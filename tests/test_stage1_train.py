@@ -126,6 +126,8 @@ def test_stop_and_resume_matches_an_uninterrupted_run(faces, tmp_path):
 
     cfg, loss_cfg = _full_run_config(faces, tmp_path / "split", ckpt_every=6, max_steps=6)
     Stage1Trainer(cfg, tiny, loss_cfg, dist_info=ONE_PROC, perceptual=perc).run()
+    with pytest.raises(HarnessError, match="--resume"):  # never overwrite a run by accident
+        Stage1Trainer(cfg, tiny, loss_cfg, dist_info=ONE_PROC, perceptual=perc).run()
     torch.manual_seed(999)  # a fresh process would start from other RNG states: resume must restore them
     resumed = Stage1Trainer(replace(cfg, max_steps=12), tiny, loss_cfg, dist_info=ONE_PROC, perceptual=perc)
     resumed.run(resume=True)

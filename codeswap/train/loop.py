@@ -272,7 +272,8 @@ class TrainLoop:
         epoch, batch = self._position()
         path = self.ckpt_dir / "last.pt"
         if self.dist.is_main:
-            state = {"stage": self.stage, "step": self.step, "epoch": epoch, "batch_in_epoch": batch,
+            state = {"stage": self.stage, "step": self.step, "epoch": epoch,
+                     "samples_in_epoch": batch * self.cfg.batch_size * self.dist.world_size,
                      "world_size": self.dist.world_size, "rng": rngs, "mlflow_run_id": self.run_id,
                      "train_config": _plain(asdict(self.cfg)), **self.state_dict()}
             atomic_torch_save(state, path)
@@ -294,13 +295,15 @@ class TrainLoop:
         if state.get("stage") != self.stage:
             raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not {self.stage}")
         self.load_state_dict(state)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # the position is kept in samples, so that a resume with another number of processes
+        # or batch size continues the same epoch at the same place (to within one batch)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["samples_in_epoch"] // (self.cfg.batch_size * self.dist.world_size)
         self.run_id = state.get("mlflow_run_id")
         if state["world_size"] == self.dist.world_size:
             restore_rng(state["rng"][self.dist.rank])
         else:
-            # data order stays exact (it depends on the seed and position only); model-side
-            # randomness cannot be matched across a change of world size
+            # the data position carries over; per-rank RNG streams cannot
             seed_all(self.cfg.seed + self.dist.rank + self.step)
         return True
 
@@ -334,6 +337,9 @@ class TrainLoop:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
+        if not resume and (self.ckpt_dir / "last.pt").is_file():
+            raise HarnessError(f"{self.ckpt_dir / 'last.pt'} exists: pass --resume to continue it, "
+                               "or choose another --out")
         if resumed:
             self._trim_metrics()
         elif self.dist.is_main:

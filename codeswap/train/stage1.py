@@ -212,7 +212,10 @@ class Stage1Trainer(TrainLoop):
                 "perceptual_sha256": self.perceptual_sha256}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["model_config"] != _plain(asdict(self.model_cfg)):
+        def arch(c: dict[str, Any]) -> dict[str, Any]:  # checkpoint_levels is a memory setting only
+            return {k: v for k, v in c.items() if k != "checkpoint_levels"}
+
+        if arch(state["model_config"]) != arch(_plain(asdict(self.model_cfg))):
             raise HarnessError("checkpoint was trained with a different model config; use the same --config/--resolution")
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
