@@ -68,9 +68,38 @@ def step_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def meta_flops(name: str, resolution: int, perceptual: str) -> dict[str, float]:
-    """FLOPs per image of the generator forward and of a whole G+D training step, on meta."""
-    cfg = replace(MODEL_CONFIGS[name], resolution=resolution)
+def saved_activations(name: str, resolution: int, perceptual: str, checkpoint_levels: int = 0,
+                      probe: int = 128) -> float:
+    """Bytes per image that autograd keeps for the generator step's backward (fp32, distinct
+    storages, parameters excluded; the generator's and the loss networks' graphs together,
+    as they are alive together), measured on CPU at ``probe`` pixels and scaled by area:
+    activation memory is proportional to pixels for these fully convolutional nets."""
+    torch.manual_seed(0)
+    cfg = replace(MODEL_CONFIGS[name], resolution=probe, checkpoint_levels=checkpoint_levels)
+    model = VQAutoencoder(cfg)
+    disc = PatchDiscriminator(DiscriminatorConfig()).requires_grad_(False)
+    loss = Stage1Loss(LossConfig(perceptual_net=perceptual, disc_start=0), random_perceptual(perceptual))
+    x = torch.rand(1, 3, probe, probe) * 2 - 1
+    seen: dict[int, int] = {}
+    keep: list[torch.Tensor] = []  # held so that no address is reused (that would hide a storage)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not isinstance(t, torch.nn.Parameter):  # weights (trained or frozen) are not activations
+            seen.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            keep.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        rec, q = model(x)
+        obj, _ = loss.generator_loss(x, rec, q, 0, disc, model.last_layer)
+    return sum(seen.values()) * (resolution / probe) ** 2
+
+
+def meta_flops(name: str, resolution: int, perceptual: str, checkpoint_levels: int = 0) -> dict[str, float]:
+    """FLOPs per image of the generator forward and of a whole G+D training step, on meta,
+    and the activation memory of the generator step (see :func:`saved_activations`)."""
+    cfg = replace(MODEL_CONFIGS[name], resolution=resolution, checkpoint_levels=checkpoint_levels)
+    saved = saved_activations(name, resolution, perceptual, checkpoint_levels)
     with torch.device("meta"):
         model = VQAutoencoder(cfg)
         disc = PatchDiscriminator(DiscriminatorConfig())
@@ -93,6 +122,7 @@ def meta_flops(name: str, resolution: int, perceptual: str) -> dict[str, float]:
             loss.discriminator_loss(real, fake)[0].backward()
 
         return {"params_g_M": sum(p.numel() for p in model.parameters()) / 1e6,
+                "saved_MiB_fp32_per_image": saved / 2**20,
                 "params_d_M": sum(p.numel() for p in disc.parameters()) / 1e6,
                 "gflops_g_forward_per_image": step_flops(forward) / 1e9,
                 "gflops_train_step_per_image": step_flops(train_step) / 1e9}
@@ -148,7 +178,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     if args.meta_flops:
         for n in names:
-            results[n] = meta_flops(n, args.resolution, args.perceptual)
+            results[n] = meta_flops(n, args.resolution, args.perceptual, args.checkpoint_levels)
     else:
         if args.device.startswith("cuda") and not torch.cuda.is_available():
             sys.exit("no CUDA device: use --meta-flops for FLOPs only, or --device cpu for a (slow) smoke run")
