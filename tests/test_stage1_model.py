@@ -187,6 +187,12 @@ def test_perceptual_loads_the_official_state_dict_layout(net):
     assert p(y, y).item() == pytest.approx(0.0, abs=1e-5)
     d = p(x, y)
     assert 0 < d.item() <= 2
+    with torch.no_grad():  # LPIPS-style distance written plainly: mean over taps of 0.5 ||x_hat - y_hat||^2
+        def unit(f):
+            return f / (f.norm(dim=1, keepdim=True) + 1e-10)
+
+        ref = sum(0.5 * (unit(a) - unit(b)).pow(2).sum(1).mean() for a, b in zip(p._tapped(x), p._tapped(y)))
+    assert d.item() == pytest.approx(ref.item() / len(p.taps), rel=1e-5)
     d.backward()
     assert x.grad.abs().sum() > 0 and all(q.grad is None for q in p.parameters())
     bad = {k: v for k, v in sd.items() if not k.startswith("features.1")}
