@@ -97,8 +97,9 @@ def test_short_training_lowers_reconstruction_l1(faces, tmp_path):
     trainer.run()
     val = _rows(tmp_path, "val/")
     before, after = val[0]["val/rec_l1"], val[60]["val/rec_l1"]
-    # measured: about 0.60 -> 0.28 in 60 steps; a factor 1.6 leaves room for platform noise
-    assert after < before / 1.6, (before, after)
+    # measured on CPU: 0.576 -> 0.321 (x1.8), PSNR 9.6 -> 14.2 dB; the bounds leave room for
+    # other BLAS builds
+    assert after < before / 1.5, (before, after)
     assert val[60]["val/psnr"] > val[0]["val/psnr"] + 3.0
     assert (tmp_path / "images" / "recon_00000060.png").is_file()
 
