@@ -284,6 +284,84 @@ def weights_cmd() -> None:
         typer.echo(f"{state:<9} {name:<44} {path}")
 
 
+train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("stage1")
+def train_stage1(
+    data: Annotated[Path, typer.Option(help="Folder of face images (flat, nested, or FFHQ's layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, images, metrics, MLflow.")] = Path("runs/stage1"),
+    config: Annotated[str, typer.Option(help="Model size: paper, codeformer (reference) or tiny.")] = "paper",
+    resolution: Annotated[Optional[int], typer.Option(help="Override the config's image size.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per process (global = this x processes).")] = 16,
+    max_steps: Annotated[int, typer.Option(min=1)] = 1_000_000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (generator and discriminator).")] = 1e-4,
+    disc_start: Annotated[int, typer.Option(help="Step from which the PatchGAN trains and counts.")] = 30_000,
+    disc_weight: Annotated[float, typer.Option(help="Scale of the adaptive adversarial weight (0: no GAN).")] = 0.8,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (ships offline) or none.")] = "vgg16",
+    perceptual_weight: Annotated[float, typer.Option()] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA of the generator (0: off).")] = 0.0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the generator and discriminator.")] = False,
+    channels_last: Annotated[bool, typer.Option()] = True,
+    checkpoint_levels: Annotated[int, typer.Option(help="Recompute activations of the first N levels in backward.")] = 0,
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0, help="Keep the last N images out of training, for validation.")] = 0,
+    cache_images: Annotated[bool, typer.Option(help="Keep decoded images in memory (small folders).")] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 5000,
+    keep_every: Annotated[int, typer.Option(min=0)] = 0,
+    restart_dead_every: Annotated[int, typer.Option(min=0, help="Re-seed unused codes every N steps (0: off).")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (under torchrun: each rank's GPU).")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last.pt if it exists.")] = False,
+    mlflow: Annotated[bool, typer.Option(help="Log to MLflow (SQLite in --out unless --tracking-uri).")] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 1 (paper section 3.1): encoder, 1,024-code codebook and decoder by reconstruction + PatchGAN."""
+    from dataclasses import replace
+
+    from codeswap.config import MODEL_CONFIGS, LossConfig, TrainConfig
+    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.stage1 import Stage1Trainer
+
+    if config not in MODEL_CONFIGS:
+        raise HarnessError(f"unknown --config {config!r}; choose {', '.join(MODEL_CONFIGS)}")
+    if perceptual not in ("vgg16", "mobilenet_v2", "none"):
+        raise HarnessError(f"unknown --perceptual {perceptual!r}; choose vgg16, mobilenet_v2 or none")
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise HarnessError(f"unknown --precision {precision!r}; choose auto, bf16, fp16 or fp32")
+    try:
+        model_cfg = replace(MODEL_CONFIGS[config], checkpoint_levels=checkpoint_levels,
+                            **({"resolution": resolution} if resolution else {}))
+    except ValueError as exc:
+        raise HarnessError(f"--config {config} --resolution {resolution}: {exc}") from None
+    loss_cfg = LossConfig(perceptual_net=perceptual, perceptual_weight=perceptual_weight,  # type: ignore[arg-type]
+                          disc_start=disc_start, disc_weight=disc_weight)
+    train_cfg = TrainConfig(
+        data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr, seed=seed, device=device,
+        precision=precision, compile=compile, channels_last=channels_last, ema_decay=ema_decay,  # type: ignore[arg-type]
+        num_workers=num_workers, holdout=holdout, cache_images=cache_images, log_every=log_every,
+        image_every=image_every, ckpt_every=ckpt_every, keep_every=keep_every,
+        restart_dead_every=restart_dead_every, mlflow=mlflow, tracking_uri=tracking_uri,
+        progress=progress and sys.stderr.isatty(),
+    )
+    try:
+        trainer = Stage1Trainer(train_cfg, model_cfg, loss_cfg)
+        last = trainer.run(resume=resume)
+    finally:
+        cleanup_distributed()
+    if trainer.dist.is_main:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()) if k.startswith(("train/rec_l1", "val/")))
+        typer.echo(f"stage1: step {trainer.step}, {shown}")
+        typer.echo(f"checkpoint: {trainer.ckpt_dir / 'last.pt'}")
+        if mlflow:
+            typer.echo(f"mlflow: {trainer.tracker.uri}")
+
 def main() -> None:
     """Console entry point: domain errors become one line and exit code 1."""
     try:
