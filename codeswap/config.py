@@ -46,6 +46,9 @@ class AutoencoderConfig:
     attn_levels: tuple[int, ...] = ()
     attn_heads: int = 1
     norm_groups: int = 32
+    # True: the strided/upsampling convolutions change width, so high-resolution levels run
+    # at their own (narrow) width only; False: VQGAN/CodeFormer, the next block changes it
+    resample_changes_width: bool = True
     # recompute activations in backward for residual blocks at levels < this (saves memory)
     checkpoint_levels: int = 0
     quant: QuantizerConfig = field(default_factory=QuantizerConfig)
@@ -104,6 +107,7 @@ CODEFORMER = AutoencoderConfig(
     enc_blocks=(2, 2, 2, 2, 2, 2),
     dec_blocks=(2, 2, 2, 2, 2, 2),
     attn_levels=(5,),
+    resample_changes_width=False,
     quant=QuantizerConfig(num_codes=1024, code_dim=256),
 )
 TINY = AutoencoderConfig(

@@ -25,6 +25,11 @@ def adaptive_weight(rec_loss: Tensor, gan_loss: Tensor, last_layer: Tensor, max_
     [0, max_weight] and detached; L is the decoder's last layer."""
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return adaptive_weight_from_grads(g_rec, g_gan, max_weight)
+
+
+def adaptive_weight_from_grads(g_rec: Tensor, g_gan: Tensor, max_weight: float = 1e4) -> Tensor:
+    """lambda from the two gradients of the last layer (see :func:`adaptive_weight`)."""
     weight = g_rec.float().norm() / (g_gan.float().norm() + ADAPTIVE_EPS)
     return weight.clamp(0.0, max_weight).detach()
 
@@ -61,7 +66,11 @@ class Stage1Loss(nn.Module):
     def generator_loss(self, x: Tensor, rec: Tensor, q: QuantizerOutput, step: int,
                        disc: nn.Module | None = None, last_layer: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """x, rec: (B, 3, H, W) in [-1, 1]. ``disc`` and ``last_layer`` are needed once the
-        adversarial term is on (``step >= disc_start``)."""
+        adversarial term is on (``step >= disc_start``).
+
+        Returns the objective to backpropagate and the logs; ``logs["train/g_total"]`` is the
+        loss value (with the GAN on, the objective is a surrogate with the same gradient).
+        """
         cfg = self.cfg
         l1 = (x.float() - rec.float()).abs().mean()
         rec_loss = cfg.l1_weight * l1
@@ -76,19 +85,44 @@ class Stage1Loss(nn.Module):
                 raise ValueError("the adversarial term needs the discriminator and the decoder's last layer")
             g_adv = generator_adv_loss(disc(rec), cfg.gan_loss)
             if torch.is_grad_enabled() and rec.requires_grad:
-                lam = adaptive_weight(rec_loss, g_adv, last_layer, cfg.adaptive_weight_max)
+                loss, lam = self._surrogate(rec, rec_loss, g_adv, q, last_layer)
             else:
                 lam = torch.zeros((), device=x.device)
-            loss = loss + cfg.disc_weight * lam * g_adv
+                loss = loss + cfg.disc_weight * lam * g_adv
             logs["train/g_adv"] = g_adv.detach()
-            logs["train/adaptive_weight"] = lam.detach()
+            logs["train/adaptive_weight"] = lam
+            total = rec_loss.detach() + cfg.codebook_weight * q.loss.detach() + cfg.disc_weight * lam * g_adv.detach()
+        else:
+            total = loss.detach()
+        logs["train/g_total"] = total
         logs.update({
             "train/codebook": q.codebook_loss.detach(),
             "train/commitment": q.commitment_loss.detach(),
             "train/perplexity": q.perplexity.detach(),
-            "train/g_total": loss.detach(),
         })
         return loss, logs
+
+    def _surrogate(self, rec: Tensor, rec_loss: Tensor, g_adv: Tensor, q: QuantizerOutput,
+                   last_layer: Tensor) -> tuple[Tensor, Tensor]:
+        """Objective with the gradient of rec_loss + codebook + disc_weight * lambda * g_adv.
+
+        VQGAN differentiates rec_loss and g_adv w.r.t. the last layer (backward through the
+        perceptual net and D), then backpropagates the sum (through them again). Here each
+        goes through its network once, down to the image: lambda needs only the last layer's
+        share of those image gradients, and the generator's backward starts from their
+        weighted sum. The parameter gradients are the same; the returned value is not the
+        loss (that is ``logs["train/g_total"]``).
+        """
+        cfg = self.cfg
+        # the perceptual net's and D's graphs are freed here, as soon as they are used
+        g_rec_img = torch.autograd.grad(rec_loss, rec)[0]  # (B, 3, H, W)
+        g_adv_img = torch.autograd.grad(g_adv, rec)[0]
+        w_rec = torch.autograd.grad(rec, last_layer, g_rec_img, retain_graph=True)[0]
+        w_adv = torch.autograd.grad(rec, last_layer, g_adv_img, retain_graph=True)[0]
+        lam = adaptive_weight_from_grads(w_rec, w_adv, cfg.adaptive_weight_max)
+        g_img = (g_rec_img.float() + cfg.disc_weight * lam * g_adv_img.float()).to(rec.dtype)
+        surrogate = (rec * g_img).float().sum() + cfg.codebook_weight * q.loss
+        return surrogate, lam
 
     def discriminator_loss(self, logits_real: Tensor, logits_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, 1, h, w) of D on real images and on detached reconstructions."""

@@ -30,6 +30,7 @@ _TAPS = {
     "vgg16": (3, 8, 15, 22, 29),  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (as LPIPS)
     "mobilenet_v2": (1, 3, 6, 13, 17),  # last block at strides 2, 4, 8, 16, 32
 }
+_EPS = 1e-10  # as LPIPS's normalize_tensor
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -84,9 +85,15 @@ class PerceptualLoss(nn.Module):
             ref = self._tapped(target)
         loss = x.new_zeros((), dtype=torch.float32)
         for fx, fy in zip(self._tapped(x), ref):
-            fx = fx.float() / (fx.float().norm(dim=1, keepdim=True) + 1e-10)  # (B, C, h, w)
-            fy = fy.float() / (fy.float().norm(dim=1, keepdim=True) + 1e-10)
-            loss = loss + 0.5 * (fx - fy).pow(2).sum(dim=1).mean()  # = mean of 1 - cos
+            # 0.5 * ||x/(|x|+eps) - y_hat||^2 expanded, so that backward keeps only fx (which
+            # the network saved anyway), the constant y_hat and two 1-channel maps, instead of
+            # full-width normalised copies: at 512x512 that is most of this loss's memory
+            y_hat = fy / (fy.float().norm(dim=1, keepdim=True) + _EPS).to(fy.dtype)  # (B, C, h, w), no grad
+            y_sq = y_hat.float().pow(2).sum(dim=1)  # (B, h, w)
+            nx = fx.float().norm(dim=1) + _EPS  # (B, h, w)
+            dot = (fx * y_hat).sum(dim=1).float()  # (B, h, w)
+            x_sq = (nx - _EPS).pow(2) / nx.pow(2)
+            loss = loss + (0.5 * (x_sq + y_sq) - dot / nx).mean()  # = mean of 1 - cos where both > 0
         return loss / len(ref)
 
 

@@ -72,22 +72,27 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 convolution: halves H and W."""
+    """Strided 3x3 convolution: halves H and W (and moves to the next level's width)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Nearest 2x upsampling then a 3x3 convolution: doubles H and W."""
+    """Nearest 2x upsampling then a 3x3 convolution: doubles H and W.
 
-    def __init__(self, channels: int) -> None:
+    The convolution already maps to the next (narrower) level's width: at the high
+    resolutions this is the cheapest place to change width (VQGAN changes it in the next
+    residual block instead, at the larger width).
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -138,8 +143,12 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         for lv in range(cfg.num_levels):
             last = lv == cfg.num_levels - 1
-            self.down.append(Level(ch[max(lv - 1, 0)], ch[lv], cfg.enc_blocks[lv], lv in cfg.attn_levels,
-                                   None if last else Downsample(ch[lv]), cfg, lv < cfg.checkpoint_levels))
+            if cfg.resample_changes_width:  # the level's blocks keep one width
+                in_ch, down = ch[lv], None if last else Downsample(ch[lv], ch[lv + 1])
+            else:  # VQGAN: the level's first block changes width
+                in_ch, down = ch[max(lv - 1, 0)], None if last else Downsample(ch[lv], ch[lv])
+            self.down.append(Level(in_ch, ch[lv], cfg.enc_blocks[lv], lv in cfg.attn_levels, down, cfg,
+                                   lv < cfg.checkpoint_levels))
         self.mid = Middle(ch[-1], cfg)
         self.norm_out = _norm(ch[-1], cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch[-1], cfg.quant.code_dim, 3, padding=1)
@@ -168,9 +177,12 @@ class Decoder(nn.Module):
         # up[lv] runs at level lv; it is applied from the deepest level up to level 0
         self.up = nn.ModuleList()
         for lv in range(cfg.num_levels):
-            in_ch = ch[min(lv + 1, cfg.num_levels - 1)]
-            self.up.append(Level(in_ch, ch[lv], cfg.dec_blocks[lv], lv in cfg.attn_levels,
-                                 Upsample(ch[lv]) if lv > 0 else None, cfg, lv < cfg.checkpoint_levels))
+            if cfg.resample_changes_width:
+                in_ch, up = ch[lv], Upsample(ch[lv], ch[lv - 1]) if lv > 0 else None
+            else:
+                in_ch, up = ch[min(lv + 1, cfg.num_levels - 1)], Upsample(ch[lv], ch[lv]) if lv > 0 else None
+            self.up.append(Level(in_ch, ch[lv], cfg.dec_blocks[lv], lv in cfg.attn_levels, up, cfg,
+                                 lv < cfg.checkpoint_levels))
         self.norm_out = _norm(ch[0], cfg.norm_groups)
         self.conv_out = nn.Conv2d(ch[0], cfg.in_channels, 3, padding=1)
 

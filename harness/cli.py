@@ -343,8 +343,11 @@ def train_stage1(
         raise HarnessError(f"unknown --perceptual {perceptual!r}; choose vgg16, mobilenet_v2 or none")
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise HarnessError(f"unknown --precision {precision!r}; choose auto, bf16, fp16 or fp32")
-    model_cfg = replace(MODEL_CONFIGS[config], checkpoint_levels=checkpoint_levels,
-                        **({"resolution": resolution} if resolution else {}))
+    try:
+        model_cfg = replace(MODEL_CONFIGS[config], checkpoint_levels=checkpoint_levels,
+                            **({"resolution": resolution} if resolution else {}))
+    except ValueError as exc:
+        raise HarnessError(f"--config {config} --resolution {resolution}: {exc}") from None
     loss_cfg = LossConfig(perceptual_net=perceptual, perceptual_weight=perceptual_weight,  # type: ignore[arg-type]
                           disc_start=disc_start, disc_weight=disc_weight)
     train_cfg = TrainConfig(

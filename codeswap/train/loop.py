@@ -210,9 +210,13 @@ class TrainLoop:
         self.run_id: str | None = None
         self.tracker = RunTracker(self.out, cfg.tracking_uri, enabled=cfg.mlflow and self.dist.is_main)
         configure_backends()
-        seed_all(cfg.seed + self.dist.rank)
+        # the same seed on every rank while building, so that models start identical (DDP
+        # would broadcast rank 0's weights, but copies such as the EMA are made before that);
+        # then a per-rank seed for whatever randomness the steps use
+        seed_all(cfg.seed)
         self.dataset: torch.utils.data.Dataset
         self.build()
+        seed_all(cfg.seed + self.dist.rank)
         self.sampler = ResumableSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
 
     # --- to implement in a stage -------------------------------------------------------
@@ -234,6 +238,10 @@ class TrainLoop:
         return {}
 
     def run_params(self) -> dict[str, Any]:
+        return {}
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The modules whose weights every rank must hold identically (checked at the end)."""
         return {}
 
     # --- shared ---------------------------------------------------------------------------
@@ -264,7 +272,8 @@ class TrainLoop:
         epoch, batch = self._position()
         path = self.ckpt_dir / "last.pt"
         if self.dist.is_main:
-            state = {"stage": self.stage, "step": self.step, "epoch": epoch, "batch_in_epoch": batch,
+            state = {"stage": self.stage, "step": self.step, "epoch": epoch,
+                     "samples_in_epoch": batch * self.cfg.batch_size * self.dist.world_size,
                      "world_size": self.dist.world_size, "rng": rngs, "mlflow_run_id": self.run_id,
                      "train_config": _plain(asdict(self.cfg)), **self.state_dict()}
             atomic_torch_save(state, path)
@@ -286,13 +295,15 @@ class TrainLoop:
         if state.get("stage") != self.stage:
             raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not {self.stage}")
         self.load_state_dict(state)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # the position is kept in samples, so that a resume with another number of processes
+        # or batch size continues the same epoch at the same place (to within one batch)
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["samples_in_epoch"] // (self.cfg.batch_size * self.dist.world_size)
         self.run_id = state.get("mlflow_run_id")
         if state["world_size"] == self.dist.world_size:
             restore_rng(state["rng"][self.dist.rank])
         else:
-            # data order stays exact (it depends on the seed and position only); model-side
-            # randomness cannot be matched across a change of world size
+            # the data position carries over; per-rank RNG streams cannot
             seed_all(self.cfg.seed + self.dist.rank + self.step)
         return True
 
@@ -326,6 +337,9 @@ class TrainLoop:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
+        if not resume and (self.ckpt_dir / "last.pt").is_file():
+            raise HarnessError(f"{self.ckpt_dir / 'last.pt'} exists: pass --resume to continue it, "
+                               "or choose another --out")
         if resumed:
             self._trim_metrics()
         elif self.dist.is_main:
@@ -375,10 +389,26 @@ class TrainLoop:
                         self.save_checkpoint()
                     if self.step >= cfg.max_steps:
                         break
+            self._record_rank_agreement()
         finally:
             bar.close()
             self.tracker.end()
         return last
+
+    def _record_rank_agreement(self) -> None:
+        """Under several processes, write ``<out>/ranks.json``: each rank's own checksum of
+        each trained module, so that a diverged replica is visible rather than silent."""
+        if self.dist.world_size == 1:
+            return
+        mine = {name: state_sha256(m) for name, m in self.trained_modules().items()}
+        every: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(every, mine)
+        if self.dist.is_main:
+            agree = all(r == every[0] for r in every)
+            (self.out / "ranks.json").write_text(json.dumps(
+                {"world_size": self.dist.world_size, "step": self.step, "agree": agree, "sha256": every}, indent=1))
+            if not agree:
+                raise HarnessError(f"ranks hold different weights after step {self.step}; see {self.out / 'ranks.json'}")
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

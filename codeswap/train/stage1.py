@@ -76,6 +76,11 @@ class Stage1Trainer(TrainLoop):
         else:
             self.model_ddp, self.disc_ddp = self.model, self.disc
         if cfg.compile:
+            import torch._functorch.config as functorch_config
+
+            # the adaptive weight differentiates the generator graph more than once
+            # (retain_graph), which AOTAutograd's donated buffers forbid
+            functorch_config.donated_buffer = False
             self.model_ddp = torch.compile(self.model_ddp)
             self.disc_ddp = torch.compile(self.disc_ddp)
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -95,6 +100,12 @@ class Stage1Trainer(TrainLoop):
         for prefix, c in (("model", self.model_cfg), ("loss", self.loss_cfg), ("disc", self.disc_cfg)):
             params.update({f"{prefix}.{k}": v for k, v in _plain(asdict(c)).items()})
         return params
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"model": self.model, "disc": self.disc}
+        if self.ema is not None:
+            mods["ema"] = self.ema.module
+        return mods
 
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
         adversarial = self.loss.adversarial_on(step)
@@ -201,7 +212,10 @@ class Stage1Trainer(TrainLoop):
                 "perceptual_sha256": self.perceptual_sha256}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["model_config"] != _plain(asdict(self.model_cfg)):
+        def arch(c: dict[str, Any]) -> dict[str, Any]:  # checkpoint_levels is a memory setting only
+            return {k: v for k, v in c.items() if k != "checkpoint_levels"}
+
+        if arch(state["model_config"]) != arch(_plain(asdict(self.model_cfg))):
             raise HarnessError("checkpoint was trained with a different model config; use the same --config/--resolution")
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
