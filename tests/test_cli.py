@@ -22,7 +22,8 @@ def harness(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
-    proc = harness("run", "--protocol", "demo", "--method", "all", "--out", str(out), "--device", "cpu")
+    proc = harness("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out),
+                   "--device", "cpu")
     return out, proc
 
 
@@ -103,3 +104,13 @@ def test_folder_protocol_on_photos_the_demo_never_saw(demo_photos: Path, tmp_pat
     assert "broken.jpg,unreadable" in skipped and "noise.png,no_face" in skipped
     md = (tmp_path / "report" / "table1.md").read_text()
     assert "2 skipped" in md
+
+
+def test_method_all_takes_every_runnable_method(monkeypatch, tmp_path):
+    from harness.cli import _expand_methods
+
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))  # an empty weights folder
+    chosen = _expand_methods(["all"])
+    assert {"source", "target", "classical", "codeswap", "codeswap_wo_c", "codeswap_wo_m"} <= set(chosen)
+    assert "precomputed" not in chosen  # needs a folder of outputs: run it by name
+    assert "inswapper_128" not in chosen  # its weights are missing
