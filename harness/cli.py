@@ -200,8 +200,9 @@ def weights_cmd() -> None:
             typer.echo(f"missing   {name:<44} {w.purpose}; get it from: {w.source}")
             continue
         sha = sha256_of(path)
-        state = "present" if not w.sha256 or sha == w.sha256 else "WRONG-SHA"
-        typer.echo(f"{state:<9} {name:<44} {path}")
+        ok = (not w.sha256 or sha == w.sha256) and (not w.sha256_prefix or sha.startswith(w.sha256_prefix))
+        state = ("present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)") if ok else "WRONG-SHA"
+        typer.echo(f"{state:<9} {name:<44} {path} sha256 {sha[:12]}")
 
 
 def main() -> None:

@@ -154,3 +154,21 @@ PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",
 METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
                  description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
                  aliases=("id", "id_dlib"))
+METRICS.register("identity_facenet", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)",
+                 options={"backend": "facenet"}, requires=("graph_final.pb",))
+METRICS.register("identity_arcface", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)",
+                 options={"backend": "arcface"}, requires=("w600k_r50.onnx",))
+METRICS.register("identity_arcface_glint", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)",
+                 options={"backend": "arcface_glint"}, requires=("glintr100.onnx",))
+METRICS.register("identity_arcface_r100", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3",
+                 options={"backend": "arcface_r100"}, requires=("arcface_r100_ms1mv3.pth",))
+METRICS.register("identity_cosface", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)",
+                 options={"backend": "cosface"}, requires=("cosface_r100_glint360k.pth",))
+METRICS.register("identity_cosface_r50", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)",
+                 options={"backend": "cosface_r50"}, requires=("cosface_r50_glint360k.pth",))

@@ -196,6 +196,14 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
             else:
                 entry.update(value=float(dataset_level[k.key]), ci_low=None, ci_high=None, n=len(frame))
             results[k.key] = entry
+    notes = list(pairset.notes) + [n for m in metrics for n in m.notes()]
+    backends = {m.name: asdict(m.backend()) for m in metrics}
+    # The evaluator should not be the model the method optimised: flag it when it is.
+    scored_by_training_model = sorted(k for k, b in backends.items()
+                                      if method.identity_model and b["name"] == method.identity_model)
+    for k in scored_by_training_model:
+        notes.append(f"{method.name}: {k} was scored with {method.identity_model}, the identity model "
+                     "the method trained with (the score favours it)")
     summary = {
         "run_id": run_id,
         "protocol": pairset.protocol,
@@ -211,10 +219,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "method_info": method.describe(),
         "method_key": store.method_key,
         "metrics": results,
-        "backends": {m.name: asdict(m.backend()) for m in metrics},
+        "backends": backends,
+        "scored_by_training_model": scored_by_training_model,
         "confidence": cfg.confidence,
         "bootstrap_resamples": cfg.bootstrap_resamples,
-        "notes": list(pairset.notes),
+        "notes": notes,
         "swaps": {"computed": computed, "cached": len(keys) - computed},
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3)},
         "device": cfg.device,
