@@ -172,3 +172,14 @@ METRICS.register("identity_cosface", "harness.metrics.identity:IdentityMetric",
 METRICS.register("identity_cosface_r50", "harness.metrics.identity:IdentityMetric",
                  description="ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)",
                  options={"backend": "cosface_r50"}, requires=("cosface_r50_glint360k.pth",))
+METRICS.register("pose", "harness.metrics.pose:PoseMetric",
+                 description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
+                 aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))
+METRICS.register("pose_rad", "harness.metrics.pose:PoseMetric",
+                 description="as pose, in radians", options={"backend": "pnp", "unit": "rad"}, requires=("model_3D_68.txt",))
+METRICS.register("pose_hopenet", "harness.metrics.pose:PoseMetric",
+                 description="pose error with Hopenet ResNet-50 (hopenet_robust_alpha1.pkl), degrees",
+                 options={"backend": "hopenet", "unit": "deg"}, requires=("hopenet_robust_alpha1.pkl",))
+METRICS.register("pose_hopenet_rad", "harness.metrics.pose:PoseMetric",
+                 description="as pose_hopenet, in radians", options={"backend": "hopenet", "unit": "rad"},
+                 requires=("hopenet_robust_alpha1.pkl",))

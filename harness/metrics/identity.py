@@ -86,8 +86,10 @@ class IdentityMetric(Metric):
         from harness.metrics.id_backends import make_embedder
 
         self.embedder = make_embedder(backend, device)
-        if backend != "dlib":  # several identity backends can score one run: keys stay distinct
+        if backend != "dlib":
             self.name = f"identity_{backend}"
+        if not self.embedder.standard:
+            # A non-standard model never carries the papers' column names: id_similarity_dlib, ...
             self.keys = tuple(MetricKey(f"{k.key}_{backend}", f"{k.label} [{backend}]", k.higher_is_better, k.unit,
                                         k.per_pair, k.scale) for k in IdentityMetric.keys)
         self.backend_setting = backend
