@@ -183,3 +183,15 @@ METRICS.register("pose_hopenet", "harness.metrics.pose:PoseMetric",
 METRICS.register("pose_hopenet_rad", "harness.metrics.pose:PoseMetric",
                  description="as pose_hopenet, in radians", options={"backend": "hopenet", "unit": "rad"},
                  requires=("hopenet_robust_alpha1.pkl",))
+METRICS.register("expression", "harness.metrics.expression:ExpressionMetric",
+                 description="expression error vs target: Procrustes-aligned inner-face dlib landmarks, % inter-ocular (offline)",
+                 options={"backend": "landmarks"})
+METRICS.register("expression_deep3d", "harness.metrics.expression:ExpressionMetric",
+                 description="expression error: L2 of Deep3DFaceRecon's 64 expression coefficients vs target",
+                 options={"backend": "deep3d"}, requires=("deep3dfacerecon_epoch_20.pth",))
+METRICS.register("fid_facenet", "harness.metrics.fid:FIDMetric",
+                 description="Frechet distance in FaceNet feature space vs the targets (offline; not Inception FID)",
+                 options={"backend": "facenet"}, requires=("graph_final.pb",))
+METRICS.register("fid", "harness.metrics.fid:FIDMetric",
+                 description="FID (torch-fidelity Inception-v3, local weights) vs the targets",
+                 options={"backend": "inception"}, requires=("weights-inception-2015-12-05-6726825d.pth",))
