@@ -60,13 +60,15 @@ def _facenet_extractor_class():
     class FeatureExtractorFaceNet(FeatureExtractorBase):
         """uint8 (B, 3, H, W) -> ('512',): FaceNet bottleneck features before L2 norm."""
 
-        def __init__(self, name, features_list, weights_path=None, **kwargs):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
+            from pathlib import Path
+
             from harness.models.facenet import INPUT_SIZE, load_from_graph
 
-            if weights_path is None:
-                raise HarnessError("facenet FID extractor needs the path of graph_final.pb")
-            self.net = load_from_graph(weights_path)
+            if feature_extractor_weights_path is None:  # never downloads: the file is local
+                feature_extractor_weights_path, _ = verified("graph_final.pb")
+            self.net = load_from_graph(Path(feature_extractor_weights_path))
             self.size = INPUT_SIZE
             self.requires_grad_(False)
             self.eval()
@@ -129,7 +131,7 @@ class FIDMetric(Metric):
         else:
             cls = _facenet_extractor_class()
             path, sha = verified("graph_final.pb")
-            ext = cls(FACENET_EXTRACTOR, ["512"], weights_path=path)
+            ext = cls(FACENET_EXTRACTOR, ["512"], feature_extractor_weights_path=path)
         self._weights = ((path.name, sha),)
         return ext.to(self.device).eval()
 
