@@ -25,7 +25,10 @@ app = typer.Typer(
 )
 
 DEFAULT_OUT = Path("harness-out")
-DEFAULT_METRICS = ("identity",)
+# The offline default suite: runs anywhere, every column named for its backend. The
+# papers' models (identity_arcface/_cosface, pose_hopenet, expression_deep3d, fid) are
+# chosen with --metric once their weight files are in place (`harness weights`).
+DEFAULT_METRICS = ("identity", "identity_facenet", "pose", "expression", "fid_facenet")
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
 
