@@ -147,3 +147,39 @@ def test_facenet_extractor_runs_inside_torch_fidelity():
         fa = ext(torch.from_numpy(a).permute(0, 3, 1, 2).contiguous())[0].double().numpy()
         fb = ext(torch.from_numpy(b).permute(0, 3, 1, 2).contiguous())[0].double().numpy()
     assert abs(fid_from_features(fa, fb) - ref) / abs(ref) < 1e-4
+
+
+def test_inception_weights_file_loads_safely_in_torch_fidelity_format(tmp_path, monkeypatch):
+    """A state dict in torch-fidelity's Inception format, saved under the official name,
+    is loaded with weights_only=True and gives the same features as the module it came from."""
+    import dataclasses
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from harness import weights
+    from harness.metrics.fid import INCEPTION_WEIGHTS
+
+    with mock.patch.object(torch, "load", lambda *a, **k: {}), \
+            mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
+        torch.manual_seed(0)
+        original = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="x")
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setattr(weights, "_SHA_MEMO", tmp_path / "sha.json")
+    # a test file cannot have the released file's sha256 prefix: unpin it for this test
+    monkeypatch.setitem(weights.KNOWN, INCEPTION_WEIGHTS,
+                        dataclasses.replace(weights.KNOWN[INCEPTION_WEIGHTS], sha256_prefix=None))
+    torch.save(original.state_dict(), tmp_path / INCEPTION_WEIGHTS)
+    metric = FIDMetric("cpu", "inception")
+    assert metric.keys[0].key == "fid" and metric.backend().standard
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want = original.eval()(torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous())[0].double().numpy()
+    assert np.allclose(metric.features(list(imgs)), want, atol=1e-5)
+    # a file with the wrong sha256 prefix is refused with a one-line error
+    monkeypatch.setitem(weights.KNOWN, INCEPTION_WEIGHTS,
+                        dataclasses.replace(weights.KNOWN[INCEPTION_WEIGHTS], sha256_prefix="6726825d"))
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="6726825d"):
+        FIDMetric("cpu", "inception").backend()
