@@ -74,7 +74,7 @@ def _expand_methods(names: list[str]) -> list[str]:
 def run(
     protocol: Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")],
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name; repeat, or 'all'.")] = [],  # noqa: B006
-    metric: Annotated[list[str], typer.Option("--metric", help="Metric name; repeat. Default: the full default suite.")] = [],  # noqa: B006
+    metric: Annotated[list[str], typer.Option("--metric", help="Metric name, optionally with settings (pose:unit=rad, identity_arcface:detector=scrfd); repeat. Default: the offline suite.")] = [],  # noqa: B006
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the pair set and the bootstrap.")] = 0,
     num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
@@ -95,7 +95,11 @@ def run(
 
     t0 = time.perf_counter()
     methods = _expand_methods(method)
-    metric_names = list(dict.fromkeys(METRICS.resolve(m).name for m in (metric or DEFAULT_METRICS)))
+    metric_specs = {}  # "pose:unit=rad,detector=scrfd" -> name + settings
+    for spec in metric or DEFAULT_METRICS:
+        name, _, opts = spec.partition(":")
+        metric_specs[METRICS.resolve(name).name] = _parse_options([o for o in opts.split(",") if o])
+    metric_names = list(metric_specs)
     proto_entry = PROTOCOLS.resolve(protocol)
     cfg = RunConfig(out_dir=out.resolve(), device=_device(device), batch_size=batch_size, save_images=save_images,
                     progress=progress and sys.stderr.isatty())
@@ -106,7 +110,7 @@ def run(
           f"manifest sha256 {pairset.manifest_sha256[:12]}")
     for note in pairset.notes:
         _echo(f"  note: {note}")
-    metrics = [METRICS.create(m, device=cfg.device) for m in metric_names]
+    metrics = [METRICS.create(m, device=cfg.device, **metric_specs[m]) for m in metric_names]
     features = FeatureStore(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow)
     summaries = []

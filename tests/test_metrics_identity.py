@@ -176,9 +176,9 @@ def test_facenet_port_matches_cv2_runtime():
     cos = np.sum(ported * original, axis=1)
     assert cos.min() >= 0.999, cos.min()
     # and it is differentiable: an identity loss can back-propagate through it
-    from harness.models.facenet import prewhiten
+    from harness.models.facenet import load_from_graph, prewhiten
 
-    model = FaceNetTorchEmbedder().model
+    model = load_from_graph(weights.locate("graph_final.pb"))
     x = torch.rand(1, 3, 160, 160, requires_grad=True)
     model(prewhiten(x * 255)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

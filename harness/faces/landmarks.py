@@ -22,6 +22,7 @@ from functools import cached_property
 import numpy as np
 
 from harness.cache import cached_features
+from harness.errors import HarnessError
 from harness.faces.align import five_points
 from harness.weights import verified
 
@@ -55,8 +56,6 @@ class CropLandmarks:
 
     def __init__(self, detector: str = "dlib", upsample: int = 0) -> None:
         if detector not in ("dlib", "scrfd", "retinaface"):
-            from harness.errors import HarnessError
-
             raise HarnessError(f"unknown detector {detector!r} (choose dlib, scrfd or retinaface)")
         self.detector = detector
         self.upsample = upsample
@@ -77,10 +76,17 @@ class CropLandmarks:
     @cached_property
     def _onnx_detector(self):
         from insightface.model_zoo import get_model
+        from insightface.model_zoo.retinaface import RetinaFace
 
-        name = {"scrfd": "scrfd_10g_bnkps.onnx", "retinaface": "retinaface_r50_v1.onnx"}[self.detector]
-        path, sha = verified(name)
-        model = get_model(str(path), providers=["CPUExecutionProvider"])
+        if self.detector == "retinaface":
+            path, sha = verified("retinaface_r50_v1.onnx")
+            model = RetinaFace(model_file=str(path))  # the model zoo's router only picks SCRFD
+        else:
+            try:
+                path, sha = verified("det_10g.onnx")  # buffalo_l's name for SCRFD-10GF
+            except HarnessError:
+                path, sha = verified("scrfd_10g_bnkps.onnx")  # antelopev2's name, same file
+            model = get_model(str(path), providers=["CPUExecutionProvider"])
         model.prepare(ctx_id=-1, input_size=(640, 640), det_thresh=0.5)
         self._weights_onnx = [(path.name, sha)]
         return model

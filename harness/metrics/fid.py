@@ -64,11 +64,15 @@ def _facenet_extractor_class():
             super().__init__(name, features_list)
             from pathlib import Path
 
-            from harness.models.facenet import INPUT_SIZE, load_from_graph
+            from harness.models.facenet import INPUT_SIZE, load_from_graph, shared_facenet
+            from harness.weights import sha256_of
 
             if feature_extractor_weights_path is None:  # never downloads: the file is local
                 feature_extractor_weights_path, _ = verified("graph_final.pb")
-            self.net = load_from_graph(Path(feature_extractor_weights_path))
+            path = Path(feature_extractor_weights_path)
+            # kwargs carry torch-fidelity's settings; the harness passes its device to share one copy
+            device = kwargs.get("harness_device")
+            self.net = shared_facenet(path, sha256_of(path), device) if device else load_from_graph(path)
             self.size = INPUT_SIZE
             self.requires_grad_(False)
             self.eval()
@@ -131,7 +135,7 @@ class FIDMetric(Metric):
         else:
             cls = _facenet_extractor_class()
             path, sha = verified("graph_final.pb")
-            ext = cls(FACENET_EXTRACTOR, ["512"], feature_extractor_weights_path=path)
+            ext = cls(FACENET_EXTRACTOR, ["512"], feature_extractor_weights_path=path, harness_device=self.device)
         self._weights = ((path.name, sha),)
         return ext.to(self.device).eval()
 

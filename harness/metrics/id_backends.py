@@ -103,11 +103,11 @@ class FaceNetTorchEmbedder(Embedder):
 
     @cached_property
     def model(self):
-        from harness.models.facenet import load_from_graph
+        from harness.models.facenet import shared_facenet
 
         path, sha = verified("graph_final.pb")
         self._weights = ((path.name, sha),)
-        return load_from_graph(path).to(self.device)
+        return shared_facenet(path, sha, self.device)
 
     def weight_files(self):
         self.model  # noqa: B018

@@ -150,7 +150,8 @@ def prewhiten(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_from_graph(path: Path) -> InceptionResnetV1:
-    """Build the network and fill it from the frozen graph's constants."""
+    """Build the network and fill it from the frozen graph's constants (a fresh module;
+    see :func:`shared_facenet` for the read-only copy the metrics share)."""
     from harness.models.tf_graph import read_graph
 
     nodes = read_graph(path)
@@ -185,3 +186,16 @@ def load_from_graph(path: Path) -> InceptionResnetV1:
     if weights_left:
         raise HarnessError(f"{path.name}: {len(weights_left)} weight tensors not used by the port, e.g. {weights_left[:2]}")
     return model.eval()
+
+
+_SHARED: dict[tuple[str, str, str], InceptionResnetV1] = {}
+
+
+def shared_facenet(path: Path, sha256: str, device: str) -> InceptionResnetV1:
+    """One frozen (requires_grad=False) instance per file content and device, shared by
+    the identity and FID metrics so the 94 MB graph is parsed once per process."""
+    key = (str(path), sha256, device)
+    if key not in _SHARED:
+        with torch.inference_mode(False):  # normal tensors even when first used inside inference mode
+            _SHARED[key] = load_from_graph(path).to(device).requires_grad_(False).eval()
+    return _SHARED[key]
