@@ -27,7 +27,7 @@ def _run(method: str, out, batch_size: int, num_pairs: int | None = None):
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    return {m: _run(m, out, 16) for m in ("source", "target")}
+    return {m: _run(m, out, 16, num_pairs=12) for m in ("source", "target")}
 
 
 def test_source_tops_identity_and_target_has_zero_attribute_error(demo_runs):
@@ -50,7 +50,7 @@ def test_source_tops_identity_and_target_has_zero_attribute_error(demo_runs):
 
 def test_every_metric_is_batch_size_independent(demo_runs, tmp_path):
     # a fresh output folder: nothing cached, all features recomputed in batches of 3
-    small = _run("source", tmp_path, 3)
+    small = _run("source", tmp_path, 3, num_pairs=12)
     big = demo_runs["source"]
     for key, e in big["metrics"].items():
         # FID of two identical demo sets is ~0 up to eigenvalue round-off of a rank-deficient
