@@ -31,6 +31,13 @@ DEFAULT_OUT = Path("harness-out")
 DEFAULT_METRICS = ("identity", "identity_facenet", "pose", "expression", "fid_facenet")
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
+WeightsDirOpt = Annotated[Optional[Path], typer.Option(
+    "--weights-dir", help="Folder of weight files (overrides $HARNESS_WEIGHTS_DIR).")]
+
+
+def _set_weights_dir(folder: Optional[Path]) -> None:
+    if folder is not None:
+        os.environ["HARNESS_WEIGHTS_DIR"] = str(folder.expanduser().resolve())
 
 
 def _echo(msg: str) -> None:
@@ -87,8 +94,10 @@ def run(
     mlflow: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
     report: Annotated[bool, typer.Option(help="Render the report after the run.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    weights_dir: WeightsDirOpt = None,
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow."""
+    _set_weights_dir(weights_dir)
     from harness.cache import FeatureStore
     from harness.runner import RunConfig, run_method
     from harness.tracking import Tracker
@@ -195,8 +204,9 @@ def list_cmd(
 
 
 @app.command("weights")
-def weights_cmd() -> None:
+def weights_cmd(weights_dir: WeightsDirOpt = None) -> None:
     """Known weight files: present, missing, or wrong checksum, and where to get them."""
+    _set_weights_dir(weights_dir)
     from harness.weights import KNOWN, locate, sha256_of, weights_dir
 
     typer.echo(f"weights folder: {weights_dir()}  (set HARNESS_WEIGHTS_DIR to change)")

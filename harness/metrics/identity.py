@@ -20,12 +20,9 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.faces.landmarks import FFHQ_FACE_BOX  # dlib's 5-point predictor runs inside this box
 from harness.weights import verified
 
-# Face box inside an FFHQ-aligned crop, as fractions of the crop side: the median dlib
-# HOG box of the demo photos mapped through their alignment. The 5-point predictor runs
-# inside it, then dlib cuts its own 150x150 chip, as in dlib's reference pipeline.
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 
 
 class DlibFaceEmbedder:
