@@ -68,8 +68,8 @@ def _demo_crops_and_landmarks(n=4):
     from protocols.demo import DEMO_DIR
 
     imgs = [load_rgb(p) for p in sorted(DEMO_DIR.glob("*.png"))[:n]]
-    lm = CropLandmarks().compute(imgs)[:, :136].reshape(n, 68, 2)
-    return imgs, lm
+    five = CropLandmarks().compute(imgs)[:, 136:146].reshape(n, 5, 2)  # the stored alignment points
+    return imgs, five
 
 
 def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
@@ -79,7 +79,6 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from harness.faces.landmarks import five_from_68
     from harness.metrics.id_backends import make_embedder
 
     rng = np.random.default_rng(0)
@@ -100,11 +99,11 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
     onnx.save(model, str(path))
     _unpin(monkeypatch, "w600k_r50.onnx")
 
-    imgs, lm = _demo_crops_and_landmarks()
-    emb = make_embedder("arcface")(imgs, lm)
+    imgs, five = _demo_crops_and_landmarks()
+    emb = make_embedder("arcface")(imgs, five)
     assert emb.shape == (4, 512)
     # reference: RGB ArcFace crop, (x - 127.5) / 127.5, NCHW, the graph, L2 norm
-    crops = np.stack([arcface_crop(im, f) for im, f in zip(imgs, five_from_68(lm))]).astype(np.float32)
+    crops = np.stack([arcface_crop(im, f) for im, f in zip(imgs, five)]).astype(np.float32)
     x = ((crops - 127.5) / 127.5).transpose(0, 3, 1, 2)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})[0]
     ref = _unit(ref)
@@ -137,8 +136,8 @@ def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
         assert torch.allclose(loaded(x), net(x), atol=1e-5)
     with pytest.raises(Exception):
         load_iresnet(path, "r100")  # wrong depth: a clear error, not a silent partial load
-    imgs, lm = _demo_crops_and_landmarks(2)
-    emb = make_embedder("cosface_r50")(imgs, lm)
+    imgs, five = _demo_crops_and_landmarks(2)
+    emb = make_embedder("cosface_r50")(imgs, five)
     assert emb.shape == (2, 512) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
 
@@ -170,9 +169,9 @@ def test_facenet_port_matches_cv2_runtime():
     from protocols.demo import DEMO_DIR
 
     imgs = [load_rgb(p) for p in sorted(DEMO_DIR.glob("*.png"))]
-    lm = CropLandmarks().compute(imgs)[:, :136].reshape(len(imgs), 68, 2)
-    ported = FaceNetTorchEmbedder()(imgs, lm)
-    original = FaceNetCv2Embedder()(imgs, lm)
+    five = CropLandmarks().compute(imgs)[:, 136:146].reshape(len(imgs), 5, 2)
+    ported = FaceNetTorchEmbedder()(imgs, five)
+    original = FaceNetCv2Embedder()(imgs, five)
     cos = np.sum(ported * original, axis=1)
     assert cos.min() >= 0.999, cos.min()
     # and it is differentiable: an identity loss can back-propagate through it

@@ -129,7 +129,10 @@ def test_faces_not_found_are_counted():
     blank = np.full_like(face, 128)
     ctx = fake_context([FacePair("p", "face", "blank", "a", "b")], {"face": face, "blank": blank})
     lm = CropLandmarks()
-    pts, found = lm(ctx, [ctx.image_sha("face"), ctx.image_sha("blank")], [face, blank])
-    assert found.tolist() == [True, False] and pts.shape == (2, 68, 2)
+    pts, five, found = lm(ctx, [ctx.image_sha("face"), ctx.image_sha("blank")], [face, blank])
+    assert found.tolist() == [True, False] and pts.shape == (2, 68, 2) and five.shape == (2, 5, 2)
+    from harness.faces.landmarks import five_from_68
+
+    assert np.allclose(five, five_from_68(pts), atol=1e-3)  # dlib: the 5 points come from the 68
     note = lm.stats.note("pose")
     assert note is not None and "1 of 2" in note

@@ -10,8 +10,10 @@ the detector finds no face, the landmarks are predicted inside the expected box
 landmarks reports the count (``Metric.notes``), nothing is dropped silently.
 
 Detectors: dlib HOG (offline default) or an insightface SCRFD/RetinaFace ONNX file
-(``detector="scrfd"``, through ``insightface.model_zoo``) when the user has it; with
-SCRFD the box comes from SCRFD and the 68 points from dlib's predictor inside it.
+(``detector="scrfd"``, through ``insightface.model_zoo``) when the user has it. With
+SCRFD/RetinaFace the box and the 5 alignment points are the detector's own (as in
+insightface's pipeline) and the 68 points come from dlib's predictor inside that box;
+with dlib the 5 points are derived from the 68.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ class LandmarkStats:
 class CropLandmarks:
     """uint8 aligned crops -> (N, 68, 2) landmarks in crop pixels, plus a found flag.
 
-    Stored vector per image: 68*2 coordinates then 1.0/0.0 (face found), float32.
+    Stored vector per image (float32): 68*2 coordinates, 5*2 alignment points, then
+    1.0/0.0 (face found).
     """
 
-    version = "1"
+    version = "2"
 
     def __init__(self, detector: str = "dlib", upsample: int = 0) -> None:
         if detector not in ("dlib", "scrfd", "retinaface"):
@@ -99,48 +102,54 @@ class CropLandmarks:
             extra = self._weights_onnx
         return tuple(self._weights + extra)
 
-    def _boxes(self, img: np.ndarray) -> list[tuple[float, float, float, float]]:
+    def _faces(self, img: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray | None]]:
+        """[(box, 5 points or None)] for every face the detector finds."""
         if self.detector == "dlib":
             det, _ = self._dlib
             rects, _, _ = det.run(img, self.upsample, 0.0)
-            return [(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
+            return [((r.left(), r.top(), r.right(), r.bottom()), None) for r in rects]
         import cv2
 
-        bboxes, _ = self._onnx_detector.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), max_num=0)
-        return [tuple(float(v) for v in b[:4]) for b in bboxes]
+        bboxes, kpss = self._onnx_detector.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), max_num=0)
+        return [(tuple(float(v) for v in b[:4]), None if kpss is None else np.asarray(k, np.float32).reshape(5, 2))
+                for b, k in zip(bboxes, kpss if kpss is not None else [None] * len(bboxes))]
 
     def compute(self, images: list[np.ndarray]) -> np.ndarray:
-        """Landmarks for a list of crops: (N, 68*2 + 1) float32."""
+        """Landmarks for a list of crops: (N, 68*2 + 5*2 + 1) float32."""
         import dlib
 
         _, predictor = self._dlib
-        out = np.zeros((len(images), NUM_POINTS * 2 + 1), np.float32)
+        out = np.zeros((len(images), NUM_POINTS * 2 + 10 + 1), np.float32)
         for i, image in enumerate(images):
             img = np.ascontiguousarray(image)
             h, w = img.shape[:2]
-            boxes = self._boxes(img)
-            found = bool(boxes)
+            faces = self._faces(img)
+            found = bool(faces)
             if found:  # the largest face: crops hold one main face
-                box = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+                box, five = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
             else:
                 x0, y0, x1, y1 = FFHQ_FACE_BOX
-                box = (x0 * w, y0 * h, x1 * w, y1 * h)
+                box, five = (x0 * w, y0 * h, x1 * w, y1 * h), None
             rect = dlib.rectangle(*(int(round(v)) for v in box))
             shape = predictor(img, rect)
             pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
+            if five is None:
+                five = five_points(pts)
             out[i, : NUM_POINTS * 2] = pts.reshape(-1)
+            out[i, NUM_POINTS * 2 : NUM_POINTS * 2 + 10] = np.asarray(five, np.float32).reshape(-1)
             out[i, -1] = 1.0 if found else 0.0
         return out
 
     def __call__(self, ctx, shas: list[str], images: list[np.ndarray] | None = None, load=None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Cached landmarks: ((N, 68, 2) float, (N,) bool found)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cached landmarks: ((N, 68, 2), (N, 5, 2) alignment points, (N,) bool found)."""
         vec = cached_features(ctx.feature_cache, self.namespace, shas, images, self.compute, load)
         lm = vec[:, : NUM_POINTS * 2].reshape(len(shas), NUM_POINTS, 2)  # (N, 68, 2)
+        five = vec[:, NUM_POINTS * 2 : NUM_POINTS * 2 + 10].reshape(len(shas), 5, 2)  # (N, 5, 2)
         found = vec[:, -1] > 0.5
         self.stats.seen.update(shas)
         self.stats.not_found.update(s for s, f in zip(shas, found) if not f)
-        return lm, found
+        return lm, five, found
 
 
 def five_from_68(lm68: np.ndarray) -> np.ndarray:

@@ -89,13 +89,12 @@ class ExpressionMetric(Metric):
         import torch
 
         from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
-        from harness.faces.landmarks import five_from_68
         from harness.metrics.id_backends import similarity_crop
         from harness.models.deep3d import INPUT_SIZE
 
         template = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (INPUT_SIZE / ARCFACE_SIZE) * DEEP3D_FRAME
                     + INPUT_SIZE / 2).astype(np.float32)
-        five = five_from_68(np.stack([it[1] for it in items]))
+        five = np.stack([it[1] for it in items])  # (N, 5, 2)
         crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE) for it, f in zip(items, five)])
         out = []
         with torch.inference_mode():
@@ -108,11 +107,11 @@ class ExpressionMetric(Metric):
         from harness.faces.landmarks import shared_landmarks
 
         self._landmarks = shared_landmarks(ctx, self.detector)
-        lm, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2)
+        lm, five, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2), (N, 5, 2)
         if self.backend_setting == "landmarks":
             return lm
-        return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v1", shas,
-                               list(zip(images, lm)), self._deep3d)
+        return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v2", shas,
+                               list(zip(images, five)), self._deep3d)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
         sw = self._features(ctx, batch.swapped_sha, list(batch.swapped))

@@ -1,7 +1,7 @@
 """Identity embedders behind the identity metric: one interface, several models.
 
 Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and their
-68 landmarks to L2-normalised vectors, in batches, on the run's device:
+5 alignment points (eye centres, nose tip, mouth corners) to L2-normalised vectors, in batches, on the run's device:
 
 | setting      | model                                                    | crop                    | standard |
 |--------------|----------------------------------------------------------|-------------------------|----------|
@@ -22,7 +22,6 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
-from harness.faces.landmarks import five_from_68
 from harness.weights import verified
 
 TORCH_BATCH = 64  # images per forward pass
@@ -34,7 +33,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 class Embedder:
-    """Aligned crops + 68 landmarks -> (N, D) unit vectors."""
+    """Aligned crops + (N, 5, 2) alignment points -> (N, D) unit vectors."""
 
     name: str
     version = "1"
@@ -45,7 +44,7 @@ class Embedder:
     def weight_files(self) -> tuple[tuple[str, str], ...]:
         raise NotImplementedError
 
-    def __call__(self, images: list[np.ndarray], lm68: np.ndarray | None) -> np.ndarray:
+    def __call__(self, images: list[np.ndarray], five: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -62,7 +61,7 @@ class DlibEmbedder(Embedder):
     def weight_files(self):
         return self._impl.weight_files()
 
-    def __call__(self, images, lm68=None):
+    def __call__(self, images, five=None):
         return self._impl(images)
 
 
@@ -88,8 +87,7 @@ def similarity_crop(image: np.ndarray, five: np.ndarray, template: np.ndarray, s
     return cv2.warpAffine(np.ascontiguousarray(image), tform.params[:2], (size, size), borderValue=0.0)
 
 
-def facenet_crops(images: list[np.ndarray], lm68: np.ndarray) -> np.ndarray:
-    five = five_from_68(lm68)
+def facenet_crops(images: list[np.ndarray], five: np.ndarray) -> np.ndarray:
     return np.stack([similarity_crop(img, f, FACENET_TEMPLATE_160, 160) for img, f in zip(images, five)])  # (N,160,160,3)
 
 
@@ -113,12 +111,13 @@ class FaceNetTorchEmbedder(Embedder):
         self.model  # noqa: B018
         return self._weights
 
-    def __call__(self, images, lm68):
+    def __call__(self, images, five):
         import torch
 
         from harness.models.facenet import prewhiten
 
-        crops = facenet_crops(images, lm68)
+        self.model  # noqa: B018 - built outside inference mode
+        crops = facenet_crops(images, five)
         out = []
         with torch.inference_mode():
             for i in range(0, len(crops), TORCH_BATCH):
@@ -146,8 +145,8 @@ class FaceNetCv2Embedder(Embedder):
         self.net  # noqa: B018
         return self._weights
 
-    def __call__(self, images, lm68):
-        crops = facenet_crops(images, lm68).astype(np.float32)  # (N, 160, 160, 3)
+    def __call__(self, images, five):
+        crops = facenet_crops(images, five).astype(np.float32)  # (N, 160, 160, 3)
         out = []
         for c in crops:  # the graph's input is fixed to batch 1
             std = max(c.std(), 1.0 / np.sqrt(c.size))
@@ -181,11 +180,10 @@ class ArcFaceOnnxEmbedder(Embedder):
         self.model  # noqa: B018
         return self._weights
 
-    def __call__(self, images, lm68):
+    def __call__(self, images, five):
         from harness.faces.arcface import arcface_crop
 
         size = self.model.input_size[0]
-        five = five_from_68(lm68)
         # insightface models take BGR (cv2) crops and swap channels themselves
         crops = [arcface_crop(img[:, :, ::-1], f, size) for img, f in zip(images, five)]
         out = [self.model.get_feat(crops[i : i + TORCH_BATCH]) for i in range(0, len(crops), TORCH_BATCH)]
@@ -212,12 +210,12 @@ class IResNetEmbedder(Embedder):
         self.model  # noqa: B018
         return self._weights
 
-    def __call__(self, images, lm68):
+    def __call__(self, images, five):
         import torch
 
         from harness.faces.arcface import arcface_crop
 
-        five = five_from_68(lm68)
+        self.model  # noqa: B018 - built outside inference mode
         crops = np.stack([arcface_crop(img, f) for img, f in zip(images, five)])  # (N, 112, 112, 3) RGB
         out = []
         with torch.inference_mode():

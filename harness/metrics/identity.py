@@ -122,9 +122,9 @@ class IdentityMetric(Metric):
         from harness.faces.landmarks import shared_landmarks
 
         self._landmarks = shared_landmarks(ctx, self.detector)
-        lm, _ = self._landmarks(ctx, shas, images, load)  # (N, 68, 2), cached
-        pairs = None if images is None else list(zip(images, lm))
-        pair_load = None if load is None else (lambda i: (load(i), lm[i]))
+        _, five, _ = self._landmarks(ctx, shas, images, load)  # (N, 5, 2), cached
+        pairs = None if images is None else list(zip(images, five))
+        pair_load = None if load is None else (lambda i: (load(i), five[i]))
 
         def compute(items):
             return self.embedder([it[0] for it in items], np.stack([it[1] for it in items]))

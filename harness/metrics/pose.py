@@ -98,7 +98,7 @@ class PoseMetric(Metric):
         from harness.faces.pose import pnp_pose
 
         self._landmarks = shared_landmarks(ctx, self.detector)
-        lm, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2)
+        lm, _, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2)
         h, w = images[0].shape[:2]
         items = [(lm[i], w, h) for i in range(len(shas))]
         return cached_features(ctx.feature_cache, f"pnp_meanface:{self.detector}:v1", shas, items,
