@@ -136,3 +136,34 @@ def test_faces_not_found_are_counted():
     assert np.allclose(five, five_from_68(pts), atol=1e-3)  # dlib: the 5 points come from the 68
     note = lm.stats.note("pose")
     assert note is not None and "1 of 2" in note
+
+
+def _demo_batch():
+    from harness.api import EvalBatch, FacePair
+    from harness.images import load_rgb
+    from metrics_helpers import fake_context
+    from protocols.demo import DEMO_DIR
+
+    a, b = (load_rgb(DEMO_DIR / n) for n in ("astronaut.png", "grace_hopper.png"))
+    ctx = fake_context([FacePair("p0", "a", "b", "A", "B"), FacePair("p1", "b", "a", "B", "A")], {"a": a, "b": b})
+    sa, sb = ctx.image_sha("a"), ctx.image_sha("b")
+    # pair 0: "swap" = the target itself (error 0); pair 1: "swap" = the other face
+    return ctx, EvalBatch(["p0", "p1"], np.stack([a, b]), np.stack([b, a]), np.stack([b, b]), [sa, sb], [sb, sa],
+                          [sb, sb])
+
+
+def test_standard_pose_and_expression_metrics_run_from_official_files(weights_dir):
+    from harness.metrics.expression import ExpressionMetric
+    from harness.metrics.pose import PoseMetric
+
+    test_hopenet_official_state_dict_loads_and_decodes_degrees(weights_dir)
+    test_deep3d_official_checkpoint_loads(weights_dir)
+    ctx, batch = _demo_batch()
+    for metric in (PoseMetric("cpu", "hopenet", "rad"), ExpressionMetric("cpu", "deep3d")):
+        b = metric.backend()
+        assert b.standard and all(len(sha) == 64 for _, sha in b.weights)
+        key = metric.keys[0].key
+        assert key in ("pose_error", "expression_error")  # the standard models carry the plain names
+        err = metric.update(batch, ctx)[key]
+        assert err.shape == (2,) and err[0] == 0.0 and err[1] > 0.0
+    assert PoseMetric("cpu", "hopenet", "rad").keys[0].unit == "rad"
