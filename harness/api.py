@@ -157,6 +157,17 @@ class SwapMethod(ABC):
         """Both directions, (a on b, b on a). Symmetric methods override this with one pass."""
         return self.swap(a, b), self.swap(b, a)
 
+    # Optional hooks the runner calls when present (duck-typed methods may omit them).
+    def prepare(self, pairset: PairSet) -> list[str]:
+        """Called once with the whole pair set before any swap; returns notes for the report
+        (e.g. outputs found in a folder that match no pair). Default: nothing to do."""
+        return []
+
+    def swap_pairs(self, pairs: list[FacePair], source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        """Like :meth:`swap`, also given the batch's pairs (their ids and file names), for
+        methods that look outputs up by pair. Default: ``swap(source, target)``."""
+        return self.swap(source, target)
+
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the outputs; hashed into the cache key."""
         return {"name": self.name, "resolution": self.resolution}

@@ -62,18 +62,34 @@ def _parse_options(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _method_options(items: list[str], entry) -> dict[str, str]:
+    """``METHOD.key=value`` items for this entry (by name or alias) plus unscoped ``key=value``."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"--method-option expects METHOD.key=value or key=value, got {item!r}")
+        scope, dot, name = key.rpartition(".")
+        if dot and scope not in (entry.name, *entry.aliases):
+            METHODS.resolve(scope)  # an unknown method name is an error, not a silently unused option
+            continue
+        out[name.replace("-", "_")] = value
+    return out
+
+
 def _expand_methods(names: list[str]) -> list[str]:
     if not names:
         raise HarnessError("give at least one --method (or --method all); see `harness list methods`")
     if "all" not in names:
         return list(dict.fromkeys(METHODS.resolve(n).name for n in names))
-    chosen = []
+    chosen, skipped = [], []
     for e in METHODS.entries():
-        missing = e.missing_weights()
-        if missing:
-            _echo(f"skipping method {e.name}: weights missing ({', '.join(missing)}); see `harness weights`")
-        else:
-            chosen.append(e.name)
+        if e.explicit_only:
+            continue  # needs options (e.g. precomputed's folder): run it by name
+        (skipped if e.missing_weights() else chosen).append(e.name)
+    if skipped:
+        _echo(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
+              f"see `harness list methods` and `harness weights`")
     return chosen
 
 
@@ -86,6 +102,9 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for the pair set and the bootstrap.")] = 0,
     num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
     option: Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")] = [],  # noqa: B006
+    method_option: Annotated[list[str], typer.Option(
+        "--method-option", help="Method constructor option METHOD.key=value (or key=value for every method); repeat."
+    )] = [],  # noqa: B006
     out: OutOpt = DEFAULT_OUT,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -131,11 +150,16 @@ def run(
             missing = entry.missing_weights()
             if missing:
                 raise HarnessError(f"method {name}: weights missing ({', '.join(missing)}); see `harness weights`")
-            summary = run_method(entry.create(device=cfg.device), pairset, metrics, cfg, features)
+            summary = run_method(entry.create(device=cfg.device, **_method_options(method_option, entry)),
+                                 pairset, metrics, cfg, features)
+            for note in summary["notes"][len(pairset.notes):]:
+                _echo(f"  note: {note}")
             summaries.append(summary)
             tracker.log_method(summary)
             cells = ", ".join(f"{k}={e['value'] * e['scale']:.3g}" for k, e in summary["metrics"].items())
-            _echo(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached)")
+            t = summary["timing_s"]
+            _echo(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
+                  f"swap {t['swap']:.1f}s, score {t['score']:.1f}s)")
         if report:
             paths = _render_report(cfg.out_dir)
             tracker.log_artifacts(cfg.out_dir / "report", "report")
@@ -147,6 +171,39 @@ def run(
         typer.echo(f"run:    {s['run_dir']}")
     if mlflow:
         typer.echo(f"mlflow: {tracker.uri}  (open with: mlflow ui --backend-store-uri {tracker.uri})")
+
+
+@app.command()
+def prepare(
+    protocol: Annotated[str, typer.Argument(help="Protocol whose dataset to check and prepare (celebahq, ffpp, ...).")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root in the protocol's official layout.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = 0,
+    num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
+    option: Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")] = [],  # noqa: B006
+    out: OutOpt = DEFAULT_OUT,
+) -> None:
+    """Check the dataset layout (listing everything missing or malformed), then prepare the
+    aligned crops into --out's cache (resumable) and write the manifest."""
+    proto = PROTOCOLS.resolve(protocol).create(root=root, seed=seed, num_pairs=num_pairs,
+                                               cache_dir=out.resolve() / "cache", **_parse_options(option))
+    validate = getattr(proto, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except HarnessError as exc:
+            for problem in getattr(exc, "problems", []):
+                _echo(f"  - {problem}")
+            raise
+        _echo(f"{protocol}: layout ok")
+    pairset = proto.build()
+    folder = out.resolve() / "manifests" / f"{pairset.protocol}-{pairset.manifest_sha256[:12]}"
+    pairset.write(folder)
+    for note in pairset.notes:
+        _echo(f"  note: {note}")
+    typer.echo(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
+               f"manifest sha256 {pairset.manifest_sha256}")
+    typer.echo(f"crops:    {pairset.root}")
+    typer.echo(f"manifest: {folder}")
 
 
 def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
@@ -169,6 +226,29 @@ def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
         if grid:
             paths[f"grid_{p}"] = grid
     return paths
+
+
+@app.command("export-pairs")
+def export_pairs_cmd(
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (source/, target/, pairs.csv, ...).")],
+    root: Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the pair set.")] = 0,
+    num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
+    option: Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")] = [],  # noqa: B006
+    cache: Annotated[Path, typer.Option(help="Harness output folder whose cache holds prepared crops.")] = DEFAULT_OUT,
+) -> None:
+    """Write a protocol's pairs and aligned inputs for running another repository's code;
+    score its outputs afterwards with `--method precomputed`."""
+    from harness.export import export_pairs
+
+    proto = PROTOCOLS.resolve(protocol).create(root=root, seed=seed, num_pairs=num_pairs,
+                                               cache_dir=cache.resolve() / "cache", **_parse_options(option))
+    pairset = proto.build()
+    folder = export_pairs(pairset, out)
+    typer.echo(f"{len(pairset.pairs)} pairs of {pairset.protocol} written to {folder}")
+    typer.echo(f"put outputs in {folder / 'outputs'} as <pair_id>.png, then: harness run --protocol {protocol} "
+               f"--method precomputed --method-option precomputed.dir={folder / 'outputs'}")
 
 
 @app.command("report")
@@ -200,7 +280,7 @@ def list_cmd(
         status = "ready" if not missing else f"weights missing: {', '.join(missing)}"
         aliases = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         origin = "" if e.origin == "builtin" else f" [plugin: {e.origin}]"
-        typer.echo(f"{e.name:<14} {status:<10} {e.description}{aliases}{origin}")
+        typer.echo(f"{e.name:<24} {status:<10} {e.description}{aliases}{origin}")
 
 
 @app.command("weights")

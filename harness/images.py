@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from harness.errors import HarnessError
 
@@ -17,6 +17,7 @@ def load_rgb(path: Path) -> np.ndarray:
     """Read an image file as uint8 (H, W, 3) RGB; a broken file is a one-line error."""
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF orientation
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except FileNotFoundError:
         raise HarnessError(f"image not found: {path}") from None

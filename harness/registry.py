@@ -33,6 +33,7 @@ class Entry:
     origin: str = "builtin"  # or the distribution that provided it through an entry point
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
     requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
+    explicit_only: bool = False  # run only when named (it needs options): `--method all` skips it
 
     def missing_weights(self) -> list[str]:
         """Required weight files that cannot be found (checked without importing the entry)."""
@@ -84,6 +85,7 @@ class Registry:
         origin: str = "builtin",
         options: dict[str, Any] | None = None,
         requires: tuple[str, ...] = (),
+        explicit_only: bool = False,
     ) -> Entry:
         """Add an entry; validates the name and target form now, not at first use."""
         if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
@@ -94,7 +96,7 @@ class Registry:
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name {key!r} is registered twice")
         entry = Entry(name, target, description, tuple(aliases), origin, tuple(sorted((options or {}).items())),
-                      tuple(requires))
+                      tuple(requires), explicit_only)
         self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name
@@ -145,11 +147,51 @@ METHODS.register("source", "methods.reference:SourceMethod",
                  description="returns the source face: the identity upper bound")
 METHODS.register("target", "methods.reference:TargetMethod",
                  description="returns the target face: the lower bound (no swap)")
+METHODS.register("classical", "methods.classical:ClassicalSwap",
+                 description="landmark triangle warp + Lab colour transfer + Poisson blend (no swapper weights)",
+                 requires=("shape_predictor_68_face_landmarks.dat",))
+METHODS.register("precomputed", "methods.precomputed:PrecomputedMethod",
+                 description="scores outputs made elsewhere: --method-option precomputed.dir=DIR "
+                             "(<pair_id>.png or <source_stem>__<target_stem>.png); see `harness export-pairs`",
+                 explicit_only=True)
+# ONNX swappers: conventions in methods.onnx_swappers.SWAPPERS (a test checks these lines
+# against that table); (name, weight files it needs).
+for _model, _files in (
+    ("inswapper_128", ("inswapper_128.onnx", "w600k_r50.onnx")),
+    ("simswap_256", ("simswap_256.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
+    ("simswap_unofficial_512", ("simswap_unofficial_512.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
+    ("blendswap_256", ("blendswap_256.onnx",)),
+    ("ghost_1_256", ("ghost_1_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("ghost_2_256", ("ghost_2_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("ghost_3_256", ("ghost_3_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
+    ("hififace_unofficial_256", ("hififace_unofficial_256.onnx", "w600k_r50.onnx", "crossface_hififace.onnx")),
+    ("uniface_256", ("uniface_256.onnx",)),
+    ("hyperswap_1a_256", ("hyperswap_1a_256.onnx", "w600k_r50.onnx")),
+    ("hyperswap_1b_256", ("hyperswap_1b_256.onnx", "w600k_r50.onnx")),
+    ("hyperswap_1c_256", ("hyperswap_1c_256.onnx", "w600k_r50.onnx")),
+):
+    METHODS.register(_model, "methods.onnx_swappers:OnnxSwapper", options={"model": _model},
+                     description=f"ONNX swapper {_model} (onnxruntime; aligned to its template, pasted back)",
+                     requires=(*_files, "shape_predictor_68_face_landmarks.dat"))
+METHODS.register("simswap", "methods.simswap:SimSwapMethod", options={"release": "simswap"},
+                 description="SimSwap 224 from the official PyTorch checkpoint (watermark never added)",
+                 requires=("simswap_224_latest_net_G.pth", "arcface_checkpoint.tar",
+                           "shape_predictor_68_face_landmarks.dat"))
+METHODS.register("simswap_512", "methods.simswap:SimSwapMethod", options={"release": "simswap_512"},
+                 description="SimSwap 512 beta from the official PyTorch checkpoint (watermark never added)",
+                 requires=("simswap_512_latest_net_G.pth", "arcface_checkpoint.tar",
+                           "shape_predictor_68_face_landmarks.dat"))
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
 PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",
                    description="any folder of face photos (optionally one subfolder per identity)")
+PROTOCOLS.register("celebahq", "protocols.celebahq:CelebAHQProtocol",
+                   description="CodeSwap's CelebA-HQ set: 1,000 distinct identities, 1,000 pairs (--root, the user's copy)",
+                   aliases=("celeba-hq",))
+PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
+                   description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
+                   aliases=("ff++", "faceforensics"))
 
 METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
                  description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",

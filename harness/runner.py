@@ -19,11 +19,13 @@ import datetime as _dt
 import json
 import time
 import warnings
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import FeatureStore, SwapStore, stable_hash
@@ -45,17 +47,27 @@ class RunConfig:
 
 @dataclass
 class ImageSource:
-    """Loads a pair set's images, memoising pixels' sha256 (the cache keys)."""
+    """Loads a pair set's images, memoising pixels' sha256 (the cache keys) and keeping
+    the most recently used decoded images (``keep`` of them) in memory."""
 
     pairset: PairSet
+    keep: int = 1024
     _sha: dict[str, str] = field(default_factory=dict)
+    _pixels: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
 
     def load(self, rel: str) -> np.ndarray:
+        if rel in self._pixels:
+            self._pixels.move_to_end(rel)
+            return self._pixels[rel]
         img = load_rgb(self.pairset.path(rel))
         size = self.pairset.resolution
         if img.shape[:2] != (size, size):
             raise HarnessError(f"{rel}: expected a {size}x{size} aligned crop, got {img.shape[1]}x{img.shape[0]}")
+        img.setflags(write=False)  # shared between callers: nobody may change it in place
         self._sha.setdefault(rel, pixel_sha256(img))
+        self._pixels[rel] = img
+        if len(self._pixels) > self.keep:
+            self._pixels.popitem(last=False)
         return img
 
     def sha(self, rel: str) -> str:
@@ -79,19 +91,22 @@ def _progress(iterable, enabled: bool, **kw):
 
 def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: RunConfig) -> tuple[dict[str, str], SwapStore, int]:
     """Swap every pair not already cached. Returns ({pair_id: swap key}, store, #computed)."""
-    import torch
-
     store = SwapStore(cfg.out_dir / "cache", method.fingerprint())
     size = pairset.resolution
     keys = {p.pair_id: SwapStore.pair_key(images.sha(p.source), images.sha(p.target), size) for p in pairset.pairs}
     todo = [p for p in pairset.pairs if not store.has(keys[p.pair_id])]
+    if not todo:
+        return keys, store, 0
+    import torch  # only when there is work: a fully cached run never needs it here
+
     in_size = method.resolution or size
     batches = list(_batches(todo, cfg.batch_size))
     with torch.inference_mode():
-        for batch in _progress(batches, cfg.progress and bool(todo), desc=f"swap {method.name}", unit="batch"):
+        for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
-            out = method.swap(src, tgt)  # (B,3,S,S) float [0,1]
+            swap_pairs = getattr(method, "swap_pairs", None)  # optional hook: methods that need pair identity
+            out = swap_pairs(batch, src, tgt) if callable(swap_pairs) else method.swap(src, tgt)  # (B,3,S,S) [0,1]
             if out.shape != src.shape:
                 raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
             for p, img in zip(batch, to_uint8(out, size)):  # (S,S,3) uint8 at the protocol size
@@ -119,8 +134,6 @@ def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: in
 def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapStore, metrics: list[Metric],
           images: ImageSource, features: FeatureStore, cfg: RunConfig):
     """Per-pair metric rows (a DataFrame) and dataset-level values."""
-    import pandas as pd
-
     ctx = EvalContext(pairset=pairset, device=cfg.device, feature_cache=features, load_image=images.load,
                       image_sha=images.sha)
     owners: dict[str, str] = {}
@@ -172,6 +185,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                features: FeatureStore) -> dict[str, Any]:
     """Swap, score and aggregate one method on one pair set; writes its run folder."""
     t0 = time.perf_counter()
+    prepare = getattr(method, "prepare", None)  # optional hook: sees the whole pair set first
+    method_notes = [str(n) for n in (prepare(pairset) or [])] if callable(prepare) else []
     images = ImageSource(pairset)
     keys, store, computed = run_swaps(method, pairset, images, cfg)
     t_swap = time.perf_counter() - t0
@@ -202,7 +217,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
             else:
                 entry.update(value=float(dataset_level[k.key]), ci_low=None, ci_high=None, n=len(frame))
             results[k.key] = entry
-    notes = list(pairset.notes) + [n for m in metrics for n in m.notes()]
+    notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
+             + [n for m in metrics for n in m.notes()])
     backends = {m.name: asdict(m.backend()) for m in metrics}
     # The evaluator should not be the model the method optimised: flag it when it is.
     scored_by_training_model = sorted(k for k, b in backends.items()

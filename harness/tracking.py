@@ -74,9 +74,11 @@ class Tracker:
     def _client(self):
         if self._mlflow is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-            logging.getLogger("alembic").setLevel(logging.WARNING)
             import mlflow
+
+            # MLflow configures its loggers on import; quiet its schema-migration chatter.
+            for name in ("mlflow", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             mlflow.set_tracking_uri(self.uri)
             if mlflow.get_experiment_by_name(EXPERIMENT) is None:

@@ -62,6 +62,52 @@ register_weight(WeightFile(
     "models/shape_predictor_5_face_landmarks.dat", _FRM_SRC, "CC0 (package); model by dlib",
 ))
 
+# --- face swappers (methods.onnx_swappers, methods.simswap) -----------------------------
+# sha256 given only where several independent public sources agree on it; facefusion
+# publishes CRC32 ".hash" files, not sha256, so its exports are None.
+_FF = "facefusion-assets GitHub releases ({tag}), as facefusion downloads them; put the file in the weights folder"
+register_weight(WeightFile(
+    "inswapper_128.onnx", "e4a3f08c753cb72d04e10aa0f7dbe3deebbf39567d4ead6dce08e98aa49e16af",
+    "swapper: insightface inswapper 128 (ArcFace embedding through emap)", None, None,
+    "insightface model zoo release v0.7 (inswapper_128.onnx)", "insightface: non-commercial research use",
+))
+register_weight(WeightFile(
+    "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
+    "identity: insightface ArcFace ResNet-50 (WebFace600K), 512-d (swappers' source embedding; identity_arcface metric)",
+    None, None,
+    "insightface buffalo_l.zip (models/buffalo_l/w600k_r50.onnx); facefusion names it arcface_w600k_r50.onnx",
+    "insightface: non-commercial research use",
+))
+for _name, _tag, _what, _lic in (
+    ("simswap_256.onnx", "models-3.0.0", "SimSwap 256", "non-commercial"),
+    ("simswap_unofficial_512.onnx", "models-3.0.0", "SimSwap 512 (unofficial)", "non-commercial"),
+    ("blendswap_256.onnx", "models-3.0.0", "BlendSwap 256 (BlendFace)", "non-commercial"),
+    ("ghost_1_256.onnx", "models-3.0.0", "GHOST 1 256", "Apache-2.0"),
+    ("ghost_2_256.onnx", "models-3.0.0", "GHOST 2 256", "Apache-2.0"),
+    ("ghost_3_256.onnx", "models-3.0.0", "GHOST 3 256", "Apache-2.0"),
+    ("hififace_unofficial_256.onnx", "models-3.1.0", "HifiFace 256 (unofficial)", "unknown"),
+    ("uniface_256.onnx", "models-3.0.0", "UniFace 256", "unknown"),
+    ("hyperswap_1a_256.onnx", "models-3.3.0", "HyperSwap 1a 256", "ResearchRAIL"),
+    ("hyperswap_1b_256.onnx", "models-3.3.0", "HyperSwap 1b 256", "ResearchRAIL"),
+    ("hyperswap_1c_256.onnx", "models-3.3.0", "HyperSwap 1c 256", "ResearchRAIL"),
+    ("crossface_simswap.onnx", "models-3.4.0", "ArcFace -> SimSwap identity converter", "see facefusion-assets"),
+    ("crossface_ghost.onnx", "models-3.4.0", "ArcFace -> GHOST identity converter", "see facefusion-assets"),
+    ("crossface_hififace.onnx", "models-3.4.0", "ArcFace -> HifiFace identity converter", "see facefusion-assets"),
+):
+    register_weight(WeightFile(_name, None, f"swapper: {_what}", None, None, _FF.format(tag=_tag), _lic))
+for _name, _what, _where in (
+    ("simswap_224_latest_net_G.pth", "224 px 'people' release", "checkpoints/people/latest_net_G.pth"),
+    ("simswap_512_latest_net_G.pth", "512 px beta release", "the 512 beta generator (<iteration>_net_G.pth)"),
+):
+    register_weight(WeightFile(
+        _name, None, f"swapper: SimSwap generator state dict ({_what})", None, None,
+        f"neuralchen/SimSwap release checkpoints: {_where}, renamed to {_name}", "CC BY-NC 4.0 (non-commercial)",
+    ))
+register_weight(WeightFile(
+    "arcface_checkpoint.tar", None, "identity for SimSwap: its ArcFace (ResNet-50 IR-SE, pickled model)", None, None,
+    "neuralchen/SimSwap release 1.0 (arcface_checkpoint.tar); read with weights_only=True, see methods/simswap.py",
+    "as SimSwap (non-commercial)",
+))
 
 register_weight(WeightFile(
     "model_3D_68.txt", "5430cac163b7e5feee5b424dcfab508b84677ac26d175f770b7126e5894eb924",
@@ -71,10 +117,6 @@ register_weight(WeightFile(
 _IF_SRC = ("insightface model packs (github deepinsight/insightface, release v0.7: buffalo_l.zip / antelopev2.zip); "
            "unzip and copy the file into the weights folder")
 _IF_LIC = "insightface models: non-commercial research use only"
-register_weight(WeightFile(
-    "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
-    "identity: ArcFace ResNet-50, WebFace600K (insightface buffalo_l), ONNX", source=_IF_SRC, licence=_IF_LIC,
-))
 register_weight(WeightFile(
     "glintr100.onnx", None,  # published checksums disagree between mirrors: not pinned
     "identity: ArcFace ResNet-100, Glint360K (insightface antelopev2), ONNX", source=_IF_SRC, licence=_IF_LIC,

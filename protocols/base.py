@@ -53,3 +53,74 @@ def pair_images(images: Sequence[GalleryItem], seed: int, num_pairs: int | None 
         tgt = order[j]
         pairs.append(FacePair(f"{i:0{width}d}", src.path, tgt.path, src.identity, tgt.identity))
     return pairs
+
+
+# ---------------------------------------------------------------------------------------
+# Dataset layouts and protocol options
+# ---------------------------------------------------------------------------------------
+
+#: problems named in full inside a LayoutError's one-line message; the rest are counted
+MAX_LISTED_PROBLEMS = 12
+
+
+class LayoutError(HarnessError):
+    """A dataset tree that is not in the expected layout.
+
+    ``problems`` lists every missing or malformed item, one short line each; the message
+    is one line that names the first :data:`MAX_LISTED_PROBLEMS` and counts the rest.
+    """
+
+    def __init__(self, protocol: str, root: object, problems: Sequence[str]) -> None:
+        self.protocol = protocol
+        self.root = root
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:MAX_LISTED_PROBLEMS])
+        more = len(self.problems) - MAX_LISTED_PROBLEMS
+        tail = f"; ... and {more} more" if more > 0 else ""
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        super().__init__(f"{protocol} layout at {root}: {count}: {shown}{tail}")
+
+
+def summarise(items: Sequence[str], limit: int = 5) -> str:
+    """``a, b, c, ... (+N more)``: a short listing for one problem line."""
+    items = list(items)
+    head = ", ".join(items[:limit])
+    return head + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def option_int(value: object, name: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
+    """An integer option that may arrive as a string from ``--option key=value``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "default")):
+        if allow_none:
+            return None
+        raise HarnessError(f"option {name} needs an integer value")
+    if isinstance(value, bool):
+        raise HarnessError(f"option {name} must be an integer, got {value!r}")
+    try:
+        number = int(value) if not isinstance(value, str) else int(value.strip(), 10)
+    except (TypeError, ValueError):
+        raise HarnessError(f"option {name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise HarnessError(f"option {name} must be at least {minimum}, got {number}")
+    return number
+
+
+def option_choice(value: object, name: str, choices: Sequence[str]) -> str:
+    """A string option restricted to ``choices`` (case-insensitive)."""
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise HarnessError(f"option {name} must be one of {', '.join(choices)}; got {value!r}")
+    return text
+
+
+def reject_unknown_options(protocol: str, unknown: dict[str, object], known: Sequence[str]) -> None:
+    """A mistyped ``--option`` is an error with a suggestion, never silently ignored."""
+    if not unknown:
+        return
+    import difflib
+
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, list(known), n=1)
+        parts.append(key + (f" (did you mean {close[0]}?)" if close else ""))
+    raise HarnessError(f"unknown option(s) for protocol {protocol}: {', '.join(parts)} (known: {', '.join(known)})")

@@ -26,7 +26,7 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
     frames = {s["method"]: pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet") for s in runs}
     first = next(iter(frames.values())).head(rows)
     root = Path(runs[0]["root"])
-    cols = ["source", "target"] + list(frames)
+    cols = ["Source (input)", "Target (input)"] + list(frames)
     fig, axes = plt.subplots(len(first), len(cols), figsize=(1.6 * len(cols), 1.6 * len(first)), squeeze=False)
     for i, (_, pair) in enumerate(first.iterrows()):
         images = [load_rgb(root / pair["source"]), load_rgb(root / pair["target"])]

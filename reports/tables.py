@@ -11,6 +11,7 @@ the backend that produced each column, its unit, and whether it is the papers' s
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +21,9 @@ REFERENCE_METHODS = ("source", "target")
 def select_runs(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per protocol, the manifest of the newest run; per method, its newest run on that
     manifest. Runs on other manifests (another seed, older pairs) are left out."""
+    summaries = sorted(summaries, key=lambda s: s["finished"])  # oldest first
     newest: dict[str, tuple[str, str]] = {}
-    for s in summaries:  # oldest first
+    for s in summaries:
         newest[s["protocol"]] = (s["manifest_sha256"], s["gallery_sha256"])
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for s in summaries:
@@ -153,7 +155,8 @@ def _tex_escape(s: str) -> str:
 def to_latex(t: Table) -> str:
     """A booktabs table: \\usepackage{booktabs} in the preamble."""
     spec = "l" + "".join("c" for _ in t.columns)
-    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex_escape(t.title)}}}",
+    caption = re.sub(r"^Table \d+:\s*", "", t.title)  # LaTeX numbers tables itself
+    out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex_escape(caption)}}}",
            rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
     groups, start = [], 2
     for p in t.protocols:

@@ -31,9 +31,10 @@ class DlibDetector:
 
     name = "dlib_hog_68"
 
-    def __init__(self, upsample: int = 1, min_score: float = 0.0) -> None:
+    def __init__(self, upsample: int = 1, min_score: float = 0.0, max_side: int = 1280) -> None:
         self.upsample = upsample
         self.min_score = min_score
+        self.max_side = max_side  # larger photos are searched at this size, landmarked at full size
 
     @cached_property
     def _models(self):
@@ -53,14 +54,15 @@ class DlibDetector:
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in a uint8 (H, W, 3) RGB image, largest first."""
-        import dlib
+        import cv2
 
         detector, _ = self._models
         img = np.ascontiguousarray(image)
-        rects, scores, _ = detector.run(img, self.upsample, self.min_score)
+        scale = min(1.0, self.max_side / max(img.shape[:2]))
+        small = img if scale == 1.0 else cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        rects, scores, _ = detector.run(small, self.upsample, self.min_score)
         faces = []
         for r, s in zip(rects, scores):
-            box = (float(r.left()), float(r.top()), float(r.right()), float(r.bottom()))
+            box = tuple(float(v) / scale for v in (r.left(), r.top(), r.right(), r.bottom()))
             faces.append(DetectedFace(box, float(s), self.landmarks(img, box)))
-        del dlib
         return sorted(faces, key=lambda f: -f.area)

@@ -15,6 +15,7 @@ the shared 68 landmarks. Tables name the backend and whether it is standard.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -32,17 +33,20 @@ class DlibFaceEmbedder:
     dim = 128
 
     @cached_property
+    def _files(self) -> tuple[tuple[Path, str], tuple[Path, str]]:
+        """(path, sha256) of the descriptor network and the 5-point predictor, checked."""
+        return verified("dlib_face_recognition_resnet_model_v1.dat"), verified("shape_predictor_5_face_landmarks.dat")
+
+    @cached_property
     def _models(self):
         import dlib
 
-        rec_path, rec_sha = verified("dlib_face_recognition_resnet_model_v1.dat")
-        sp_path, sp_sha = verified("shape_predictor_5_face_landmarks.dat")
-        self.weights = ((rec_path.name, rec_sha), (sp_path.name, sp_sha))
+        (rec_path, _), (sp_path, _) = self._files
         return dlib.face_recognition_model_v1(str(rec_path)), dlib.shape_predictor(str(sp_path))
 
     def weight_files(self) -> tuple[tuple[str, str], ...]:
-        self._models  # noqa: B018 - resolves and checks the files
-        return self.weights
+        """(file name, sha256) of every weight file used; loads no model."""
+        return tuple((path.name, sha) for path, sha in self._files)
 
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
         import dlib

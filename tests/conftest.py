@@ -1,0 +1,47 @@
+"""Shared fixtures: the demo pair set and a scratch output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    # Keep the sha256 memo and default caches out of the user's home during tests.
+    home = tmp_path_factory.getbasetemp() / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HARNESS_SHA_MEMO", str(home / "sha256.json"))
+
+
+@pytest.fixture(scope="session")
+def demo_pairset():
+    from protocols.demo import DemoProtocol
+
+    return DemoProtocol(seed=0).build()
+
+
+@pytest.fixture(scope="session")
+def demo_photos(tmp_path_factory) -> Path:
+    """A photo folder the demo was not built from in this form: whole original photos
+    (not crops), one subfolder per identity with a mirrored second photo, a photo with
+    no face and an unreadable file."""
+    import numpy as np
+    import skimage.data
+    import matplotlib.cbook
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    astro = skimage.data.astronaut()
+    hopper = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
+    for name, img in (("collins", astro), ("hopper", hopper)):
+        (root / name).mkdir()
+        Image.fromarray(img).save(root / name / "a.jpg", quality=92)
+        Image.fromarray(img[:, ::-1]).save(root / name / "b_mirror.png")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(root / "noise.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    return root

@@ -1,0 +1,105 @@
+"""End to end through the command line, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def harness(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HARNESS_DEBUG": ""}
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"harness {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    proc = harness("run", "--protocol", "demo", "--method", "all", "--out", str(out), "--device", "cpu")
+    return out, proc
+
+
+def test_demo_run_writes_report_runs_and_mlflow(demo_run):
+    out, proc = demo_run
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"report: {out / 'report' / 'table1.md'}"
+    assert lines[-1].startswith(f"mlflow: sqlite:///{out / 'mlflow.db'}")
+    for name in ("table1.md", "table1.tex", "table1.csv", "grid_demo.png"):
+        assert (out / "report" / name).stat().st_size > 0
+    md = (out / "report" / "table1.md").read_text()
+    assert "ID retrieval top-1 [dlib] (%) ↑" in md and "dlib_resnet_v1" in md and "NON-STANDARD" in md
+    tex = (out / "report" / "table1.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"$\uparrow$" in tex
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("codeswap-harness")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.method = 'source'")
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.data.metrics["id_retrieval_top1_dlib"] == 1.0
+    assert r.data.params["protocol"] == "demo" and len(r.data.params["manifest_sha256"]) == 64
+    assert r.data.params["weights.dlib_face_recognition_resnet_model_v1.dat"].startswith("55533b28")
+    assert "pkg.torch" in r.data.params and "git_commit" in r.data.params
+    artifacts = [a.path for a in client.list_artifacts(r.info.run_id, "run")]
+    assert "run/pairs.parquet" in artifacts and "run/summary.json" in artifacts
+
+
+def test_rerun_is_served_from_cache_with_identical_numbers(demo_run):
+    out, _ = demo_run
+    before = pd.read_csv(out / "report" / "table1.csv")
+    proc = harness("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out))
+    assert "0 swapped, 28 cached" in proc.stderr
+    after = pd.read_csv(out / "report" / "table1.csv")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_report_command_renders_existing_runs(demo_run):
+    out, _ = demo_run
+    proc = harness("report", "--out", str(out))
+    assert "### Table 1" in proc.stdout and "*source*" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "-p", "demo", "-m", "sorce"], "error: unknown method 'sorce'; did you mean 'source'?"),
+        (["run", "-p", "dmeo", "-m", "source"], "error: unknown protocol 'dmeo'; did you mean 'demo'?"),
+        (["run", "-p", "folder", "-m", "source"], "error: protocol 'folder' needs --root"),
+        (["run", "-p", "folder", "--root", "/nonexistent/photos", "-m", "source"], "error: folder not found: /nonexistent/photos"),
+        (["list", "method"], "error: cannot list 'method'; did you mean 'methods'?"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):
+    proc = harness(*args, "--out", str(tmp_path), check=False) if args[0] == "run" else harness(*args, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith(message)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_list_shows_readiness():
+    proc = harness("list", "methods")
+    assert any(line.startswith("source") and "ready" in line for line in proc.stdout.splitlines())
+
+
+def test_folder_protocol_on_photos_the_demo_never_saw(demo_photos: Path, tmp_path):
+    proc = harness("run", "--protocol", "folder", "--root", str(demo_photos), "--method", "source",
+                   "--method", "target", "--out", str(tmp_path), "--no-mlflow")
+    assert "6 photos: 4 aligned, 2 skipped" in proc.stderr
+    summary_rows = pd.read_csv(tmp_path / "report" / "table1.csv")
+    top1 = summary_rows.set_index(["method", "metric"])["value"]
+    assert top1[("source", "id_retrieval_top1_dlib")] == 1.0
+    assert top1[("target", "id_retrieval_top1_dlib")] == 0.0
+    skipped = next((tmp_path / "cache" / "crops").glob("folder-*/skipped.csv")).read_text()
+    assert "broken.jpg,unreadable" in skipped and "noise.png,no_face" in skipped
+    md = (tmp_path / "report" / "table1.md").read_text()
+    assert "2 skipped" in md

@@ -1,0 +1,82 @@
+"""The one registry mechanism: lazy entries, aliases, suggestions, entry-point plugins."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.registry import METHODS, METRICS, PROTOCOLS, Registry
+
+
+def test_listing_does_not_import_torch_or_backends():
+    code = textwrap.dedent("""
+        import sys
+        from harness.registry import METHODS, PROTOCOLS, METRICS
+        names = METHODS.names() + PROTOCOLS.names() + METRICS.names()
+        heavy = [m for m in ("torch", "dlib", "mlflow", "cv2", "onnxruntime") if m in sys.modules]
+        print(len(names), heavy)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    count, heavy = out.split(" ", 1)
+    assert int(count) >= 5
+    assert heavy.strip() == "[]"
+
+
+def test_builtin_entries_and_aliases():
+    assert METHODS.names()[:2] == ["source", "target"]
+    assert {"demo", "folder"} <= set(PROTOCOLS.names())
+    assert METRICS.resolve("id").name == "identity"
+
+
+def test_typo_gets_a_suggestion():
+    with pytest.raises(HarnessError, match=r"unknown method 'sorce'; did you mean 'source'\?"):
+        METHODS.resolve("sorce")
+
+
+def test_registration_is_validated_when_made():
+    r = Registry("thing", "codeswap_harness.tests_none")
+    r.register("a", "pkg.mod:A", aliases=("x",))
+    with pytest.raises(ValueError, match="twice"):
+        r.register("x", "pkg.mod:B")
+    with pytest.raises(ValueError, match="package.module:Object"):
+        r.register("b", "pkg.mod.B")
+    with pytest.raises(ValueError, match="invalid"):
+        r.register("bad name", "pkg.mod:B")
+
+
+def test_unimportable_entry_is_a_clear_error():
+    r = Registry("thing", "codeswap_harness.tests_none")
+    r.register("ghost", "no_such_module_xyz:Thing")
+    with pytest.raises(HarnessError, match="ghost: cannot import no_such_module_xyz"):
+        r.create("ghost")
+
+
+def test_entry_point_plugin_is_discovered(tmp_path):
+    """A distribution on sys.path that declares the entry-point group adds a method."""
+    (tmp_path / "my_swapper.py").write_text(textwrap.dedent("""
+        from harness.api import SwapMethod
+        class Mirror(SwapMethod):
+            name = "mirror"
+            def swap(self, source, target):
+                return target.flip(-1)
+    """))
+    dist = tmp_path / "my_swapper-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-swapper\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[codeswap_harness.methods]\nmirror = my_swapper:Mirror\n")
+    code = textwrap.dedent("""
+        import torch
+        from harness.registry import METHODS
+        e = METHODS.resolve("mirror")
+        m = e.create()
+        x = torch.arange(4.0).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)
+        print(e.origin, m.swap(x, x)[0, 0].tolist())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "my-swapper [[1.0, 0.0], [3.0, 2.0]]"
