@@ -79,7 +79,8 @@ class ExpressionMetric(Metric):
                        "(offline; not a 3DMM expression)", False, ((lm_path.name, lm_sha),))
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1"}
+        return {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1",
+                "weights": list(self.backend().weights)}
 
     def notes(self) -> list[str]:
         note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None

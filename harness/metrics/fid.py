@@ -148,7 +148,8 @@ class FIDMetric(Metric):
                        "(offline; not Inception FID), real set = targets", False, self._weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "1"}
+        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "1",
+                "weights": list(self.backend().weights)}
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, 3) images -> (N, D) features, batched on the device."""

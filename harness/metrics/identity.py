@@ -108,7 +108,8 @@ class IdentityMetric(Metric):
 
     def fingerprint(self) -> dict:
         return {"metric": self.name, "backend": self.embedder.name, "version": self.embedder.version,
-                "detector": self.detector if self.embedder.uses_landmarks else None}
+                "detector": self.detector if self.embedder.uses_landmarks else None,
+                "weights": list(self.backend().weights)}
 
     def notes(self) -> list[str]:
         note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None

@@ -55,7 +55,7 @@ class PoseMetric(Metric):
 
     def fingerprint(self) -> dict:
         return {"metric": self.name, "backend": self.backend_setting, "unit": self.unit, "detector": self.detector,
-                "version": "1"}
+                "version": "1", "weights": list(self.backend().weights)}
 
     def notes(self) -> list[str]:
         notes = [self._landmarks.stats.note(f"{self.name} ({self.detector})")] if self._landmarks else []
