@@ -221,10 +221,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
              + [n for m in metrics for n in m.notes()])
     backends = {m.name: asdict(m.backend()) for m in metrics}
     # The evaluator should not be the model the method optimised: flag it when it is.
+    training_model = getattr(method, "identity_model", None)  # duck-typed methods may not declare it
     scored_by_training_model = sorted(k for k, b in backends.items()
-                                      if method.identity_model and b["name"] == method.identity_model)
+                                      if training_model and b["name"] == training_model)
     for k in scored_by_training_model:
-        notes.append(f"{method.name}: {k} was scored with {method.identity_model}, the identity model "
+        notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
                      "the method trained with (the score favours it)")
     summary = {
         "run_id": run_id,
