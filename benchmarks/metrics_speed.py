@@ -18,14 +18,20 @@ Usage (on a GPU machine):
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from harness.faces.arcface import similarity_matrices as similarity_to
+from harness.faces.arcface import warp_affine as warp
 from harness.metrics.fid import fid_from_features
 from harness.models.deep3d import EXP_SLICE, Deep3DRegressor
 from harness.models.hopenet import IMAGENET_MEAN, IMAGENET_STD, Hopenet
@@ -40,34 +46,6 @@ def inception_random(device: str):
             mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
         ext = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="random")
     return ext.to(device).eval()
-
-
-def similarity_to(points: torch.Tensor, template: torch.Tensor) -> torch.Tensor:
-    """(B, 5, 2) points -> (B, 2, 3) least-squares similarity onto template (5, 2) (Umeyama)."""
-    mp, mt = points.mean(1, keepdim=True), template.mean(0, keepdim=True)
-    p, t = points - mp, (template - mt).expand_as(points)
-    cov = t.transpose(1, 2) @ p / points.shape[1]  # (B, 2, 2)
-    u, s, vh = torch.linalg.svd(cov)
-    d = torch.sign(torch.linalg.det(u @ vh))
-    sign = torch.stack([torch.ones_like(d), d], 1)  # (B, 2)
-    rot = u @ torch.diag_embed(sign) @ vh
-    scale = (s * sign).sum(1) / p.pow(2).sum((1, 2)).div(points.shape[1])
-    a = scale[:, None, None] * rot  # (B, 2, 2)
-    b = mt.transpose(0, 1)[None] - a @ mp.transpose(1, 2)  # (B, 2, 1)
-    return torch.cat([a, b], 2)
-
-
-def warp(images: torch.Tensor, m: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) float + (B, 2, 3) pixel-space affine (src -> dst) -> (B, 3, size, size)."""
-    b, _, h, w = images.shape
-    full = torch.cat([m, m.new_tensor([0, 0, 1]).expand(b, 1, 3)], 1)
-    inv = torch.linalg.inv(full)[:, :2]  # dst pixel -> src pixel
-    # normalised coords: x_n = (2x + 1) / W - 1 (align_corners=False)
-    to_px = images.new_tensor([[size / 2, 0, size / 2 - 0.5], [0, size / 2, size / 2 - 0.5], [0, 0, 1]])
-    from_px = images.new_tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]])
-    theta = from_px @ torch.cat([inv, inv.new_tensor([0, 0, 1]).expand(b, 1, 3)], 1) @ to_px
-    grid = F.affine_grid(theta[:, :2], (b, 3, size, size), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class Suite:

@@ -181,3 +181,22 @@ def test_facenet_port_matches_cv2_runtime():
     x = torch.rand(1, 3, 160, 160, requires_grad=True)
     model(prewhiten(x * 255)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_batched_device_alignment_matches_norm_crop():
+    """The batched torch alignment (for GPU runs) gives insightface's transform and crop."""
+    import cv2
+
+    from harness.faces.arcface import similarity_matrices, warp_affine
+
+    rng = np.random.default_rng(3)
+    fives = np.stack([(ARCFACE_TEMPLATE_112 - 56) * s + c + rng.normal(0, 3, (5, 2))
+                      for s, c in ((1.7, (128, 120)), (1.2, (100, 140)))])  # (2, 5, 2)
+    m = similarity_matrices(torch.tensor(fives), torch.tensor(ARCFACE_TEMPLATE_112, dtype=torch.float64))
+    img = cv2.GaussianBlur(rng.integers(0, 255, (256, 256, 3)).astype(np.uint8), (9, 9), 3)
+    crops = warp_affine(torch.from_numpy(img).permute(2, 0, 1)[None].double().expand(2, -1, -1, -1), m, 112)
+    for i in range(2):
+        assert np.abs(m[i].numpy() - arcface_matrix(fives[i])).max() < 1e-3
+        ref = arcface_crop(img, fives[i]).astype(np.float64)
+        got = crops[i].permute(1, 2, 0).numpy()
+        assert np.abs(ref - got)[4:-4, 4:-4].max() <= 1.0  # uint8 rounding of cv2's output
