@@ -209,7 +209,7 @@ def prepare(
 def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     from harness.runner import load_summaries
     from reports.figures import swap_grid
-    from reports.tables import build_table, to_csv, to_latex, to_markdown
+    from reports.tables import build_ablation_table, build_table, to_csv, to_latex, to_markdown
 
     summaries = load_summaries(out_dir)
     if not summaries:
@@ -221,6 +221,12 @@ def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     paths["markdown"].write_text(to_markdown(table))
     paths["latex"].write_text(to_latex(table))
     paths["csv"].write_text(to_csv(table))
+    ablation = build_ablation_table(summaries)
+    if ablation is not None:
+        for kind, suffix, render in (("table3_markdown", "md", to_markdown), ("table3_latex", "tex", to_latex),
+                                     ("table3_csv", "csv", to_csv)):
+            paths[kind] = folder / f"table3.{suffix}"
+            paths[kind].write_text(render(ablation))
     for p in table.protocols:
         grid = swap_grid(summaries, out_dir, p, folder / f"grid_{p}.png", rows=grid_rows)
         if grid:
@@ -256,9 +262,11 @@ def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
 ) -> None:
-    """Render Table 1 (Markdown, LaTeX, CSV) and qualitative grids from the runs in --out."""
+    """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
     paths = _render_report(out.resolve(), grid_rows)
     typer.echo(paths["markdown"].read_text())
+    if "table3_markdown" in paths:
+        typer.echo(paths["table3_markdown"].read_text())
     for kind, p in paths.items():
         typer.echo(f"{kind}: {p}")
 
@@ -300,6 +308,213 @@ def weights_cmd(weights_dir: WeightsDirOpt = None) -> None:
         ok = (not w.sha256 or sha == w.sha256) and (not w.sha256_prefix or sha.startswith(w.sha256_prefix))
         state = ("present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)") if ok else "WRONG-SHA"
         typer.echo(f"{state:<9} {name:<44} {path} sha256 {sha[:12]}")
+
+
+train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+@train_app.command("stage1")
+def train_stage1(
+    data: Annotated[Path, typer.Option(help="Folder of face images (flat, nested, or FFHQ's layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, images, metrics, MLflow.")] = Path("runs/stage1"),
+    config: Annotated[str, typer.Option(help="Model size: paper, codeformer (reference) or tiny.")] = "paper",
+    resolution: Annotated[Optional[int], typer.Option(help="Override the config's image size.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per process (global = this x processes).")] = 16,
+    max_steps: Annotated[int, typer.Option(min=1)] = 1_000_000,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (generator and discriminator).")] = 1e-4,
+    disc_start: Annotated[int, typer.Option(help="Step from which the PatchGAN trains and counts.")] = 30_000,
+    disc_weight: Annotated[float, typer.Option(help="Scale of the adaptive adversarial weight (0: no GAN).")] = 0.8,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (ships offline) or none.")] = "vgg16",
+    perceptual_weight: Annotated[float, typer.Option()] = 1.0,
+    ema_decay: Annotated[float, typer.Option(help="EMA of the generator (0: off).")] = 0.0,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    compile: Annotated[bool, typer.Option(help="torch.compile the generator and discriminator.")] = False,
+    channels_last: Annotated[bool, typer.Option()] = True,
+    checkpoint_levels: Annotated[int, typer.Option(help="Recompute activations of the first N levels in backward.")] = 0,
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0, help="Keep the last N images out of training, for validation.")] = 0,
+    cache_images: Annotated[bool, typer.Option(help="Keep decoded images in memory (small folders).")] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 5000,
+    keep_every: Annotated[int, typer.Option(min=0)] = 0,
+    restart_dead_every: Annotated[int, typer.Option(min=0, help="Re-seed unused codes every N steps (0: off).")] = 0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (under torchrun: each rank's GPU).")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last.pt if it exists.")] = False,
+    mlflow: Annotated[bool, typer.Option(help="Log to MLflow (SQLite in --out unless --tracking-uri).")] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 1 (paper section 3.1): encoder, 1,024-code codebook and decoder by reconstruction + PatchGAN."""
+    from dataclasses import replace
+
+    from codeswap.config import MODEL_CONFIGS, LossConfig, TrainConfig
+    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.stage1 import Stage1Trainer
+
+    if config not in MODEL_CONFIGS:
+        raise HarnessError(f"unknown --config {config!r}; choose {', '.join(MODEL_CONFIGS)}")
+    if perceptual not in ("vgg16", "mobilenet_v2", "none"):
+        raise HarnessError(f"unknown --perceptual {perceptual!r}; choose vgg16, mobilenet_v2 or none")
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise HarnessError(f"unknown --precision {precision!r}; choose auto, bf16, fp16 or fp32")
+    try:
+        model_cfg = replace(MODEL_CONFIGS[config], checkpoint_levels=checkpoint_levels,
+                            **({"resolution": resolution} if resolution else {}))
+    except ValueError as exc:
+        raise HarnessError(f"--config {config} --resolution {resolution}: {exc}") from None
+    loss_cfg = LossConfig(perceptual_net=perceptual, perceptual_weight=perceptual_weight,  # type: ignore[arg-type]
+                          disc_start=disc_start, disc_weight=disc_weight)
+    train_cfg = TrainConfig(
+        data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr, seed=seed, device=device,
+        precision=precision, compile=compile, channels_last=channels_last, ema_decay=ema_decay,  # type: ignore[arg-type]
+        num_workers=num_workers, holdout=holdout, cache_images=cache_images, log_every=log_every,
+        image_every=image_every, ckpt_every=ckpt_every, keep_every=keep_every,
+        restart_dead_every=restart_dead_every, mlflow=mlflow, tracking_uri=tracking_uri,
+        progress=progress and sys.stderr.isatty(),
+    )
+    try:
+        trainer = Stage1Trainer(train_cfg, model_cfg, loss_cfg)
+        last = trainer.run(resume=resume)
+    finally:
+        cleanup_distributed()
+    if trainer.dist.is_main:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()) if k.startswith(("train/rec_l1", "val/")))
+        typer.echo(f"stage1: step {trainer.step}, {shown}")
+        typer.echo(f"checkpoint: {trainer.ckpt_dir / 'last.pt'}")
+        if mlflow:
+            typer.echo(f"mlflow: {trainer.tracker.uri}")
+
+def _swap_train(stage: str, checkpoint: Path, swap: dict, train: dict, resume: bool, supervised_steps: int = 0) -> None:
+    """Shared body of `train stage2` and `train stage3`."""
+    from codeswap.config import TrainConfig
+    from codeswap.swap_losses import SwapLossWeights
+    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
+
+    if not checkpoint.is_file():
+        raise HarnessError(f"checkpoint not found: {checkpoint}")
+    weights = SwapLossWeights(**{k: swap.pop(k) for k in ("identity", "perceptual", "expression", "cycle")})
+    swap_cfg = SwapTrainConfig(stage1=str(checkpoint), weights=weights, **swap)
+    train_cfg = TrainConfig(**{**train, "progress": train["progress"] and sys.stderr.isatty()})
+    try:
+        if stage == "stage2":
+            trainer = Stage2Trainer(train_cfg, swap_cfg)
+        else:
+            from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
+
+            trainer = Stage3Trainer(train_cfg, swap_cfg, MaskTrainConfig(supervised_steps=supervised_steps))
+        last = trainer.run(resume=resume)
+    finally:
+        cleanup_distributed()
+    if trainer.dist.is_main:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.items()) if k.startswith(("train/g_total", "val/")))
+        typer.echo(f"{stage}: step {trainer.step}, {shown}")
+        typer.echo(f"checkpoint: {trainer.ckpt_dir / 'last.pt'}")
+
+
+_SWAP_HELP = {
+    "variant": "full, or an ablation: wo_c, wo_s, wo_q1, wo_q2 (wo_m needs no training: it drops the mask).",
+    "identity_net": "Differentiable identity network for L_id: facenet (offline port) or none.",
+    "expression_net": "Expression network for L_exp: deep3d (with --expression-checkpoint) or none.",
+}
+
+
+@train_app.command("stage2")
+def train_stage2(
+    data: Annotated[Path, typer.Option(help="Folder of aligned face images (as for stage 1).")],
+    stage1: Annotated[Path, typer.Option(help="Stage-1 checkpoint (harness train stage1 ... /checkpoints/last.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/stage2"),
+    variant: Annotated[str, typer.Option(help=_SWAP_HELP["variant"])] = "full",
+    layers: Annotated[int, typer.Option(min=1, help="Fusion transformer layers (paper: 6).")] = 6,
+    heads: Annotated[int, typer.Option(min=1)] = 8,
+    selector_hidden: Annotated[int, typer.Option(min=1)] = 1024,
+    same_rate: Annotated[float, typer.Option(help="Share of pairs made of one image twice (L_recon).")] = 0.2,
+    identity_net: Annotated[str, typer.Option(help=_SWAP_HELP["identity_net"])] = "facenet",
+    expression_net: Annotated[str, typer.Option(help=_SWAP_HELP["expression_net"])] = "none",
+    expression_checkpoint: Annotated[Optional[Path], typer.Option()] = None,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (offline) or none.")] = "vgg16",
+    w_id: Annotated[float, typer.Option(help="lambda_id (paper: 1.5).")] = 1.5,
+    w_per: Annotated[float, typer.Option(help="lambda_per (paper: 2e-3).")] = 2e-3,
+    w_exp: Annotated[float, typer.Option(help="lambda_exp (paper: 0.5).")] = 0.5,
+    w_cycle: Annotated[float, typer.Option(help="Weight of the code-cycle loss (paper: 1).")] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_steps: Annotated[int, typer.Option(min=1, help="Paper: 600K for stage 2.")] = 600_000,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    ema_decay: Annotated[float, typer.Option()] = 0.0,
+    precision: Annotated[str, typer.Option()] = "auto",
+    compile: Annotated[bool, typer.Option()] = False,
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0, help="Last N images kept out for validation pairs.")] = 8,
+    cache_images: Annotated[bool, typer.Option()] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 5000,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last.pt if it exists.")] = False,
+    mlflow: Annotated[bool, typer.Option()] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 2 (paper section 3.2): symmetric code swapping on a frozen stage-1 model."""
+    _swap_train("stage2", stage1,
+                dict(variant=variant, layers=layers, heads=heads, selector_hidden=selector_hidden, same_rate=same_rate,
+                     identity_net=identity_net, expression_net=expression_net,
+                     expression_checkpoint=str(expression_checkpoint) if expression_checkpoint else None,
+                     perceptual_net=perceptual, identity=w_id, perceptual=w_per, expression=w_exp, cycle=w_cycle),
+                dict(data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr,
+                     ema_decay=ema_decay, precision=precision, compile=compile, num_workers=num_workers,
+                     holdout=holdout, cache_images=cache_images, log_every=log_every, image_every=image_every,
+                     ckpt_every=ckpt_every, seed=seed, device=device, mlflow=mlflow, tracking_uri=tracking_uri,
+                     progress=progress),
+                resume)
+
+
+@train_app.command("stage3")
+def train_stage3(
+    data: Annotated[Path, typer.Option(help="Folder of aligned face images.")],
+    stage2: Annotated[Path, typer.Option(help="Stage-2 checkpoint (harness train stage2 ... /checkpoints/last.pt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/stage3"),
+    supervised_steps: Annotated[int, typer.Option(min=0, help="Steps against landmark masks before the unsupervised phase.")] = 5000,
+    identity_net: Annotated[str, typer.Option(help=_SWAP_HELP["identity_net"])] = "facenet",
+    expression_net: Annotated[str, typer.Option(help=_SWAP_HELP["expression_net"])] = "none",
+    expression_checkpoint: Annotated[Optional[Path], typer.Option()] = None,
+    perceptual: Annotated[str, typer.Option(help="vgg16 (paper; local file), mobilenet_v2 (offline) or none.")] = "vgg16",
+    w_id: Annotated[float, typer.Option()] = 1.5,
+    w_per: Annotated[float, typer.Option()] = 2e-3,
+    w_exp: Annotated[float, typer.Option()] = 0.5,
+    w_cycle: Annotated[float, typer.Option()] = 1.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    max_steps: Annotated[int, typer.Option(min=1, help="Paper: 10K for stage 3.")] = 10_000,
+    lr: Annotated[float, typer.Option()] = 1e-4,
+    precision: Annotated[str, typer.Option()] = "auto",
+    num_workers: Annotated[int, typer.Option(min=0)] = 4,
+    holdout: Annotated[int, typer.Option(min=0)] = 8,
+    cache_images: Annotated[bool, typer.Option()] = False,
+    log_every: Annotated[int, typer.Option(min=1)] = 50,
+    image_every: Annotated[int, typer.Option(min=1)] = 1000,
+    ckpt_every: Annotated[int, typer.Option(min=1)] = 2000,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    resume: Annotated[bool, typer.Option()] = False,
+    mlflow: Annotated[bool, typer.Option()] = True,
+    tracking_uri: Annotated[Optional[str], typer.Option()] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Stage 3 (paper section 3.3): the mask generator, supervised then with the stage-2 losses."""
+    _swap_train("stage3", stage2,
+                dict(identity_net=identity_net, expression_net=expression_net,
+                     expression_checkpoint=str(expression_checkpoint) if expression_checkpoint else None,
+                     perceptual_net=perceptual, identity=w_id, perceptual=w_per, expression=w_exp, cycle=w_cycle),
+                dict(data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr,
+                     precision=precision, num_workers=num_workers, holdout=holdout, cache_images=cache_images,
+                     log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, device=device,
+                     mlflow=mlflow, tracking_uri=tracking_uri, progress=progress),
+                resume, supervised_steps)
 
 
 def main() -> None:

@@ -182,6 +182,16 @@ METHODS.register("simswap_512", "methods.simswap:SimSwapMethod", options={"relea
                  requires=("simswap_512_latest_net_G.pth", "arcface_checkpoint.tar",
                            "shape_predictor_68_face_landmarks.dat"))
 
+METHODS.register("codeswap", "methods.codeswap:CodeSwapMethod",
+                 description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
+                             "else a tiny model trained on the demo faces)")
+for _v, _what in (("wo_c", "w/o C: no codebook or code selector"), ("wo_s", "w/o S: cross- instead of self-attention"),
+                  ("wo_q1", "w/o Q1: argmax instead of soft quantization"),
+                  ("wo_q2", "w/o Q2: Gumbel-softmax instead of soft quantization"),
+                  ("wo_m", "w/o M: no mask generator (full model's checkpoint)")):
+    METHODS.register(f"codeswap_{_v}", "methods.codeswap:CodeSwapMethod", description=f"CodeSwap ablation {_what}",
+                     options={"variant": _v})
+
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
 PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",

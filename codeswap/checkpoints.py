@@ -1,0 +1,90 @@
+"""Loading trained CodeSwap networks from checkpoints (always ``weights_only=True``).
+
+* stage 1 (``harness train stage1``): ``model`` (+ ``ema``) state dicts and ``model_config``;
+* stages 2/3 (``harness train stage2|stage3``): ``codeswap`` state dict (fusion, mask and
+  the frozen autoencoder) and ``codeswap_config``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codeswap.config import AutoencoderConfig, QuantizerConfig
+from codeswap.fusion import FusionConfig
+from codeswap.model import CodeSwap, CodeSwapConfig
+from codeswap.vqgan import VQAutoencoder
+from harness.errors import HarnessError
+from harness.images import file_sha256
+
+
+def _dataclass_from(cls, data: dict[str, Any]):
+    """Rebuild a frozen config from its checkpoint dict (lists back to tuples)."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            v = data[f.name]
+            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+def autoencoder_config(data: dict[str, Any]) -> AutoencoderConfig:
+    return _dataclass_from(AutoencoderConfig, {**data, "quant": QuantizerConfig(**data["quant"])})
+
+
+def codeswap_config(data: dict[str, Any]) -> CodeSwapConfig:
+    return _dataclass_from(CodeSwapConfig, {
+        **data, "autoencoder": autoencoder_config(data["autoencoder"]),
+        "fusion": _dataclass_from(FusionConfig, data["fusion"]),
+    })
+
+
+def plain_config(cfg) -> dict[str, Any]:
+    """A config as nested plain dicts and lists (what checkpoints store)."""
+
+    def conv(v):
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (tuple, list)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(asdict(cfg))
+
+
+def _load(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise HarnessError(f"cannot load checkpoint {path}: {exc}") from None
+
+
+def load_stage1(path: Path, use_ema: bool = True) -> tuple[VQAutoencoder, str]:
+    """The stage-1 autoencoder (EMA weights when present and ``use_ema``) and the file's sha256."""
+    state = _load(path)
+    if state.get("stage") != "stage1":
+        raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not stage1")
+    model = VQAutoencoder(autoencoder_config(state["model_config"]))
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    model.load_state_dict(weights)
+    return model.eval(), file_sha256(Path(path))
+
+
+def load_codeswap(path: Path) -> tuple[CodeSwap, dict[str, Any]]:
+    """A stage-2 or stage-3 checkpoint as a ready CodeSwap model (eval mode) and its metadata."""
+    state = _load(path)
+    if state.get("stage") not in ("stage2", "stage3"):
+        raise HarnessError(f"{path} is a {state.get('stage')} checkpoint; CodeSwap needs a stage2 or stage3 one")
+    cfg = codeswap_config(state["codeswap_config"])
+    model = CodeSwap(cfg)
+    weights = state["ema"] if state.get("ema") is not None else state["codeswap"]
+    model.load_state_dict(weights)
+    meta = {"stage": state["stage"], "step": state["step"], "sha256": file_sha256(Path(path)),
+            "stage1_sha256": state.get("stage1_sha256", "")}
+    return model.eval(), meta

