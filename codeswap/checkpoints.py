@@ -86,5 +86,18 @@ def load_codeswap(path: Path) -> tuple[CodeSwap, dict[str, Any]]:
     weights = state["ema"] if state.get("ema") is not None else state["codeswap"]
     model.load_state_dict(weights)
     meta = {"stage": state["stage"], "step": state["step"], "sha256": file_sha256(Path(path)),
-            "stage1_sha256": state.get("stage1_sha256", "")}
+            "stage1_sha256": state.get("stage1_sha256", ""),
+            "identity_net": _find_key({k: state.get(k) for k in ("swap_config", "train_config")}, "identity_net")}
     return model.eval(), meta
+
+
+def _find_key(tree: Any, key: str) -> Any:
+    """The first value stored under ``key`` anywhere in a nested dict (None when absent)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for v in tree.values():
+            found = _find_key(v, key)
+            if found is not None:
+                return found
+    return None

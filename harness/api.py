@@ -142,6 +142,9 @@ class SwapMethod(ABC):
     resolution: int | None = None
     #: True when the method reads no weights and needs no device (listing shows it as ready)
     needs_weights: bool = False
+    #: backend name (``Backend.name``) of the identity model the method trained with, e.g.
+    #: "arcface_w600k_r50"; a run scored by that same model is flagged in its report
+    identity_model: str | None = None
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = device
@@ -259,3 +262,7 @@ class Metric(ABC):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         """Dataset-level values for keys with ``per_pair=False``."""
         return {}
+
+    def notes(self) -> list[str]:
+        """Counted facts a report must show (e.g. faces the detector did not find)."""
+        return []

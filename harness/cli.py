@@ -25,9 +25,19 @@ app = typer.Typer(
 )
 
 DEFAULT_OUT = Path("harness-out")
-DEFAULT_METRICS = ("identity",)
+# The offline default suite: runs anywhere, every column named for its backend. The
+# papers' models (identity_arcface/_cosface, pose_hopenet, expression_deep3d, fid) are
+# chosen with --metric once their weight files are in place (`harness weights`).
+DEFAULT_METRICS = ("identity", "identity_facenet", "pose", "expression", "fid_facenet")
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
+WeightsDirOpt = Annotated[Optional[Path], typer.Option(
+    "--weights-dir", help="Folder of weight files (overrides $HARNESS_WEIGHTS_DIR).")]
+
+
+def _set_weights_dir(folder: Optional[Path]) -> None:
+    if folder is not None:
+        os.environ["HARNESS_WEIGHTS_DIR"] = str(folder.expanduser().resolve())
 
 
 def _echo(msg: str) -> None:
@@ -87,7 +97,7 @@ def _expand_methods(names: list[str]) -> list[str]:
 def run(
     protocol: Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")],
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name; repeat, or 'all'.")] = [],  # noqa: B006
-    metric: Annotated[list[str], typer.Option("--metric", help="Metric name; repeat. Default: the full default suite.")] = [],  # noqa: B006
+    metric: Annotated[list[str], typer.Option("--metric", help="Metric name, optionally with settings (pose:unit=rad, identity_arcface:detector=scrfd); repeat. Default: the offline suite.")] = [],  # noqa: B006
     root: Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the pair set and the bootstrap.")] = 0,
     num_pairs: Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")] = None,
@@ -103,15 +113,21 @@ def run(
     mlflow: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
     report: Annotated[bool, typer.Option(help="Render the report after the run.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    weights_dir: WeightsDirOpt = None,
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow."""
+    _set_weights_dir(weights_dir)
     from harness.cache import FeatureStore
     from harness.runner import RunConfig, run_method
     from harness.tracking import Tracker
 
     t0 = time.perf_counter()
     methods = _expand_methods(method)
-    metric_names = list(dict.fromkeys(METRICS.resolve(m).name for m in (metric or DEFAULT_METRICS)))
+    metric_specs = {}  # "pose:unit=rad,detector=scrfd" -> name + settings
+    for spec in metric or DEFAULT_METRICS:
+        name, _, opts = spec.partition(":")
+        metric_specs[METRICS.resolve(name).name] = _parse_options([o for o in opts.split(",") if o])
+    metric_names = list(metric_specs)
     proto_entry = PROTOCOLS.resolve(protocol)
     cfg = RunConfig(out_dir=out.resolve(), device=_device(device), batch_size=batch_size, save_images=save_images,
                     progress=progress and sys.stderr.isatty())
@@ -122,7 +138,7 @@ def run(
           f"manifest sha256 {pairset.manifest_sha256[:12]}")
     for note in pairset.notes:
         _echo(f"  note: {note}")
-    metrics = [METRICS.create(m, device=cfg.device) for m in metric_names]
+    metrics = [METRICS.create(m, device=cfg.device, **metric_specs[m]) for m in metric_names]
     features = FeatureStore(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow)
     summaries = []
@@ -276,8 +292,9 @@ def list_cmd(
 
 
 @app.command("weights")
-def weights_cmd() -> None:
+def weights_cmd(weights_dir: WeightsDirOpt = None) -> None:
     """Known weight files: present, missing, or wrong checksum, and where to get them."""
+    _set_weights_dir(weights_dir)
     from harness.weights import KNOWN, locate, sha256_of, weights_dir
 
     typer.echo(f"weights folder: {weights_dir()}  (set HARNESS_WEIGHTS_DIR to change)")
@@ -288,8 +305,9 @@ def weights_cmd() -> None:
             typer.echo(f"missing   {name:<44} {w.purpose}; get it from: {w.source}")
             continue
         sha = sha256_of(path)
-        state = "present" if not w.sha256 or sha == w.sha256 else "WRONG-SHA"
-        typer.echo(f"{state:<9} {name:<44} {path}")
+        ok = (not w.sha256 or sha == w.sha256) and (not w.sha256_prefix or sha.startswith(w.sha256_prefix))
+        state = ("present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)") if ok else "WRONG-SHA"
+        typer.echo(f"{state:<9} {name:<44} {path} sha256 {sha[:12]}")
 
 
 train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",

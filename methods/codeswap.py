@@ -53,6 +53,13 @@ class CodeSwapMethod(SwapMethod):
         return model.to(self.device).eval(), meta
 
     @property
+    def identity_model(self) -> str | None:  # type: ignore[override]
+        """Backend name of the identity network the checkpoint trained with (L_id), so a run
+        scored by that same model is flagged in its report."""
+        trained = {"facenet": "facenet_casia_torch"}  # codeswap.train.nets names -> Backend.name
+        return trained.get(self._loaded[1].get("identity_net"))
+
+    @property
     def resolution(self) -> int:  # type: ignore[override]
         return self._loaded[0].cfg.autoencoder.resolution
 

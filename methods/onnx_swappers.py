@@ -186,6 +186,9 @@ class OnnxSwapper(SwapMethod):
             raise HarnessError(f"unknown ONNX swapper {model!r} (known: {', '.join(SWAPPERS)})")
         self.spec = SWAPPERS[model]
         self.name = model
+        if self.spec.source in ("emap", "arcface"):
+            # these swappers take w600k_r50 embeddings as trained: flag runs it also scores
+            self.identity_model = "arcface_w600k_r50"  # Backend.name of identity_arcface
         self.detect = detect if isinstance(detect, bool) else str(detect).lower() in ("1", "true", "yes")
 
     # --- lazily loaded pieces ------------------------------------------------------------

@@ -31,14 +31,14 @@ def test_source_is_the_upper_bound_and_target_the_lower(demo_pairset, out):
     src = _run(SourceMethod(), demo_pairset, out)
     tgt = _run(TargetMethod(), demo_pairset, out)
     n = len(demo_pairset.gallery)
-    assert src["metrics"]["id_retrieval_top1"]["value"] == 1.0
-    assert src["metrics"]["id_similarity"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert src["metrics"]["id_retrieval_top1_dlib"]["value"] == 1.0
+    assert src["metrics"]["id_similarity_dlib"]["value"] == pytest.approx(1.0, abs=1e-5)
     # the target's own photo is in the gallery, so its nearest face is never the source
-    assert tgt["metrics"]["id_retrieval_top1"]["value"] == 0.0
+    assert tgt["metrics"]["id_retrieval_top1_dlib"]["value"] == 0.0
     # top-5 of the target: about chance (4 of the other n-1 identities)
-    assert tgt["metrics"]["id_retrieval_top5"]["value"] < 3 * 4 / (n - 1)
-    assert tgt["metrics"]["id_similarity"]["value"] < src["metrics"]["id_similarity"]["value"] - 0.05
-    e = tgt["metrics"]["id_similarity"]
+    assert tgt["metrics"]["id_retrieval_top5_dlib"]["value"] < 3 * 4 / (n - 1)
+    assert tgt["metrics"]["id_similarity_dlib"]["value"] < src["metrics"]["id_similarity_dlib"]["value"] - 0.05
+    e = tgt["metrics"]["id_similarity_dlib"]
     assert e["ci_low"] <= e["value"] <= e["ci_high"]
     assert src["manifest_sha256"] == demo_pairset.manifest_sha256
     assert src["backends"]["identity"]["standard"] is False
@@ -85,8 +85,8 @@ def test_per_pair_values_do_not_depend_on_batch_size(demo_pairset, tmp_path):
     b = _run(TargetMethod(), demo_pairset, tmp_path / "b", batch_size=32)
     ra = pd.read_parquet(f"{a['run_dir']}/pairs.parquet")
     rb = pd.read_parquet(f"{b['run_dir']}/pairs.parquet")
-    np.testing.assert_allclose(ra["id_similarity"], rb["id_similarity"], atol=1e-6)
-    assert (ra["id_retrieval_top5"] == rb["id_retrieval_top5"]).all()
+    np.testing.assert_allclose(ra["id_similarity_dlib"], rb["id_similarity_dlib"], atol=1e-6)
+    assert (ra["id_retrieval_top5_dlib"] == rb["id_retrieval_top5_dlib"]).all()
 
 
 def test_bootstrap_ci():

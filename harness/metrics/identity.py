@@ -5,9 +5,11 @@
   include the source identity (top-1 / top-5). The gallery comes from the protocol
   (CelebA-HQ: the selected images; FF++: one frame per video; demo: every demo face).
 
-Backend (offline default): dlib's ResNet face descriptor (128-d, trained with a metric
-loss on ~3M faces). It is NOT the CosFace/ArcFace model the papers use, so tables name
-it; the standard backends arrive with the metric suite.
+Backends (``backend=`` setting, see ``harness.metrics.id_backends``): dlib's ResNet face
+descriptor (offline default), FaceNet (offline, PyTorch port), insightface ArcFace ONNX
+files and arcface_torch ArcFace/CosFace iresnet checkpoints (the papers' models, from the
+user's files). Every backend except dlib's gets the ArcFace-style 5-point alignment from
+the shared 68 landmarks. Tables name the backend and whether it is standard.
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.faces.landmarks import FFHQ_FACE_BOX  # dlib's 5-point predictor runs inside this box
 from harness.weights import verified
 
-# Face box inside an FFHQ-aligned crop, as fractions of the crop side: the median dlib
-# HOG box of the demo photos mapped through their alignment. The 5-point predictor runs
-# inside it, then dlib cuts its own 150x150 chip, as in dlib's reference pipeline.
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 
 
 class DlibFaceEmbedder:
@@ -84,42 +83,74 @@ class IdentityMetric(Metric):
         MetricKey("id_similarity", "ID similarity", True, "cosine"),
     )
 
-    def __init__(self, device: str = "cpu") -> None:
-        self.embedder = DlibFaceEmbedder()
+    def __init__(self, device: str = "cpu", backend: str = "dlib", detector: str = "dlib") -> None:
+        from harness.metrics.id_backends import make_embedder
+
+        self.embedder = make_embedder(backend, device)
+        if backend != "dlib":
+            self.name = f"identity_{backend}"
+        if not self.embedder.standard:
+            # A non-standard model never carries the papers' column names: id_similarity_dlib, ...
+            self.keys = tuple(MetricKey(f"{k.key}_{backend}", f"{k.label} [{backend}]", k.higher_is_better, k.unit,
+                                        k.per_pair, k.scale) for k in IdentityMetric.keys)
+        self.backend_setting = backend
+        self.detector = detector
+        self._landmarks = None
         self._gallery: np.ndarray | None = None
         self._gallery_ids: list[str] = []
 
     def backend(self) -> Backend:
-        return Backend(
-            name=self.embedder.name,
-            description="dlib ResNet face descriptor, 128-d, cosine (offline default; papers use CosFace/ArcFace)",
-            standard=False,
-            weights=self.embedder.weight_files(),
-        )
+        weights = tuple(self.embedder.weight_files())
+        if self.embedder.uses_landmarks and self._landmarks is not None:
+            weights += tuple(w for w in self._landmarks.weight_files() if w not in weights)
+        return Backend(name=self.embedder.name, description=self.embedder.description,
+                       standard=self.embedder.standard, weights=weights)
+
+    def fingerprint(self) -> dict:
+        return {"metric": self.name, "backend": self.embedder.name, "version": self.embedder.version,
+                "detector": self.detector if self.embedder.uses_landmarks else None,
+                "weights": list(self.backend().weights)}
+
+    def notes(self) -> list[str]:
+        note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None
+        return [note] if note else []
 
     def _ns(self) -> str:
-        return f"{self.embedder.name}:v1"
+        if self.embedder.uses_landmarks:  # the crop depends on the landmarks' detector
+            return f"{self.embedder.name}:v{self.embedder.version}:{self.detector}"
+        return f"{self.embedder.name}:v{self.embedder.version}"
 
     def _embed(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray] | None = None, load=None):
-        return cached_features(ctx.feature_cache, self._ns(), shas, images, self.embedder, load)
+        """Embeddings (N, D), computed only for image contents not in the feature store."""
+        if not self.embedder.uses_landmarks:
+            return cached_features(ctx.feature_cache, self._ns(), shas, images, self.embedder, load)
+        from harness.faces.landmarks import shared_landmarks
+
+        self._landmarks = shared_landmarks(ctx, self.detector)
+        _, five, _ = self._landmarks(ctx, shas, images, load)  # (N, 5, 2), cached
+        pairs = None if images is None else list(zip(images, five))
+        pair_load = None if load is None else (lambda i: (load(i), five[i]))
+
+        def compute(items):
+            return self.embedder([it[0] for it in items], np.stack([it[1] for it in items]))
+
+        return cached_features(ctx.feature_cache, self._ns(), shas, pairs, compute, pair_load)
 
     def prepare(self, ctx: EvalContext) -> None:
         paths = [g.path for g in ctx.pairset.gallery]
         if not paths:
             raise ValueError(f"protocol {ctx.pairset.protocol} supplies no gallery: ID retrieval needs one")
         shas = [ctx.image_sha(p) for p in paths]
-        self._gallery = self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))  # (M, 128)
+        self._gallery = self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))  # (M, D)
         self._gallery_ids = [g.identity for g in ctx.pairset.gallery]
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
         assert self._gallery is not None, "prepare() must run first"
-        swapped = self._embed(ctx, batch.swapped_sha, list(batch.swapped))  # (B, 128)
-        source = self._embed(ctx, batch.source_sha, list(batch.source))  # (B, 128)
+        swapped = self._embed(ctx, batch.swapped_sha, list(batch.swapped))  # (B, D)
+        source = self._embed(ctx, batch.source_sha, list(batch.source))  # (B, D)
         by_id = {p.pair_id: p for p in ctx.pairset.pairs}
         true_ids = [by_id[i].source_id for i in batch.pair_ids]
         hits = retrieval_hits(swapped, self._gallery, self._gallery_ids, true_ids)
-        return {
-            "id_retrieval_top1": hits[1].astype(np.float64),
-            "id_retrieval_top5": hits[5].astype(np.float64),
-            "id_similarity": np.sum(swapped * source, axis=1).astype(np.float64),
-        }
+        values = (hits[1].astype(np.float64), hits[5].astype(np.float64),
+                  np.sum(swapped * source, axis=1).astype(np.float64))
+        return {k.key: v for k, v in zip(self.keys, values)}

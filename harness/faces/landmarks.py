@@ -1,0 +1,166 @@
+"""68-point landmarks of aligned face crops, computed once per image and shared.
+
+Identity (5-point ArcFace alignment), pose (PnP) and expression (landmark shape) all
+start from the same 68 landmarks, so they are computed once per image content and kept
+in the run's FeatureStore under one namespace.
+
+Faces not found: the crops are FFHQ-aligned, so the face sits at a known place. When
+the detector finds no face, the landmarks are predicted inside the expected box
+(:data:`FFHQ_FACE_BOX`) and the image is *counted* as "not found"; every metric that uses
+landmarks reports the count (``Metric.notes``), nothing is dropped silently.
+
+Detectors: dlib HOG (offline default) or an insightface SCRFD/RetinaFace ONNX file
+(``detector="scrfd"``, through ``insightface.model_zoo``) when the user has it. With
+SCRFD/RetinaFace the box and the 5 alignment points are the detector's own (as in
+insightface's pipeline) and the 68 points come from dlib's predictor inside that box;
+with dlib the 5 points are derived from the 68.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from harness.cache import cached_features
+from harness.errors import HarnessError
+from harness.faces.align import five_points
+from harness.weights import verified
+
+# Face box inside an FFHQ-aligned crop, as fractions of the side (left, top, right,
+# bottom): the median dlib HOG box of the demo photos mapped through their alignment.
+FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
+NUM_POINTS = 68
+
+
+@dataclass
+class LandmarkStats:
+    """Counts a report must show: images seen and faces the detector did not find."""
+
+    seen: set[str] = field(default_factory=set)
+    not_found: set[str] = field(default_factory=set)
+
+    def note(self, who: str) -> str | None:
+        if not self.not_found:
+            return None
+        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} images; "
+                "landmarks were predicted inside the expected box of the aligned crop")
+
+
+class CropLandmarks:
+    """uint8 aligned crops -> (N, 68, 2) landmarks in crop pixels, plus a found flag.
+
+    Stored vector per image (float32): 68*2 coordinates, 5*2 alignment points, then
+    1.0/0.0 (face found).
+    """
+
+    version = "2"
+
+    def __init__(self, detector: str = "dlib", upsample: int = 0) -> None:
+        if detector not in ("dlib", "scrfd", "retinaface"):
+            raise HarnessError(f"unknown detector {detector!r} (choose dlib, scrfd or retinaface)")
+        self.detector = detector
+        self.upsample = upsample
+        self.stats = LandmarkStats()
+
+    @property
+    def namespace(self) -> str:
+        return f"landmarks68:{self.detector}:u{self.upsample}:v{self.version}"
+
+    @cached_property
+    def _dlib(self):
+        import dlib
+
+        path, sha = verified("shape_predictor_68_face_landmarks.dat")
+        self._weights = [(path.name, sha)]
+        return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+
+    @cached_property
+    def _onnx_detector(self):
+        from insightface.model_zoo import get_model
+        from insightface.model_zoo.retinaface import RetinaFace
+
+        if self.detector == "retinaface":
+            path, sha = verified("retinaface_r50_v1.onnx")
+            model = RetinaFace(model_file=str(path))  # the model zoo's router only picks SCRFD
+        else:
+            try:
+                path, sha = verified("det_10g.onnx")  # buffalo_l's name for SCRFD-10GF
+            except HarnessError:
+                path, sha = verified("scrfd_10g_bnkps.onnx")  # antelopev2's name, same file
+            model = get_model(str(path), providers=["CPUExecutionProvider"])
+        model.prepare(ctx_id=-1, input_size=(640, 640), det_thresh=0.5)
+        self._weights_onnx = [(path.name, sha)]
+        return model
+
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        self._dlib  # noqa: B018 - resolves and checks the file
+        extra = []
+        if self.detector != "dlib":
+            self._onnx_detector  # noqa: B018
+            extra = self._weights_onnx
+        return tuple(self._weights + extra)
+
+    def _faces(self, img: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray | None]]:
+        """[(box, 5 points or None)] for every face the detector finds."""
+        if self.detector == "dlib":
+            det, _ = self._dlib
+            rects, _, _ = det.run(img, self.upsample, 0.0)
+            return [((r.left(), r.top(), r.right(), r.bottom()), None) for r in rects]
+        import cv2
+
+        bboxes, kpss = self._onnx_detector.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), max_num=0)
+        return [(tuple(float(v) for v in b[:4]), None if kpss is None else np.asarray(k, np.float32).reshape(5, 2))
+                for b, k in zip(bboxes, kpss if kpss is not None else [None] * len(bboxes))]
+
+    def compute(self, images: list[np.ndarray]) -> np.ndarray:
+        """Landmarks for a list of crops: (N, 68*2 + 5*2 + 1) float32."""
+        import dlib
+
+        _, predictor = self._dlib
+        out = np.zeros((len(images), NUM_POINTS * 2 + 10 + 1), np.float32)
+        for i, image in enumerate(images):
+            img = np.ascontiguousarray(image)
+            h, w = img.shape[:2]
+            faces = self._faces(img)
+            found = bool(faces)
+            if found:  # the largest face: crops hold one main face
+                box, five = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+            else:
+                x0, y0, x1, y1 = FFHQ_FACE_BOX
+                box, five = (x0 * w, y0 * h, x1 * w, y1 * h), None
+            rect = dlib.rectangle(*(int(round(v)) for v in box))
+            shape = predictor(img, rect)
+            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
+            if five is None:
+                five = five_points(pts)
+            out[i, : NUM_POINTS * 2] = pts.reshape(-1)
+            out[i, NUM_POINTS * 2 : NUM_POINTS * 2 + 10] = np.asarray(five, np.float32).reshape(-1)
+            out[i, -1] = 1.0 if found else 0.0
+        return out
+
+    def __call__(self, ctx, shas: list[str], images: list[np.ndarray] | None = None, load=None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cached landmarks: ((N, 68, 2), (N, 5, 2) alignment points, (N,) bool found)."""
+        vec = cached_features(ctx.feature_cache, self.namespace, shas, images, self.compute, load)
+        lm = vec[:, : NUM_POINTS * 2].reshape(len(shas), NUM_POINTS, 2)  # (N, 68, 2)
+        five = vec[:, NUM_POINTS * 2 : NUM_POINTS * 2 + 10].reshape(len(shas), 5, 2)  # (N, 5, 2)
+        found = vec[:, -1] > 0.5
+        self.stats.seen.update(shas)
+        self.stats.not_found.update(s for s, f in zip(shas, found) if not f)
+        return lm, five, found
+
+
+def five_from_68(lm68: np.ndarray) -> np.ndarray:
+    """(N, 68, 2) -> (N, 5, 2) ArcFace-order points (eyes, nose tip, mouth corners)."""
+    return np.stack([five_points(p) for p in lm68]).astype(np.float32)
+
+
+def shared_landmarks(ctx, detector: str = "dlib") -> CropLandmarks:
+    """One landmark extractor per run and detector, kept in ``ctx.extras`` so metrics share it
+    (and its not-found counts)."""
+    key = f"landmarks:{detector}"
+    if key not in ctx.extras:
+        ctx.extras[key] = CropLandmarks(detector)
+    return ctx.extras[key]

