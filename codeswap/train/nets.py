@@ -35,14 +35,18 @@ class FaceNetIdentity(nn.Module):
 
     name = "facenet"
 
-    def __init__(self) -> None:
+    def __init__(self, size: int | None = None) -> None:
+        """``size``: input side (default FaceNet's 160; the network takes any side from 80,
+        and a smaller one costs quadratically less, which the CPU demo uses)."""
         super().__init__()
         from harness.models.facenet import INPUT_SIZE, load_from_graph
         from harness.weights import verified
 
         path, self.weights_sha256 = verified("graph_final.pb")
         self.net = load_from_graph(path).eval().requires_grad_(False)
-        self.size = INPUT_SIZE
+        self.size = size or INPUT_SIZE
+        if self.size < 80:
+            raise HarnessError(f"FaceNet needs an input side of at least 80, got {self.size}")
 
     def train(self, mode: bool = True) -> "FaceNetIdentity":
         return super().train(False)  # frozen: BatchNorm statistics never update
@@ -54,11 +58,11 @@ class FaceNetIdentity(nn.Module):
         return self.net(prewhiten(face))  # (B, 512)
 
 
-def load_identity_net(name: str) -> nn.Module | None:
+def load_identity_net(name: str, size: int | None = None) -> nn.Module | None:
     if name == "none":
         return None
     if name == "facenet":
-        return FaceNetIdentity()
+        return FaceNetIdentity(size)
     raise HarnessError(f"unknown identity network {name!r}; choose facenet or none")
 
 

@@ -43,6 +43,7 @@ class SwapTrainConfig:
     weights: SwapLossWeights = field(default_factory=SwapLossWeights)
     same_rate: float = 0.2  # share of pairs made of one image twice (reconstruction pairs)
     identity_net: str = "facenet"
+    identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
     expression_net: str = "none"  # "deep3d" with expression_checkpoint; none: L_exp is off
     expression_checkpoint: str | None = None
     perceptual_net: str = "mobilenet_v2"  # vgg16 (paper, from a file), mobilenet_v2 (offline), none
@@ -157,7 +158,7 @@ class Stage2Trainer(TrainLoop):
         else:
             from codeswap.perceptual import load_perceptual
 
-            nets = {"identity": load_identity_net(sc.identity_net),
+            nets = {"identity": load_identity_net(sc.identity_net, sc.identity_size),
                     "expression": load_expression_net(sc.expression_net, sc.expression_checkpoint),
                     "perceptual": None if sc.perceptual_net == "none" or sc.weights.perceptual == 0
                     else load_perceptual(sc.perceptual_net)}
