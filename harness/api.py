@@ -140,8 +140,6 @@ class SwapMethod(ABC):
 
     name: str = "unnamed"
     resolution: int | None = None
-    #: True when the method reads no weights and needs no device (listing shows it as ready)
-    needs_weights: bool = False
     #: backend name (``Backend.name``) of the identity model the method trained with, e.g.
     #: "arcface_w600k_r50"; a run scored by that same model is flagged in its report
     identity_model: str | None = None

@@ -218,7 +218,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                 entry.update(value=float(dataset_level[k.key]), ci_low=None, ci_high=None, n=len(frame))
             results[k.key] = entry
     notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
-             + [n for m in metrics for n in m.notes()])
+             + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
     backends = {m.name: asdict(m.backend()) for m in metrics}
     # The evaluator should not be the model the method optimised: flag it when it is.
     training_model = getattr(method, "identity_model", None)  # duck-typed methods may not declare it
