@@ -153,13 +153,17 @@ class CelebAHQProtocol(FaceProtocol):
 
     name = "celebahq"
     version = "1"
-    OPTIONS = ("num_identities", "num_pairs", "resolution", "image_dir", "identity_file")
+    OPTIONS = ("num_identities", "num_pairs", "resolution", "image_dir", "identity_file", "strict")
 
     def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | str | None = None,
                  cache_dir: Path | None = None, num_identities: int | str | None = None,
                  resolution: int | str = DEFAULT_RESOLUTION, image_dir: str = IMAGE_DIR,
-                 identity_file: str | None = None, **unknown: object) -> None:
+                 identity_file: str | None = None, strict: bool | str = False, **unknown: object) -> None:
         reject_unknown_options(self.name, unknown, self.OPTIONS)
+        #: strict: a mapping row whose image is absent is an error; otherwise the images that
+        #: are present are used (a partial copy) and the absent ones are counted in the report
+        self.strict = strict if isinstance(strict, bool) else str(strict).lower() in ("1", "true", "yes")
+        self.absent: list[str] = []
         if root is None:
             raise HarnessError("protocol 'celebahq' needs --root: the folder holding CelebA-HQ-img/, "
                                f"{MAPPING_FILE} and {IDENTITY_FILE}")
@@ -240,9 +244,11 @@ class CelebAHQProtocol(FaceProtocol):
                 problems.append(f"{MAPPING_FILE} line {line} (idx {idx}): {orig_file} has no identity in {id_name}")
                 continue
             images.append(CelebAHQImage(idx, files[idx], orig_file, identities[orig_file]))
-        for idx in sorted(set(mapping) - set(files)):
-            problems.append(f"{MAPPING_FILE} line {mapping[idx][1]} (idx {idx}): image "
-                            f"{self.image_dir}/{idx}.jpg (or .png) is missing")
+        absent = [f"{MAPPING_FILE} line {mapping[idx][1]} (idx {idx}): image {self.image_dir}/{idx}.jpg (or .png) "
+                  "is missing" for idx in sorted(set(mapping) - set(files))]
+        if self.strict:
+            problems.extend(absent)
+        self.absent = absent
 
         for im in tqdm(images, desc="check CelebA-HQ images", unit="image", leave=False, disable=None):
             try:
@@ -328,6 +334,10 @@ class CelebAHQProtocol(FaceProtocol):
         self.prepare(selected)
         gallery = tuple(GalleryItem(self.crop_name(im), im.identity) for im in selected)
         num_pairs = self.num_pairs or len(gallery)
+        if self.absent:
+            notes.append(f"{len(self.absent):,} images listed in {MAPPING_FILE} are absent; the {len(layout.images):,} "
+                         f"present were used (first absent: {self.absent[0].split(': ', 1)[1].split(' (or')[0]}; "
+                         "--option strict=true makes this an error)")
         notes.append(f"{len(selected)} images of {len(selected)} distinct identities, resized to {self.resolution}px")
         return PairSet(
             protocol=self.name, version=self.version, root=self.crop_root, resolution=self.resolution,

@@ -153,7 +153,7 @@ def test_other_malformed_trees_are_listed_precisely(tree, tmp_path):
     (root / "CelebA-HQ-img" / "cover.jpg").write_bytes(b"")
     with open(root / "identity_CelebA.txt", "a") as f:
         f.write("broken-line\n")
-    found = problems_of(root)
+    found = problems_of(root, strict=True)
     n_ident = len((tree.root / "identity_CelebA.txt").read_text().splitlines()) + 1
     expected = [
         "CelebA-HQ-img/12.png: index 12 also present as CelebA-HQ-img/12.jpg",
@@ -210,3 +210,14 @@ def test_zero_padded_names_are_read(tree, tmp_path):
     assert next(im.file for im in layout.images if im.idx == 5) == "CelebA-HQ-img/00005.jpg"
     shutil.copyfile(root / "CelebA-HQ-img" / "00005.jpg", root / "CelebA-HQ-img" / "5.jpg")
     assert problems_of(root) == ["CelebA-HQ-img/5.jpg: index 5 also present as CelebA-HQ-img/00005.jpg"]
+
+
+def test_a_partial_copy_runs_on_the_images_present_and_counts_the_absent(tree, tmp_path):
+    root = broken_copy(tree, tmp_path)
+    (root / "CelebA-HQ-img" / "9.jpg").unlink()
+    (root / "CelebA-HQ-img" / "10.jpg").unlink()
+    ps = CelebAHQProtocol(root=root, cache_dir=tmp_path / "cache", num_identities=8).build()
+    note = next(n for n in ps.notes if "absent" in n)
+    assert note.startswith(f"2 images listed in {MAPPING_FILE} are absent") and "CelebA-HQ-img/9.jpg" in note
+    assert all(not p.source.startswith(("9.", "10.")) for p in ps.pairs)
+    assert any("idx 9" in p for p in problems_of(root, strict="true"))
