@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
 COMMON = ["--data", str(DEMO), "--batch-size", "4", "--num-workers", "0", "--holdout", "4", "--cache-images",
           "--no-mlflow", "--device", "cpu", "--log-every", "1"]
@@ -33,6 +35,7 @@ def test_train_three_stages_then_run_codeswap_and_report_table3(tmp_path):
                  "--supervised-steps", "1", "--identity-net", "none", "--perceptual", "none")
     assert "stage3: step 2" in p3.stdout
     s3 = tmp_path / "s3" / "checkpoints" / "last.pt"
+    _figure_regions(s3, tmp_path / "fig")
     out = tmp_path / "out"
     harness("run", "-p", "demo", "-m", "codeswap", "-m", "codeswap_wo_m", "-m", "target", "--out", str(out),
             "--no-mlflow", "--device", "cpu", "--method-option", f"codeswap.checkpoint={s3}",
@@ -41,3 +44,24 @@ def test_train_three_stages_then_run_codeswap_and_report_table3(tmp_path):
     assert "| Ours |" in t3 and "| w/o M |" in t3 and "Table 3: ablations of CodeSwap on demo" in t3
     t1 = (out / "report" / "table1.md").read_text()
     assert "| codeswap |" in t1
+
+
+def _figure_regions(checkpoint: Path, out: Path) -> None:
+    """Figures 8 and 9 from a trained checkpoint: PNG, per-region swaps, attention arrays, record."""
+    import json
+
+    import numpy as np
+
+    p = harness("figure", "regions", "--checkpoint", str(checkpoint), "--source", str(DEMO / "insightface_t1_0.png"),
+                "--target", str(DEMO / "insightface_t1_1.png"), "--aligned", "--out", str(out), "--device", "cpu")
+    assert "figure:" in p.stdout and "of their attention on the source" in p.stdout
+    assert (out / "regions.png").stat().st_size > 10_000
+    assert all((out / f"swap_{k}.png").is_file() for k in ("eyes", "mouth", "nose", "all"))
+    arrays = np.load(out / "regions.npz")
+    record = json.loads((out / "regions.json").read_text())
+    for k in ("eyes", "mouth", "nose"):
+        att = arrays[f"attention_{k}"]  # (2, m, n): over the source, over the target
+        assert att.shape[0] == 2 and abs(att.sum() - 1) < 1e-4
+        assert record["attention_share_on_source"][k] == pytest.approx(att[0].sum() / att.sum(), rel=1e-5)
+        assert record["cells"][k] == int(arrays[f"cells_{k}"].sum()) > 0
+    assert record["checkpoint_sha256"] and record["target_face_found"] is True
