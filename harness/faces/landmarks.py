@@ -26,7 +26,7 @@ import numpy as np
 from harness.cache import cached_features
 from harness.errors import HarnessError
 from harness.faces.align import five_points
-from harness.weights import verified
+from harness.weights import KNOWN, locate, verified, weights_dir
 
 # Face box inside an FFHQ-aligned crop, as fractions of the side (left, top, right,
 # bottom): the median dlib HOG box of the demo photos mapped through their alignment.
@@ -85,11 +85,25 @@ class CropLandmarks:
             path, sha = verified("retinaface_r50_v1.onnx")
             model = RetinaFace(model_file=str(path))  # the model zoo's router only picks SCRFD
         else:
-            try:
-                path, sha = verified("det_10g.onnx")  # buffalo_l's name for SCRFD-10GF
-            except HarnessError:
-                path, sha = verified("scrfd_10g_bnkps.onnx")  # antelopev2's name, same file
+            # buffalo_l's name for SCRFD-10GF, else antelopev2's name for the same file; only
+            # a missing file falls back (a wrong checksum is an error about that file)
+            names = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")
+            for name in names:
+                try:
+                    locate(name)
+                    break
+                except HarnessError:
+                    continue
+            else:
+                raise HarnessError(f"SCRFD detector not found: put {' or '.join(names)} in {weights_dir()} "
+                                   f"(from {KNOWN[names[0]].source})")
+            path, sha = verified(name)
             model = get_model(str(path), providers=["CPUExecutionProvider"])
+        outs = [] if model is None else model.session.get_outputs()
+        if len(outs) not in (6, 9, 10, 15) or any(len(o.shape) not in (2, 3) for o in outs):
+            # e.g. a classic RetinaFace export (NCHW anchor-delta maps): insightface would misdecode it
+            raise HarnessError(f"{path}: outputs {[o.shape for o in outs]} are not insightface's SCRFD layout "
+                               "(6/9/10/15 outputs of (N, 1|4|10) per stride), the only one its detectors decode")
         model.prepare(ctx_id=-1, input_size=(640, 640), det_thresh=0.5)
         self._weights_onnx = [(path.name, sha)]
         return model
