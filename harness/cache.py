@@ -53,7 +53,8 @@ class SwapStore:
 
 
 class FeatureStore:
-    """Vectors keyed by (namespace, image sha256); namespace = backend fingerprint."""
+    """Vectors keyed by (namespace, image sha256); namespace = backend, version and a digest of
+    the weight files (see :func:`cached_features`)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +96,13 @@ class FeatureStore:
             self._db.close()
 
 
+def weights_tag(weights) -> str:
+    """Short digest of ((file name, sha256), ...): part of every feature namespace, so that
+    replacing a weight file (many have no pinned checksum) never reuses stale features."""
+    text = ";".join(f"{name}:{sha}" for name, sha in sorted(weights))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def cached_features(
     store: FeatureStore,
     ns: str,
@@ -102,8 +110,13 @@ def cached_features(
     images: list[np.ndarray] | None,
     compute: "callable",  # list[np.ndarray] -> np.ndarray (N, D)
     load: "callable | None" = None,  # index -> image, when ``images`` is None
+    weights=(),  # ((file name, sha256), ...) the features depend on
 ) -> np.ndarray:
-    """Features for each image, computing only those not in the store. Returns (N, D)."""
+    """Features for each image, computing only those not in the store. Returns (N, D).
+
+    The store key is (``ns`` + the weights' digest, image content sha256)."""
+    if weights:
+        ns = f"{ns}@{weights_tag(weights)}"
     found = store.get_many(ns, shas)
     missing = [i for i, s in enumerate(shas) if s not in found]
     # Duplicates inside one batch are computed once.

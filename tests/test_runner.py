@@ -110,3 +110,28 @@ def test_save_images_writes_each_swap_by_pair_id(demo_pairset, tmp_path):
     first = demo_pairset.pairs[0]
     np.testing.assert_array_equal(load_rgb(saved[0]), load_rgb(demo_pairset.path(first.target)))
     assert s["swaps"]["computed"] == len(demo_pairset.pairs)
+
+
+def test_features_are_keyed_by_the_weights_they_came_from(tmp_path):
+    """A replaced weight file (most have no pinned sha256) must not reuse stale features."""
+    from harness.cache import FeatureStore, cached_features
+
+    store = FeatureStore(tmp_path / "features.sqlite")
+    calls = []
+
+    def compute(batch):
+        calls.append(len(batch))
+        return np.ones((len(batch), 2)) * len(calls)
+
+    imgs = [np.zeros((4, 4, 3), np.uint8)] * 2
+    shas = ["a" * 64, "b" * 64]
+    first = cached_features(store, "emb:v1", shas, imgs, compute, weights=(("net.onnx", "1" * 64),))
+    again = cached_features(store, "emb:v1", shas, imgs, compute, weights=(("net.onnx", "1" * 64),))
+    assert calls == [2] and np.array_equal(first, again)
+    other = cached_features(store, "emb:v1", shas, imgs, compute, weights=(("net.onnx", "2" * 64),))
+    assert calls == [2, 2] and not np.array_equal(first, other)
+    # the order in which a metric lists its files does not matter
+    both = (("a.dat", "3" * 64), ("net.onnx", "1" * 64))
+    cached_features(store, "emb:v1", shas, imgs, compute, weights=both)
+    cached_features(store, "emb:v1", shas, imgs, compute, weights=both[::-1])
+    assert calls == [2, 2, 2]

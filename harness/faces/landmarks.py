@@ -157,7 +157,8 @@ class CropLandmarks:
     def __call__(self, ctx, shas: list[str], images: list[np.ndarray] | None = None, load=None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cached landmarks: ((N, 68, 2), (N, 5, 2) alignment points, (N,) bool found)."""
-        vec = cached_features(ctx.feature_cache, self.namespace, shas, images, self.compute, load)
+        vec = cached_features(ctx.feature_cache, self.namespace, shas, images, self.compute, load,
+                              weights=self.weight_files())
         lm = vec[:, : NUM_POINTS * 2].reshape(len(shas), NUM_POINTS, 2)  # (N, 68, 2)
         five = vec[:, NUM_POINTS * 2 : NUM_POINTS * 2 + 10].reshape(len(shas), 5, 2)  # (N, 5, 2)
         found = vec[:, -1] > 0.5

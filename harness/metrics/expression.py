@@ -71,12 +71,15 @@ class ExpressionMetric(Metric):
 
     def backend(self) -> Backend:
         lm_path, lm_sha = verified("shape_predictor_68_face_landmarks.dat")
+        landmarks = ((lm_path.name, lm_sha),)
+        if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
+            landmarks += tuple(w for w in self._landmarks.weight_files() if w not in landmarks)
         if self.backend_setting == "deep3d":
             self.model  # noqa: B018
             return Backend("deep3dfacerecon_r50", "Deep3DFaceRecon ResNet-50, 64 BFM expression coefficients, L2",
-                           True, self._weights + ((lm_path.name, lm_sha),))
+                           True, self._weights + landmarks)
         return Backend("dlib68_procrustes", "dlib 68 landmarks, similarity-Procrustes inner-face distance "
-                       "(offline; not a 3DMM expression)", False, ((lm_path.name, lm_sha),))
+                       "(offline; not a 3DMM expression)", False, landmarks)
 
     def fingerprint(self) -> dict:
         return {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1",
@@ -112,7 +115,7 @@ class ExpressionMetric(Metric):
         if self.backend_setting == "landmarks":
             return lm
         return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v2", shas,
-                               list(zip(images, five)), self._deep3d)
+                               list(zip(images, five)), self._deep3d, weights=self.backend().weights)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
         sw = self._features(ctx, batch.swapped_sha, list(batch.swapped))

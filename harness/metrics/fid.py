@@ -118,6 +118,7 @@ class FIDMetric(Metric):
             self.name = "fid_facenet"
             self.keys = (MetricKey("fid_facenet", "FID [FaceNet features]", False, "", per_pair=False),)
         self._swapped: dict[str, np.ndarray] = {}
+        self._weights: tuple[tuple[str, str], ...] = ()  # set when the extractor loads
 
     @cached_property
     def extractor(self):
@@ -169,7 +170,8 @@ class FIDMetric(Metric):
         self._swapped = {}
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
-        feats = cached_features(ctx.feature_cache, self._ns(), batch.swapped_sha, list(batch.swapped), self.features)
+        feats = cached_features(ctx.feature_cache, self._ns(), batch.swapped_sha, list(batch.swapped), self.features,
+                                weights=self.backend().weights)
         for pid, f in zip(batch.pair_ids, feats):
             self._swapped[pid] = f
         return {}
@@ -178,7 +180,7 @@ class FIDMetric(Metric):
         paths = list(dict.fromkeys(p.target for p in ctx.pairset.pairs))
         shas = [ctx.image_sha(p) for p in paths]
         return cached_features(ctx.feature_cache, self._ns(), shas, None, self.features,
-                               load=lambda i: ctx.load_image(paths[i]))
+                               load=lambda i: ctx.load_image(paths[i]), weights=self.backend().weights)
 
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         fake = np.stack([self._swapped[p.pair_id] for p in ctx.pairset.pairs if p.pair_id in self._swapped])

@@ -123,7 +123,8 @@ class IdentityMetric(Metric):
     def _embed(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray] | None = None, load=None):
         """Embeddings (N, D), computed only for image contents not in the feature store."""
         if not self.embedder.uses_landmarks:
-            return cached_features(ctx.feature_cache, self._ns(), shas, images, self.embedder, load)
+            return cached_features(ctx.feature_cache, self._ns(), shas, images, self.embedder, load,
+                                   weights=self.backend().weights)
         from harness.faces.landmarks import shared_landmarks
 
         self._landmarks = shared_landmarks(ctx, self.detector)
@@ -134,7 +135,8 @@ class IdentityMetric(Metric):
         def compute(items):
             return self.embedder([it[0] for it in items], np.stack([it[1] for it in items]))
 
-        return cached_features(ctx.feature_cache, self._ns(), shas, pairs, compute, pair_load)
+        return cached_features(ctx.feature_cache, self._ns(), shas, pairs, compute, pair_load,
+                               weights=self.backend().weights)
 
     def prepare(self, ctx: EvalContext) -> None:
         paths = [g.path for g in ctx.pairset.gallery]

@@ -50,8 +50,11 @@ class PoseMetric(Metric):
 
         _, sha = mean_face_68()
         lm_w = verified("shape_predictor_68_face_landmarks.dat")
+        weights = ((lm_w[0].name, lm_w[1]), ("model_3D_68.txt", sha))
+        if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
+            weights += tuple(w for w in self._landmarks.weight_files() if w not in weights)
         return Backend("pnp_dlib68_meanface", "dlib 68 landmarks + 3D mean face + cv2.solvePnP, Hopenet's axes "
-                       "(offline; not Hopenet)", False, ((lm_w[0].name, lm_w[1]), ("model_3D_68.txt", sha)))
+                       "(offline; not Hopenet)", False, weights)
 
     def fingerprint(self) -> dict:
         return {"metric": self.name, "backend": self.backend_setting, "unit": self.unit, "detector": self.detector,
@@ -93,7 +96,8 @@ class PoseMetric(Metric):
     def angles(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) (yaw, pitch, roll) in degrees, cached per image content."""
         if self.backend_setting == "hopenet":
-            return cached_features(ctx.feature_cache, "hopenet_robust_alpha1:v1", shas, images, self._hopenet)
+            return cached_features(ctx.feature_cache, "hopenet_robust_alpha1:v1", shas, images, self._hopenet,
+                                   weights=self.backend().weights)
         from harness.faces.landmarks import shared_landmarks
         from harness.faces.pose import pnp_pose
 
@@ -102,7 +106,7 @@ class PoseMetric(Metric):
         h, w = images[0].shape[:2]
         items = [(lm[i], w, h) for i in range(len(shas))]
         return cached_features(ctx.feature_cache, f"pnp_meanface:{self.detector}:v1", shas, items,
-                               lambda its: np.stack([pnp_pose(*it) for it in its]))
+                               lambda its: np.stack([pnp_pose(*it) for it in its]), weights=self.backend().weights)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
         swapped = self.angles(ctx, batch.swapped_sha, list(batch.swapped))  # (B, 3)
