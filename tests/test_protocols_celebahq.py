@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from protocols.base import LayoutError
 from protocols.celebahq import MAPPING_FILE, CelebAHQProtocol
 from protocols.fixtures import write_celebahq
+
+from layout_helpers import broken_copy, layout_problems
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,17 +31,8 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
-def broken_copy(tree, tmp_path) -> Path:
-    root = tmp_path / "broken"
-    shutil.copytree(tree.root, root)
-    return root
-
-
 def problems_of(root: Path, **kw) -> list[str]:
-    with pytest.raises(LayoutError) as info:
-        CelebAHQProtocol(root=root, cache_dir=root.parent / "cache", **kw).validate()
-    assert "\n" not in str(info.value)  # one-line message for the CLI
-    return info.value.problems
+    return layout_problems(CelebAHQProtocol, root, **kw)
 
 
 def build_sha(root: Path, cache: Path, seed: int, n: int) -> tuple[str, str]:

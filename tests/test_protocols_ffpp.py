@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
-from protocols.base import LayoutError
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp
+
+from layout_helpers import broken_copy, layout_problems
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEOS = video_dir("c23")
@@ -39,17 +40,8 @@ def built(tree, cache):
     return FFppProtocol(root=tree.root, seed=0, cache_dir=cache).build()
 
 
-def broken_copy(tree, tmp_path) -> Path:
-    root = tmp_path / "broken"
-    shutil.copytree(tree.root, root)
-    return root
-
-
 def problems_of(root: Path, **kw) -> list[str]:
-    with pytest.raises(LayoutError) as info:
-        FFppProtocol(root=root, cache_dir=root.parent / "cache", **kw).validate()
-    assert "\n" not in str(info.value)
-    return info.value.problems
+    return layout_problems(FFppProtocol, root, **kw)
 
 
 def frames_by_video(pairset) -> dict[str, set[str]]:
