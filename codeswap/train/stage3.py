@@ -2,8 +2,10 @@
 
 Two phases, as in the paper:
   1. supervised, for ``supervised_steps``: L1 between each generated mask and the face
-     region of its target (Eq. 15). The paper takes that region from a face-parsing model;
-     the offline default here is the convex hull of dlib's 68 landmarks, found inside the
+     region of its target (Eq. 15). The paper takes that region from a face-parsing model:
+     ``MaskTrainConfig(mask_source="parsing")`` runs BiSeNet (face-parsing.PyTorch's
+     ``79999_iter.pth``, a file the user provides) and keeps its face classes. The offline
+     default, ``"landmarks"``, is the convex hull of dlib's 68 landmarks, found inside the
      aligned crop's face box, extended upwards to cover the forehead;
   2. unsupervised: the stage-2 losses on the blended outputs, so the mask learns which
      pixels the identity needs.
@@ -11,11 +13,13 @@ Two phases, as in the paper:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeswap.checkpoints import load_codeswap
@@ -23,13 +27,32 @@ from codeswap.model import CodeSwap
 from codeswap.swap_losses import mask_loss
 from codeswap.train.stage2 import Stage2Trainer
 from harness.errors import HarnessError
+from harness.models.bisenet import NUM_CLASSES
+
+
+#: BiSeNet (CelebAMask-HQ) classes that make the face region: skin 1, brows 2-3, eyes 4-5,
+#: eye glasses 6, nose 10, mouth 11, lips 12-13. Left out: background, ears 7-8, earrings 9,
+#: neck 14-15, cloth 16, hair 17, hat 18 - the region a swap replaces is the inner face plus
+#: forehead and cheeks, which is what the landmark hull approximates too; glasses count as
+#: face since they sit on it and a swap has to redraw them.
+FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
+MASK_SOURCES = ("landmarks", "parsing")
 
 
 @dataclass(frozen=True)
 class MaskTrainConfig:
     supervised_steps: int = 5000
     mask_weight: float = 1.0
-    forehead: float = 0.35  # upward extension of the hull, as a share of the brow-to-chin height
+    forehead: float = 0.35  # landmarks: upward extension of the hull, as a share of the brow-to-chin height
+    mask_source: str = "landmarks"  # "landmarks" (dlib-68 hull, offline) or "parsing" (BiSeNet, 79999_iter.pth)
+    face_classes: tuple[int, ...] = FACE_CLASSES  # parsing: the classes counted as face
+
+    def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise HarnessError(f"mask source {self.mask_source!r}: use one of {', '.join(MASK_SOURCES)}")
+        if not self.face_classes or not all(0 <= c < NUM_CLASSES for c in self.face_classes):
+            raise HarnessError(f"face classes {self.face_classes}: need at least one BiSeNet class id "
+                               f"in 0..{NUM_CLASSES - 1}")
 
 
 def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
@@ -56,6 +79,45 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
 
 
 _DETECTOR: dict[str, Any] = {}
+_PARSER: dict[str, nn.Module] = {}
+
+
+def load_parser() -> tuple[nn.Module, str]:
+    """BiSeNet from the user's ``79999_iter.pth`` (located and hashed by harness.weights), and its sha256."""
+    from harness.models.bisenet import WEIGHTS, load_bisenet
+    from harness.weights import verified
+
+    path, sha = verified(WEIGHTS)
+    return load_bisenet(path).requires_grad_(False), sha
+
+
+@torch.no_grad()
+def parsing_masks(images: Tensor, parser: nn.Module | None = None,
+                  face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] aligned crops -> (B, 1, H, W) float masks of the BiSeNet face
+    classes, on the images' device. The crops go in as the release was run (``test.py``):
+    resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
+    comes back to (H, W) by nearest neighbour. ``parser`` None loads ``79999_iter.pth``."""
+    from harness.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+
+    if parser is None:
+        if "bisenet" not in _PARSER:
+            _PARSER["bisenet"] = load_parser()[0]
+        parser = _PARSER["bisenet"]
+    dev = images.device
+    parser = parser.to(dev).eval()
+    h, w = images.shape[-2:]
+    x = (images.detach().float().clamp(-1, 1) + 1) * 0.5  # (B, 3, H, W) in [0, 1]
+    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    # float32 whatever the trainer's autocast: the target is an argmax, keep it the release's
+    with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
+        logits = parser.logits(x) if hasattr(parser, "logits") else parser(x)[0]  # (B, 19, 512, 512)
+    labels = logits.argmax(1)  # (B, 512, 512)
+    face = torch.isin(labels, torch.tensor(face_classes, device=dev)).float()[:, None]  # (B, 1, 512, 512)
+    return F.interpolate(face, size=(h, w), mode="nearest-exact")
 
 
 class Stage3Trainer(Stage2Trainer):
@@ -65,10 +127,36 @@ class Stage3Trainer(Stage2Trainer):
     blend_mask = True
 
     def __init__(self, cfg, swap_cfg, mask_cfg: MaskTrainConfig = MaskTrainConfig(), dist_info=None,
-                 nets: dict[str, nn.Module | None] | None = None, mask_fn=landmark_masks) -> None:
+                 nets: dict[str, nn.Module | None] | None = None,
+                 mask_fn: Callable[[Tensor], Tensor] | None = None) -> None:
+        """``mask_fn``: (B, 3, R, R) in [-1, 1] -> (B, 1, R, R) targets, to replace the source
+        ``mask_cfg.mask_source`` names (tests); None uses that source."""
         self.mask_cfg = mask_cfg
         self.mask_fn = mask_fn
+        self.parser_sha256: str | None = None
+        if mask_fn is not None:
+            self.mask_source = f"custom ({getattr(mask_fn, '__name__', type(mask_fn).__name__)})"
+        elif mask_cfg.mask_source == "parsing":
+            from harness.models.bisenet import WEIGHTS
+            from harness.weights import verified
+
+            self._parser_path, self.parser_sha256 = verified(WEIGHTS)  # fails here, before any model is built
+            self.mask_source = f"BiSeNet face parsing ({WEIGHTS}, sha256 {self.parser_sha256})"
+        else:
+            self.mask_source = "dlib-68 landmark hull"
         super().__init__(cfg, swap_cfg, dist_info, nets)
+
+    def build(self) -> None:
+        super().build()
+        if self.mask_fn is None and self.mask_cfg.mask_source == "parsing":
+            from harness.models.bisenet import load_bisenet
+
+            self.parser = load_bisenet(self._parser_path).requires_grad_(False).to(self.device)
+            classes = tuple(self.mask_cfg.face_classes)
+            self.mask_fn = lambda images: parsing_masks(images, self.parser, classes)
+        elif self.mask_fn is None:
+            forehead = self.mask_cfg.forehead
+            self.mask_fn = lambda images: landmark_masks(images, forehead)
 
     def build_model(self) -> CodeSwap:
         model, meta = load_codeswap(self.swap_cfg.stage1)
@@ -83,13 +171,15 @@ class Stage3Trainer(Stage2Trainer):
 
     def run_params(self) -> dict[str, Any]:
         return {**super().run_params(), "stage2_sha256": self.stage2_sha256,
-                "mask.supervised_steps": self.mask_cfg.supervised_steps, "mask.source": "dlib-68 landmark hull"}
+                "mask.supervised_steps": self.mask_cfg.supervised_steps, "mask.source": self.mask_source,
+                **({"mask.face_classes": ",".join(map(str, self.mask_cfg.face_classes))}
+                   if self.parser_sha256 is not None else {})}
 
     def extra_loss(self, a: Tensor, b: Tensor, out, loss: Tensor, logs: dict[str, Tensor],
                    step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if step >= self.mask_cfg.supervised_steps:
             return loss, logs  # phase 2: the stage-2 losses alone
-        target = self.mask_fn(torch.cat([b, a]), self.mask_cfg.forehead)  # (2B, 1, R, R): I_ab's target is b
+        target = self.mask_fn(torch.cat([b, a]))  # (2B, 1, R, R): I_ab's target is b
         lm, _ = mask_loss(torch.cat([out.mask_ab, out.mask_ba]).float(), target)
         logs["train/mask_l1"] = lm.detach()
         # phase 1 trains the mask against the parsing target only
