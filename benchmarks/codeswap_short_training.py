@@ -6,11 +6,14 @@ Usage:
         --stage1-steps 3000 --stage2-steps 1500 --stage3-steps 400 --batch-size 16   # a few GPU minutes
 
 The last ``--holdout`` images (sorted order, the trainers' own split) are never trained on.
+Finished stages are kept (each trainer resumes from its ``last.pt``), so a re-run only judges.
 It prints and writes (``--out``/summary.json):
   * stage 1: PSNR of the held-out reconstructions before training (step 0) and after;
   * stages 2 and 3: over every ordered pair (a, b) of distinct held-out images, the identity
     cosine of I_ab (a's identity on b) to a, against that of b itself to a (what a swap
-    that changes nothing would score), and the share of pairs where I_ab is closer to a.
+    that changes nothing would score), and the share of pairs where I_ab is closer to a; the
+    same for pairs of as many training images, to tell fitting from generalising; and the
+    cosine of the model's output for (a, a) to a, the most identity its decoder gives back;
     Identity is measured with dlib's ResNet (the harness's default scorer, not used in
     training) and with the FaceNet port (the network L_id trains with; flagged as such);
   * swap grids of held-out pairs (rows: source a, target b, I_ab): grid_stage2.png, grid_stage3.png.
@@ -59,17 +62,21 @@ def judge(checkpoint: Path, images: torch.Tensor, device: str, out_png: Path) ->
     ia, ib = zip(*[(i, j) for i in range(n) for j in range(n) if i != j])
     a, b = images[list(ia)].to(device), images[list(ib)].to(device)
     ab = torch.cat([model(a[k : k + 16], b[k : k + 16]).ab.float().clamp(-1, 1) for k in range(0, len(a), 16)])
+    # the model's output for (a, a): what its decoder can give back of a face at best
+    own = torch.cat([model(a[k : k + 16], a[k : k + 16]).ab.float().clamp(-1, 1) for k in range(0, len(a), 16)])
     to8 = lambda x: to_uint8((x.cpu() + 1) * 0.5)  # noqa: E731
     dlib = DlibFaceEmbedder()
-    e_src, e_tgt, e_swp = (dlib(list(to8(x))) for x in (a, b, ab))
     facenet = FaceNetIdentity().to(device)
-    f_src, f_tgt, f_swp = (torch.nn.functional.normalize(facenet(x), dim=1).cpu().numpy() for x in (a, b, ab))
+    embed = {"dlib": lambda x: dlib(list(to8(x))),
+             "facenet_trained_with": lambda x: torch.nn.functional.normalize(facenet(x), dim=1).cpu().numpy()}
     res = {}
-    for name, (s, t, w) in {"dlib": (e_src, e_tgt, e_swp), "facenet_trained_with": (f_src, f_tgt, f_swp)}.items():
-        cos_swap, cos_tgt = (w * s).sum(1), (t * s).sum(1)
+    for name, fn in embed.items():
+        src, tgt, swp, rec = (fn(x) for x in (a, b, ab, own))
+        cos_swap, cos_tgt = (swp * src).sum(1), (tgt * src).sum(1)
         res[f"{name}/cos_swap_to_source"] = float(cos_swap.mean())
         res[f"{name}/cos_target_to_source"] = float(cos_tgt.mean())
         res[f"{name}/share_swap_closer"] = float((cos_swap > cos_tgt).mean())
+        res[f"{name}/cos_selfswap_to_source"] = float((rec * src).sum(1).mean())
     show = np.linspace(0, len(a) - 1, min(8, len(a))).round().astype(int)  # pairs spread over the sources
     rows = [torch.cat(list(x[show].cpu()), dim=2) for x in (a, b, ab)]  # each (3, R, cols*R)
     save_png(out_png, to_uint8((torch.cat(rows, dim=1)[None] + 1) * 0.5)[0])
@@ -111,33 +118,40 @@ def main() -> None:
         s1 = Stage1Trainer(TrainConfig(out=str(args.out / "stage1"), max_steps=args.stage1_steps,
                                        ckpt_every=args.stage1_steps, **common), model_cfg,
                            LossConfig(perceptual_net=args.perceptual, disc_start=10**9))
-        s1.run()
-        times["stage1_s"] = time.perf_counter() - t0
+        s1.run(resume=True)
+        times["stage1_s_this_run"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         s2 = Stage2Trainer(TrainConfig(out=str(args.out / "stage2"), max_steps=args.stage2_steps,
                                        ckpt_every=args.stage2_steps, **common),
                            SwapTrainConfig(stage1=str(s1.ckpt_dir / "last.pt"), **swap_kw))
-        s2.run()
-        times["stage2_s"] = time.perf_counter() - t0
+        s2.run(resume=True)
+        times["stage2_s_this_run"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         s3 = Stage3Trainer(TrainConfig(out=str(args.out / "stage3"), max_steps=args.stage3_steps,
                                        ckpt_every=args.stage3_steps, **common),
                            SwapTrainConfig(stage1=str(s2.ckpt_dir / "last.pt"), **swap_kw),
                            MaskTrainConfig(supervised_steps=args.supervised))
-        s3.run()
-        times["stage3_s"] = time.perf_counter() - t0
+        s3.run(resume=True)
+        times["stage3_s_this_run"] = time.perf_counter() - t0
     finally:
         cleanup_distributed()
 
     files = list_images(str(args.data))
-    held = FaceFolder(files[len(files) - args.holdout :], args.resolution, hflip=False)
-    images = torch.stack([held.load(i) for i in range(len(held))])  # (N, 3, R, R) in [-1, 1]
+
+    def load(subset: list) -> torch.Tensor:
+        folder = FaceFolder(subset, args.resolution, hflip=False)
+        return torch.stack([folder.load(i) for i in range(len(folder))])  # (N, 3, R, R) in [-1, 1]
+
+    held = load(files[len(files) - args.holdout :])
+    seen = load(files[: min(args.holdout, len(files) - args.holdout)])  # as many training images, for contrast
     psnr0, psnr1 = val_metrics(args.out / "stage1", "val/psnr")
     summary = {"config": args.config, "resolution": args.resolution, "device": args.device,
                "train_images": len(files) - args.holdout, "heldout_images": args.holdout, **times,
                "stage1/heldout_psnr_before": psnr0, "stage1/heldout_psnr_after": psnr1,
-               "stage2": judge(s2.ckpt_dir / "last.pt", images, args.device, args.out / "grid_stage2.png"),
-               "stage3": judge(s3.ckpt_dir / "last.pt", images, args.device, args.out / "grid_stage3.png"),
+               "stage2_heldout": judge(s2.ckpt_dir / "last.pt", held, args.device, args.out / "grid_stage2.png"),
+               "stage3_heldout": judge(s3.ckpt_dir / "last.pt", held, args.device, args.out / "grid_stage3.png"),
+               "stage3_train_pairs": judge(s3.ckpt_dir / "last.pt", seen, args.device,
+                                           args.out / "grid_stage3_train_pairs.png"),
                "args": {k: str(v) for k, v in vars(args).items()}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
