@@ -553,7 +553,15 @@ def figure_regions(
     from harness.images import file_sha256, load_rgb, save_png
     from reports.figures import region_figure
 
+    from codeswap.regions import REGION_POINTS
+
     names = tuple(r.strip() for r in regions.split(",") if r.strip())
+    unknown = [r for r in names if r not in REGION_POINTS]
+    if unknown or not names:
+        raise HarnessError(f"--regions {regions!r}: choose from {', '.join(REGION_POINTS)}")
+    for p in (source, target):
+        if not p.is_file():
+            raise HarnessError(f"image not found: {p}")
     ckpt = checkpoint
     if ckpt is None:
         from codeswap.demo import demo_checkpoint

@@ -77,6 +77,9 @@ def test_report_command_renders_existing_runs(demo_run):
         (["run", "-p", "folder", "-m", "source"], "error: protocol 'folder' needs --root"),
         (["run", "-p", "folder", "--root", "/nonexistent/photos", "-m", "source"], "error: folder not found: /nonexistent/photos"),
         (["list", "method"], "error: cannot list 'method'; did you mean 'methods'?"),
+        (["figure", "regions", "--source", __file__, "--target", __file__, "--regions", "eyes,ears"],
+         "error: --regions 'eyes,ears': choose from eyes, mouth, nose"),
+        (["figure", "regions", "--source", "/nonexistent.png", "--target", __file__], "error: image not found: /nonexistent.png"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):
