@@ -1,0 +1,78 @@
+"""The benchmark scripts keep working (they are what a GPU session runs, with little time to
+debug): the FLOP count they report matches the architecture's closed form, and the
+CPU-sized runs finish and print their figures. Nothing here times anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "protocols" / "demo_faces"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def _fusion_flops_closed_form(tokens: int, d: int, layers: int, ffn: int, hidden: int, codes: int) -> float:
+    """Multiply-adds x 2 of the fusion forward for one pair (T = 2L tokens)."""
+    per_layer = (2 * tokens * d * 3 * d  # qkv
+                 + 2 * 2 * tokens * tokens * d  # Q K^T and attention x V, all heads together
+                 + 2 * tokens * d * d  # output projection
+                 + 2 * 2 * tokens * d * ffn * d)  # FFN, two linears
+    selector = 2 * tokens * d * hidden + 2 * tokens * hidden * codes
+    soft_quantization = 2 * tokens * codes * d  # softmax(P) Q
+    return layers * per_layer + selector + soft_quantization
+
+
+def test_stage2_fusion_flops_match_the_closed_form():
+    from stage2_speed import fusion_flops
+
+    got = fusion_flops("paper", 512, "full", layers=6, heads=8, hidden=1024)
+    # paper config at 512: 16x16 latent -> 2 x 256 tokens of 256-d, 1,024 codes
+    expected = _fusion_flops_closed_form(tokens=512, d=256, layers=6, ffn=4, hidden=1024, codes=1024)
+    assert got["fusion_gflops_fwd_per_pair"] * 1e9 == pytest.approx(expected, rel=1e-3)
+    # w/o C: no selector or quantization, a d x d linear instead
+    wo_c = fusion_flops("paper", 512, "wo_c", layers=6, heads=8, hidden=1024)["fusion_gflops_fwd_per_pair"] * 1e9
+    head = _fusion_flops_closed_form(tokens=512, d=256, layers=0, ffn=4, hidden=1024, codes=1024)
+    assert wo_c == pytest.approx(expected - head + 2 * 512 * 256 * 256, rel=1e-3)
+
+
+def test_metrics_speed_smoke_on_cpu():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "metrics_speed.py"), "--device", "cpu",
+                           "--pairs", "4", "--naive-pairs", "2", "--sizes", "64"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "64px: suite 4 pairs" in proc.stdout and "speed-up" in proc.stdout
+
+
+def test_short_training_runs_and_judges_held_out_pairs(tmp_path):
+    data = tmp_path / "faces"
+    data.mkdir()
+    for f in sorted(DEMO.glob("*.png"))[:8]:
+        shutil.copy(f, data / f.name)
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "codeswap_short_training.py"), "--data", str(data),
+           "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage1-steps", "2", "--stage2-steps", "2",
+           "--stage3-steps", "2", "--supervised", "1", "--layers", "1", "--heads", "2", "--selector-hidden", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] == 5 and summary["heldout_images"] == 3
+    for part in ("stage2_heldout", "stage3_heldout", "stage3_train_pairs"):
+        res = summary[part]
+        assert res["pairs"] == 6  # every ordered pair of 3 distinct images
+        for backend in ("dlib", "facenet_trained_with"):
+            for key in ("cos_swap_to_source", "cos_target_to_source", "cos_selfswap_to_source"):
+                assert -1.0 <= res[f"{backend}/{key}"] <= 1.0
+            assert 0.0 <= res[f"{backend}/share_swap_closer"] <= 1.0
+    # the target-to-source similarity does not depend on the model: same in both stages
+    assert summary["stage2_heldout"]["dlib/cos_target_to_source"] == summary["stage3_heldout"]["dlib/cos_target_to_source"]
+    assert (out / "grid_stage3.png").is_file()
+    # finished stages are kept: a second run only judges, with the same figures
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "summary.json").read_text())["stage3_heldout"] == summary["stage3_heldout"]
