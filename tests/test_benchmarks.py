@@ -76,3 +76,20 @@ def test_short_training_runs_and_judges_held_out_pairs(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert json.loads((out / "summary.json").read_text())["stage3_heldout"] == summary["stage3_heldout"]
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("stage1_speed.py", ["--configs", "tiny", "--resolution", "64", "--perceptual", "none"], "tiny"),
+    ("stage2_speed.py", ["--config", "tiny", "--resolution", "64", "--layers", "1", "--heads", "2",
+                         "--selector-hidden", "32", "--identity", "random", "--perceptual", "none"], "full"),
+])
+def test_training_speed_scripts_run_a_real_step_on_cpu(script, args, expect, tmp_path):
+    out = tmp_path / "figures.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--device", "cpu", "--batch-size", "2",
+                           "--steps", "1", "--warmup", "1", "--precision", "fp32", "--json", str(out), *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())["results"][expect]
+    assert results["images_per_s"] > 0 and results["ms_per_step"] > 0
+    flops = results.get("train_tflops_per_image", results.get("step_gflops_per_pair"))
+    assert flops > 0
