@@ -381,3 +381,34 @@ def test_classic_retinaface_layout_is_refused(weights_dir):
     onnx.save(model, str(weights_dir / "retinaface_r50_v1.onnx"))
     with pytest.raises(HarnessError, match="not insightface's SCRFD layout"):
         CropLandmarks(detector="retinaface")._faces(np.zeros((256, 256, 3), np.uint8))
+
+
+@pytest.mark.parametrize("name", ["pose", "expression"])
+def test_landmark_metrics_record_the_detector_file_and_key_their_cache_by_it(weights_dir, face256, name):
+    """Pose and expression on SCRFD landmarks: the backend record names the detector file,
+    and a different detector file is a different feature namespace (no stale features)."""
+    from harness.api import EvalBatch, FacePair
+    from harness.images import pixel_sha256
+    from harness.registry import METRICS
+    from metrics_helpers import fake_context
+
+    path = scrfd_graph(weights_dir / "det_10g.onnx", [FACE])
+    metric = METRICS.create(name, device="cpu", detector="scrfd")
+    ctx = fake_context([FacePair("p0", "a.png", "a.png", "A", "A")], {"a.png": face256})
+    metric.prepare(ctx)
+    sha = pixel_sha256(face256)
+    batch = EvalBatch(["p0"], face256[None], face256[None], face256[None], [sha], [sha], [sha])
+    values = metric.update(batch, ctx)
+    assert values[metric.keys[0].key][0] == pytest.approx(0.0, abs=1e-6)  # swap == target
+    assert ("det_10g.onnx", _sha(path)) in metric.backend().weights
+    spaces = {ns for (ns,) in ctx.feature_cache._db.execute("SELECT DISTINCT ns FROM features")}
+    assert any(ns.startswith("landmarks68:scrfd") for ns in spaces)
+
+    # another detector file (a second face makes the graph differ): new namespaces, nothing reused
+    scrfd_graph(weights_dir / "det_10g.onnx", [FACE, SMALL])
+    metric2 = METRICS.create(name, device="cpu", detector="scrfd")
+    ctx2 = fake_context([FacePair("p0", "a.png", "a.png", "A", "A")], {"a.png": face256}, folder=ctx.pairset.root)
+    metric2.prepare(ctx2)
+    metric2.update(batch, ctx2)
+    spaces2 = {ns for (ns,) in ctx.feature_cache._db.execute("SELECT DISTINCT ns FROM features")}
+    assert len(spaces2) == 2 * len(spaces)
