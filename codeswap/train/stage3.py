@@ -79,31 +79,16 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
 
 
 _DETECTOR: dict[str, Any] = {}
-_PARSER: dict[str, nn.Module] = {}
-
-
-def load_parser() -> tuple[nn.Module, str]:
-    """BiSeNet from the user's ``79999_iter.pth`` (located and hashed by harness.weights), and its sha256."""
-    from harness.models.bisenet import WEIGHTS, load_bisenet
-    from harness.weights import verified
-
-    path, sha = verified(WEIGHTS)
-    return load_bisenet(path).requires_grad_(False), sha
 
 
 @torch.no_grad()
-def parsing_masks(images: Tensor, parser: nn.Module | None = None,
-                  face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
+def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
     """(B, 3, H, W) in [-1, 1] aligned crops -> (B, 1, H, W) float masks of the BiSeNet face
     classes, on the images' device. The crops go in as the release was run (``test.py``):
     resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
-    comes back to (H, W) by nearest neighbour. ``parser`` None loads ``79999_iter.pth``."""
+    comes back to (H, W) by nearest neighbour. ``parser``: BiSeNet (``load_bisenet``)."""
     from harness.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 
-    if parser is None:
-        if "bisenet" not in _PARSER:
-            _PARSER["bisenet"] = load_parser()[0]
-        parser = _PARSER["bisenet"]
     dev = images.device
     parser = parser.to(dev).eval()
     h, w = images.shape[-2:]
