@@ -128,6 +128,39 @@ def meta_flops(name: str, resolution: int, perceptual: str, checkpoint_levels: i
                 "gflops_train_step_per_image": step_flops(train_step) / 1e9}
 
 
+def timed_steps(step, args: argparse.Namespace, dev: torch.device) -> dict[str, float]:
+    """Run ``step(i)`` ``args.warmup`` times, count one step's FLOPs (not when compiled), then
+    time ``args.steps`` steps (synchronised on CUDA), with the peak GPU memory they reached."""
+    for i in range(args.warmup):
+        step(i)
+    flops = step_flops(lambda: step(0)) if not args.compile else float("nan")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        step(i)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"images_per_s": args.steps * args.batch_size / dt, "ms_per_step": 1000 * dt / args.steps,
+            "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan"),
+            "flops_per_step": flops}
+
+
+def print_results(title: str, label: str, results: dict[str, dict[str, float]], args: argparse.Namespace,
+                  device: str) -> None:
+    """One row per config/variant, and the same figures as JSON when ``--json`` is given."""
+    print(title)
+    keys = list(next(iter(results.values())))
+    print(f"{label:<12}" + "".join(f"{k:>28}" for k in keys))
+    for n, r in results.items():
+        print(f"{n:<12}" + "".join(f"{r[k]:>28.3f}" for k in keys))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
+                                         "results": results}, indent=1))
+
+
 def bench(name: str, args: argparse.Namespace, data: Path) -> dict[str, float]:
     model_cfg = replace(MODEL_CONFIGS[name], resolution=args.resolution, checkpoint_levels=args.checkpoint_levels)
     loss_cfg = LossConfig(perceptual_net=args.perceptual, disc_start=0)
@@ -139,23 +172,10 @@ def bench(name: str, args: argparse.Namespace, data: Path) -> dict[str, float]:
     x = (torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1)
     if trainer.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(args.warmup):
-        trainer.train_step(x, 0)
-    flops = step_flops(lambda: trainer.train_step(x, 0)) if not args.compile else float("nan")
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step(x, 0)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    ips = args.steps * args.batch_size / dt
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
-    return {"images_per_s": ips, "ms_per_step": 1000 * dt / args.steps, "peak_mem_GiB": peak,
-            "train_tflops_per_image": flops / args.batch_size / 1e12,
-            "achieved_TFLOP_s": flops / args.batch_size * ips / 1e12,
+    t = timed_steps(lambda step: trainer.train_step(x, 0), args, dev)
+    return {"images_per_s": t["images_per_s"], "ms_per_step": t["ms_per_step"], "peak_mem_GiB": t["peak_mem_GiB"],
+            "train_tflops_per_image": t["flops_per_step"] / args.batch_size / 1e12,
+            "achieved_TFLOP_s": t["flops_per_step"] / args.batch_size * t["images_per_s"] / 1e12,
             "params_g_M": sum(p.numel() for p in trainer.model.parameters()) / 1e6}
 
 
@@ -190,19 +210,13 @@ def main() -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.meta_flops else args.device
-    print(f"stage 1 at {args.resolution}, batch {args.batch_size}, {args.precision}, perceptual {args.perceptual}"
-          f"{', compiled' if args.compile else ''} on {'meta' if args.meta_flops else device}")
-    keys = list(next(iter(results.values())))
-    print(f"{'config':<12}" + "".join(f"{k:>28}" for k in keys))
-    for n, r in results.items():
-        print(f"{n:<12}" + "".join(f"{r[k]:>28.3f}" for k in keys))
-    if len(results) == 2 and "images_per_s" in keys:
+    print_results(f"stage 1 at {args.resolution}, batch {args.batch_size}, {args.precision}, perceptual "
+                  f"{args.perceptual}{', compiled' if args.compile else ''} on {'meta' if args.meta_flops else device}",
+                  "config", results, args, device)
+    if len(results) == 2 and "images_per_s" in next(iter(results.values())):
         a, b = (results[n] for n in names)
         print(f"{names[0]} vs {names[1]}: {a['images_per_s'] / b['images_per_s']:.2f}x images/s, "
               f"{a['peak_mem_GiB'] / b['peak_mem_GiB']:.2f}x peak memory")
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
-                                         "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,10 +22,8 @@ The stage-1 autoencoder is randomly initialised: speed does not depend on its we
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stage1_speed import random_perceptual, step_flops, synthetic_folder  # noqa: E402
+from benchmarks.stage1_speed import (print_results, random_perceptual, step_flops, synthetic_folder,  # noqa: E402
+                                     timed_steps)
 from codeswap.checkpoints import plain_config  # noqa: E402
 from codeswap.config import MODEL_CONFIGS, TrainConfig  # noqa: E402
 from codeswap.model import CodeSwap, CodeSwapConfig  # noqa: E402
@@ -114,24 +113,11 @@ def bench(variant: str, args: argparse.Namespace, stage1: Path, data: Path) -> d
     dev = torch.device(args.device)
     trainer = Stage2Trainer(cfg, swap_cfg, dist_info=DistInfo(0, 1, 0, dev), nets=loss_nets(args))
     x = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
-    for i in range(args.warmup):
-        trainer.train_step(x, i)
-    flops = step_flops(lambda: trainer.train_step(x, 0)) if not args.compile else float("nan")
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        trainer.train_step(x, i)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    ips = args.steps * args.batch_size / dt
-    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
+    t = timed_steps(lambda step: trainer.train_step(x, step), args, dev)
     # make_pairs pairs each image with its neighbour: a batch of B images is B pairs, 2B swaps
-    return {"images_per_s": ips, "ms_per_step": 1000 * dt / args.steps, "peak_mem_GiB": peak,
-            "step_gflops_per_pair": flops / args.batch_size / 1e9,
-            "achieved_TFLOP_s": flops * args.steps / dt / 1e12}
+    return {"images_per_s": t["images_per_s"], "ms_per_step": t["ms_per_step"], "peak_mem_GiB": t["peak_mem_GiB"],
+            "step_gflops_per_pair": t["flops_per_step"] / args.batch_size / 1e9,
+            "achieved_TFLOP_s": t["flops_per_step"] / args.batch_size * t["images_per_s"] / 1e12}
 
 
 def main() -> None:
@@ -171,16 +157,10 @@ def main() -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.meta_flops else args.device
-    print(f"stage 2 ({args.config}) at {args.resolution}, batch {args.batch_size}, {args.precision}, "
-          f"{args.layers} layers x {args.heads} heads, perceptual {args.perceptual}"
-          f"{', compiled' if args.compile else ''} on {'meta' if args.meta_flops else device}")
-    keys = list(next(iter(results.values())))
-    print(f"{'variant':<10}" + "".join(f"{k:>28}" for k in keys))
-    for n, r in results.items():
-        print(f"{n:<10}" + "".join(f"{r[k]:>28.3f}" for k in keys))
-    if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "device": device,
-                                         "results": results}, indent=1))
+    print_results(f"stage 2 ({args.config}) at {args.resolution}, batch {args.batch_size}, {args.precision}, "
+                  f"{args.layers} layers x {args.heads} heads, perceptual {args.perceptual}"
+                  f"{', compiled' if args.compile else ''} on {'meta' if args.meta_flops else device}",
+                  "variant", results, args, device)
 
 
 if __name__ == "__main__":
