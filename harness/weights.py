@@ -196,10 +196,16 @@ def locate(name: str) -> Path:
 _SHA_MEMO = Path(os.environ.get("HARNESS_SHA_MEMO", Path.home() / ".cache" / "codeswap-harness" / "sha256.json"))
 
 
+_SHA_SEEN: dict[str, str] = {}  # this process's lookups: metrics ask for their weights every batch
+
+
 def sha256_of(path: Path) -> str:
-    """sha256 of a weight file, memoised by (path, size, mtime) so large files hash once."""
+    """sha256 of a weight file, memoised by (path, size, mtime) so large files hash once
+    (on disk across processes, in memory within one)."""
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _SHA_SEEN:
+        return _SHA_SEEN[key]
     try:
         memo = json.loads(_SHA_MEMO.read_text())
     except (OSError, ValueError):
@@ -211,6 +217,7 @@ def sha256_of(path: Path) -> str:
             _SHA_MEMO.write_text(json.dumps(memo))
         except OSError:
             pass  # a read-only home only costs re-hashing next time
+    _SHA_SEEN[key] = memo[key]
     return memo[key]
 
 
