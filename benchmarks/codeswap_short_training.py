@@ -61,9 +61,13 @@ def judge(checkpoint: Path, images: torch.Tensor, device: str, out_png: Path) ->
     n = len(images)
     ia, ib = zip(*[(i, j) for i in range(n) for j in range(n) if i != j])
     a, b = images[list(ia)].to(device), images[list(ib)].to(device)
-    ab = torch.cat([model(a[k : k + 16], b[k : k + 16]).ab.float().clamp(-1, 1) for k in range(0, len(a), 16)])
-    # the model's output for (a, a): what its decoder can give back of a face at best
-    own = torch.cat([model(a[k : k + 16], a[k : k + 16]).ab.float().clamp(-1, 1) for k in range(0, len(a), 16)])
+
+    def swap(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:  # I_ab in batches of 16
+        return torch.cat([model(src[k : k + 16], tgt[k : k + 16]).ab.float().clamp(-1, 1)
+                          for k in range(0, len(src), 16)])
+
+    ab = swap(a, b)
+    own = swap(a, a)  # the model's output for (a, a): what its decoder can give back of a face at best
     to8 = lambda x: to_uint8((x.cpu() + 1) * 0.5)  # noqa: E731
     dlib = DlibFaceEmbedder()
     facenet = FaceNetIdentity().to(device)

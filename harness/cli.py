@@ -549,11 +549,9 @@ def figure_regions(
     import numpy as np
 
     from codeswap.checkpoints import load_codeswap
-    from codeswap.regions import crop_with_landmarks, region_study
+    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_study
     from harness.images import file_sha256, load_rgb, save_png
     from reports.figures import region_figure
-
-    from codeswap.regions import REGION_POINTS
 
     names = tuple(r.strip() for r in regions.split(",") if r.strip())
     unknown = [r for r in names if r not in REGION_POINTS]
@@ -592,7 +590,7 @@ def figure_regions(
               "attention_share_on_source": study.other_share()}
     (out / "regions.json").write_text(json.dumps(record, indent=1) + "\n")
     typer.echo(f"figure: {png}")
-    for k, v in study.other_share().items():
+    for k, v in record["attention_share_on_source"].items():
         typer.echo(f"{k}: {int(study.regions[k].sum())} cells, {v:.1%} of their attention on the source")
     if not found:
         typer.echo("note: no face detected in the target crop; its landmarks were predicted in the expected box")
