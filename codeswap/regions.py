@@ -96,12 +96,13 @@ def region_study(model, source: np.ndarray, target: np.ndarray, target_landmarks
     return RegionStudy(cells, swaps, attention, layer)
 
 
-def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool, detector=None) -> tuple[np.ndarray, np.ndarray, bool]:
     """A photo -> (FFHQ-aligned crop (size, size, 3), its 68 landmarks in crop pixels, face found).
 
     ``aligned=True`` takes the image as an aligned crop already (only resized); its landmarks
     come from dlib, predicted inside the expected face box when the detector finds no face.
-    Otherwise the largest face is detected and aligned; no face is an error.
+    Otherwise the largest face is detected and aligned; no face is an error. ``detector``: a
+    :class:`DlibDetector` to reuse across calls (its models load once).
     """
     import cv2
 
@@ -109,7 +110,7 @@ def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool) -> tuple[np
     from harness.faces.detect import DlibDetector
     from harness.faces.landmarks import FFHQ_FACE_BOX
 
-    det = DlibDetector(upsample=1)
+    det = detector or DlibDetector(upsample=1)
     if not aligned:
         res = crop_largest(image, det, size)
         if res is None:

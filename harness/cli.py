@@ -550,6 +550,7 @@ def figure_regions(
 
     from codeswap.checkpoints import load_codeswap
     from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_study
+    from harness.faces.detect import DlibDetector
     from harness.images import file_sha256, load_rgb, save_png
     from reports.figures import region_figure
 
@@ -571,8 +572,9 @@ def figure_regions(
     model = model.to(_device(device))
     side = model.cfg.autoencoder.resolution
     work = max(side, 256)  # crops are shown at >= 256 px; the model resizes to its own side
-    src, _, _ = crop_with_landmarks(load_rgb(source), work, aligned)
-    tgt, tgt_lm, found = crop_with_landmarks(load_rgb(target), work, aligned)
+    detector = DlibDetector(upsample=1)
+    src, _, _ = crop_with_landmarks(load_rgb(source), work, aligned, detector)
+    tgt, tgt_lm, found = crop_with_landmarks(load_rgb(target), work, aligned, detector)
     n_layers = model.cfg.fusion.layers
     if not -n_layers <= layer < n_layers:
         raise HarnessError(f"--layer {layer} is out of range: the fusion has {n_layers} layers")
