@@ -36,9 +36,11 @@ def autoencoder_config(data: dict[str, Any]) -> AutoencoderConfig:
 
 
 def codeswap_config(data: dict[str, Any]) -> CodeSwapConfig:
+    # checkpoints from before FusionConfig.position existed used the absolute position code
+    fusion = {"position": "absolute", **data["fusion"]}
     return _dataclass_from(CodeSwapConfig, {
         **data, "autoencoder": autoencoder_config(data["autoencoder"]),
-        "fusion": _dataclass_from(FusionConfig, data["fusion"]),
+        "fusion": _dataclass_from(FusionConfig, fusion),
     })
 
 

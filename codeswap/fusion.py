@@ -8,7 +8,8 @@ quantization returns Z_q = softmax(P) Q. The halves of Z_q are the two swaps.
 Symmetry (exact, not learned): nothing in the module tells the halves apart except
 "same image" versus "other image". Both halves get the same 2D position code, and each
 attention head adds a learned bias that depends only on whether query and key come from
-the same image. Swapping the inputs therefore permutes the tokens and the outputs
+the same image (``position="absolute"``) or on that and the 2D offset between the query's
+and the key's grid cells (``position="relative"``). Swapping the inputs therefore permutes the tokens and the outputs
 identically: f(a, b) = (x, y)  =>  f(b, a) = (y, x), up to float rounding.
 
 Output convention: the half at the *target's* token positions is the swap onto that
@@ -45,12 +46,23 @@ class FusionConfig:
     attention: Literal["unified", "cross"] = "unified"
     quantize: Literal["soft", "hard", "gumbel", "none"] = "soft"
     gumbel_tau: float = 1.0
+    # NOTE: the paper does not say how the fusion knows where a code sits. "absolute": a
+    # learned position code (shared by both faces) added to the tokens, plus a same/other-
+    # image bias per head. "relative": a learned attention bias per head indexed by
+    # (same/other image, dy, dx), initialised ALiBi-style (-slope_h * distance, slopes
+    # 1, 1/2, 1/4, ... over heads), so that from the first step some heads look at the
+    # same facial part of the other face and others look globally; identity then moves
+    # part by part (see the README's stage-2 study). Checkpoints from before this setting
+    # load as "absolute".
+    position: Literal["absolute", "relative"] = "relative"
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if self.attention not in ("unified", "cross"):
             raise ValueError(f"attention must be 'unified' or 'cross', got {self.attention!r}")
+        if self.position not in ("absolute", "relative"):
+            raise ValueError(f"position must be 'absolute' or 'relative', got {self.position!r}")
         if self.quantize not in ("soft", "hard", "gumbel", "none"):
             raise ValueError(f"quantize must be soft, hard, gumbel or none, got {self.quantize!r}")
 
@@ -65,25 +77,52 @@ class FusionOutput(NamedTuple):
     hidden: torch.Tensor  # (B, 2L, d) fusion output before the selector
 
 
+def relative_index(grid: int) -> torch.Tensor:
+    """(L, L) index of the 2D offset (dy, dx) between grid cells q and k, in [0, (2g-1)**2)."""
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()  # (L,) each, row-major like the tokens
+    dy = ys[:, None] - ys[None, :] + grid - 1  # (L, L) in [0, 2g-2]
+    dx = xs[:, None] - xs[None, :] + grid - 1
+    return dy * (2 * grid - 1) + dx
+
+
 class PairAttention(nn.Module):
-    """Multi-head attention over both faces' tokens with a same/other-image bias."""
+    """Multi-head attention over both faces' tokens with a same/other-image (and offset) bias."""
 
     def __init__(self, cfg: FusionConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)  # "a linear layer projects the dimension" (§3.2)
-        # bias[h, 0]: query and key in the same image; bias[h, 1]: in the other image
-        self.bias = nn.Parameter(torch.zeros(cfg.heads, 2))
         self.cross_only = cfg.attention == "cross"
+        self.relative = cfg.position == "relative"
+        if self.relative:
+            g = cfg.grid
+            idx = relative_index(g)
+            self.register_buffer("rel_index", idx, persistent=False)  # (L, L)
+            ys, xs = torch.meshgrid(torch.arange(1 - g, g), torch.arange(1 - g, g), indexing="ij")
+            dist = (ys.float() ** 2 + xs.float() ** 2).sqrt().flatten()  # ((2g-1)**2,)
+            slopes = 2.0 ** -torch.arange(cfg.heads, dtype=torch.float32)  # (H,) 1, 1/2, 1/4, ...
+            init = -slopes[:, None, None] * dist[None, None, :]  # (H, 1, (2g-1)**2)
+            # rel_bias[h, 0, o]: query and key in the same image at offset o; [h, 1, o]: other image
+            self.rel_bias = nn.Parameter(init.repeat(1, 2, 1))  # (H, 2, (2g-1)**2)
+        else:
+            # bias[h, 0]: query and key in the same image; bias[h, 1]: in the other image
+            self.bias = nn.Parameter(torch.zeros(cfg.heads, 2))
 
     def _mask(self, tokens: int, device, dtype) -> torch.Tensor:
+        """Additive attention bias (H, 2L, 2L); -inf on same-image pairs for w/o S."""
         half = tokens // 2
-        idx = torch.arange(tokens, device=device) // half  # 0 for a's tokens, 1 for b's
-        other = (idx[:, None] != idx[None, :]).long()  # (2L, 2L)
-        mask = self.bias.to(dtype)[:, other]  # (H, 2L, 2L)
+        img = torch.arange(tokens, device=device) // half  # 0 for a's tokens, 1 for b's
+        other = img[:, None] != img[None, :]  # (2L, 2L)
+        if self.relative:
+            same_b = self.rel_bias[:, 0][:, self.rel_index]  # (H, L, L)
+            other_b = self.rel_bias[:, 1][:, self.rel_index]  # (H, L, L)
+            mask = torch.cat([torch.cat([same_b, other_b], -1), torch.cat([other_b, same_b], -1)], -2).to(dtype)
+        else:
+            mask = self.bias.to(dtype)[:, other.long()]  # (H, 2L, 2L)
         if self.cross_only:  # w/o S: a token may not attend to its own image
-            mask = mask.masked_fill(other == 0, float("-inf"))
+            mask = mask.masked_fill(~other, float("-inf"))
         return mask
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

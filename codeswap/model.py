@@ -42,9 +42,17 @@ class CodeSwapConfig:
     fusion: FusionConfig
     use_mask: bool = True
     mask_hidden: int = 64
-    # the middle level whose features feed the mask generator, as a divisor of the
-    # resolution (8: the 64x64 level of a 512 model)
-    mask_level_divisor: int = 8
+    # The autoencoder level (0 = full resolution) whose encoder and decoder features feed the
+    # mask generator. None: the level at resolution / 8 (the 64x64 level of a 512 model, the
+    # middle of the network) when the autoencoder has one, else the level nearest to it.
+    # NOTE: the paper says only "middle layer features" (§3.3); checkpoints written before
+    # this setting existed used resolution / 8, which None reproduces.
+    mask_level: int | None = None
+
+    def __post_init__(self) -> None:
+        n = self.autoencoder.num_levels
+        if self.mask_level is not None and not 0 <= self.mask_level < n:
+            raise ValueError(f"mask_level {self.mask_level} outside the autoencoder's levels 0..{n - 1}")
 
     @staticmethod
     def for_autoencoder(ae: AutoencoderConfig, variant: str = "full", **fusion_kw) -> "CodeSwapConfig":
@@ -64,8 +72,18 @@ class CodeSwapConfig:
         return replace(self, fusion=replace(base, **change), use_mask=use_mask)
 
     @property
+    def mask_level_index(self) -> int:
+        """The level feeding the mask (see ``mask_level``)."""
+        if self.mask_level is not None:
+            return self.mask_level
+        ae = self.autoencoder
+        want = ae.resolution // 8
+        return min(range(ae.num_levels), key=lambda lv: (abs(ae.resolution // 2**lv - want), lv))
+
+    @property
     def mask_side(self) -> int:
-        return self.autoencoder.resolution // self.mask_level_divisor
+        """Side of the feature maps at the mask level."""
+        return self.autoencoder.resolution // 2**self.mask_level_index
 
 
 class SwapOutput(NamedTuple):
@@ -101,17 +119,9 @@ class CodeSwap(nn.Module):
         self.fusion = GlobalFusion(cfg.fusion)
         self.mask = None
         if cfg.use_mask:
-            level = self._level_of_side(cfg.mask_side)
-            ch = cfg.autoencoder.channels[level]
+            ch = cfg.autoencoder.channels[cfg.mask_level_index]
             self.mask = MaskGenerator(MaskConfig(enc_channels=ch, dec_channels=ch, hidden=cfg.mask_hidden,
                                                  feature_size=cfg.mask_side))
-
-    def _level_of_side(self, side: int) -> int:
-        ae = self.cfg.autoencoder
-        for lv in range(ae.num_levels):
-            if ae.resolution // 2**lv == side:
-                return lv
-        raise ValueError(f"no autoencoder level has side {side} (resolution {ae.resolution})")
 
     def train(self, mode: bool = True) -> "CodeSwap":
         super().train(mode)

@@ -94,3 +94,40 @@ def test_variants_are_configured_as_named():
     with pytest.raises(ValueError, match="unknown CodeSwap variant"):
         CodeSwapConfig.for_autoencoder(TINY, "wo_x")
     assert GlobalFusion.split(torch.arange(4.0).view(1, 4, 1))[0].flatten().tolist() == [2.0, 3.0]
+
+
+def test_any_prior_shape_builds_a_codeswap_with_its_mask_level():
+    from dataclasses import replace
+
+    from codeswap.config import AutoencoderConfig, QuantizerConfig
+
+    # 64 px with a 16x16 latent: no level has side 64 / 8 = 8, which once made this fail
+    ae = AutoencoderConfig(resolution=64, channels=(16, 32, 32), enc_blocks=(1, 1, 1), dec_blocks=(1, 1, 1),
+                           norm_groups=8, quant=QuantizerConfig(num_codes=32, code_dim=16))
+    cfg = CodeSwapConfig.for_autoencoder(ae, "full", **FUSION)
+    assert cfg.mask_level_index == 2 and cfg.mask_side == 16  # nearest level to 64 / 8
+    chosen = replace(cfg, mask_level=1)
+    assert chosen.mask_side == 32
+    m = CodeSwap(chosen).eval()
+    a, b = (torch.rand(1, 3, 64, 64) * 2 - 1 for _ in range(2))
+    with torch.no_grad():
+        out = m(a, b)
+    assert out.mask_ab.shape == (1, 1, 64, 64) and m.mask.cfg.enc_channels == 32
+    with pytest.raises(ValueError, match="mask_level 3 outside"):
+        replace(cfg, mask_level=3)
+    # the paper-scale rule is unchanged: the 64x64 level of a 512 model
+    assert CodeSwapConfig.for_autoencoder(AutoencoderConfig(), "full").mask_side == 64
+
+
+def test_checkpoints_from_before_relative_positions_load_with_absolute_ones():
+    from codeswap.checkpoints import codeswap_config, plain_config
+
+    cfg = CodeSwapConfig.for_autoencoder(TINY, "full", position="absolute", **FUSION)
+    stored = plain_config(cfg)
+    del stored["fusion"]["position"]  # what a checkpoint written before the setting holds
+    stored["mask_level_divisor"] = 8  # the old field, now derived
+    again = codeswap_config(stored)
+    assert again.fusion.position == "absolute" and again == cfg
+    model = CodeSwap(cfg)
+    CodeSwap(again).load_state_dict(model.state_dict())  # same parameters, strict
+    assert CodeSwapConfig.for_autoencoder(TINY, "full").fusion.position == "relative"  # new default

@@ -19,18 +19,20 @@ def _inputs(seed=0, b=2, cfg=TINY):
 
 
 def _perturbed(model: GlobalFusion) -> GlobalFusion:
-    # non-zero same/other biases, so symmetry is not an accident of zero init
+    # random attention biases, so symmetry is not an accident of their initialisation
     with torch.no_grad():
         for blk in model.blocks:
-            blk.attn.bias.copy_(torch.randn_like(blk.attn.bias))
+            bias = blk.attn.rel_bias if blk.attn.relative else blk.attn.bias
+            bias.copy_(torch.randn_like(bias))
     return model
 
 
+@pytest.mark.parametrize("position", ["absolute", "relative"])
 @pytest.mark.parametrize("attention", ["unified", "cross"])
 @pytest.mark.parametrize("quantize", ["soft", "hard", "none"])
-def test_swapping_inputs_swaps_outputs_exactly(attention, quantize):
+def test_swapping_inputs_swaps_outputs_exactly(attention, quantize, position):
     torch.manual_seed(0)
-    cfg = FusionConfig(**{**TINY.__dict__, "attention": attention, "quantize": quantize})
+    cfg = FusionConfig(**{**TINY.__dict__, "attention": attention, "quantize": quantize, "position": position})
     model = _perturbed(GlobalFusion(cfg)).eval().double()
     za, zb, q = (t.double() for t in _inputs())
     ab, ba = GlobalFusion.split(model(za, zb, q).codes)
@@ -84,3 +86,31 @@ def test_config_is_validated():
         FusionConfig(dim=30, heads=4)
     with pytest.raises(ValueError, match="quantize"):
         FusionConfig(quantize="fuzzy")
+
+
+def test_relative_bias_indexes_offsets_and_images():
+    from codeswap.fusion import PairAttention, relative_index
+
+    g = 3
+    idx = relative_index(g)  # (9, 9)
+    # cell (0, 0) vs cell (2, 1): offset (-2, -1) -> ((-2 + 2) * 5 + (-1 + 2))
+    assert idx[0, 7].item() == 1 and idx[7, 0].item() == (2 + 2) * 5 + (1 + 2)
+    assert torch.all(idx.diagonal() == (g - 1) * (2 * g - 1) + (g - 1))  # offset (0, 0)
+    attn = PairAttention(FusionConfig(dim=8, grid=g, num_codes=4, heads=2, layers=1))
+    with torch.no_grad():
+        attn.rel_bias.copy_(torch.randn_like(attn.rel_bias))
+    m = attn._mask(2 * g * g, torch.device("cpu"), torch.float32)  # (H, 18, 18)
+    L = g * g
+    # query cell 4 of a, key cell 1 of b: the other-image bias at offset (1, 0) - (0, 1)
+    assert m[1, 4, L + 1] == attn.rel_bias[1, 1, idx[4, 1]]
+    assert m[1, L + 4, 1] == attn.rel_bias[1, 1, idx[4, 1]]  # the same from b's side: symmetric
+    assert m[0, L + 2, L + 5] == attn.rel_bias[0, 0, idx[2, 5]]
+
+
+def test_relative_bias_starts_local_for_the_first_head():
+    cfg = FusionConfig(dim=8, grid=4, num_codes=4, heads=4, layers=1)
+    model = GlobalFusion(cfg)
+    m = model.blocks[0].attn._mask(32, torch.device("cpu"), torch.float32)
+    # head 0 (slope 1) prefers the same cell of the other face over a far cell of it
+    assert m[0, 0, 16] > m[0, 0, 16 + 15]
+    assert torch.allclose(m[3, :16, :16], m[3, 16:, 16:])  # same/other tables start equal

@@ -11,7 +11,7 @@ only trainable part.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +40,8 @@ class SwapTrainConfig:
     layers: int = 6
     heads: int = 8
     selector_hidden: int = 1024
+    position: str = "relative"  # fusion position scheme (FusionConfig.position): relative or absolute
+    mask_level: int | None = None  # autoencoder level feeding the mask (None: resolution / 8 or nearest)
     weights: SwapLossWeights = field(default_factory=SwapLossWeights)
     same_rate: float = 0.2  # share of pairs made of one image twice (reconstruction pairs)
     identity_net: str = "facenet"
@@ -119,8 +121,8 @@ class Stage2Trainer(TrainLoop):
         sc = self.swap_cfg
         autoencoder, self.stage1_sha256 = load_stage1(sc.stage1)
         cfg = CodeSwapConfig.for_autoencoder(autoencoder.cfg, sc.variant, layers=sc.layers, heads=sc.heads,
-                                             selector_hidden=sc.selector_hidden)
-        return CodeSwap(cfg, autoencoder)
+                                             selector_hidden=sc.selector_hidden, position=sc.position)
+        return CodeSwap(replace(cfg, mask_level=sc.mask_level), autoencoder)
 
     blend_mask = False  # stage 2 trains on the raw decoder outputs
 
