@@ -1,22 +1,28 @@
-"""A short stage 1 -> 2 -> 3 training on a folder of aligned faces, judged on held-out faces.
+"""Does the CodeSwap recipe swap identity? Train stages 1-3 on the demo faces and judge by retrieval.
 
 Usage:
-    python benchmarks/codeswap_short_training.py                                  # CPU: tiny config, 64 px, demo faces
-    python benchmarks/codeswap_short_training.py --device cuda --config paper --resolution 256 \\
-        --stage1-steps 3000 --stage2-steps 1500 --stage3-steps 400 --batch-size 16   # a few GPU minutes
+    python benchmarks/codeswap_short_training.py --out runs/recipe             # the demo recipe (CPU, ~1-2 h)
+    python benchmarks/codeswap_short_training.py --out runs/heldout --holdout 4   # keep 4 faces out of training
+    python benchmarks/codeswap_short_training.py --out runs/idonly --stage2-steps 800 \\
+        --loss-weights 0,1,0,0,0 --same-rate 0 --variants wo_m --position absolute   # one row of the study
+    python benchmarks/codeswap_short_training.py --device cuda --resolution 256 ...  # a GPU at 256 px
 
-The last ``--holdout`` images (sorted order, the trainers' own split) are never trained on.
-Finished stages are kept (each trainer resumes from its ``last.pt``), so a re-run only judges.
-It prints and writes (``--out``/summary.json):
-  * stage 1: PSNR of the held-out reconstructions before training (step 0) and after;
-  * stages 2 and 3: over every ordered pair (a, b) of distinct held-out images, the identity
-    cosine of I_ab (a's identity on b) to a, against that of b itself to a (what a swap
-    that changes nothing would score), and the share of pairs where I_ab is closer to a; the
-    same for pairs of as many training images, to tell fitting from generalising; and the
-    cosine of the model's output for (a, a) to a, the most identity its decoder gives back;
-    Identity is measured with dlib's ResNet (the harness's default scorer, not used in
-    training) and with the FaceNet port (the network L_id trains with; flagged as such);
-  * swap grids of held-out pairs (rows: source a, target b, I_ab): grid_stage2.png, grid_stage3.png.
+It trains :class:`codeswap.demo.DemoRecipe` (each flag overrides one field) with the demo's
+own trainer (resumable: a re-run continues or only judges), then judges:
+
+* the prior's identity ceiling: each face's stage-1 reconstruction, retrieved among the
+  faces' photos (dlib top-1; FaceNet too), and PSNR - no swap can carry more identity;
+* every ordered pair (a, b) of training faces (and of held-out faces with ``--holdout``):
+  I_ab (a's identity on b) retrieved among the photos of that set's identities: top-1 is a
+  hit when the nearest photo is a's (b's own photo is in the gallery and is the usual
+  winner of a swap that changes nothing: `target` scores 0 %); the share where the nearest
+  is b; the dlib cosine of I_ab to a against that of b to a, each with a 95 % bootstrap CI
+  of the mean over pairs; the same with FaceNet, the network L_id trains with (flagged);
+  and how much I_ab changes when only the source changes (0: the source is ignored);
+* grids of training and held-out swaps (rows: source, target, I_ab).
+
+dlib's ResNet is never used in training, so it is the judge; chance top-1 is 1 / identities.
+Figures go to stdout and ``<out>/summary.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,132 +39,154 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeswap.checkpoints import load_codeswap  # noqa: E402
-from codeswap.config import MODEL_CONFIGS, LossConfig, TrainConfig  # noqa: E402
 from codeswap.data import FaceFolder, list_images  # noqa: E402
-from codeswap.train.loop import cleanup_distributed  # noqa: E402
-from codeswap.train.stage1 import Stage1Trainer  # noqa: E402
-from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig  # noqa: E402
-from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer  # noqa: E402
+from codeswap.demo import DEMO_FACES, DemoRecipe, train_recipe  # noqa: E402
 from harness.images import save_png, to_uint8  # noqa: E402
+from harness.runner import bootstrap_ci  # noqa: E402
 
 
-def val_metrics(run_dir: Path, key: str) -> tuple[float, float]:
-    """First and last logged value of ``key`` in a trainer's metrics.jsonl."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    vals = [r[key] for r in rows if key in r]
-    return vals[0], vals[-1]
+class IdentityJudge:
+    """dlib (the judge) and FaceNet (the training network) embeddings of [-1, 1] images."""
+
+    def __init__(self, device: str) -> None:
+        from codeswap.train.nets import FaceNetIdentity
+        from harness.metrics.identity import DlibFaceEmbedder
+
+        self.dlib = DlibFaceEmbedder()
+        self.facenet = FaceNetIdentity(96).to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def embed(self, kind: str, x: torch.Tensor) -> np.ndarray:  # (N, 3, R, R) -> (N, D) unit rows
+        x = x.float().clamp(-1, 1)
+        if kind == "dlib":
+            return self.dlib(list(to_uint8((x.cpu() + 1) * 0.5)))
+        out = [torch.nn.functional.normalize(self.facenet(x[k : k + 64].to(self.device)), dim=1).cpu()
+               for k in range(0, len(x), 64)]
+        return torch.cat(out).numpy()
+
+
+def ci(values: np.ndarray) -> list[float]:
+    lo, hi = bootstrap_ci(values, 1000, 0.95, 0)
+    return [float(np.mean(values)), lo, hi]
+
+
+def retrieval(judge: IdentityJudge, gallery: torch.Tensor, queries: torch.Tensor, src: list[int],
+              tgt: list[int] | None = None) -> dict[str, object]:
+    """Top-1 of each query among the gallery photos (indices), cosines to the source with CIs."""
+    res: dict[str, object] = {}
+    for kind in ("dlib", "facenet"):
+        g, q = judge.embed(kind, gallery), judge.embed(kind, queries)
+        sims = q @ g.T  # (N, G)
+        nearest = sims.argmax(1)
+        tag = kind if kind == "dlib" else "facenet_trained_with"
+        res[f"{tag}/top1"] = float((nearest == np.asarray(src)).mean())
+        res[f"{tag}/cos_to_source"] = ci(sims[np.arange(len(q)), src])
+        if tgt is not None:
+            res[f"{tag}/nearest_is_target"] = float((nearest == np.asarray(tgt)).mean())
+            res[f"{tag}/target_cos_to_source"] = ci((g[tgt] * g[src]).sum(1))
+    return res
 
 
 @torch.no_grad()
-def judge(checkpoint: Path, images: torch.Tensor, device: str, out_png: Path) -> dict[str, float]:
-    """Identity of I_ab against b, over every ordered pair of distinct held-out images."""
-    from codeswap.train.nets import FaceNetIdentity
-    from harness.metrics.identity import DlibFaceEmbedder
+def swaps(model, x: torch.Tensor, pairs: list[tuple[int, int]], device: str, raw: bool = False) -> torch.Tensor:
+    out = []
+    for k in range(0, len(pairs), 32):
+        p = pairs[k : k + 32]
+        a, b = x[[i for i, _ in p]].to(device), x[[j for _, j in p]].to(device)
+        out.append(model(a, b, blend_mask=not raw).ab.float().clamp(-1, 1).cpu())
+    return torch.cat(out)  # (P, 3, R, R)
 
-    model, _ = load_codeswap(checkpoint)
-    model = model.to(device).eval()
-    n = len(images)
-    ia, ib = zip(*[(i, j) for i in range(n) for j in range(n) if i != j])
-    a, b = images[list(ia)].to(device), images[list(ib)].to(device)
 
-    def swap(src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:  # I_ab in batches of 16
-        return torch.cat([model(src[k : k + 16], tgt[k : k + 16]).ab.float().clamp(-1, 1)
-                          for k in range(0, len(src), 16)])
-
-    ab = swap(a, b)
-    own = swap(a, a)  # the model's output for (a, a): what its decoder can give back of a face at best
-    to8 = lambda x: to_uint8((x.cpu() + 1) * 0.5)  # noqa: E731
-    dlib = DlibFaceEmbedder()
-    facenet = FaceNetIdentity().to(device)
-    embed = {"dlib": lambda x: dlib(list(to8(x))),
-             "facenet_trained_with": lambda x: torch.nn.functional.normalize(facenet(x), dim=1).cpu().numpy()}
-    res = {}
-    for name, fn in embed.items():
-        src, tgt, swp, rec = (fn(x) for x in (a, b, ab, own))
-        cos_swap, cos_tgt = (swp * src).sum(1), (tgt * src).sum(1)
-        res[f"{name}/cos_swap_to_source"] = float(cos_swap.mean())
-        res[f"{name}/cos_target_to_source"] = float(cos_tgt.mean())
-        res[f"{name}/share_swap_closer"] = float((cos_swap > cos_tgt).mean())
-        res[f"{name}/cos_selfswap_to_source"] = float((rec * src).sum(1).mean())
-    show = np.linspace(0, len(a) - 1, min(8, len(a))).round().astype(int)  # pairs spread over the sources
-    rows = [torch.cat(list(x[show].cpu()), dim=2) for x in (a, b, ab)]  # each (3, R, cols*R)
-    save_png(out_png, to_uint8((torch.cat(rows, dim=1)[None] + 1) * 0.5)[0])
-    res["pairs"] = len(a)
+def judge_swaps(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], device: str,
+                png: Path) -> dict[str, object]:
+    """Every ordered pair of distinct faces among ``ids`` (indices into x)."""
+    pairs = [(i, j) for i in ids for j in ids if i != j]
+    pos = {face: k for k, face in enumerate(ids)}
+    ab = swaps(model, x, pairs, device)
+    res = retrieval(judge, x[ids], ab, [pos[i] for i, _ in pairs], [pos[j] for _, j in pairs])
+    # does I_ab depend on the source? the same targets with the next source in the set
+    alt = [(ids[(pos[i] + 1) % len(ids)] if ids[(pos[i] + 1) % len(ids)] != j else ids[(pos[i] + 2) % len(ids)], j)
+           for i, j in pairs]
+    res["pixel_change_when_source_changes"] = float((swaps(model, x, alt, device) - ab).abs().mean() / 2)
+    res["pairs"], res["identities"], res["chance_top1"] = len(pairs), len(ids), 1 / len(ids)
+    show = np.linspace(0, len(pairs) - 1, min(8, len(pairs))).round().astype(int)
+    rows = [torch.cat([x[pairs[s][0]] for s in show], 2), torch.cat([x[pairs[s][1]] for s in show], 2),
+            torch.cat([ab[s] for s in show], 2)]  # each (3, R, 8R)
+    save_png(png, to_uint8((torch.cat(rows, 1)[None] + 1) * 0.5)[0])
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / "protocols" / "demo_faces")
-    ap.add_argument("--out", type=Path, default=Path("runs/short-training"))
-    ap.add_argument("--config", default="tiny", choices=sorted(MODEL_CONFIGS))
-    ap.add_argument("--resolution", type=int, default=64)
-    ap.add_argument("--holdout", type=int, default=8)
-    ap.add_argument("--stage1-steps", type=int, default=1500)
-    ap.add_argument("--stage2-steps", type=int, default=300)
-    ap.add_argument("--stage3-steps", type=int, default=60)
-    ap.add_argument("--supervised", type=int, default=40, help="stage-3 steps against landmark masks")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-4)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--selector-hidden", type=int, default=128)
-    ap.add_argument("--identity-size", type=int, default=96, help="FaceNet input side for L_id (paper-scale: 160)")
-    ap.add_argument("--perceptual", default="none", choices=["vgg16", "mobilenet_v2", "none"])
+    ap.add_argument("--out", type=Path, default=Path("runs/codeswap-recipe"))
+    ap.add_argument("--data", type=Path, default=DEMO_FACES, help="folder of aligned faces (default: the demo faces)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    for f in fields(DemoRecipe):  # every recipe field is a flag: --stage2-steps, --loss-weights 0,1,0,0,0 ...
+        default = getattr(DemoRecipe(), f.name)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", default=None,
+                        help=f"default: {','.join(map(str, default)) if isinstance(default, tuple) else default}")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = DemoRecipe()
+    change = {}
+    for f in fields(DemoRecipe):
+        v = getattr(args, f.name)
+        if v is None:
+            continue
+        cur = getattr(base, f.name)
+        if isinstance(cur, tuple):
+            typ = str if f.name == "variants" else type(cur[0])
+            change[f.name] = tuple(typ(p) for p in v.split(","))
+        elif cur is None or f.name == "mask_level":
+            change[f.name] = None if v.lower() == "none" else int(v)
+        else:
+            change[f.name] = type(cur)(v)
+    recipe = replace(base, **change)
 
-    model_cfg = replace(MODEL_CONFIGS[args.config], resolution=args.resolution)
-    common = dict(data=str(args.data), batch_size=args.batch_size, lr=args.lr, device=args.device, num_workers=0,
-                  holdout=args.holdout, cache_images=True, log_every=50, image_every=10**9, mlflow=False,
-                  progress=sys.stderr.isatty(), seed=args.seed)
-    swap_kw = dict(layers=args.layers, heads=args.heads, selector_hidden=args.selector_hidden, identity_net="facenet",
-                   identity_size=args.identity_size, perceptual_net=args.perceptual)
     times = {}
-    try:
-        t0 = time.perf_counter()
-        s1 = Stage1Trainer(TrainConfig(out=str(args.out / "stage1"), max_steps=args.stage1_steps,
-                                       ckpt_every=args.stage1_steps, **common), model_cfg,
-                           LossConfig(perceptual_net=args.perceptual, disc_start=10**9))
-        s1.run(resume=True)
-        times["stage1_s_this_run"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        s2 = Stage2Trainer(TrainConfig(out=str(args.out / "stage2"), max_steps=args.stage2_steps,
-                                       ckpt_every=args.stage2_steps, **common),
-                           SwapTrainConfig(stage1=str(s1.ckpt_dir / "last.pt"), **swap_kw))
-        s2.run(resume=True)
-        times["stage2_s_this_run"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        s3 = Stage3Trainer(TrainConfig(out=str(args.out / "stage3"), max_steps=args.stage3_steps,
-                                       ckpt_every=args.stage3_steps, **common),
-                           SwapTrainConfig(stage1=str(s2.ckpt_dir / "last.pt"), **swap_kw),
-                           MaskTrainConfig(supervised_steps=args.supervised))
-        s3.run(resume=True)
-        times["stage3_s_this_run"] = time.perf_counter() - t0
-    finally:
-        cleanup_distributed()
+    t0 = time.perf_counter()
+    ckpts = {}
+    for variant in recipe.variants:
+        ckpts[variant] = train_recipe(args.out, variant, recipe, log=print, device=args.device, data=args.data)
+    times["train_s_this_run"] = time.perf_counter() - t0
+
+    from codeswap.checkpoints import load_codeswap, load_stage1
 
     files = list_images(str(args.data))
+    folder = FaceFolder(files, recipe.resolution, hflip=False)
+    x = torch.stack([folder.load(i) for i in range(len(folder))])  # (N, 3, R, R) in [-1, 1]
+    n_train = len(files) - recipe.holdout
+    train_ids, held_ids = list(range(n_train)), list(range(n_train, len(files)))
+    judge = IdentityJudge(args.device)
 
-    def load(subset: list) -> torch.Tensor:
-        folder = FaceFolder(subset, args.resolution, hflip=False)
-        return torch.stack([folder.load(i) for i in range(len(folder))])  # (N, 3, R, R) in [-1, 1]
-
-    held = load(files[len(files) - args.holdout :])
-    seen = load(files[: min(args.holdout, len(files) - args.holdout)])  # as many training images, for contrast
-    psnr0, psnr1 = val_metrics(args.out / "stage1", "val/psnr")
-    summary = {"config": args.config, "resolution": args.resolution, "device": args.device,
-               "train_images": len(files) - args.holdout, "heldout_images": args.holdout, **times,
-               "stage1/heldout_psnr_before": psnr0, "stage1/heldout_psnr_after": psnr1,
-               "stage2_heldout": judge(s2.ckpt_dir / "last.pt", held, args.device, args.out / "grid_stage2.png"),
-               "stage3_heldout": judge(s3.ckpt_dir / "last.pt", held, args.device, args.out / "grid_stage3.png"),
-               "stage3_train_pairs": judge(s3.ckpt_dir / "last.pt", seen, args.device,
-                                           args.out / "grid_stage3_train_pairs.png"),
-               "args": {k: str(v) for k, v in vars(args).items()}}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
+    ae, _ = load_stage1(args.out / "stage1" / "checkpoints" / "last.pt")
+    ae = ae.to(args.device)
+    with torch.no_grad():
+        rec = torch.cat([ae(x[k : k + 16].to(args.device))[0].float().clamp(-1, 1).cpu() for k in range(0, len(x), 16)])
+    psnr = 10 * torch.log10(1 / ((rec - x) * 0.5).pow(2).flatten(1).mean(1))  # (N,)
+    summary: dict[str, object] = {"recipe": {k: v for k, v in vars(recipe).items()}, "device": args.device,
+                                  "data": str(args.data),
+                                  "train_faces": n_train, "heldout_faces": recipe.holdout, **times}
+    summary["prior_train"] = {**retrieval(judge, x[train_ids], rec[train_ids], list(range(n_train))),
+                              "psnr": float(psnr[train_ids].mean())}
+    if held_ids:
+        summary["prior_heldout"] = {**retrieval(judge, x[held_ids], rec[held_ids], list(range(len(held_ids)))),
+                                    "psnr": float(psnr[held_ids].mean())}
+    for variant, ckpt in ckpts.items():
+        model, _ = load_codeswap(ckpt)
+        model = model.to(args.device).eval()
+        if variant == "wo_m":
+            model.mask = None
+        summary[f"{variant}/train_pairs"] = judge_swaps(model, judge, x, train_ids, args.device,
+                                                        args.out / f"grid_{variant}_train.png")
+        if len(held_ids) >= 2:
+            summary[f"{variant}/heldout_pairs"] = judge_swaps(model, judge, x, held_ids, args.device,
+                                                              args.out / f"grid_{variant}_heldout.png")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print(json.dumps(summary, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""A tiny CodeSwap trained on the bundled demo faces, for runs without a checkpoint.
+"""The demo CodeSwap: a small model trained on the 28 bundled demo faces, shipped with the code.
 
-``harness run --method codeswap`` without ``--method-option codeswap.checkpoint=PATH``
-trains this once (stage 1, then stage 2 for each variant asked for, then stage 3 for the
-full model) and caches the checkpoints under ``~/.cache/codeswap-harness/codeswap-demo``
-(``$HARNESS_CACHE_DIR`` overrides the root), keyed by the recipe and the demo faces. It
-shows the whole pipeline working on CPU in minutes; it is not a face swapper anyone
-should judge the paper by (64x64 images, 28 faces, a few hundred steps).
+``harness run --method codeswap`` without ``--method-option codeswap.checkpoint=PATH`` uses
+it. The default recipe's weights ship in ``codeswap/demo_model/codeswap-demo.pt`` (one
+stage-1 autoencoder, and each fusion variant's stage-2 fusion and stage-3 mask), written by
+``scripts/build_demo_model.py``; the first use unpacks the variant asked for into ordinary
+stage-3 checkpoints under ``~/.cache/codeswap-harness/codeswap-demo/<recipe key>``
+(``$HARNESS_CACHE_DIR`` overrides the root). Any other recipe (tests use tiny ones) is
+trained on first use instead, stage by stage, and cached the same way.
+
+It is trained on every demo face and judged on the same faces, so its demo numbers are
+training-set numbers (the report says so): it shows that the recipe swaps identity on
+faces it has seen, at 64x64. It is not a face swapper to judge the paper by.
 """
 
 from __future__ import annotations
@@ -13,28 +18,63 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.errors import HarnessError
 
+BUNDLE = Path(__file__).resolve().parent / "demo_model" / "codeswap-demo.pt"
+BUNDLE_FORMAT = "codeswap-demo-bundle/1"
+# the bundled demo faces (protocols/demo_faces); codeswap does not import protocols
+DEMO_FACES = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+
 
 @dataclass(frozen=True)
 class DemoRecipe:
-    stage1_steps: int = 400
-    stage2_steps: int = 80
-    stage3_steps: int = 30
-    stage3_supervised: int = 20
+    """Everything that determines the demo model (its hash keys the cache and the bundle).
+
+    Stage 1 is a 64 px prior with a 16x16 latent: at 8x8 (the previous demo) the
+    reconstructions of the training faces lost who they were (dlib retrieval 8 %), and no
+    swap can carry more identity than its prior keeps. See the README's stage-2 study.
+    """
+
+    resolution: int = 64
+    channels: tuple[int, ...] = (32, 64, 128)  # 64 -> 32 -> 16 latent
+    blocks: tuple[int, ...] = (1, 1, 2)
+    norm_groups: int = 16
+    num_codes: int = 512
+    code_dim: int = 64
+    stage1_steps: int = 2500
+    restart_dead_every: int = 100
+    stage2_steps: int = 2000
+    stage3_steps: int = 200
+    stage3_supervised: int = 150
     batch_size: int = 8
     lr: float = 4e-4
-    layers: int = 2
+    layers: int = 4
     heads: int = 4
-    selector_hidden: int = 128
+    selector_hidden: int = 256
+    position: str = "relative"
+    mask_level: int | None = 1  # the 32x32 level, the middle of this 3-level prior (paper: 64x64 of 512)
+    # recon, identity, perceptual, expression, cycle (codeswap.swap_losses.SwapLossWeights)
+    loss_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.0, 1.0)
+    same_rate: float = 0.2
     identity_net: str = "facenet"
     identity_size: int = 96  # FaceNet at 96 px: a 64 px face gains nothing from 160, and it costs 2.8x less
+    holdout: int = 0  # train on every demo face
     seed: int = 0
+    variants: tuple[str, ...] = field(default=("full", "wo_c", "wo_s", "wo_q1", "wo_q2"))
+
+    def autoencoder(self):
+        from codeswap.config import AutoencoderConfig, QuantizerConfig
+
+        return AutoencoderConfig(resolution=self.resolution, channels=self.channels, enc_blocks=self.blocks,
+                                 dec_blocks=self.blocks, norm_groups=self.norm_groups,
+                                 quant=QuantizerConfig(num_codes=self.num_codes, code_dim=self.code_dim))
 
 
 def cache_root() -> Path:
@@ -42,34 +82,122 @@ def cache_root() -> Path:
     return Path(base) if base else Path.home() / ".cache" / "codeswap-harness"
 
 
-def _key(recipe: DemoRecipe) -> str:
-    from protocols.demo import DEMO_DIR
-
+def recipe_key(recipe: DemoRecipe) -> str:
     h = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
-    h.update((DEMO_DIR / "faces.json").read_bytes())
+    h.update((DEMO_FACES / "faces.json").read_bytes())
     return h.hexdigest()[:16]
 
 
-def demo_checkpoint(variant: str, recipe: DemoRecipe = DemoRecipe(), log=print) -> Path:
-    """The checkpoint for ``variant`` (``wo_m`` shares the full model's), training what is missing."""
+def _base(variant: str) -> str:
     from codeswap.model import VARIANTS
-    from protocols.demo import DEMO_DIR
 
     if variant not in VARIANTS:
         raise HarnessError(f"unknown CodeSwap variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    root = cache_root() / "codeswap-demo" / _key(recipe)
-    common = dict(data=str(DEMO_DIR), batch_size=recipe.batch_size, lr=recipe.lr, device="cpu", num_workers=0,
-                  holdout=4, cache_images=True, log_every=25, image_every=10**9, mlflow=False, progress=False,
-                  seed=recipe.seed)
+    return "full" if variant == "wo_m" else variant  # w/o M runs the full model without its mask
 
+
+def demo_checkpoint(variant: str, recipe: DemoRecipe = DemoRecipe(), log=print) -> Path:
+    """The stage-3 checkpoint for ``variant``: unpacked from the shipped bundle when it holds
+    this recipe, else trained (what is missing) and cached."""
+    base = _base(variant)
+    root = cache_root() / "codeswap-demo" / recipe_key(recipe)
+    ckpt = root / f"stage3-{base}" / "checkpoints" / "last.pt"
+    if ckpt.is_file() and (ckpt.parents[1] / "DONE").is_file():
+        return ckpt
+    bundle = load_bundle()
+    if bundle is not None and bundle["recipe_key"] == recipe_key(recipe) and base in bundle["variants"]:
+        unpack(bundle, base, ckpt, BUNDLE)
+        return ckpt
+    return train_recipe(root, variant, recipe, log)
+
+
+def demo_info(recipe: DemoRecipe = DemoRecipe()) -> dict[str, Any] | None:
+    """What the report states about the shipped demo model (training data, identity ceiling of
+    its prior), or None when the recipe is not the shipped one."""
+    bundle = load_bundle()
+    if bundle is None or bundle["recipe_key"] != recipe_key(recipe):
+        return None
+    return {"training": bundle["training"], "ceiling": bundle.get("ceiling", {})}
+
+
+# --- the shipped bundle ---------------------------------------------------------------------
+def load_bundle(path: Path | None = None) -> dict[str, Any] | None:
+    """The shipped bundle (or the file ``path``); None when there is none."""
+    path = path or BUNDLE
+    if not path.is_file():
+        return None
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise HarnessError(f"cannot load the demo model {path}: {exc}") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise HarnessError(f"{path} is not a {BUNDLE_FORMAT} file")
+    return bundle
+
+
+def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
+    """Write ``base``'s stage-3 checkpoint (the layout ``load_codeswap`` reads), atomically."""
+    from codeswap.train.loop import atomic_torch_save
+    from harness.images import file_sha256
+
+    v = bundle["variants"][base]
+    state = {**{f"autoencoder.{k}": t.float() for k, t in bundle["autoencoder"].items()},
+             **{f"fusion.{k}": t.float() for k, t in v["fusion"].items()},
+             **{f"mask.{k}": t.float() for k, t in v["mask"].items()}}
+    atomic_torch_save({"stage": "stage3", "step": v["step"], "codeswap": state, "ema": None,
+                       "codeswap_config": v["codeswap_config"], "swap_config": v["swap_config"],
+                       "stage1_sha256": bundle["stage1_sha256"], "demo_bundle_sha256": file_sha256(source)},
+                      ckpt)
+    (ckpt.parents[1] / "DONE").write_text("unpacked from the shipped demo model\n")
+
+
+def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ceiling: dict[str, Any]) -> Path:
+    """Build the bundle from a trained cache folder ``root`` (every variant of the recipe)."""
+    from codeswap.train.loop import atomic_torch_save
+    from harness.images import file_sha256
+
+    variants, autoencoder = {}, None
+    for base in recipe.variants:
+        path = root / f"stage3-{base}" / "checkpoints" / "last.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        weights = state["ema"] if state.get("ema") is not None else state["codeswap"]
+        part = lambda prefix: {k[len(prefix):]: t for k, t in weights.items() if k.startswith(prefix)}  # noqa: E731
+        ae = part("autoencoder.")
+        if autoencoder is None:
+            autoencoder = ae
+        elif any(not torch.equal(autoencoder[k], ae[k]) for k in ae):
+            raise HarnessError(f"variant {base} was trained on another stage-1 model")
+        variants[base] = {"step": state["step"], "fusion": part("fusion."), "mask": part("mask."),
+                          "codeswap_config": state["codeswap_config"],
+                          "swap_config": {"identity_net": recipe.identity_net, "variant": base}}
+    s1 = root / "stage1" / "checkpoints" / "last.pt"
+    bundle = {"format": BUNDLE_FORMAT, "recipe": asdict(recipe), "recipe_key": recipe_key(recipe),
+              "stage1_sha256": file_sha256(s1), "autoencoder": autoencoder, "variants": variants,
+              "training": training, "ceiling": ceiling}
+    atomic_torch_save(bundle, out)
+    return out
+
+
+# --- training ----------------------------------------------------------------------------------
+def train_recipe(root: Path, variant: str, recipe: DemoRecipe, log=print, device: str = "cpu",
+                 data: Path = DEMO_FACES) -> Path:
+    """Train what is missing of ``recipe`` for ``variant`` on the faces in ``data`` under
+    ``root`` (stage1/, stage2-<v>/, stage3-<v>/; each resumes from its last checkpoint) and
+    return the stage-3 checkpoint."""
+    base = _base(variant)
     # callers may sit inside torch.no_grad() / inference_mode() (a method's swap): training needs grad
     with torch.inference_mode(False), torch.enable_grad():
-        return _train_missing(root, variant, recipe, common, log)
+        return _train_missing(Path(root), base, recipe, log, device, Path(data))
 
 
-def _train_missing(root: Path, variant: str, recipe: DemoRecipe, common: dict, log) -> Path:
-    from codeswap.config import TINY, LossConfig, TrainConfig
+def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, data: Path) -> Path:
+    from codeswap.config import LossConfig, TrainConfig
+    from codeswap.swap_losses import SwapLossWeights
     from codeswap.train.loop import cleanup_distributed
+
+    common = dict(data=str(data), batch_size=recipe.batch_size, lr=recipe.lr, device=device, num_workers=0,
+                  holdout=recipe.holdout, cache_images=True, log_every=25, image_every=10**9, mlflow=False,
+                  progress=sys.stderr.isatty(), seed=recipe.seed)
 
     def done(stage_dir: Path) -> Path | None:
         p = stage_dir / "checkpoints" / "last.pt"
@@ -79,27 +207,34 @@ def _train_missing(root: Path, variant: str, recipe: DemoRecipe, common: dict, l
         (stage_dir / "DONE").write_text("ok\n")
         return stage_dir / "checkpoints" / "last.pt"
 
+    def every(steps: int) -> int:
+        return max(1, min(steps, 250))  # checkpoint often: a killed training resumes
+
     try:
         s1_dir = root / "stage1"
         s1 = done(s1_dir)
         if s1 is None:
             from codeswap.train.stage1 import Stage1Trainer
 
-            log(f"codeswap demo: training stage 1 ({recipe.stage1_steps} steps, 64x64) in {s1_dir}")
-            cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=recipe.stage1_steps, **common)
-            Stage1Trainer(cfg, TINY, LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
+            log(f"codeswap demo: training stage 1 ({recipe.stage1_steps} steps, {recipe.resolution}x"
+                f"{recipe.resolution}) in {s1_dir}")
+            cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=every(recipe.stage1_steps),
+                              restart_dead_every=recipe.restart_dead_every, **common)
+            Stage1Trainer(cfg, recipe.autoencoder(), LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
             s1 = mark(s1_dir)
 
         from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
 
-        base = "full" if variant == "wo_m" else variant
         s2_dir = root / f"stage2-{base}"
         s2 = done(s2_dir)
         swap_kw = dict(layers=recipe.layers, heads=recipe.heads, selector_hidden=recipe.selector_hidden,
-                       identity_net=recipe.identity_net, identity_size=recipe.identity_size, perceptual_net="none")
+                       position=recipe.position, mask_level=recipe.mask_level, weights=SwapLossWeights(*recipe.loss_weights),
+                       same_rate=recipe.same_rate, identity_net=recipe.identity_net,
+                       identity_size=recipe.identity_size, perceptual_net="none")
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
-            cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=recipe.stage2_steps, **common)
+            cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),
+                              **common)
             Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
             s2 = mark(s2_dir)
         # every fusion variant gets its own mask (stage 3), so Table 3 compares like with like
@@ -109,7 +244,8 @@ def _train_missing(root: Path, variant: str, recipe: DemoRecipe, common: dict, l
         s3 = done(s3_dir)
         if s3 is None:
             log(f"codeswap demo: training stage 3, variant {base} ({recipe.stage3_steps} steps) in {s3_dir}")
-            cfg = TrainConfig(out=str(s3_dir), max_steps=recipe.stage3_steps, ckpt_every=recipe.stage3_steps, **common)
+            cfg = TrainConfig(out=str(s3_dir), max_steps=recipe.stage3_steps, ckpt_every=every(recipe.stage3_steps),
+                              **common)
             Stage3Trainer(cfg, SwapTrainConfig(stage1=str(s2), variant=base, **swap_kw),
                           MaskTrainConfig(supervised_steps=recipe.stage3_supervised)).run(resume=True)
             s3 = mark(s3_dir)

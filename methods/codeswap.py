@@ -52,6 +52,26 @@ class CodeSwapMethod(SwapMethod):
             model.mask = None  # w/o M: the raw decoder output is the result
         return model.to(self.device).eval(), meta
 
+    def prepare(self, pairset) -> list[str]:
+        """Notes every CodeSwap result carries: what the demo model trained on, and the
+        identity ceiling of its stage-1 prior (no swap keeps more identity than the prior)."""
+        if self.checkpoint is not None:
+            return []
+        from codeswap.demo import DemoRecipe, demo_info
+
+        info = demo_info(self.demo_recipe or DemoRecipe())
+        if info is None:
+            return [f"demo model trained on the {self.variant} recipe at first use on the bundled demo faces: "
+                    "demo numbers are training-set numbers"]
+        t, c = info["training"], info["ceiling"]
+        notes = [f"demo model (shipped, {t['resolution']}x{t['resolution']}) trained on all {t['faces']} bundled "
+                 f"demo faces: on the demo protocol these are TRAINING-SET numbers, not generalisation"]
+        if c:
+            notes.append(f"identity ceiling of its stage-1 prior: reconstructions of the training faces retrieve "
+                         f"themselves {100 * c['dlib_top1']:.0f} % (dlib) / {100 * c['facenet_top1']:.0f} % "
+                         f"(FaceNet), PSNR {c['psnr']:.1f} dB")
+        return notes
+
     @property
     def identity_model(self) -> str | None:  # type: ignore[override]
         """Backend name of the identity network the checkpoint trained with (L_id), so a run

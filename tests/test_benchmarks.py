@@ -49,7 +49,8 @@ def test_metrics_speed_smoke_on_cpu():
     assert "64px: suite 4 pairs" in proc.stdout and "speed-up" in proc.stdout
 
 
-def test_short_training_runs_and_judges_held_out_pairs(tmp_path):
+def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
+    """Smoke test of the recipe benchmark: a few steps of every stage, then the judge."""
     data = tmp_path / "faces"
     data.mkdir()
     for f in sorted(DEMO.glob("*.png"))[:8]:
@@ -57,25 +58,30 @@ def test_short_training_runs_and_judges_held_out_pairs(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "benchmarks" / "codeswap_short_training.py"), "--data", str(data),
            "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage1-steps", "2", "--stage2-steps", "2",
-           "--stage3-steps", "2", "--supervised", "1", "--layers", "1", "--heads", "2", "--selector-hidden", "32"]
+           "--stage3-steps", "2", "--stage3-supervised", "1", "--layers", "1", "--heads", "2",
+           "--selector-hidden", "32", "--channels", "16,16,32", "--norm-groups", "8", "--num-codes", "32",
+           "--code-dim", "16", "--variants", "full,wo_m", "--identity-net", "none"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_images"] == 5 and summary["heldout_images"] == 3
-    for part in ("stage2_heldout", "stage3_heldout", "stage3_train_pairs"):
+    assert summary["train_faces"] == 5 and summary["heldout_faces"] == 3
+    assert 0.0 <= summary["prior_train"]["dlib/top1"] <= 1.0 and summary["prior_train"]["psnr"] > 0
+    for part, n_ids in (("full/train_pairs", 5), ("full/heldout_pairs", 3), ("wo_m/train_pairs", 5)):
         res = summary[part]
-        assert res["pairs"] == 6  # every ordered pair of 3 distinct images
+        assert res["pairs"] == n_ids * (n_ids - 1) and res["chance_top1"] == 1 / n_ids  # every ordered pair
         for backend in ("dlib", "facenet_trained_with"):
-            for key in ("cos_swap_to_source", "cos_target_to_source", "cos_selfswap_to_source"):
-                assert -1.0 <= res[f"{backend}/{key}"] <= 1.0
-            assert 0.0 <= res[f"{backend}/share_swap_closer"] <= 1.0
-    # the target-to-source similarity does not depend on the model: same in both stages
-    assert summary["stage2_heldout"]["dlib/cos_target_to_source"] == summary["stage3_heldout"]["dlib/cos_target_to_source"]
-    assert (out / "grid_stage3.png").is_file()
+            assert 0.0 <= res[f"{backend}/top1"] <= 1.0 and 0.0 <= res[f"{backend}/nearest_is_target"] <= 1.0
+            mean, lo, hi = res[f"{backend}/cos_to_source"]
+            assert -1.0 <= lo <= mean <= hi <= 1.0
+        assert res["pixel_change_when_source_changes"] >= 0.0
+    # the target-to-source similarity does not depend on the model
+    assert summary["full/train_pairs"]["dlib/target_cos_to_source"] == summary["wo_m/train_pairs"]["dlib/target_cos_to_source"]
+    assert (out / "grid_full_heldout.png").is_file()
     # finished stages are kept: a second run only judges, with the same figures
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert json.loads((out / "summary.json").read_text())["stage3_heldout"] == summary["stage3_heldout"]
+    assert "training stage" not in again.stdout
+    assert json.loads((out / "summary.json").read_text())["full/heldout_pairs"] == summary["full/heldout_pairs"]
 
 
 @pytest.mark.parametrize("script, args, expect", [

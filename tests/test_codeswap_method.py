@@ -47,3 +47,34 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(HarnessError, match="codeswap checkpoint not found"):
         CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
+
+
+def test_shipped_bundle_unpacks_to_the_trained_model(cache, tmp_path, monkeypatch):
+    """pack -> unpack round trip: the unpacked checkpoint swaps exactly like the trained one,
+    and demo_checkpoint takes a bundle of its recipe instead of training."""
+    import codeswap.demo as demo
+
+    recipe = RECIPE.__class__(**{**RECIPE.__dict__, "variants": ("full",)})
+    root = tmp_path / "trained"
+    trained = demo.train_recipe(root, "full", recipe, log=lambda m: None)
+    bundle_path = tmp_path / "bundle.pt"
+    demo.pack(recipe, root, bundle_path, {"faces": 28, "resolution": 64}, {"dlib_top1": 0.9, "facenet_top1": 0.8,
+                                                                            "psnr": 25.0})
+    monkeypatch.setattr(demo, "BUNDLE", bundle_path)
+    logs = []
+    ckpt = demo.demo_checkpoint("full", recipe, log=logs.append)
+    assert logs == [] and "unpacked" in (ckpt.parents[1] / "DONE").read_text()  # nothing trained
+    from codeswap.checkpoints import load_codeswap
+
+    a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        want = load_codeswap(trained)[0](a, b).ab
+        got = load_codeswap(ckpt)[0](a, b).ab
+    torch.testing.assert_close(got, want)
+    m = CodeSwapMethod(demo_recipe=recipe)
+    notes = m.prepare(None)
+    assert any("TRAINING-SET" in n for n in notes) and any("90 % (dlib)" in n for n in notes)
+    with pytest.raises(Exception, match="another stage-1 model|not a codeswap-demo"):
+        bad = tmp_path / "bad.pt"
+        torch.save({"format": "something else"}, bad)
+        demo.load_bundle(bad)
