@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from codeswap.checkpoints import load_codeswap  # noqa: E402
 from codeswap.config import MODEL_CONFIGS, LossConfig, TrainConfig  # noqa: E402
 from codeswap.data import FaceFolder, list_images  # noqa: E402
-from codeswap.train.loop import cleanup_distributed  # noqa: E402
+from codeswap.train.dist import cleanup_distributed  # noqa: E402
 from codeswap.train.stage1 import Stage1Trainer  # noqa: E402
 from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig  # noqa: E402
 from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer  # noqa: E402

@@ -43,7 +43,7 @@ def cache_root() -> Path:
 
 
 def _key(recipe: DemoRecipe) -> str:
-    from protocols.demo import DEMO_DIR
+    from harness.constants import DEMO_DIR
 
     h = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
     h.update((DEMO_DIR / "faces.json").read_bytes())
@@ -53,7 +53,7 @@ def _key(recipe: DemoRecipe) -> str:
 def demo_checkpoint(variant: str, recipe: DemoRecipe = DemoRecipe(), log=print) -> Path:
     """The checkpoint for ``variant`` (``wo_m`` shares the full model's), training what is missing."""
     from codeswap.model import VARIANTS
-    from protocols.demo import DEMO_DIR
+    from harness.constants import DEMO_DIR
 
     if variant not in VARIANTS:
         raise HarnessError(f"unknown CodeSwap variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -69,7 +69,7 @@ def demo_checkpoint(variant: str, recipe: DemoRecipe = DemoRecipe(), log=print) 
 
 def _train_missing(root: Path, variant: str, recipe: DemoRecipe, common: dict, log) -> Path:
     from codeswap.config import TINY, LossConfig, TrainConfig
-    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.dist import cleanup_distributed
 
     def done(stage_dir: Path) -> Path | None:
         p = stage_dir / "checkpoints" / "last.pt"
