@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.stage1_speed import (print_results, random_perceptual, step_flops, synthetic_folder,  # noqa: E402
                                      timed_steps)
-from codeswap.checkpoints import plain_config  # noqa: E402
+from codeswap.checkpoints import plain  # noqa: E402
 from codeswap.config import MODEL_CONFIGS, TrainConfig  # noqa: E402
 from codeswap.model import CodeSwap, CodeSwapConfig  # noqa: E402
 from codeswap.train.dist import DistInfo  # noqa: E402
@@ -47,7 +47,7 @@ def random_stage1(name: str, resolution: int) -> Path:
     cfg = replace(MODEL_CONFIGS[name], resolution=resolution)
     path = Path(tempfile.mkdtemp(prefix="stage2-bench-")) / "stage1.pt"
     torch.save({"stage": "stage1", "step": 0, "model": VQAutoencoder(cfg).state_dict(), "ema": None,
-                "model_config": plain_config(cfg)}, path)
+                "model_config": plain(cfg)}, path)
     return path
 
 
