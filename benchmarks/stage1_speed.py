@@ -38,7 +38,7 @@ from codeswap.config import MODEL_CONFIGS, DiscriminatorConfig, LossConfig, Trai
 from codeswap.discriminator import PatchDiscriminator  # noqa: E402
 from codeswap.losses import Stage1Loss  # noqa: E402
 from codeswap.perceptual import PerceptualLoss  # noqa: E402
-from codeswap.train.loop import DistInfo  # noqa: E402
+from codeswap.train.dist import DistInfo  # noqa: E402
 from codeswap.train.stage1 import Stage1Trainer  # noqa: E402
 from codeswap.vqgan import VQAutoencoder  # noqa: E402
 
@@ -168,7 +168,7 @@ def bench(name: str, args: argparse.Namespace, data: Path) -> dict[str, float]:
                       precision=args.precision, compile=args.compile, mlflow=False, progress=False, num_workers=0)
     dev = torch.device(args.device)
     trainer = Stage1Trainer(cfg, model_cfg, loss_cfg, dist_info=DistInfo(0, 1, 0, dev),
-                            perceptual=random_perceptual(args.perceptual))
+                            perceptual=random_perceptual(args.perceptual)).setup()
     x = (torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1)
     if trainer.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.stage1_speed import (print_results, random_perceptual, step_flops, synthetic_folder,  # noqa: E402
                                      timed_steps)
-from codeswap.checkpoints import plain_config  # noqa: E402
+from codeswap.checkpoints import plain  # noqa: E402
 from codeswap.config import MODEL_CONFIGS, TrainConfig  # noqa: E402
 from codeswap.model import CodeSwap, CodeSwapConfig  # noqa: E402
-from codeswap.train.loop import DistInfo  # noqa: E402
+from codeswap.train.dist import DistInfo  # noqa: E402
 from codeswap.train.nets import Deep3DExpression, FaceNetIdentity  # noqa: E402
 from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig  # noqa: E402
 from codeswap.vqgan import VQAutoencoder  # noqa: E402
@@ -47,7 +47,7 @@ def random_stage1(name: str, resolution: int) -> Path:
     cfg = replace(MODEL_CONFIGS[name], resolution=resolution)
     path = Path(tempfile.mkdtemp(prefix="stage2-bench-")) / "stage1.pt"
     torch.save({"stage": "stage1", "step": 0, "model": VQAutoencoder(cfg).state_dict(), "ema": None,
-                "model_config": plain_config(cfg)}, path)
+                "model_config": plain(cfg)}, path)
     return path
 
 
@@ -111,7 +111,7 @@ def bench(variant: str, args: argparse.Namespace, stage1: Path, data: Path) -> d
                       precision=args.precision, compile=args.compile, mlflow=False, progress=False, num_workers=0,
                       holdout=2)
     dev = torch.device(args.device)
-    trainer = Stage2Trainer(cfg, swap_cfg, dist_info=DistInfo(0, 1, 0, dev), nets=loss_nets(args))
+    trainer = Stage2Trainer(cfg, swap_cfg, dist_info=DistInfo(0, 1, 0, dev), nets=loss_nets(args)).setup()
     x = torch.rand(args.batch_size, 3, args.resolution, args.resolution, device=dev) * 2 - 1
     t = timed_steps(lambda step: trainer.train_step(x, step), args, dev)
     # make_pairs pairs each image with its neighbour: a batch of B images is B pairs, 2B swaps

@@ -1,5 +1,8 @@
 """Loading trained CodeSwap networks from checkpoints (always ``weights_only=True``).
 
+:func:`read_checkpoint` is the one way codeswap reads a ``.pt``/``.pth`` file (checkpoints,
+resumes, weight files); :func:`plain` is what configs become inside one.
+
 * stage 1 (``harness train stage1``): ``model`` (+ ``ema``) state dicts and ``model_config``;
 * stages 2/3 (``harness train stage2|stage3``): ``codeswap`` state dict (fusion, mask and
   the frozen autoencoder) and ``codeswap_config``.
@@ -7,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,32 +47,33 @@ def codeswap_config(data: dict[str, Any]) -> CodeSwapConfig:
     })
 
 
-def plain_config(cfg) -> dict[str, Any]:
-    """A config as nested plain dicts and lists (what checkpoints store)."""
+def plain(value: Any) -> Any:
+    """A config (or a dict of settings) as plain Python, for checkpoints and MLflow params:
+    dataclasses to dicts, tuples to lists, paths to strings, all the way down."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
-    def conv(v):
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, (tuple, list)):
-            return [conv(x) for x in v]
-        return v
 
-    return conv(asdict(cfg))
-
-
-def _load(path: Path) -> dict[str, Any]:
+def read_checkpoint(path: Path, what: str = "checkpoint") -> dict[str, Any]:
+    """The contents of a torch file, read strictly: ``weights_only=True`` (no pickled code
+    runs), on the CPU. A missing or unreadable file is a one-line :class:`HarnessError`."""
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"checkpoint not found: {path}")
+        raise HarnessError(f"{what} not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise HarnessError(f"cannot load checkpoint {path}: {exc}") from None
+        raise HarnessError(f"cannot load {what} {path}: {exc}") from None
 
 
 def load_stage1(path: Path, use_ema: bool = True) -> tuple[VQAutoencoder, str]:
     """The stage-1 autoencoder (EMA weights when present and ``use_ema``) and the file's sha256."""
-    state = _load(path)
+    state = read_checkpoint(path)
     if state.get("stage") != "stage1":
         raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not stage1")
     model = VQAutoencoder(autoencoder_config(state["model_config"]))
@@ -80,7 +84,7 @@ def load_stage1(path: Path, use_ema: bool = True) -> tuple[VQAutoencoder, str]:
 
 def load_codeswap(path: Path) -> tuple[CodeSwap, dict[str, Any]]:
     """A stage-2 or stage-3 checkpoint as a ready CodeSwap model (eval mode) and its metadata."""
-    state = _load(path)
+    state = read_checkpoint(path)
     if state.get("stage") not in ("stage2", "stage3"):
         raise HarnessError(f"{path} is a {state.get('stage')} checkpoint; CodeSwap needs a stage2 or stage3 one")
     cfg = codeswap_config(state["codeswap_config"])

@@ -11,12 +11,27 @@ Named configs (``MODEL_CONFIGS``):
 
 Configs are never mutated; variants are made with :func:`dataclasses.replace` at the edges
 (CLI, tests).
+
+Every training setting is declared once, here: a field whose default is a :func:`setting`
+also carries its command-line help, and ``harness train`` (:mod:`codeswap.cli`) builds its
+options from those fields, so a default cannot differ between the CLI and the code.
+:data:`STAGE_TRAIN` holds each stage's defaults for the shared loop settings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+
+def setting(default: Any, help: str, *, flag: str | tuple[str, ...] = (), min: float | None = None,
+            path: bool = False, required: bool = False) -> Any:
+    """A field's default plus what ``harness train`` shows for it: ``help``; ``flag``, the
+    option's names when not ``--field-name``; ``min``, the smallest value accepted; ``path``,
+    a string field the command line takes as a path; ``required``, no usable default."""
+    flags = (flag,) if isinstance(flag, str) else tuple(flag)
+    return field(default=default, metadata={"help": help, "flags": flags, "min": min, "path": path,
+                                            "required": required})
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,7 @@ class AutoencoderConfig:
     # at their own (narrow) width only; False: VQGAN/CodeFormer, the next block changes it
     resample_changes_width: bool = True
     # recompute activations in backward for residual blocks at levels < this (saves memory)
-    checkpoint_levels: int = 0
+    checkpoint_levels: int = setting(0, "Recompute activations of the first N levels in backward.")
     quant: QuantizerConfig = field(default_factory=QuantizerConfig)
 
     def __post_init__(self) -> None:
@@ -92,10 +107,13 @@ class LossConfig:
     """Stage-1 loss (paper Eq. 2): L1 + perceptual + lambda * adversarial + codebook."""
 
     l1_weight: float = 1.0
-    perceptual_weight: float = 1.0
-    perceptual_net: Literal["vgg16", "mobilenet_v2", "none"] = "vgg16"
-    disc_weight: float = 0.8  # multiplies the adaptive weight (taming-transformers' default)
-    disc_start: int = 30_000  # step from which D is trained and the adversarial term is on
+    perceptual_weight: float = setting(1.0, "Weight of the perceptual term.")
+    perceptual_net: Literal["vgg16", "mobilenet_v2", "none"] = setting(
+        "vgg16", "vgg16 (paper; local file), mobilenet_v2 (ships offline) or none.", flag="--perceptual")
+    # multiplies the adaptive weight (taming-transformers' default)
+    disc_weight: float = setting(0.8, "Scale of the adaptive adversarial weight (0: no GAN).")
+    # step from which D is trained and the adversarial term is on
+    disc_start: int = setting(30_000, "Step from which the PatchGAN trains and counts.")
     gan_loss: Literal["vanilla", "hinge"] = "vanilla"  # vanilla = the paper's log D + log(1 - D)
     adaptive_weight_max: float = 1e4
     codebook_weight: float = 1.0
@@ -125,29 +143,124 @@ MODEL_CONFIGS: dict[str, AutoencoderConfig] = {"paper": PAPER, "codeformer": COD
 class TrainConfig:
     """Settings of the shared training loop (every stage). ``batch_size`` is per process."""
 
-    data: str = ""
-    out: str = "runs/stage1"
-    batch_size: int = 16
-    max_steps: int = 1_000_000  # paper §4.2: 1,000K iterations for stage 1 (global batch 32)
+    data: str = setting("", "Folder of aligned face images (flat, nested, or FFHQ's layout).", path=True,
+                        required=True)
+    out: str = setting("runs/stage1", "Run folder: checkpoints, images, metrics, MLflow.", flag=("--out", "-o"),
+                       path=True)
+    batch_size: int = setting(16, "Images per process (global = this x processes).", min=1)
+    # paper §4.2: 1,000K iterations for stage 1 (global batch 32), 600K for stage 2, 10K for stage 3
+    max_steps: int = setting(1_000_000, "Steps to train (paper: 1,000K stage 1, 600K stage 2, 10K stage 3).",
+                             min=1)
     # NOTE: the paper's text reads "Adam ... with a 10# learning rate"; the exponent is lost
     # in extraction. 1e-4 is our reading (CodeFormer's stage 1 uses the same order).
-    lr: float = 1e-4
+    lr: float = setting(1e-4, "Adam learning rate (every trained network).")
     betas: tuple[float, float] = (0.9, 0.99)
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda (the local rank's GPU under torchrun)
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
-    channels_last: bool = True  # applied on CUDA only
-    ema_decay: float = 0.0  # 0 turns the EMA generator off; 0.999 is a common choice
-    num_workers: int = 4
+    seed: int = setting(0, "Seed of the weights, the data order and the pairs.")
+    device: str = setting("auto", "auto, cpu or cuda (under torchrun: each rank's GPU).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = setting(
+        "auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32.")
+    compile: bool = setting(False, "torch.compile the trained networks.")
+    channels_last: bool = setting(True, "Channels-last memory format (applied on CUDA only).")
+    ema_decay: float = setting(0.0, "EMA of the trained weights (0: off; 0.999 is a common choice).")
+    num_workers: int = setting(4, "Data-loading processes.", min=0)
     hflip: bool = True
-    holdout: int = 0  # last N images (sorted order) are kept out of training for validation
-    cache_images: bool = False  # keep decoded, resized images in memory (small sets)
-    log_every: int = 50
-    image_every: int = 1000
-    ckpt_every: int = 5000
-    keep_every: int = 0  # also keep step_XXXXXXXX.pt every N steps (0: only last.pt)
-    restart_dead_every: int = 0  # re-seed codes unused for N steps from encoder outputs (0: off)
-    mlflow: bool = True
-    tracking_uri: str | None = None
-    progress: bool = True
+    # last N images (sorted order) are kept out of training for validation
+    holdout: int = setting(0, "Keep the last N images out of training, for validation.", min=0)
+    cache_images: bool = setting(False, "Keep decoded images in memory (small folders).")
+    log_every: int = setting(50, "Steps between logged figures.", min=1)
+    image_every: int = setting(1000, "Steps between validation images and figures.", min=1)
+    ckpt_every: int = setting(5000, "Steps between checkpoints (last.pt).", min=1)
+    keep_every: int = setting(0, "Also keep step_XXXXXXXX.pt every N steps (0: only last.pt).", min=0)
+    restart_dead_every: int = setting(0, "Re-seed unused codes every N steps (0: off).", min=0)
+    mlflow: bool = setting(True, "Log to MLflow (SQLite in --out unless --tracking-uri).")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI.")
+    progress: bool = setting(True, "Show a progress bar.")
+
+
+@dataclass(frozen=True)
+class SwapLossWeights:
+    """Weights of L_swap (paper Eq. 9)."""
+
+    recon: float = 1.0
+    identity: float = setting(1.5, "lambda_id (paper: 1.5).", flag="--w-id")
+    perceptual: float = setting(2e-3, "lambda_per (paper: 2e-3).", flag="--w-per")
+    expression: float = setting(0.5, "lambda_exp (paper: 0.5).", flag="--w-exp")
+    cycle: float = setting(1.0, "Weight of the code-cycle loss (paper: 1).", flag="--w-cycle")
+
+
+@dataclass(frozen=True)
+class SwapTrainConfig:
+    """What stage 2 (and 3) add to the shared :class:`TrainConfig`."""
+
+    # stage-1 checkpoint (stage 2) or stage-2 checkpoint (stage 3)
+    stage1: str = setting("", "Checkpoint to start from (`harness train stage1|stage2 ...` /checkpoints/last.pt).",
+                          path=True, required=True)
+    variant: str = setting("full", "full, or an ablation: wo_c, wo_s, wo_q1, wo_q2 (wo_m needs no training: "
+                                   "it drops the mask).")
+    layers: int = setting(6, "Fusion transformer layers (paper: 6).", min=1)
+    heads: int = setting(8, "Fusion attention heads.", min=1)
+    selector_hidden: int = setting(1024, "Hidden width of the code selector.", min=1)
+    position: Literal["relative", "absolute"] = setting("relative", "How the fusion knows where a code sits: relative (2D offset bias per head) "
+                                        "or absolute (a learned position code only; checkpoints from before).")
+    pos_std: float = setting(0.02, "Init std of the fusion's learned position code.")
+    mask_level: int | None = setting(None, "Autoencoder level (0 = full resolution) whose features feed the mask "
+                                           "(default: the level at resolution / 8, or the nearest).")
+    weights: SwapLossWeights = field(default_factory=SwapLossWeights)
+    # share of pairs made of one image twice (reconstruction pairs)
+    same_rate: float = setting(0.2, "Share of pairs made of one image twice (L_recon).")
+    identity_net: str = setting("facenet", "Differentiable identity network for L_id: facenet (offline port) or none.")
+    identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
+    # NOTE: not in the paper; with a weak identity network at low resolution it keeps L_id
+    # from drawing adversarial patterns (see the README's stage-2 study)
+    identity_augment: float = setting(0.0, "L_id through randomly shifted and blurred copies of both images "
+                                           "(strength; 0: off).")
+    # "deep3d" with expression_checkpoint; none: L_exp is off
+    expression_net: str = setting("none", "Expression network for L_exp: deep3d (with --expression-checkpoint) "
+                                          "or none.")
+    expression_checkpoint: str | None = setting(None, "Deep3DFaceRecon checkpoint (epoch_20.pth).", path=True)
+    perceptual_net: str = setting("vgg16", "vgg16 (paper; local file), mobilenet_v2 (offline) or none.",
+                                  flag="--perceptual")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.same_rate <= 1.0:
+            raise ValueError(f"same_rate must be in [0, 1], got {self.same_rate}")
+
+
+#: BiSeNet (CelebAMask-HQ) classes that make the face region: skin 1, brows 2-3, eyes 4-5,
+#: eye glasses 6, nose 10, mouth 11, lips 12-13. Left out: background, ears 7-8, earrings 9,
+#: neck 14-15, cloth 16, hair 17, hat 18 - the region a swap replaces is the inner face plus
+#: forehead and cheeks, which is what the landmark hull approximates too; glasses count as
+#: face since they sit on it and a swap has to redraw them.
+FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
+MASK_SOURCES = ("landmarks", "parsing")
+
+
+@dataclass(frozen=True)
+class MaskTrainConfig:
+    """What stage 3 adds: the supervised phase of the mask generator (paper §3.3)."""
+
+    supervised_steps: int = setting(5000, "Steps against face masks before the unsupervised phase.", min=0)
+    mask_weight: float = 1.0
+    forehead: float = 0.35  # landmarks: upward extension of the hull, as a share of the brow-to-chin height
+    mask_source: str = setting(
+        "landmarks", "Supervised mask targets: landmarks (dlib-68 hull, offline) or parsing (BiSeNet face parsing, "
+                     "as the paper; needs 79999_iter.pth in the weights folder, see `harness weights`).")
+    face_classes: tuple[int, ...] = FACE_CLASSES  # parsing: the classes counted as face
+
+    def __post_init__(self) -> None:
+        from harness.errors import HarnessError
+        from harness.models.bisenet import NUM_CLASSES
+
+        if self.mask_source not in MASK_SOURCES:
+            raise HarnessError(f"mask source {self.mask_source!r}: use one of {', '.join(MASK_SOURCES)}")
+        if not self.face_classes or not all(0 <= c < NUM_CLASSES for c in self.face_classes):
+            raise HarnessError(f"face classes {self.face_classes}: need at least one BiSeNet class id "
+                               f"in 0..{NUM_CLASSES - 1}")
+
+
+#: Each stage's defaults for the loop settings: the starting point of `harness train stageN`.
+STAGE_TRAIN: dict[str, TrainConfig] = {
+    "stage1": TrainConfig(),
+    "stage2": TrainConfig(out="runs/stage2", max_steps=600_000, holdout=8),
+    "stage3": TrainConfig(out="runs/stage3", max_steps=10_000, holdout=8, ckpt_every=2000),
+}

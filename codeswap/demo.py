@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
+from harness.constants import DEMO_DIR
 from harness.errors import HarnessError
 
 BUNDLE = Path(__file__).resolve().parent / "demo_model" / "codeswap-demo.pt"
 BUNDLE_FORMAT = "codeswap-demo-bundle/1"
-# the bundled demo faces (protocols/demo_faces); codeswap does not import protocols
-DEMO_FACES = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+DEMO_FACES = DEMO_DIR  # the bundled demo faces (protocols/demo_faces)
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def load_bundle(path: Path | None = None) -> dict[str, Any] | None:
 
 def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
     """Write ``base``'s stage-3 checkpoint (the layout ``load_codeswap`` reads), atomically."""
-    from codeswap.train.loop import atomic_torch_save
+    from codeswap.train.state import atomic_torch_save
     from harness.images import file_sha256
 
     v = bundle["variants"][base]
@@ -153,7 +153,7 @@ def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
 
 def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ceiling: dict[str, Any]) -> Path:
     """Build the bundle from a trained cache folder ``root`` (every variant of the recipe)."""
-    from codeswap.train.loop import atomic_torch_save
+    from codeswap.train.state import atomic_torch_save
     from harness.images import file_sha256
 
     variants, autoencoder = {}, None
@@ -193,7 +193,7 @@ def train_recipe(root: Path, variant: str, recipe: DemoRecipe, log=print, device
 def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, data: Path) -> Path:
     from codeswap.config import LossConfig, TrainConfig
     from codeswap.swap_losses import SwapLossWeights
-    from codeswap.train.loop import cleanup_distributed
+    from codeswap.train.dist import cleanup_distributed
 
     common = dict(data=str(data), batch_size=recipe.batch_size, lr=recipe.lr, device=device, num_workers=0,
                   holdout=recipe.holdout, cache_images=True, log_every=25, image_every=10**9, mlflow=False,

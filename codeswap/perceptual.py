@@ -110,8 +110,6 @@ def load_perceptual(net: str) -> PerceptualLoss:
     prefix = re.search(r"-([0-9a-f]{8})\.pth$", name)
     if prefix and not sha.startswith(prefix.group(1)):
         raise HarnessError(f"{path}: sha256 {sha[:12]}... does not start with {prefix.group(1)} as {name} must")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise HarnessError(f"cannot load {path}: {exc}") from None
-    return PerceptualLoss(net, state, sha)
+    from codeswap.checkpoints import read_checkpoint
+
+    return PerceptualLoss(net, read_checkpoint(path, "weight file"), sha)

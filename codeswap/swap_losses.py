@@ -2,30 +2,29 @@
 
     L_swap = L_recon + 1.5 L_id + 2e-3 L_per + 0.5 L_exp + L_cyc
 
-Every loss returns ``(loss, logs)``; log keys are MLflow-safe (``train/id`` ...).
+Every loss returns ``(loss, logs)``; log keys are MLflow-safe (``train/id`` ...) and the
+values detached 0-d tensors, so a training step never waits on the device to log (the
+loop reads them on the host every ``log_every`` steps). :class:`SwapLoss` sums the terms.
 Images are (B, 3, H, W) in [0, 1]; for inputs (a, b) the outputs are I_ab (identity of
 a on b) and I_ba.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
+
+from codeswap.config import SwapLossWeights
+
+Logs = dict[str, Tensor]
 
 
-@dataclass(frozen=True)
-class SwapLossWeights:
-    recon: float = 1.0
-    identity: float = 1.5  # lambda_id
-    perceptual: float = 2e-3  # lambda_per
-    expression: float = 0.5  # lambda_exp
-    cycle: float = 1.0
-
-
-def identity_loss(id_net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor, dict[str, float]]:
+def identity_loss(id_net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor, Logs]:
     """Eq. 10: 1 - mean of cos(E(I_a), E(I_ab)) and cos(E(I_b), E(I_ba)).
 
     ``id_net`` maps (B, 3, H, W) in [0, 1] to (B, D) embeddings; it is frozen, but the
@@ -36,18 +35,28 @@ def identity_loss(id_net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor
     cos_ab = F.cosine_similarity(id_net(ab), ea, dim=-1)  # (B,)
     cos_ba = F.cosine_similarity(id_net(ba), eb, dim=-1)
     loss = 1.0 - 0.5 * (cos_ab + cos_ba).mean()
-    return loss, {"train/id": loss.item(), "train/id_cos": (0.5 * (cos_ab + cos_ba)).mean().item()}
+    return loss, {"train/id": loss.detach(), "train/id_cos": (0.5 * (cos_ab + cos_ba)).mean().detach()}
 
 
-def expression_loss(exp_net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor, dict[str, float]]:
+def perceptual_loss(net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor, Logs]:
+    """L_per: the perceptual distance of each swap to its target, both directions.
+
+    NOTE: the paper does not say which pairs L_per compares; here each swap is compared
+    with its target (attribute preservation).
+    """
+    loss = 0.5 * (net(ab, img_b) + net(ba, img_a))
+    return loss, {"train/per": loss.detach()}
+
+
+def expression_loss(exp_net: nn.Module, img_a, img_b, ab, ba) -> tuple[torch.Tensor, Logs]:
     """Eq. 12: squared L2 between expression codes of each target and its swap."""
     with torch.no_grad():
         xa, xb = exp_net(img_a), exp_net(img_b)  # (B, E)
     loss = 0.5 * ((exp_net(ba) - xa).pow(2).sum(-1) + (exp_net(ab) - xb).pow(2).sum(-1)).mean()
-    return loss, {"train/exp": loss.item()}
+    return loss, {"train/exp": loss.detach()}
 
 
-def reconstruction_loss(img_a, img_b, ab, ba, same: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def reconstruction_loss(img_a, img_b, ab, ba, same: torch.Tensor) -> tuple[torch.Tensor, Logs]:
     """Eq. 11: L1 to the inputs on pairs whose two images are identical (``same``: (B,) bool).
 
     I_ab of a pair (x, x) must be x again; on other pairs the term is zero.
@@ -55,20 +64,55 @@ def reconstruction_loss(img_a, img_b, ab, ba, same: torch.Tensor) -> tuple[torch
     per = 0.5 * ((ba - img_a).abs().flatten(1).mean(1) + (ab - img_b).abs().flatten(1).mean(1))  # (B,)
     w = same.to(per.dtype)
     loss = (per * w).sum() / w.sum().clamp(min=1.0)
-    return loss, {"train/recon": loss.item(), "train/same_pairs": w.sum().item()}
+    return loss, {"train/recon": loss.detach(), "train/same_pairs": w.sum().detach()}
 
 
-def code_cycle_loss(cycled_a, cycled_b, za, zb) -> tuple[torch.Tensor, dict[str, float]]:
+def code_cycle_loss(cycled_a, cycled_b, za, zb) -> tuple[torch.Tensor, Logs]:
     """Eq. 13, in code space: swapping twice must give back each face's own codes.
 
     ``cycled_a`` = codes of (I_ab swapped with I_ba) at the place of a, i.e. a again;
     ``za`` its encoder features (detached: the encoder is frozen). Shapes (B, L, d).
     """
     loss = F.mse_loss(cycled_a, za.detach()) + F.mse_loss(cycled_b, zb.detach())
-    return loss, {"train/cycle": loss.item()}
+    return loss, {"train/cycle": loss.detach()}
 
 
-def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, Logs]:
     """Eq. 15: L1 between the generated mask and a parsing (or landmark) mask, (B, 1, H, W)."""
     loss = (mask - target_mask).abs().mean()
-    return loss, {"train/mask_l1": loss.item()}
+    return loss, {"train/mask_l1": loss.detach()}
+
+
+class SwapLoss(nn.Module):
+    """L_swap (Eq. 9): reconstruction + identity + perceptual + expression + code cycle.
+
+    The networks are frozen stand-ins for the paper's (None, or a zero weight, turns a term
+    off). Called with the model, the pair (a, b), which pairs are one image twice, and the
+    model's output; returns the weighted sum and the detached terms (``train/g_total`` too).
+    """
+
+    def __init__(self, weights: SwapLossWeights, identity: nn.Module | None, expression: nn.Module | None,
+                 perceptual: nn.Module | None) -> None:
+        super().__init__()
+        self.w = weights
+        self.identity, self.expression, self.perceptual = identity, expression, perceptual
+
+    def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out) -> tuple[Tensor, Logs]:
+        swaps = (a, b, out.ab, out.ba)
+        terms: list[tuple[float, Callable[[], tuple[Tensor, Logs]]]] = [
+            (self.w.recon, lambda: reconstruction_loss(*swaps, same))]
+        for weight, net, loss_fn in ((self.w.identity, self.identity, identity_loss),
+                                     (self.w.perceptual, self.perceptual, perceptual_loss),
+                                     (self.w.expression, self.expression, expression_loss)):
+            if net is not None and weight > 0:
+                terms.append((weight, functools.partial(loss_fn, net, *swaps)))
+        if self.w.cycle > 0:
+            terms.append((self.w.cycle, lambda: code_cycle_loss(*model.cycle_codes(out.fusion), out.za, out.zb)))
+        total = a.new_zeros((), dtype=torch.float32)
+        logs: Logs = {}
+        for weight, term in terms:
+            loss, term_logs = term()
+            total = total + weight * loss
+            logs.update(term_logs)
+        logs["train/g_total"] = total.detach()
+        return total, logs

@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 from harness.api import FaceProtocol, GalleryItem, PairSet
+from harness.constants import DEMO_DIR
 from harness.errors import HarnessError
 from protocols.base import pair_images
-
-DEMO_DIR = Path(__file__).resolve().parent / "demo_faces"
 
 
 class DemoProtocol(FaceProtocol):

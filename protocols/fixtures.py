@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from harness.constants import DEMO_DIR
 from protocols.base import seeded_order
 
 HERE = Path(__file__).resolve().parent
-DEMO_DIR = HERE / "demo_faces"
 CARPHONE = HERE / "fixture_media" / "carphone_pristine.mp4"
 
 # Demo faces used for the synthetic FF++ videos: frontal faces that dlib finds at video size.

@@ -58,7 +58,7 @@ def test_pairs_mix_same_and_different_images_reproducibly():
 @pytest.mark.parametrize("variant", ["full", "wo_c", "wo_s", "wo_q1", "wo_q2", "wo_m"])
 def test_each_variant_trains_a_few_steps_and_only_the_fusion_moves(stage1_ckpt, tmp_path, variant):
     trainer = Stage2Trainer(_train_cfg(tmp_path, 3), _swap_cfg(stage1_ckpt, variant),
-                            nets={"identity": MeanColourId()})
+                            nets={"identity": MeanColourId()}).setup()
     before_ae = {k: v.clone() for k, v in trainer.model.autoencoder.state_dict().items()}
     before_fusion = {k: v.clone() for k, v in trainer.model.fusion.state_dict().items()}
     last = trainer.run()
@@ -78,7 +78,8 @@ def test_stage3_trains_only_the_mask_and_the_result_loads(stage1_ckpt, tmp_path)
     ckpt2 = tmp_path / "s2" / "checkpoints" / "last.pt"
     cfg3 = replace(_swap_cfg(ckpt2), weights=SwapLossWeights())
     s3 = Stage3Trainer(_train_cfg(tmp_path / "s3", 4), cfg3, MaskTrainConfig(supervised_steps=2),
-                       nets={"identity": MeanColourId()})
+                       nets={"identity": MeanColourId()}).setup()
+    assert s3.trained_modules() == {"codeswap": s3.model}  # what the ranks must agree on (with DDP)
     fusion_before = {k: v.clone() for k, v in s3.model.fusion.state_dict().items()}
     mask_before = {k: v.clone() for k, v in s3.model.mask.state_dict().items()}
     last = s3.run()

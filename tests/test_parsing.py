@@ -253,7 +253,8 @@ def test_stage3_with_parsing_masks_trains_and_names_its_source(stage1_ckpt, weig
                   nets={"identity": MeanColourId()}).run()
     cfg3 = replace(_swap_cfg(tmp_path / "s2" / "checkpoints" / "last.pt"), weights=SwapLossWeights())
     s3 = Stage3Trainer(_train_cfg(tmp_path / "s3", 2, batch_size=2), cfg3,
-                       MaskTrainConfig(supervised_steps=2, mask_source="parsing"), nets={"identity": MeanColourId()})
+                       MaskTrainConfig(supervised_steps=2, mask_source="parsing"),
+                       nets={"identity": MeanColourId()}).setup()
     params = s3.run_params()
     assert params["mask.source"] == f"BiSeNet face parsing ({WEIGHTS}, sha256 {file_sha256(weights_dir / WEIGHTS)})"
     assert params["mask.face_classes"] == "1,2,3,4,5,6,10,11,12,13"

@@ -17,7 +17,7 @@ import torch
 from codeswap.config import TINY, LossConfig, TrainConfig
 from codeswap.data import FaceFolder, ResumableSampler, list_images
 from codeswap.perceptual import PerceptualLoss
-from codeswap.train.loop import DistInfo
+from codeswap.train.dist import DistInfo
 from codeswap.train.stage1 import Stage1Trainer
 from harness.errors import HarnessError
 

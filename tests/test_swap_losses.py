@@ -57,3 +57,26 @@ def test_mask_generator_and_blend():
     torch.testing.assert_close(blend(s, t, m), m.expand(2, 3, 64, 64))
     loss, _ = mask_loss(m, torch.zeros_like(m))
     torch.testing.assert_close(loss, m.mean())
+
+
+def test_swap_loss_is_the_weighted_sum_of_its_terms_and_logs_detached_tensors():
+    from types import SimpleNamespace
+
+    from codeswap.config import SwapLossWeights
+    from codeswap.swap_losses import SwapLoss
+
+    a, b = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    ab = torch.rand(2, 3, 8, 8, requires_grad=True)
+    za, zb = torch.zeros(2, 4, 2), torch.ones(2, 4, 2)
+    out = SimpleNamespace(ab=ab, ba=a.clone(), fusion=None, za=za, zb=zb)
+    model = SimpleNamespace(cycle_codes=lambda fusion: (za + 1.0, zb))  # cycle loss 1.0
+    w = SwapLossWeights(recon=1.0, identity=2.0, perceptual=0.0, expression=0.5, cycle=3.0)
+    same = torch.tensor([True, False])
+    total, logs = SwapLoss(w, MeanColour(), None, MeanColour())(model, a, b, same, out)
+    rec, _ = reconstruction_loss(a, b, ab, a, same)
+    lid, _ = identity_loss(MeanColour(), a, b, ab, a)
+    torch.testing.assert_close(total, rec + 2.0 * lid + 3.0 * 1.0)  # no expression net: L_exp is off
+    assert set(logs) == {"train/recon", "train/same_pairs", "train/id", "train/id_cos", "train/cycle", "train/g_total"}
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in logs.values())
+    total.backward()
+    assert ab.grad is not None

@@ -1,188 +1,31 @@
-"""The training machinery shared by every CodeSwap stage.
+"""The training loop every CodeSwap stage shares.
 
-One process per device; under ``torchrun`` the processes form a group (NCCL on CUDA, gloo on
-CPU) and models are wrapped in DistributedDataParallel by the stage. This module owns what
-does not depend on the stage: process group, precision, seeding and RNG capture, the
-resumable data position, EMA, checkpoints (written atomically by rank 0), MLflow and the
-progress bar. A stage subclasses :class:`TrainLoop` and supplies the models, one training
-step and its state.
+:class:`TrainLoop` owns what does not depend on the stage: the resumable data position,
+steps, logging, evaluation, checkpoints (written atomically by rank 0), MLflow, the progress
+bar and the rank-agreement check. A stage subclasses it and supplies the models, one
+training step and its state. The helpers live beside it: :mod:`codeswap.train.dist`
+(process group, device, precision), :mod:`codeswap.train.state` (seeding, RNG capture, EMA,
+atomic saves, checksums) and :mod:`codeswap.train.tracking` (MLflow).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ContextManager, NamedTuple
+from typing import Any, ContextManager
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from codeswap.checkpoints import plain, read_checkpoint
 from codeswap.config import TrainConfig
 from codeswap.data import ResumableSampler
+from codeswap.train.dist import DistInfo, autocast, autocast_dtype, configure_backends, init_distributed
+from codeswap.train.state import atomic_torch_save, capture_rng, restore_rng, seed_all, state_sha256
+from codeswap.train.tracking import RunTracker
 from harness.errors import HarnessError
-from harness.tracking import Tracker
-
-
-class DistInfo(NamedTuple):
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group if there is one (``WORLD_SIZE`` > 1) and pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise HarnessError("--device cuda asked for, but no CUDA device is visible")
-        dev = torch.device("cuda", local if device == "cuda" else torch.device(device).index or 0)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local, dev)
-
-
-def cleanup_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def configure_backends() -> None:
-    """TF32 matmuls and convolutions on Ampere+ (fp32 runs), cuDNN autotuning."""
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting; None means plain fp32 (TF32 on GPU)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def capture_rng() -> dict[str, Any]:
-    """This process's RNG states, in a form ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
-                  "has_gauss": has_gauss, "gauss": gauss},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(_tuples(state["python"]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x: Any) -> Any:
-    # random.setstate needs tuples; a checkpoint round trip may give lists
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-class EMA:
-    """Exponential moving average of a module's parameters (buffers are copied)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        import copy
-
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        ema_p = list(self.module.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - self.decay)
-        for eb, b in zip(self.module.buffers(), model.buffers()):
-            eb.copy_(b)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.module.load_state_dict(state)
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed run never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def state_sha256(module: nn.Module) -> str:
-    """Checksum of a module's parameters and buffers (bytes in key order): ranks agree iff equal."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(module.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class RunTracker(Tracker):
-    """MLflow for training runs, in the harness's store (SQLite under the output folder)."""
-
-    def start(self, name: str, params: dict[str, Any], run_id: str | None = None) -> str | None:
-        """Start (or, with ``run_id``, continue) a run; returns its id."""
-        if not self.enabled:
-            return None
-        mlflow = self._client()
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name=name)
-        if not run_id:
-            mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        return run.info.run_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.enabled:
-            self._client().log_metrics(metrics, step=step)
-
-    def log_file(self, path: Path, artifact_path: str) -> None:
-        if self.enabled:
-            self._client().log_artifact(str(path), artifact_path=artifact_path)
-
-    def end(self) -> None:
-        if self.enabled and self._mlflow is not None:
-            self._mlflow.end_run()
 
 
 class TrainLoop:
@@ -196,6 +39,9 @@ class TrainLoop:
     stage = "stage"
 
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None) -> None:
+        """Settings and the process group only; the models, data and optimisers are built by
+        :meth:`setup` (which :meth:`run` calls), so a stage sets its own attributes after
+        ``super().__init__`` like any subclass."""
         self.cfg = cfg
         self.dist = dist_info or init_distributed(cfg.device)
         self.device = self.dist.device
@@ -209,18 +55,28 @@ class TrainLoop:
         self.batch_in_epoch = 0
         self.run_id: str | None = None
         self.tracker = RunTracker(self.out, cfg.tracking_uri, enabled=cfg.mlflow and self.dist.is_main)
+        self.dataset: torch.utils.data.Dataset
+        self.sampler: ResumableSampler | None = None  # set by setup()
+
+    def setup(self) -> "TrainLoop":
+        """Build the stage (once): models, data, optimisers. ``run`` and ``resume`` call it;
+        call it first to use the trainer's models or ``train_step`` without ``run``."""
+        if self.sampler is not None:
+            return self
         configure_backends()
         # the same seed on every rank while building, so that models start identical (DDP
         # would broadcast rank 0's weights, but copies such as the EMA are made before that);
         # then a per-rank seed for whatever randomness the steps use
-        seed_all(cfg.seed)
-        self.dataset: torch.utils.data.Dataset
+        seed_all(self.cfg.seed)
         self.build()
-        seed_all(cfg.seed + self.dist.rank)
-        self.sampler = ResumableSampler(len(self.dataset), cfg.batch_size, cfg.seed, self.dist.rank, self.dist.world_size)
+        seed_all(self.cfg.seed + self.dist.rank)
+        self.sampler = ResumableSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.dist.rank,
+                                        self.dist.world_size)
+        return self
 
     # --- to implement in a stage -------------------------------------------------------
     def build(self) -> None:
+        """Create the models, ``self.dataset`` and the optimisers (called once, by :meth:`setup`)."""
         raise NotImplementedError
 
     def train_step(self, batch: Tensor, step: int) -> dict[str, Tensor]:
@@ -242,7 +98,7 @@ class TrainLoop:
 
     def trained_modules(self) -> dict[str, nn.Module]:
         """The modules whose weights every rank must hold identically (checked at the end)."""
-        return {}
+        raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------
     def autocast(self) -> ContextManager:
@@ -275,7 +131,7 @@ class TrainLoop:
             state = {"stage": self.stage, "step": self.step, "epoch": epoch,
                      "samples_in_epoch": batch * self.cfg.batch_size * self.dist.world_size,
                      "world_size": self.dist.world_size, "rng": rngs, "mlflow_run_id": self.run_id,
-                     "train_config": _plain(asdict(self.cfg)), **self.state_dict()}
+                     "train_config": plain(self.cfg), **self.state_dict()}
             atomic_torch_save(state, path)
             if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
                 atomic_torch_save(state, self.ckpt_dir / f"step_{self.step:08d}.pt")
@@ -288,10 +144,8 @@ class TrainLoop:
         path = path or self.ckpt_dir / "last.pt"
         if not path.is_file():
             return False
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise HarnessError(f"cannot load checkpoint {path}: {exc}") from None
+        self.setup()
+        state = read_checkpoint(path)
         if state.get("stage") != self.stage:
             raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not {self.stage}")
         self.load_state_dict(state)
@@ -335,6 +189,7 @@ class TrainLoop:
         from tqdm import tqdm
 
         cfg = self.cfg
+        self.setup()
         self.out.mkdir(parents=True, exist_ok=True)
         resumed = self.resume() if resume else False
         if not resume and (self.ckpt_dir / "last.pt").is_file():
@@ -345,7 +200,7 @@ class TrainLoop:
         elif self.dist.is_main:
             self._metrics_file().unlink(missing_ok=True)
         params = {"stage": self.stage, "world_size": self.dist.world_size, "device": self.device.type,
-                  "autocast": str(self.amp_dtype), **{f"train.{k}": v for k, v in _plain(asdict(cfg)).items()},
+                  "autocast": str(self.amp_dtype), **{f"train.{k}": v for k, v in plain(cfg).items()},
                   **self.run_params()}
         self.run_id = self.tracker.start(f"{self.stage} {self.out.name}", params, self.run_id)
         last: dict[str, float] = {}
@@ -409,17 +264,3 @@ class TrainLoop:
                 {"world_size": self.dist.world_size, "step": self.step, "agree": agree, "sha256": every}, indent=1))
             if not agree:
                 raise HarnessError(f"ranks hold different weights after step {self.step}; see {self.out / 'ranks.json'}")
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    """Config values as plain Python (tuples to lists, paths to str, nested dicts too) for
-    checkpoints and params."""
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: conv(x) for k, x in v.items()}
-        if isinstance(v, (tuple, list)):
-            return [conv(x) for x in v]
-        return str(v) if isinstance(v, Path) else v
-
-    return conv(d)

@@ -17,15 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import HarnessError
-
-# Face box inside an FFHQ-aligned crop (fractions of the side), as harness.metrics.identity
-FACE_BOX = (0.192, 0.291, 0.790, 0.879)
+from harness.faces.landmarks import FFHQ_FACE_BOX  # the face box inside an aligned crop, as the metrics use
 
 
 def crop_face(x: Tensor, size: int) -> Tensor:
     """(B, 3, R, R) aligned crop -> (B, 3, size, size) of its face box, differentiably."""
     r = x.shape[-1]
-    x0, y0, x1, y1 = (round(v * r) for v in FACE_BOX)
+    x0, y0, x1, y1 = (round(v * r) for v in FFHQ_FACE_BOX)
     return F.interpolate(x[..., y0:y1, x0:x1], size=(size, size), mode="bilinear", align_corners=False,
                          antialias=False)
 

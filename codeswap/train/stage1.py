@@ -8,7 +8,6 @@ sees D's own step.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -16,12 +15,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from codeswap.checkpoints import plain
 from codeswap.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, TrainConfig
 from codeswap.data import FaceFolder, list_images
 from codeswap.discriminator import PatchDiscriminator
 from codeswap.losses import Stage1Loss
 from codeswap.perceptual import PerceptualLoss, load_perceptual
-from codeswap.train.loop import EMA, DistInfo, TrainLoop, _plain
+from codeswap.train.dist import DistInfo
+from codeswap.train.loop import TrainLoop
+from codeswap.train.state import EMA, restore_ema
 from codeswap.vqgan import VQAutoencoder
 from harness.errors import HarnessError
 
@@ -42,9 +44,9 @@ class Stage1Trainer(TrainLoop):
     def __init__(self, cfg: TrainConfig, model_cfg: AutoencoderConfig, loss_cfg: LossConfig,
                  disc_cfg: DiscriminatorConfig = DiscriminatorConfig(), dist_info: DistInfo | None = None,
                  perceptual: PerceptualLoss | None = None) -> None:
+        super().__init__(cfg, dist_info)
         self.model_cfg, self.loss_cfg, self.disc_cfg = model_cfg, loss_cfg, disc_cfg
         self._perceptual = perceptual
-        super().__init__(cfg, dist_info)
 
     def build(self) -> None:
         cfg, dev = self.cfg, self.device
@@ -98,7 +100,7 @@ class Stage1Trainer(TrainLoop):
                                   "params.generator": sum(p.numel() for p in self.model.parameters()),
                                   "params.discriminator": sum(p.numel() for p in self.disc.parameters())}
         for prefix, c in (("model", self.model_cfg), ("loss", self.loss_cfg), ("disc", self.disc_cfg)):
-            params.update({f"{prefix}.{k}": v for k, v in _plain(asdict(c)).items()})
+            params.update({f"{prefix}.{k}": v for k, v in plain(c).items()})
         return params
 
     def trained_modules(self) -> dict[str, nn.Module]:
@@ -208,21 +210,18 @@ class Stage1Trainer(TrainLoop):
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "usage_log": self.usage_log.cpu(), "usage_restart": self.usage_restart.cpu(),
-                "model_config": _plain(asdict(self.model_cfg)), "loss_config": _plain(asdict(self.loss_cfg)),
+                "model_config": plain(self.model_cfg), "loss_config": plain(self.loss_cfg),
                 "perceptual_sha256": self.perceptual_sha256}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         def arch(c: dict[str, Any]) -> dict[str, Any]:  # checkpoint_levels is a memory setting only
             return {k: v for k, v in c.items() if k != "checkpoint_levels"}
 
-        if arch(state["model_config"]) != arch(_plain(asdict(self.model_cfg))):
+        if arch(state["model_config"]) != arch(plain(self.model_cfg)):
             raise HarnessError("checkpoint was trained with a different model config; use the same --config/--resolution")
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
-        if self.ema is not None:
-            if state["ema"] is None:
-                raise HarnessError("checkpoint has no EMA weights; resume without --ema-decay or start afresh")
-            self.ema.load_state_dict(state["ema"])
+        restore_ema(self.ema, state["ema"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.scaler.load_state_dict(state["scaler"])

@@ -11,48 +11,25 @@ only trainable part.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codeswap.checkpoints import codeswap_config, load_stage1, plain_config
-from codeswap.config import TrainConfig
+from codeswap.checkpoints import codeswap_config, load_stage1, plain
+from codeswap.config import SwapTrainConfig, TrainConfig
 from codeswap.data import FaceFolder, list_images
 from codeswap.model import CodeSwap, CodeSwapConfig
-from codeswap.swap_losses import (SwapLossWeights, code_cycle_loss, expression_loss, identity_loss,
-                                  reconstruction_loss)
-from codeswap.train.loop import EMA, DistInfo, TrainLoop, _plain
+from codeswap.swap_losses import SwapLoss
+from codeswap.train.dist import DistInfo
+from codeswap.train.loop import TrainLoop
 from codeswap.train.nets import load_expression_net, load_identity_net
+from codeswap.train.state import EMA, restore_ema
 from harness.errors import HarnessError
 
 VAL_PAIRS = 4
-
-
-@dataclass(frozen=True)
-class SwapTrainConfig:
-    """What stage 2 (and 3) add to the shared :class:`TrainConfig`."""
-
-    stage1: str = ""  # stage-1 checkpoint (stage 2) or stage-2 checkpoint (stage 3)
-    variant: str = "full"  # full, wo_c, wo_s, wo_q1, wo_q2, wo_m
-    layers: int = 6
-    heads: int = 8
-    selector_hidden: int = 1024
-    position: str = "relative"  # fusion position scheme (FusionConfig.position): relative or absolute
-    mask_level: int | None = None  # autoencoder level feeding the mask (None: resolution / 8 or nearest)
-    weights: SwapLossWeights = field(default_factory=SwapLossWeights)
-    same_rate: float = 0.2  # share of pairs made of one image twice (reconstruction pairs)
-    identity_net: str = "facenet"
-    identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
-    expression_net: str = "none"  # "deep3d" with expression_checkpoint; none: L_exp is off
-    expression_checkpoint: str | None = None
-    perceptual_net: str = "mobilenet_v2"  # vgg16 (paper, from a file), mobilenet_v2 (offline), none
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.same_rate <= 1.0:
-            raise ValueError(f"same_rate must be in [0, 1], got {self.same_rate}")
 
 
 def make_pairs(x: Tensor, same_rate: float, step: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,45 +43,6 @@ def make_pairs(x: Tensor, same_rate: float, step: int, seed: int) -> tuple[Tenso
     return x, b, same_d
 
 
-class SwapLoss(nn.Module):
-    """L_swap (Eq. 9): reconstruction + identity + perceptual + expression + code cycle."""
-
-    def __init__(self, weights: SwapLossWeights, identity: nn.Module | None, expression: nn.Module | None,
-                 perceptual: nn.Module | None) -> None:
-        super().__init__()
-        self.w = weights
-        self.identity, self.expression, self.perceptual = identity, expression, perceptual
-
-    def forward(self, model: CodeSwap, a: Tensor, b: Tensor, same: Tensor, out) -> tuple[Tensor, dict[str, Tensor]]:
-        logs: dict[str, Tensor] = {}
-        total = a.new_zeros((), dtype=torch.float32)
-        rec, rl = reconstruction_loss(a, b, out.ab, out.ba, same)
-        total = total + self.w.recon * rec
-        logs["train/recon"] = rec.detach()
-        if self.identity is not None and self.w.identity > 0:
-            lid, il = identity_loss(self.identity, a, b, out.ab, out.ba)
-            total = total + self.w.identity * lid
-            logs["train/id"] = lid.detach()
-            logs["train/id_cos"] = torch.tensor(il["train/id_cos"])
-        if self.perceptual is not None and self.w.perceptual > 0:
-            # NOTE: the paper does not say which pairs L_per compares; here each swap is
-            # compared with its target (attribute preservation), both directions.
-            lper = 0.5 * (self.perceptual(out.ab, b) + self.perceptual(out.ba, a))
-            total = total + self.w.perceptual * lper
-            logs["train/per"] = lper.detach()
-        if self.expression is not None and self.w.expression > 0:
-            lexp, _ = expression_loss(self.expression, a, b, out.ab, out.ba)
-            total = total + self.w.expression * lexp
-            logs["train/exp"] = lexp.detach()
-        if self.w.cycle > 0:
-            back_a, back_b = model.cycle_codes(out.fusion)
-            lcyc, _ = code_cycle_loss(back_a, back_b, out.za, out.zb)
-            total = total + self.w.cycle * lcyc
-            logs["train/cycle"] = lcyc.detach()
-        logs["train/g_total"] = total.detach()
-        return total, logs
-
-
 class Stage2Trainer(TrainLoop):
     """Trains ``CodeSwap.fusion`` (stage 2); ``trainable`` picks the parameters (stage 3: mask)."""
 
@@ -112,16 +50,17 @@ class Stage2Trainer(TrainLoop):
 
     def __init__(self, cfg: TrainConfig, swap_cfg: SwapTrainConfig, dist_info: DistInfo | None = None,
                  nets: dict[str, nn.Module | None] | None = None) -> None:
+        super().__init__(cfg, dist_info)
         self.swap_cfg = swap_cfg
         self._nets = nets  # tests inject small stand-ins; None loads the configured ones
-        super().__init__(cfg, dist_info)
 
     # --- model ---------------------------------------------------------------------------
     def build_model(self) -> CodeSwap:
         sc = self.swap_cfg
         autoencoder, self.stage1_sha256 = load_stage1(sc.stage1)
         cfg = CodeSwapConfig.for_autoencoder(autoencoder.cfg, sc.variant, layers=sc.layers, heads=sc.heads,
-                                             selector_hidden=sc.selector_hidden, position=sc.position)
+                                             selector_hidden=sc.selector_hidden, position=sc.position,
+                                             pos_std=sc.pos_std)
         return CodeSwap(replace(cfg, mask_level=sc.mask_level), autoencoder)
 
     blend_mask = False  # stage 2 trains on the raw decoder outputs
@@ -160,7 +99,7 @@ class Stage2Trainer(TrainLoop):
         else:
             from codeswap.perceptual import load_perceptual
 
-            nets = {"identity": load_identity_net(sc.identity_net, sc.identity_size),
+            nets = {"identity": load_identity_net(sc.identity_net, sc.identity_size, sc.identity_augment),
                     "expression": load_expression_net(sc.expression_net, sc.expression_checkpoint),
                     "perceptual": None if sc.perceptual_net == "none" or sc.weights.perceptual == 0
                     else load_perceptual(sc.perceptual_net)}
@@ -175,12 +114,19 @@ class Stage2Trainer(TrainLoop):
         self.opt = torch.optim.Adam([p for p in self.trainable().parameters()], lr=cfg.lr, betas=cfg.betas)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
 
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The whole CodeSwap (trained part and frozen stages alike) and its EMA copy."""
+        mods: dict[str, nn.Module] = {"codeswap": self.model}
+        if self.ema is not None:
+            mods["ema"] = self.ema.module
+        return mods
+
     def run_params(self) -> dict[str, Any]:
         return {"data.train_images": self.num_train, "data.val_images": self.num_val,
                 "stage1_sha256": self.stage1_sha256,
                 "params.trainable": sum(p.numel() for p in self.trainable().parameters()),
-                **{f"swap.{k}": v for k, v in _plain(asdict(self.swap_cfg)).items()},
-                **{f"model.{k}": v for k, v in _plain(plain_config(self.model.cfg)).items() if k != "autoencoder"}}
+                **{f"swap.{k}": v for k, v in plain(self.swap_cfg).items()},
+                **{f"model.{k}": v for k, v in plain(self.model.cfg).items() if k != "autoencoder"}}
 
     # --- one step ------------------------------------------------------------------------
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
@@ -229,16 +175,13 @@ class Stage2Trainer(TrainLoop):
     def state_dict(self) -> dict[str, Any]:
         return {"codeswap": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
                 "opt": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                "codeswap_config": plain_config(self.model.cfg), "swap_config": _plain(asdict(self.swap_cfg)),
+                "codeswap_config": plain(self.model.cfg), "swap_config": plain(self.swap_cfg),
                 "stage1_sha256": self.stage1_sha256}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if codeswap_config(state["codeswap_config"]) != self.model.cfg:
             raise HarnessError("checkpoint was trained with a different CodeSwap config; use the same settings")
         self.model.load_state_dict(state["codeswap"])
-        if self.ema is not None:
-            if state["ema"] is None:
-                raise HarnessError("checkpoint has no EMA weights; resume without --ema-decay or start afresh")
-            self.ema.load_state_dict(state["ema"])
+        restore_ema(self.ema, state["ema"])
         self.opt.load_state_dict(state["opt"])
         self.scaler.load_state_dict(state["scaler"])

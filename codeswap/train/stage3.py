@@ -14,7 +14,6 @@ Two phases, as in the paper:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -23,36 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeswap.checkpoints import load_codeswap
+from codeswap.config import FACE_CLASSES, MaskTrainConfig, SwapTrainConfig, TrainConfig
 from codeswap.model import CodeSwap
 from codeswap.swap_losses import mask_loss
+from codeswap.train.dist import DistInfo
 from codeswap.train.stage2 import Stage2Trainer
 from harness.errors import HarnessError
-from harness.models.bisenet import NUM_CLASSES
-
-
-#: BiSeNet (CelebAMask-HQ) classes that make the face region: skin 1, brows 2-3, eyes 4-5,
-#: eye glasses 6, nose 10, mouth 11, lips 12-13. Left out: background, ears 7-8, earrings 9,
-#: neck 14-15, cloth 16, hair 17, hat 18 - the region a swap replaces is the inner face plus
-#: forehead and cheeks, which is what the landmark hull approximates too; glasses count as
-#: face since they sit on it and a swap has to redraw them.
-FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
-MASK_SOURCES = ("landmarks", "parsing")
-
-
-@dataclass(frozen=True)
-class MaskTrainConfig:
-    supervised_steps: int = 5000
-    mask_weight: float = 1.0
-    forehead: float = 0.35  # landmarks: upward extension of the hull, as a share of the brow-to-chin height
-    mask_source: str = "landmarks"  # "landmarks" (dlib-68 hull, offline) or "parsing" (BiSeNet, 79999_iter.pth)
-    face_classes: tuple[int, ...] = FACE_CLASSES  # parsing: the classes counted as face
-
-    def __post_init__(self) -> None:
-        if self.mask_source not in MASK_SOURCES:
-            raise HarnessError(f"mask source {self.mask_source!r}: use one of {', '.join(MASK_SOURCES)}")
-        if not self.face_classes or not all(0 <= c < NUM_CLASSES for c in self.face_classes):
-            raise HarnessError(f"face classes {self.face_classes}: need at least one BiSeNet class id "
-                               f"in 0..{NUM_CLASSES - 1}")
 
 
 def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
@@ -60,7 +35,7 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
     import cv2
 
     from harness.faces.detect import DlibDetector
-    from harness.metrics.identity import FFHQ_FACE_BOX
+    from harness.faces.landmarks import FFHQ_FACE_BOX
 
     det = _DETECTOR.setdefault("dlib", DlibDetector())
     imgs = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -111,11 +86,12 @@ class Stage3Trainer(Stage2Trainer):
     stage = "stage3"
     blend_mask = True
 
-    def __init__(self, cfg, swap_cfg, mask_cfg: MaskTrainConfig = MaskTrainConfig(), dist_info=None,
-                 nets: dict[str, nn.Module | None] | None = None,
+    def __init__(self, cfg: TrainConfig, swap_cfg: SwapTrainConfig, mask_cfg: MaskTrainConfig = MaskTrainConfig(),
+                 dist_info: DistInfo | None = None, nets: dict[str, nn.Module | None] | None = None,
                  mask_fn: Callable[[Tensor], Tensor] | None = None) -> None:
         """``mask_fn``: (B, 3, R, R) in [-1, 1] -> (B, 1, R, R) targets, to replace the source
         ``mask_cfg.mask_source`` names (tests); None uses that source."""
+        super().__init__(cfg, swap_cfg, dist_info, nets)
         self.mask_cfg = mask_cfg
         self.mask_fn = mask_fn
         self.parser_sha256: str | None = None
@@ -129,7 +105,6 @@ class Stage3Trainer(Stage2Trainer):
             self.mask_source = f"BiSeNet face parsing ({WEIGHTS}, sha256 {self.parser_sha256})"
         else:
             self.mask_source = "dlib-68 landmark hull"
-        super().__init__(cfg, swap_cfg, dist_info, nets)
 
     def build(self) -> None:
         super().build()
