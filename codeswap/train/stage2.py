@@ -41,11 +41,16 @@ class SwapTrainConfig:
     heads: int = 8
     selector_hidden: int = 1024
     position: str = "relative"  # fusion position scheme (FusionConfig.position): relative or absolute
+    pos_std: float = 0.02  # init std of the fusion's position code (FusionConfig.pos_std)
     mask_level: int | None = None  # autoencoder level feeding the mask (None: resolution / 8 or nearest)
     weights: SwapLossWeights = field(default_factory=SwapLossWeights)
     same_rate: float = 0.2  # share of pairs made of one image twice (reconstruction pairs)
     identity_net: str = "facenet"
     identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
+    # L_id through randomly shifted/blurred copies (codeswap.train.nets.AugmentedIdentity); 0: off.
+    # NOTE: not in the paper; with a weak identity network at low resolution it keeps L_id
+    # from drawing adversarial patterns (see the README's stage-2 study)
+    identity_augment: float = 0.0
     expression_net: str = "none"  # "deep3d" with expression_checkpoint; none: L_exp is off
     expression_checkpoint: str | None = None
     perceptual_net: str = "mobilenet_v2"  # vgg16 (paper, from a file), mobilenet_v2 (offline), none
@@ -121,7 +126,8 @@ class Stage2Trainer(TrainLoop):
         sc = self.swap_cfg
         autoencoder, self.stage1_sha256 = load_stage1(sc.stage1)
         cfg = CodeSwapConfig.for_autoencoder(autoencoder.cfg, sc.variant, layers=sc.layers, heads=sc.heads,
-                                             selector_hidden=sc.selector_hidden, position=sc.position)
+                                             selector_hidden=sc.selector_hidden, position=sc.position,
+                                             pos_std=sc.pos_std)
         return CodeSwap(replace(cfg, mask_level=sc.mask_level), autoencoder)
 
     blend_mask = False  # stage 2 trains on the raw decoder outputs
@@ -160,7 +166,7 @@ class Stage2Trainer(TrainLoop):
         else:
             from codeswap.perceptual import load_perceptual
 
-            nets = {"identity": load_identity_net(sc.identity_net, sc.identity_size),
+            nets = {"identity": load_identity_net(sc.identity_net, sc.identity_size, sc.identity_augment),
                     "expression": load_expression_net(sc.expression_net, sc.expression_checkpoint),
                     "perceptual": None if sc.perceptual_net == "none" or sc.weights.perceptual == 0
                     else load_perceptual(sc.perceptual_net)}
