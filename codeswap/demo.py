@@ -59,11 +59,13 @@ class DemoRecipe:
     heads: int = 4
     selector_hidden: int = 256
     position: str = "relative"
+    pos_std: float = 0.02
     mask_level: int | None = 1  # the 32x32 level, the middle of this 3-level prior (paper: 64x64 of 512)
     # recon, identity, perceptual, expression, cycle (codeswap.swap_losses.SwapLossWeights)
     loss_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.0, 1.0)
     same_rate: float = 0.2
     identity_net: str = "facenet"
+    identity_augment: float = 0.0
     identity_size: int = 96  # FaceNet at 96 px: a 64 px face gains nothing from 160, and it costs 2.8x less
     holdout: int = 0  # train on every demo face
     seed: int = 0
@@ -228,9 +230,10 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
         s2_dir = root / f"stage2-{base}"
         s2 = done(s2_dir)
         swap_kw = dict(layers=recipe.layers, heads=recipe.heads, selector_hidden=recipe.selector_hidden,
-                       position=recipe.position, mask_level=recipe.mask_level, weights=SwapLossWeights(*recipe.loss_weights),
+                       position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level, weights=SwapLossWeights(*recipe.loss_weights),
                        same_rate=recipe.same_rate, identity_net=recipe.identity_net,
-                       identity_size=recipe.identity_size, perceptual_net="none")
+                       identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
+                       perceptual_net="none")
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
             cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),

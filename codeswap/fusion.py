@@ -55,6 +55,11 @@ class FusionConfig:
     # part by part (see the README's stage-2 study). Checkpoints from before this setting
     # load as "absolute".
     position: Literal["absolute", "relative"] = "relative"
+    # Init std of the learned position code added to the tokens (both schemes have it).
+    # NOTE: 0.02 is the ViT/GPT habit; encoder tokens here have a per-dimension std near 1,
+    # so at 0.02 the code is invisible to attention for thousands of steps. A short run
+    # (the CPU recipe) starts it at the tokens' scale instead.
+    pos_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.dim % self.heads:
@@ -188,7 +193,7 @@ class GlobalFusion(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pos = nn.Parameter(torch.zeros(1, cfg.tokens, cfg.dim))  # shared by both faces
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=cfg.pos_std, a=-2 * cfg.pos_std, b=2 * cfg.pos_std)
         self.blocks = nn.ModuleList(FusionBlock(cfg) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.dim)
         if cfg.quantize == "none":  # w/o C: features go to the decoder directly
