@@ -60,13 +60,13 @@ from tqdm import tqdm
 
 from harness.api import FacePair, FaceProtocol, GalleryItem, PairSet
 from harness.cache import stable_hash
+from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, save_png
 from protocols.base import (
     LayoutError,
     option_choice,
     option_int,
-    reject_unknown_options,
     seeded_key,
     seeded_order,
 )
@@ -210,16 +210,11 @@ class FFppProtocol(FaceProtocol):
 
     name = "ffpp"
     version = "1"
-    OPTIONS = ("compression", "sampling", "pairing", "split", "frames_per_video", "num_pairs", "resolution",
-               "upsample", "detect_max_side", "splits_dir")
-
-    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | str | None = None,
+    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None,
                  cache_dir: Path | None = None, compression: str = "c23", sampling: str = "random",
-                 pairing: str = "random", split: str = "all", frames_per_video: int | str = DEFAULT_FRAMES,
-                 resolution: int | str = DEFAULT_RESOLUTION, upsample: int | str = 1,
-                 detect_max_side: int | str = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None,
-                 **unknown: object) -> None:
-        reject_unknown_options(self.name, unknown, self.OPTIONS)
+                 pairing: str = "random", split: str = "all", frames_per_video: int = DEFAULT_FRAMES,
+                 resolution: int = DEFAULT_RESOLUTION, upsample: int = 1,
+                 detect_max_side: int = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None) -> None:
         if root is None:
             raise HarnessError("protocol 'ffpp' needs --root: the FaceForensics++ folder holding "
                                "original_sequences/youtube/<c0|c23|c40>/videos/")
@@ -235,7 +230,7 @@ class FFppProtocol(FaceProtocol):
         self.upsample = option_int(upsample, "upsample", minimum=0)
         self.detect_max_side = option_int(detect_max_side, "detect_max_side", minimum=64)
         self.splits_dir = splits_dir
-        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
+        base = Path(cache_dir) if cache_dir else cache_root()
         key = stable_hash([str(self.root), self.compression, self.resolution, "dlib_hog_68", self.upsample,
                            self.detect_max_side])
         self.crop_root = base / "crops" / f"ffpp-{key}"

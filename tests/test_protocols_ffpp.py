@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
+from harness.registry import PROTOCOLS
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp
 
@@ -209,8 +210,9 @@ def test_options_arrive_as_strings_and_typos_are_caught(tree):
     assert (proto.frames_per_video, proto.resolution, proto.upsample, proto.sampling) == (4, 128, 0, "even")
     with pytest.raises(HarnessError, match="option sampling must be one of random, even"):
         FFppProtocol(root=tree.root, sampling="uniform")
-    with pytest.raises(HarnessError, match=r"compresion \(did you mean compression\?\)"):
-        FFppProtocol(root=tree.root, compresion="c40")
+    with pytest.raises(HarnessError, match=r"unknown setting 'compresion' for protocol 'ffpp'; did you mean 'compression'\?"):
+        PROTOCOLS.create("ffpp", root=tree.root, compresion="c40")
+    assert PROTOCOLS.create("ffpp", root=tree.root, frames_per_video="4").frames_per_video == 4
 
 
 def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):

@@ -24,13 +24,11 @@ from functools import cached_property
 import numpy as np
 
 from harness.cache import cached_features
+from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.align import five_points
 from harness.weights import KNOWN, locate, verified, weights_dir
 
-# Face box inside an FFHQ-aligned crop, as fractions of the side (left, top, right,
-# bottom): the median dlib HOG box of the demo photos mapped through their alignment.
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 NUM_POINTS = 68
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
-from harness.faces.landmarks import FFHQ_FACE_BOX  # dlib's 5-point predictor runs inside this box
+from harness.constants import FFHQ_FACE_BOX  # dlib's 5-point predictor runs inside this box
 from harness.weights import verified
 
 

@@ -79,7 +79,8 @@ class PoseMetric(Metric):
         import torch
         import torch.nn.functional as F
 
-        from harness.models.hopenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+        from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+        from harness.models.hopenet import INPUT_SIZE
 
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)

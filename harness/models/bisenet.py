@@ -35,13 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import HarnessError
 
 WEIGHTS = "79999_iter.pth"
 NUM_CLASSES = 19
 INPUT_SIZE = 512
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: CelebAMask-HQ labels in the release's class order (index = class id)
 CLASS_NAMES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
                "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat")

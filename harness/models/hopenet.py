@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import HarnessError
 
 NUM_BINS = 66
 BIN_WIDTH_DEG = 3.0
 ANGLE_OFFSET_DEG = 99.0
 INPUT_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRUNK_DIM = 2048
 HEADS = ("fc_yaw", "fc_pitch", "fc_roll")
 IGNORED_KEYS = ("fc_finetune.weight", "fc_finetune.bias")
