@@ -54,7 +54,7 @@ def val_metrics(run_dir: Path, key: str) -> tuple[float, float]:
 def judge(checkpoint: Path, images: torch.Tensor, device: str, out_png: Path) -> dict[str, float]:
     """Identity of I_ab against b, over every ordered pair of distinct held-out images."""
     from codeswap.train.nets import FaceNetIdentity
-    from harness.metrics.identity import DlibFaceEmbedder
+    from harness.metrics.id_backends import DlibEmbedder as DlibFaceEmbedder
 
     model, _ = load_codeswap(checkpoint)
     model = model.to(device).eval()

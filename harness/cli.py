@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from harness.errors import HarnessError, LayoutError
-from harness.evaluation import DEFAULT_OUT, expand_methods, resolve_device, set_weights_dir
+from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
 from harness.options import parse_pairs, suggest
 from harness.registry import METHODS, METRICS, PROTOCOLS
 

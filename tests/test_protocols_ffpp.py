@@ -249,7 +249,7 @@ def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):
 
 def test_pair_frames_is_balanced_across_videos_for_any_seed():
     from harness.api import GalleryItem
-    from protocols.ffpp import pair_frames
+    from protocols.ffpp_frames import pair_frames
 
     for videos in (2, 3, 7):
         frames = [GalleryItem(f"{v:03d}/{f:06d}.png", f"{v:03d}") for v in range(videos) for f in range(10)]
@@ -269,7 +269,7 @@ def test_large_frames_searched_downscaled_align_like_full_resolution(tree):
     import numpy as np
 
     from harness.faces.crops import crop_largest
-    from protocols.ffpp import read_frames
+    from protocols.video import read_frames
 
     frame = read_frames(tree.root / VIDEOS / "000.mp4", {12})[12]
     big = cv2.resize(frame, (1920, 1440), interpolation=cv2.INTER_CUBIC)  # (1440, 1920, 3)

@@ -20,6 +20,7 @@ from functools import cached_property
 
 import numpy as np
 
+from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
 from harness.weights import verified
@@ -49,20 +50,37 @@ class Embedder:
 
 
 class DlibEmbedder(Embedder):
+    """Aligned crop (H, W, 3) uint8 -> 128-d unit vector, with dlib's own chip alignment:
+    its 5-point predictor runs inside the FFHQ face box."""
+
     name = "dlib_resnet_v1"
     description = "dlib ResNet face descriptor, 128-d, cosine (offline default; papers use CosFace/ArcFace)"
     uses_landmarks = False
+    dim = 128
+    FILES = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
 
     def __init__(self, device: str = "cpu") -> None:
-        from harness.metrics.identity import DlibFaceEmbedder
+        self.device = device  # dlib runs on the CPU
 
-        self._impl = DlibFaceEmbedder()
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        """(file name, sha256) of every weight file used; loads no model."""
+        return tuple((name, verified(name)[1]) for name in self.FILES)
 
-    def weight_files(self):
-        return self._impl.weight_files()
+    def __call__(self, images: list[np.ndarray], five: np.ndarray | None = None) -> np.ndarray:
+        import dlib
 
-    def __call__(self, images, five=None):
-        return self._impl(images)
+        from harness.faces.dlib_models import dlib_model
+
+        rec, predictor = (dlib_model(name)[0] for name in self.FILES)
+        chips = []
+        for img in images:
+            h, w = img.shape[:2]
+            x0, y0, x1, y1 = FFHQ_FACE_BOX
+            rect = dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+            shape = predictor(np.ascontiguousarray(img), rect)
+            chips.append(dlib.get_face_chip(np.ascontiguousarray(img), shape, size=150, padding=0.25))
+        desc = np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)  # (N, 128)
+        return desc / np.linalg.norm(desc, axis=1, keepdims=True).clip(1e-12)
 
 
 # FaceNet was trained on MTCNN boxes with a margin, not on a similarity template; the

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - codeswap.train.stage3 imports them from here
 from harness.errors import HarnessError
 
 WEIGHTS = "79999_iter.pth"

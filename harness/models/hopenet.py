@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import HarnessError
 
 NUM_BINS = 66
