@@ -6,11 +6,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from harness.weights import verified
+from harness.weights import DLIB_68, verified
 
 #: weight file -> the dlib class that reads it
 _READERS = {
-    "shape_predictor_68_face_landmarks.dat": "shape_predictor",
+    DLIB_68: "shape_predictor",
     "shape_predictor_5_face_landmarks.dat": "shape_predictor",
     "dlib_face_recognition_resnet_model_v1.dat": "face_recognition_model_v1",
 }

@@ -45,7 +45,7 @@ def _listed(keys: list[str], limit: int = 3) -> str:
     return f"{keys[:limit]}{'...' if len(keys) > limit else ''}"
 
 
-def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, what: str) -> nn.Module:
+def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, what: str, listed: int = 3) -> nn.Module:
     """Load ``state`` into ``model`` only if every key and shape matches; otherwise a
     one-line error: ``<file>: keys do not match <what> (missing ...; unexpected ...; shape ...)``."""
     own = model.state_dict()
@@ -54,8 +54,8 @@ def load_strict(model: nn.Module, state: dict[str, Tensor], path: Path | str, wh
     shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
               if tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or shapes:
-        parts = ([f"missing {_listed(missing)}"] if missing else []) + (
-            [f"unexpected {_listed(unexpected)}"] if unexpected else []) + (
+        parts = ([f"missing {_listed(missing, listed)}"] if missing else []) + (
+            [f"unexpected {_listed(unexpected, listed)}"] if unexpected else []) + (
             [f"shape mismatch {_listed(shapes, 2)}"] if shapes else [])
         raise HarnessError(f"{Path(path).name}: keys do not match {what} ({'; '.join(parts)})")
     model.load_state_dict(state, strict=True)
