@@ -161,6 +161,7 @@ METRICS = Registry("metric", "codeswap_harness.metrics", "harness.api:Metric")
 
 # --- built-in entries (strings only: nothing below imports a backend) -------------------
 from codeswap.variants import VARIANT_LABELS  # noqa: E402 - tables, no backend
+from harness.metrics.id_backends import BACKEND_FILES as ID_BACKEND_FILES  # noqa: E402
 from harness.weights import DLIB_68  # noqa: E402
 from methods.onnx_swappers import SWAPPERS  # noqa: E402
 from methods.simswap import RELEASES as SIMSWAP_RELEASES  # noqa: E402
@@ -205,27 +206,20 @@ PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
                    description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
                    aliases=("ff++", "faceforensics"))
 
-METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
-                 aliases=("id", "id_dlib"))
-METRICS.register("identity_facenet", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)",
-                 options={"backend": "facenet"}, requires=("graph_final.pb",))
-METRICS.register("identity_arcface", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)",
-                 options={"backend": "arcface"}, requires=("w600k_r50.onnx",))
-METRICS.register("identity_arcface_glint", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)",
-                 options={"backend": "arcface_glint"}, requires=("glintr100.onnx",))
-METRICS.register("identity_arcface_r100", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3",
-                 options={"backend": "arcface_r100"}, requires=("arcface_r100_ms1mv3.pth",))
-METRICS.register("identity_cosface", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)",
-                 options={"backend": "cosface"}, requires=("cosface_r100_glint360k.pth",))
-METRICS.register("identity_cosface_r50", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)",
-                 options={"backend": "cosface_r50"}, requires=("cosface_r50_glint360k.pth",))
+# identity metrics: (name, backend setting, description, aliases); weight files from the backends' table
+for _name, _backend, _what, _aliases in (
+    ("identity", "dlib", "ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)", ("id", "id_dlib")),
+    ("identity_facenet", "facenet", "ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)", ()),
+    ("identity_arcface", "arcface", "ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)", ()),
+    ("identity_arcface_glint", "arcface_glint",
+     "ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)", ()),
+    ("identity_arcface_r100", "arcface_r100", "ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3", ()),
+    ("identity_cosface", "cosface", "ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)", ()),
+    ("identity_cosface_r50", "cosface_r50",
+     "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
+):
+    METRICS.register(_name, "harness.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
+                     options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])
 METRICS.register("pose", "harness.metrics.pose:PoseMetric",
                  description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
                  aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))
