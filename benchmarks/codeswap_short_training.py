@@ -50,9 +50,9 @@ class IdentityJudge:
 
     def __init__(self, device: str) -> None:
         from codeswap.train.nets import FaceNetIdentity
-        from harness.metrics.identity import DlibFaceEmbedder
+        from harness.metrics.id_backends import DlibEmbedder
 
-        self.dlib = DlibFaceEmbedder()
+        self.dlib = DlibEmbedder()
         self.facenet = FaceNetIdentity(96).to(device).eval()
         self.device = device
 

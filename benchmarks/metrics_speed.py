@@ -29,12 +29,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
 from harness.faces.arcface import similarity_matrices as similarity_to
 from harness.faces.arcface import warp_affine as warp
 from harness.metrics.fid import fid_from_features
 from harness.models.deep3d import EXP_SLICE, Deep3DRegressor
-from harness.models.hopenet import IMAGENET_MEAN, IMAGENET_STD, Hopenet
+from harness.models.hopenet import Hopenet
 from harness.models.iresnet import IRESNETS, IResNet
 
 

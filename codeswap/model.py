@@ -23,17 +23,8 @@ from torch import Tensor, nn
 from codeswap.config import AutoencoderConfig
 from codeswap.fusion import FusionConfig, FusionOutput, GlobalFusion
 from codeswap.mask import MaskConfig, MaskGenerator, blend
+from codeswap.variants import VARIANTS  # Table 3's ablations (and w/o M, §4.4); re-exported here
 from codeswap.vqgan import VQAutoencoder
-
-# Ablations of the paper's Table 3 (and w/o M, §4.4): name -> what changes
-VARIANTS: dict[str, dict[str, object]] = {
-    "full": {},
-    "wo_c": {"quantize": "none"},  # no codebook or selector
-    "wo_s": {"attention": "cross"},  # cross-attention instead of unified self-attention
-    "wo_q1": {"quantize": "hard"},  # argmax instead of soft quantization
-    "wo_q2": {"quantize": "gumbel"},  # Gumbel-softmax instead of soft quantization
-    "wo_m": {"use_mask": False},  # no mask generator
-}
 
 
 @dataclass(frozen=True)

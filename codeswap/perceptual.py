@@ -22,6 +22,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.errors import HarnessError
 
 WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
@@ -31,8 +32,6 @@ _TAPS = {
     "mobilenet_v2": (1, 3, 6, 13, 17),  # last block at strides 2, 4, 8, 16, 32
 }
 _EPS = 1e-10  # as LPIPS's normalize_tensor
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _backbone(net: str) -> nn.Sequential:
@@ -61,8 +60,8 @@ class PerceptualLoss(nn.Module):
         self.features = features[: taps[-1] + 1]
         self.features.load_state_dict({k: v for k, v in feats.items() if k in needed})
         self.taps = frozenset(taps)
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 

@@ -115,14 +115,38 @@ class PairSet:
 
 
 class FaceProtocol(ABC):
-    """Builds a PairSet from a dataset root and a seed. Same inputs, same bytes."""
+    """Builds a PairSet from a dataset root and a seed. Same inputs, same bytes.
+
+    The contract, which the registry and the CLI rely on:
+
+    * the constructor takes ``root``, ``seed``, ``num_pairs`` and ``cache_dir`` (each may
+      be left at its default) and, as further keyword parameters, the protocol's
+      settings (``--option key=value``). The signature is their declaration: the registry
+      checks the keys and converts the text values once, at creation
+      (:func:`harness.options.bind`);
+    * :meth:`validate` checks the dataset before any long work;
+    * :meth:`build` returns the pair set.
+    """
 
     name: str
     version: str
+    #: constructor parameters every protocol takes; the others are its settings
+    COMMON_PARAMETERS = ("root", "seed", "num_pairs", "cache_dir")
+
+    @classmethod
+    def settings(cls) -> dict[str, Any]:
+        """The protocol's own settings and their defaults (what ``--option`` accepts)."""
+        from harness.options import declared
+
+        return {k: default for k, (_, default) in declared(cls).items() if k not in cls.COMMON_PARAMETERS}
+
+    def validate(self) -> None:  # noqa: B027 - optional: not every dataset has a layout to check
+        """Check the dataset's layout; raise :class:`harness.errors.LayoutError` listing
+        every problem. Default: nothing to check beyond what :meth:`build` does."""
 
     @abstractmethod
     def build(self) -> PairSet:
-        """Validate the dataset, prepare crops if needed, and return the pair set."""
+        """Prepare crops if needed and return the pair set (same inputs, same bytes)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,19 +175,15 @@ class SwapMethod(ABC):
     def swap(self, source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
         """(B,3,H,W) float [0,1] x2 -> (B,3,H,W) float [0,1]; identity of source on target."""
 
-    def swap_pair(self, a: "torch.Tensor", b: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
-        """Both directions, (a on b, b on a). Symmetric methods override this with one pass."""
-        return self.swap(a, b), self.swap(b, a)
-
-    # Optional hooks the runner calls when present (duck-typed methods may omit them).
+    # Optional hooks: the runner always calls them; the defaults do nothing special.
     def prepare(self, pairset: PairSet) -> list[str]:
         """Called once with the whole pair set before any swap; returns notes for the report
         (e.g. outputs found in a folder that match no pair). Default: nothing to do."""
         return []
 
-    def swap_pairs(self, pairs: list[FacePair], source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-        """Like :meth:`swap`, also given the batch's pairs (their ids and file names), for
-        methods that look outputs up by pair. Default: ``swap(source, target)``."""
+    def swap_batch(self, pairs: list[FacePair], source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        """What the runner calls for each batch: :meth:`swap`, also given the batch's pairs
+        (ids and file names) for methods that look outputs up by pair. Default: ``swap``."""
         return self.swap(source, target)
 
     def fingerprint(self) -> dict[str, Any]:

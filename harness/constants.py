@@ -1,8 +1,24 @@
-"""Facts several layers share, kept in one place (import them from here)."""
+"""Numbers and places the whole tree shares, each defined once here."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+#: ImageNet channel statistics (RGB, [0, 1] input): torchvision's normalisation
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: where the face sits in an FFHQ-aligned square crop, as fractions of its side (left, top,
+#: right, bottom): the median dlib HOG box of the demo photos mapped through their
+#: alignment. dlib's predictors run inside it when no detector runs (or finds nothing).
+FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
+
+
+def cache_root() -> Path:
+    """The default cache folder, ``~/.cache/codeswap-harness``: weights, the checksum memo,
+    and crops of protocols run without ``--out``."""
+    return Path.home() / ".cache" / "codeswap-harness"
+
 
 #: The bundled demo faces (listed in faces.json): the `demo` protocol's images and the data
 #: the CodeSwap demo model trains on.

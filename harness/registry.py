@@ -34,6 +34,8 @@ class Entry:
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
     requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
     explicit_only: bool = False  # run only when named (it needs options): `--method all` skips it
+    kind: str = "entry"  # "method", "protocol", "metric": used in messages
+    base: str = ""  # "module:Class" every loaded object must subclass (the registry's interface)
 
     def missing_weights(self) -> list[str]:
         """Required weight files that cannot be found (checked without importing the entry)."""
@@ -58,11 +60,25 @@ class Entry:
             obj = getattr(module, attr)
         except AttributeError as exc:
             raise HarnessError(f"{self.name}: {module_name} has no attribute {attr!r}") from exc
+        if self.base:
+            base_module, _, base_name = self.base.partition(":")
+            base = getattr(importlib.import_module(base_module), base_name)
+            if not (isinstance(obj, type) and issubclass(obj, base)):
+                raise HarnessError(f"{self.kind} {self.name!r}: {self.target} is not a subclass of "
+                                   f"{base.__module__}.{base.__name__}, the interface every {self.kind} implements")
         return obj
 
+    def bind(self, **kwargs: Any) -> dict[str, Any]:
+        """The entry's bound options overridden by ``kwargs``, checked against the class's
+        declared settings and text values converted (:func:`harness.options.bind`): an
+        unknown key is an error with the closest known name."""
+        from harness.options import bind
+
+        return bind(self.load(), {**dict(self.options), **kwargs}, f"{self.kind} {self.name!r}")
+
     def create(self, **kwargs: Any) -> Any:
-        """Load and instantiate with the entry's bound options, overridden by ``kwargs``."""
-        return self.load()(**{**dict(self.options), **kwargs})
+        """Load and instantiate with :meth:`bind`'s settings."""
+        return self.load()(**self.bind(**kwargs))
 
 
 @dataclass
@@ -71,6 +87,7 @@ class Registry:
 
     kind: str  # "method", "protocol", "metric": used in messages
     entry_point_group: str
+    base: str = ""  # "module:Class" that every entry must subclass, checked when it loads
     _entries: dict[str, Entry] = field(default_factory=dict)
     _aliases: dict[str, str] = field(default_factory=dict)
     _plugins_loaded: bool = False
@@ -96,7 +113,7 @@ class Registry:
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name {key!r} is registered twice")
         entry = Entry(name, target, description, tuple(aliases), origin, tuple(sorted((options or {}).items())),
-                      tuple(requires), explicit_only)
+                      tuple(requires), explicit_only, self.kind, self.base)
         self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name
@@ -138,59 +155,45 @@ class Registry:
         return self.resolve(name).create(**kwargs)
 
 
-METHODS = Registry("method", "codeswap_harness.methods")
-PROTOCOLS = Registry("protocol", "codeswap_harness.protocols")
-METRICS = Registry("metric", "codeswap_harness.metrics")
+METHODS = Registry("method", "codeswap_harness.methods", "harness.api:SwapMethod")
+PROTOCOLS = Registry("protocol", "codeswap_harness.protocols", "harness.api:FaceProtocol")
+METRICS = Registry("metric", "codeswap_harness.metrics", "harness.api:Metric")
 
 # --- built-in entries (strings only: nothing below imports a backend) -------------------
+from codeswap.variants import VARIANT_LABELS  # noqa: E402 - tables, no backend
+from harness.metrics.id_backends import BACKEND_FILES as ID_BACKEND_FILES  # noqa: E402
+from harness.weights import DLIB_68  # noqa: E402
+from methods.onnx_swappers import SWAPPERS  # noqa: E402
+from methods.simswap import RELEASES as SIMSWAP_RELEASES  # noqa: E402
+
 METHODS.register("source", "methods.reference:SourceMethod",
                  description="returns the source face: the identity upper bound")
 METHODS.register("target", "methods.reference:TargetMethod",
                  description="returns the target face: the lower bound (no swap)")
 METHODS.register("classical", "methods.classical:ClassicalSwap",
                  description="landmark triangle warp + Lab colour transfer + Poisson blend (no swapper weights)",
-                 requires=("shape_predictor_68_face_landmarks.dat",))
+                 requires=(DLIB_68,))
 METHODS.register("precomputed", "methods.precomputed:PrecomputedMethod",
                  description="scores outputs made elsewhere: --method-option precomputed.dir=DIR "
                              "(<pair_id>.png or <source_stem>__<target_stem>.png); see `harness export-pairs`",
                  explicit_only=True)
-# ONNX swappers: conventions in methods.onnx_swappers.SWAPPERS (a test checks these lines
-# against that table); (name, weight files it needs).
-for _model, _files in (
-    ("inswapper_128", ("inswapper_128.onnx", "w600k_r50.onnx")),
-    ("simswap_256", ("simswap_256.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
-    ("simswap_unofficial_512", ("simswap_unofficial_512.onnx", "w600k_r50.onnx", "crossface_simswap.onnx")),
-    ("blendswap_256", ("blendswap_256.onnx",)),
-    ("ghost_1_256", ("ghost_1_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
-    ("ghost_2_256", ("ghost_2_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
-    ("ghost_3_256", ("ghost_3_256.onnx", "w600k_r50.onnx", "crossface_ghost.onnx")),
-    ("hififace_unofficial_256", ("hififace_unofficial_256.onnx", "w600k_r50.onnx", "crossface_hififace.onnx")),
-    ("uniface_256", ("uniface_256.onnx",)),
-    ("hyperswap_1a_256", ("hyperswap_1a_256.onnx", "w600k_r50.onnx")),
-    ("hyperswap_1b_256", ("hyperswap_1b_256.onnx", "w600k_r50.onnx")),
-    ("hyperswap_1c_256", ("hyperswap_1c_256.onnx", "w600k_r50.onnx")),
-):
-    METHODS.register(_model, "methods.onnx_swappers:OnnxSwapper", options={"model": _model},
-                     description=f"ONNX swapper {_model} (onnxruntime; aligned to its template, pasted back)",
-                     requires=(*_files, "shape_predictor_68_face_landmarks.dat"))
-METHODS.register("simswap", "methods.simswap:SimSwapMethod", options={"release": "simswap"},
-                 description="SimSwap 224 from the official PyTorch checkpoint (watermark never added)",
-                 requires=("simswap_224_latest_net_G.pth", "arcface_checkpoint.tar",
-                           "shape_predictor_68_face_landmarks.dat"))
-METHODS.register("simswap_512", "methods.simswap:SimSwapMethod", options={"release": "simswap_512"},
-                 description="SimSwap 512 beta from the official PyTorch checkpoint (watermark never added)",
-                 requires=("simswap_512_latest_net_G.pth", "arcface_checkpoint.tar",
-                           "shape_predictor_68_face_landmarks.dat"))
-
-METHODS.register("codeswap", "methods.codeswap:CodeSwapMethod",
-                 description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
-                             "else a tiny model trained on the demo faces)")
-for _v, _what in (("wo_c", "w/o C: no codebook or code selector"), ("wo_s", "w/o S: cross- instead of self-attention"),
-                  ("wo_q1", "w/o Q1: argmax instead of soft quantization"),
-                  ("wo_q2", "w/o Q2: Gumbel-softmax instead of soft quantization"),
-                  ("wo_m", "w/o M: no mask generator (full model's checkpoint)")):
-    METHODS.register(f"codeswap_{_v}", "methods.codeswap:CodeSwapMethod", description=f"CodeSwap ablation {_what}",
-                     options={"variant": _v})
+# Derived from the methods' own tables (torch-free modules), so each fact lives once.
+for _spec in SWAPPERS.values():
+    METHODS.register(_spec.name, "methods.onnx_swappers:OnnxSwapper", options={"model": _spec.name},
+                     description=f"ONNX swapper {_spec.name} (onnxruntime; aligned to its template, pasted back)",
+                     requires=(*_spec.weight_files, DLIB_68))
+for _release, _spec in SIMSWAP_RELEASES.items():
+    METHODS.register(_release, "methods.simswap:SimSwapMethod", options={"release": _release},
+                     description=f"{_spec.label} from the official PyTorch checkpoint (watermark never added)",
+                     requires=(*_spec.weight_files, DLIB_68))
+for _v, _what in VARIANT_LABELS.items():
+    if _v == "full":
+        METHODS.register("codeswap", "methods.codeswap:CodeSwapMethod",
+                         description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
+                                     "else a tiny model trained on the demo faces)")
+    else:
+        METHODS.register(f"codeswap_{_v}", "methods.codeswap:CodeSwapMethod",
+                         description=f"CodeSwap ablation {_what}", options={"variant": _v})
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
@@ -203,27 +206,20 @@ PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
                    description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
                    aliases=("ff++", "faceforensics"))
 
-METRICS.register("identity", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)",
-                 aliases=("id", "id_dlib"))
-METRICS.register("identity_facenet", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)",
-                 options={"backend": "facenet"}, requires=("graph_final.pb",))
-METRICS.register("identity_arcface", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)",
-                 options={"backend": "arcface"}, requires=("w600k_r50.onnx",))
-METRICS.register("identity_arcface_glint", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)",
-                 options={"backend": "arcface_glint"}, requires=("glintr100.onnx",))
-METRICS.register("identity_arcface_r100", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3",
-                 options={"backend": "arcface_r100"}, requires=("arcface_r100_ms1mv3.pth",))
-METRICS.register("identity_cosface", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)",
-                 options={"backend": "cosface"}, requires=("cosface_r100_glint360k.pth",))
-METRICS.register("identity_cosface_r50", "harness.metrics.identity:IdentityMetric",
-                 description="ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)",
-                 options={"backend": "cosface_r50"}, requires=("cosface_r50_glint360k.pth",))
+# identity metrics: (name, backend setting, description, aliases); weight files from the backends' table
+for _name, _backend, _what, _aliases in (
+    ("identity", "dlib", "ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)", ("id", "id_dlib")),
+    ("identity_facenet", "facenet", "ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)", ()),
+    ("identity_arcface", "arcface", "ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)", ()),
+    ("identity_arcface_glint", "arcface_glint",
+     "ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)", ()),
+    ("identity_arcface_r100", "arcface_r100", "ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3", ()),
+    ("identity_cosface", "cosface", "ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)", ()),
+    ("identity_cosface_r50", "cosface_r50",
+     "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
+):
+    METRICS.register(_name, "harness.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
+                     options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])
 METRICS.register("pose", "harness.metrics.pose:PoseMetric",
                  description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
                  aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))

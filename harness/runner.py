@@ -105,8 +105,7 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
         for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
-            swap_pairs = getattr(method, "swap_pairs", None)  # optional hook: methods that need pair identity
-            out = swap_pairs(batch, src, tgt) if callable(swap_pairs) else method.swap(src, tgt)  # (B,3,S,S) [0,1]
+            out = method.swap_batch(batch, src, tgt)  # (B,3,S,S) [0,1]
             if out.shape != src.shape:
                 raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
             for p, img in zip(batch, to_uint8(out, size)):  # (S,S,3) uint8 at the protocol size
@@ -184,9 +183,11 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
 def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
                features: FeatureStore) -> dict[str, Any]:
     """Swap, score and aggregate one method on one pair set; writes its run folder."""
+    if not isinstance(method, SwapMethod):
+        raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
+                           "prepare, swap_batch, fingerprint and describe have defaults)")
     t0 = time.perf_counter()
-    prepare = getattr(method, "prepare", None)  # optional hook: sees the whole pair set first
-    method_notes = [str(n) for n in (prepare(pairset) or [])] if callable(prepare) else []
+    method_notes = [str(n) for n in (method.prepare(pairset) or [])]
     images = ImageSource(pairset)
     keys, store, computed = run_swaps(method, pairset, images, cfg)
     t_swap = time.perf_counter() - t0
@@ -221,7 +222,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
              + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
     backends = {m.name: asdict(m.backend()) for m in metrics}
     # The evaluator should not be the model the method optimised: flag it when it is.
-    training_model = getattr(method, "identity_model", None)  # duck-typed methods may not declare it
+    training_model = method.identity_model
     scored_by_training_model = sorted(k for k, b in backends.items()
                                       if training_model and b["name"] == training_model)
     for k in scored_by_training_model:

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import file_sha256
 
@@ -33,6 +34,9 @@ class WeightFile:
 
 KNOWN: dict[str, WeightFile] = {}
 
+#: dlib's 68-point predictor: landmarks for every method that aligns crops itself
+DLIB_68 = "shape_predictor_68_face_landmarks.dat"
+
 
 def register_weight(w: WeightFile) -> WeightFile:
     if w.name in KNOWN:
@@ -50,7 +54,7 @@ register_weight(WeightFile(
     "models/dlib_face_recognition_resnet_model_v1.dat", _FRM_SRC, "CC0 (package); model by dlib, Boost licence",
 ))
 register_weight(WeightFile(
-    "shape_predictor_68_face_landmarks.dat",
+    DLIB_68,
     "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
     "landmarks: dlib 68-point predictor (iBUG 300-W; research use only)", _FRM,
     "models/shape_predictor_68_face_landmarks.dat", _FRM_SRC, "iBUG 300-W terms: research use only",
@@ -172,7 +176,7 @@ register_weight(WeightFile(
 
 
 def weights_dir() -> Path:
-    return Path(os.environ.get("HARNESS_WEIGHTS_DIR", Path.home() / ".cache" / "codeswap-harness" / "weights"))
+    return Path(os.environ.get("HARNESS_WEIGHTS_DIR", cache_root() / "weights"))
 
 
 def locate(name: str) -> Path:
@@ -193,7 +197,7 @@ def locate(name: str) -> Path:
     raise HarnessError(f"weight file {name} not found (looked in {where}); get it from: {w.source}")
 
 
-_SHA_MEMO = Path(os.environ.get("HARNESS_SHA_MEMO", Path.home() / ".cache" / "codeswap-harness" / "sha256.json"))
+_SHA_MEMO = Path(os.environ.get("HARNESS_SHA_MEMO", cache_root() / "sha256.json"))
 
 
 _SHA_SEEN: dict[str, str] = {}  # this process's lookups: metrics ask for their weights every batch
@@ -221,17 +225,49 @@ def sha256_of(path: Path) -> str:
     return memo[key]
 
 
+def checksum_problem(name: str, sha: str) -> str | None:
+    """Why ``sha`` is not the pinned checksum of ``name`` (None: it matches, or none is pinned)."""
+    w = KNOWN[name]
+    if w.sha256_prefix and not sha.startswith(w.sha256_prefix):
+        return f"sha256 {sha[:12]}... does not start with {w.sha256_prefix}, as {name} must"
+    if w.sha256 and sha != w.sha256:
+        return f"sha256 {sha[:12]}... does not match the expected {w.sha256[:12]}... for {name}"
+    return None
+
+
 def verified(name: str) -> tuple[Path, str]:
     """Locate a file and check its sha256; a mismatch is an error (wrong or corrupt file)."""
     path = locate(name)
     sha = sha256_of(path)
-    expected = KNOWN[name].sha256
-    prefix = KNOWN[name].sha256_prefix
-    if prefix and not sha.startswith(prefix):
-        raise HarnessError(f"{path}: sha256 {sha[:12]}... does not start with {prefix}, as {name} must")
-    if expected and sha != expected:
-        raise HarnessError(f"{path}: sha256 {sha[:12]}... does not match the expected {expected[:12]}... for {name}")
+    problem = checksum_problem(name, sha)
+    if problem:
+        raise HarnessError(f"{path}: {problem}")
     return path, sha
+
+
+@dataclass(frozen=True)
+class WeightStatus:
+    """What `harness weights` shows for one known file."""
+
+    name: str
+    state: str  # "present", "present (no pinned sha256)", "missing" or "WRONG-SHA"
+    path: Path | None = None
+    sha256: str | None = None
+
+
+def status(name: str) -> WeightStatus:
+    """Where ``name`` is and whether its checksum matches (hashing it if needed; no error)."""
+    try:
+        path = locate(name)
+    except HarnessError:
+        return WeightStatus(name, "missing")
+    sha = sha256_of(path)
+    w = KNOWN[name]
+    if checksum_problem(name, sha):
+        state = "WRONG-SHA"
+    else:
+        state = "present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)"
+    return WeightStatus(name, state, path, sha)
 
 
 # --- CodeSwap stage-1 perceptual loss (codeswap.perceptual) ------------------------------

@@ -27,6 +27,7 @@ import numpy as np
 from harness.api import SwapMethod
 from harness.faces.templates import crop_landmarks
 from harness.images import to_uint8
+from harness.options import bind
 
 JAW_AND_BROWS = slice(0, 27)  # 68-point indices of the face outline (jaw line + eyebrows)
 
@@ -93,11 +94,12 @@ class ClassicalSwap(SwapMethod):
 
     name = "classical"
     resolution = None  # works at any crop size
+    OPTIONS = ClassicalConfig  # its settings (--method-option classical.KEY=VALUE)
 
     def __init__(self, device: str = "cpu", config: ClassicalConfig | None = None, **options: Any) -> None:
         super().__init__(device)
         if config is None:
-            config = ClassicalConfig(**{k: _coerce(ClassicalConfig, k, v) for k, v in options.items()})
+            config = ClassicalConfig(**bind(ClassicalConfig, options, "method 'classical'"))
         elif options:
             raise TypeError("give either config or keyword options, not both")
         self.config = config
@@ -160,23 +162,3 @@ class ClassicalSwap(SwapMethod):
         return {"name": self.name, "version": 1, "config": asdict(self.config),
                 "landmarks": "dlib_68 shape_predictor_68_face_landmarks.dat"}
 
-
-def _coerce(cls, key: str, value: Any) -> Any:
-    """CLI options arrive as strings: convert to the config field's type."""
-    import dataclasses
-
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if key not in fields:
-        from harness.errors import HarnessError
-
-        raise HarnessError(f"unknown option {key!r} for {cls.__name__} (known: {', '.join(fields)})")
-    if not isinstance(value, str):
-        return value
-    default = fields[key].default
-    if isinstance(default, bool):
-        return value.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return value

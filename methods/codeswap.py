@@ -95,11 +95,11 @@ class CodeSwapMethod(SwapMethod):
                 "stage": meta["stage"], "step": meta["step"], "stage1_sha256": meta["stage1_sha256"]}
 
     @torch.no_grad()
-    def swap_pair(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def swap_both_ways(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,3,R,R) in [0,1] x2 -> (I_ab, I_ba) in [0,1], both from one symmetric pass."""
         model = self._loaded[0]
         out = model(a * 2 - 1, b * 2 - 1)
         return (out.ab.float().clamp(-1, 1) + 1) * 0.5, (out.ba.float().clamp(-1, 1) + 1) * 0.5
 
     def swap(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.swap_pair(source, target)[0]
+        return self.swap_both_ways(source, target)[0]

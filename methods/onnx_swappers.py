@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 from harness.api import SwapMethod
 from harness.errors import HarnessError
 from harness.images import to_uint8
+from harness.options import parse_bool
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 ZERO = (0.0, 0.0, 0.0)
 ONE = (1.0, 1.0, 1.0)
@@ -180,7 +180,7 @@ class OnnxSwapper(SwapMethod):
 
     resolution = None
 
-    def __init__(self, device: str = "cpu", model: str = "inswapper_128", detect: bool | str = True) -> None:
+    def __init__(self, device: str = "cpu", model: str = "inswapper_128", detect: bool = True) -> None:
         super().__init__(device)
         if model not in SWAPPERS:
             raise HarnessError(f"unknown ONNX swapper {model!r} (known: {', '.join(SWAPPERS)})")
@@ -189,7 +189,7 @@ class OnnxSwapper(SwapMethod):
         if self.spec.source in ("emap", "arcface"):
             # these swappers take w600k_r50 embeddings as trained: flag runs it also scores
             self.identity_model = "arcface_w600k_r50"  # Backend.name of identity_arcface
-        self.detect = detect if isinstance(detect, bool) else str(detect).lower() in ("1", "true", "yes")
+        self.detect = parse_bool(detect, "detect")
 
     # --- lazily loaded pieces ------------------------------------------------------------
     @cached_property

@@ -16,7 +16,7 @@ pair set; missing outputs are an error that lists them (``allow_missing=true`` t
 that into a counted, reported skip: a missing output is scored as the unchanged target,
 and the run's notes say how many), and files that match no pair are reported.
 
-The runner passes pair identity through the optional :meth:`swap_pairs` hook (see
+The runner passes pair identity through the optional :meth:`swap_batch` hook (see
 ``harness.runner.run_swaps``); plain :meth:`swap` cannot know which pair it is given.
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 from harness.api import FacePair, PairSet, SwapMethod
 from harness.errors import HarnessError
 from harness.images import file_sha256, load_rgb, to_tensor
+from harness.options import parse_bool
 
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NAME_SEPARATOR = "__"
@@ -39,10 +40,6 @@ ENV_DIR = "HARNESS_PRECOMPUTED_DIR"
 def names_key(pair: FacePair) -> str:
     """The ``<source_stem>__<target_stem>`` key of a pair."""
     return f"{Path(pair.source).stem}{NAME_SEPARATOR}{Path(pair.target).stem}"
-
-
-def _truthy(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
 
 
 def _listing(items: list[str], limit: int = 10) -> str:
@@ -64,7 +61,7 @@ class PrecomputedMethod(SwapMethod):
     resolution = None
 
     def __init__(self, device: str = "cpu", dir: str | Path | None = None, key: str = "auto",  # noqa: A002
-                 label: str | None = None, allow_missing: bool | str = False) -> None:
+                 label: str | None = None, allow_missing: bool = False) -> None:
         super().__init__(device)
         folder = dir if dir is not None else os.environ.get(ENV_DIR)
         if not folder:
@@ -78,7 +75,7 @@ class PrecomputedMethod(SwapMethod):
         self.key = key
         if label:
             self.name = str(label)
-        self.allow_missing = _truthy(allow_missing)
+        self.allow_missing = parse_bool(allow_missing, "allow_missing")
         self._files = self._scan()
         self._by_pair: dict[str, Path] = {}
         self.notes: list[str] = []
@@ -146,12 +143,12 @@ class PrecomputedMethod(SwapMethod):
                         f"{pairset.manifest_sha256[:12]}): use the same protocol options as the export")
                 return
 
-    def swap_pairs(self, pairs: list[FacePair], source, target):
+    def swap_batch(self, pairs: list[FacePair], source, target):
         """The outputs of ``pairs`` as (B, 3, H, W) float [0, 1], at ``target``'s size."""
         import torch
 
         if self._resolved_key is None:
-            raise HarnessError("precomputed: prepare(pairset) must run before swap_pairs (the runner does this)")
+            raise HarnessError("precomputed: prepare(pairset) must run before swap_batch (the runner does this)")
         size = target.shape[-1]
         out = []
         for i, p in enumerate(pairs):
@@ -167,7 +164,7 @@ class PrecomputedMethod(SwapMethod):
 
     def swap(self, source, target):
         raise HarnessError("precomputed outputs are looked up by pair: run through the harness runner "
-                           "(it calls swap_pairs with the batch's pairs)")
+                           "(it calls swap_batch with the batch's pairs)")
 
     @cached_property
     def _outputs_sha(self) -> str:

@@ -10,7 +10,7 @@ import hashlib
 from typing import Sequence
 
 from harness.api import FacePair, GalleryItem
-from harness.errors import HarnessError
+from harness.errors import MAX_LISTED_PROBLEMS, HarnessError, LayoutError  # noqa: F401 - re-exported
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -59,28 +59,6 @@ def pair_images(images: Sequence[GalleryItem], seed: int, num_pairs: int | None 
 # Dataset layouts and protocol options
 # ---------------------------------------------------------------------------------------
 
-#: problems named in full inside a LayoutError's one-line message; the rest are counted
-MAX_LISTED_PROBLEMS = 12
-
-
-class LayoutError(HarnessError):
-    """A dataset tree that is not in the expected layout.
-
-    ``problems`` lists every missing or malformed item, one short line each; the message
-    is one line that names the first :data:`MAX_LISTED_PROBLEMS` and counts the rest.
-    """
-
-    def __init__(self, protocol: str, root: object, problems: Sequence[str]) -> None:
-        self.protocol = protocol
-        self.root = root
-        self.problems = list(problems)
-        shown = "; ".join(self.problems[:MAX_LISTED_PROBLEMS])
-        more = len(self.problems) - MAX_LISTED_PROBLEMS
-        tail = f"; ... and {more} more" if more > 0 else ""
-        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
-        super().__init__(f"{protocol} layout at {root}: {count}: {shown}{tail}")
-
-
 def summarise(items: Sequence[str], limit: int = 5) -> str:
     """``a, b, c, ... (+N more)``: a short listing for one problem line."""
     items = list(items)
@@ -111,16 +89,3 @@ def option_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if text not in choices:
         raise HarnessError(f"option {name} must be one of {', '.join(choices)}; got {value!r}")
     return text
-
-
-def reject_unknown_options(protocol: str, unknown: dict[str, object], known: Sequence[str]) -> None:
-    """A mistyped ``--option`` is an error with a suggestion, never silently ignored."""
-    if not unknown:
-        return
-    import difflib
-
-    parts = []
-    for key in sorted(unknown):
-        close = difflib.get_close_matches(key, list(known), n=1)
-        parts.append(key + (f" (did you mean {close[0]}?)" if close else ""))
-    raise HarnessError(f"unknown option(s) for protocol {protocol}: {', '.join(parts)} (known: {', '.join(known)})")

@@ -38,13 +38,14 @@ from tqdm import tqdm
 
 from harness.api import FaceProtocol, GalleryItem, PairSet
 from harness.cache import stable_hash
+from harness.constants import cache_root
 from harness.errors import HarnessError
+from harness.options import parse_bool
 from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import (
     LayoutError,
     option_int,
     pair_images,
-    reject_unknown_options,
     seeded_key,
     seeded_order,
 )
@@ -153,16 +154,13 @@ class CelebAHQProtocol(FaceProtocol):
 
     name = "celebahq"
     version = "1"
-    OPTIONS = ("num_identities", "num_pairs", "resolution", "image_dir", "identity_file", "strict")
-
-    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | str | None = None,
-                 cache_dir: Path | None = None, num_identities: int | str | None = None,
-                 resolution: int | str = DEFAULT_RESOLUTION, image_dir: str = IMAGE_DIR,
-                 identity_file: str | None = None, strict: bool | str = False, **unknown: object) -> None:
-        reject_unknown_options(self.name, unknown, self.OPTIONS)
+    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None,
+                 cache_dir: Path | None = None, num_identities: int | None = None,
+                 resolution: int = DEFAULT_RESOLUTION, image_dir: str = IMAGE_DIR,
+                 identity_file: str | None = None, strict: bool = False) -> None:
         #: strict: a mapping row whose image is absent is an error; otherwise the images that
         #: are present are used (a partial copy) and the absent ones are counted in the report
-        self.strict = strict if isinstance(strict, bool) else str(strict).lower() in ("1", "true", "yes")
+        self.strict = parse_bool(strict, "strict")
         self.absent: list[str] = []
         if root is None:
             raise HarnessError("protocol 'celebahq' needs --root: the folder holding CelebA-HQ-img/, "
@@ -177,7 +175,7 @@ class CelebAHQProtocol(FaceProtocol):
             raise HarnessError(f"option image_dir must be a folder name inside the root, got {image_dir!r}")
         self.image_dir = str(image_dir)
         self.identity_file = identity_file
-        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
+        base = Path(cache_dir) if cache_dir else cache_root()
         self._layout: CelebAHQLayout | None = None
         self.crop_root = base / "crops" / f"celebahq-{stable_hash([str(self.root), self.image_dir, self.resolution])}"
 

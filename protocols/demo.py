@@ -22,12 +22,17 @@ class DemoProtocol(FaceProtocol):
     version = "1"
     resolution = 256
 
-    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None, **_: object) -> None:
+    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None,
+                 cache_dir: Path | None = None) -> None:
         self.root = Path(root) if root else DEMO_DIR
         self.seed = seed
-        self.num_pairs = num_pairs
+        self.num_pairs = num_pairs  # cache_dir: unused, the crops ship aligned
 
-    def build(self) -> PairSet:
+    def validate(self) -> None:
+        """The index and every face it lists are in place."""
+        self._gallery()
+
+    def _gallery(self) -> tuple[GalleryItem, ...]:
         index = self.root / "faces.json"
         if not index.is_file():
             raise HarnessError(f"demo faces not found: expected {index} (run scripts/build_demo_faces.py)")
@@ -36,6 +41,10 @@ class DemoProtocol(FaceProtocol):
         missing = [g.path for g in gallery if not (self.root / g.path).is_file()]
         if missing:
             raise HarnessError(f"demo faces missing from {self.root}: {', '.join(missing)}")
+        return gallery
+
+    def build(self) -> PairSet:
+        gallery = self._gallery()
         return PairSet(
             protocol=self.name, version=self.version, root=self.root, resolution=self.resolution,
             seed=self.seed, pairs=tuple(pair_images(gallery, self.seed, self.num_pairs)), gallery=gallery,

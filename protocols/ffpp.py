@@ -47,29 +47,21 @@ metadata can be off by a few frames), so the sampled indices are the same everyw
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from harness.api import FacePair, FaceProtocol, GalleryItem, PairSet
 from harness.cache import stable_hash
+from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, save_png
-from protocols.base import (
-    LayoutError,
-    option_choice,
-    option_int,
-    reject_unknown_options,
-    seeded_key,
-    seeded_order,
-)
+from protocols.base import LayoutError, option_choice, option_int, seeded_key
+from protocols.ffpp_frames import FrameChoice, frames_needed, pair_frames, resolve_frames
+from protocols.video import count_frames, read_frames, video_fingerprint
 
 COMPRESSIONS = ("c0", "c23", "c40")
 SPLITS = ("train", "val", "test")
@@ -83,64 +75,8 @@ DEFAULT_RESOLUTION = 256
 # landmarks and alignment use the full-resolution frame (harness.faces.detect).
 DEFAULT_DETECT_MAX_SIDE = 960
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]+$")
-# The video fingerprint reads this many bytes from each end (plus the size): enough to
-# notice a replaced file without hashing gigabytes of c0 video on every run.
-_FINGERPRINT_BYTES = 1 << 18
-
-
 def video_dir(compression: str) -> str:
     return f"original_sequences/youtube/{compression}/videos"
-
-
-def video_fingerprint(path: Path) -> str:
-    """sha256 of (size, first 256 KiB, last 256 KiB) of a video file."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(_FINGERPRINT_BYTES))
-        if size > _FINGERPRINT_BYTES:
-            f.seek(max(_FINGERPRINT_BYTES, size - _FINGERPRINT_BYTES))
-            h.update(f.read(_FINGERPRINT_BYTES))
-    return h.hexdigest()
-
-
-def count_frames(path: Path) -> int:
-    """Frames that actually decode (container metadata can be off by a few)."""
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            return 0
-        n = 0
-        while cap.grab():
-            n += 1
-        return n
-    finally:
-        cap.release()
-
-
-def read_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
-    """Decode the video front to back once and keep the ``wanted`` frames as uint8 RGB
-    (H, W, 3). Sequential decoding, not seeking: seeks in mp4 land on keyframes."""
-    import cv2
-
-    out: dict[int, np.ndarray] = {}
-    if not wanted:
-        return out
-    last = max(wanted)
-    cap = cv2.VideoCapture(str(path))
-    try:
-        index = 0
-        while index <= last and cap.grab():
-            if index in wanted:
-                ok, bgr = cap.retrieve()
-                if ok and bgr is not None:
-                    out[index] = np.ascontiguousarray(bgr[:, :, ::-1])  # BGR -> RGB, (H, W, 3)
-            index += 1
-    finally:
-        cap.release()
-    return out
 
 
 @dataclass(frozen=True)
@@ -156,70 +92,16 @@ class FFppLayout:
     split_pairs: tuple[tuple[str, str], ...]  # official pairs of the chosen split(s); () for random pairing
 
 
-@dataclass(frozen=True)
-class FrameChoice:
-    """The frames a video contributes, or why it contributes none."""
-
-    video_id: str
-    evaluation: tuple[int, ...]  # frame indices, ascending: slot N is evaluation[N]
-    gallery: int | None
-    passed_over: int  # sampled frames with no detectable face that a rule replaced
-    multi_face: int  # used frames holding several faces (the largest was used)
-    problem: str = ""  # non-empty: the video is left out
-
-
-def pair_frames(frames: list[GalleryItem], seed: int, num_pairs: int) -> list[FacePair]:
-    """Random (source, target) pairs of frames from different videos (``identity`` = video).
-
-    Each round of ``len(frames)`` pairs uses every frame once as a source and once as a
-    target: sources and targets are two seeded orders of the frames, and a position whose
-    source and target share a video swaps its target with the first later position
-    (cyclically) where the exchange leaves both positions across videos. Further rounds,
-    when more pairs than frames are asked for, use fresh orders.
-    """
-    videos = Counter(f.identity for f in frames)
-    if len(videos) < 2 or max(videos.values()) * 2 > len(frames):
-        raise HarnessError(f"ffpp: cannot pair {len(frames)} frames across videos "
-                           f"(one video holds {max(videos.values(), default=0)} of them)")
-    by_path = {f.path: f for f in frames}
-    width = max(5, len(str(num_pairs - 1)))
-    pairs: list[FacePair] = []
-    for rnd in range(math.ceil(num_pairs / len(frames))):
-        src = [by_path[p] for p in seeded_order(list(by_path), seed, f"ffpp-sources/{rnd}")]
-        tgt = [by_path[p] for p in seeded_order(list(by_path), seed, f"ffpp-targets/{rnd}")]
-        n = len(src)
-        for i in range(n):
-            if src[i].identity != tgt[i].identity:
-                continue
-            for step in range(1, n):
-                j = (i + step) % n
-                if tgt[j].identity != src[i].identity and tgt[i].identity != src[j].identity:
-                    tgt[i], tgt[j] = tgt[j], tgt[i]
-                    break
-            else:  # cannot happen while no video holds more than half the frames
-                raise HarnessError(f"ffpp: no cross-video target for {src[i].path}")
-        for a, b in zip(src, tgt):
-            if len(pairs) == num_pairs:
-                break
-            pairs.append(FacePair(f"{len(pairs):0{width}d}", a.path, b.path, a.identity, b.identity))
-    return pairs
-
-
 class FFppProtocol(FaceProtocol):
     """CodeSwap's FF++ pair set; see the module docstring for every rule."""
 
     name = "ffpp"
     version = "1"
-    OPTIONS = ("compression", "sampling", "pairing", "split", "frames_per_video", "num_pairs", "resolution",
-               "upsample", "detect_max_side", "splits_dir")
-
-    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | str | None = None,
+    def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None,
                  cache_dir: Path | None = None, compression: str = "c23", sampling: str = "random",
-                 pairing: str = "random", split: str = "all", frames_per_video: int | str = DEFAULT_FRAMES,
-                 resolution: int | str = DEFAULT_RESOLUTION, upsample: int | str = 1,
-                 detect_max_side: int | str = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None,
-                 **unknown: object) -> None:
-        reject_unknown_options(self.name, unknown, self.OPTIONS)
+                 pairing: str = "random", split: str = "all", frames_per_video: int = DEFAULT_FRAMES,
+                 resolution: int = DEFAULT_RESOLUTION, upsample: int = 1,
+                 detect_max_side: int = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None) -> None:
         if root is None:
             raise HarnessError("protocol 'ffpp' needs --root: the FaceForensics++ folder holding "
                                "original_sequences/youtube/<c0|c23|c40>/videos/")
@@ -235,7 +117,7 @@ class FFppProtocol(FaceProtocol):
         self.upsample = option_int(upsample, "upsample", minimum=0)
         self.detect_max_side = option_int(detect_max_side, "detect_max_side", minimum=64)
         self.splits_dir = splits_dir
-        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
+        base = Path(cache_dir) if cache_dir else cache_root()
         key = stable_hash([str(self.root), self.compression, self.resolution, "dlib_hog_68", self.upsample,
                            self.detect_max_side])
         self.crop_root = base / "crops" / f"ffpp-{key}"
@@ -245,7 +127,7 @@ class FFppProtocol(FaceProtocol):
     @property
     def frames_needed(self) -> int:
         """Face frames a video must give: the evaluation frames and one gallery frame."""
-        return self.frames_per_video + 1
+        return frames_needed(self.frames_per_video)
 
     # -- layout ------------------------------------------------------------------------
 
@@ -351,73 +233,9 @@ class FFppProtocol(FaceProtocol):
 
     # -- frame choice ------------------------------------------------------------------
 
-    def _order(self, video_id: str, n: int) -> list[int]:
-        """Frame indices of one video in the seeded random order."""
-        return [int(k) for k in seeded_order([str(i) for i in range(n)], self.seed, f"ffpp-frames/{video_id}")]
-
     def _resolve(self, video_id: str, n: int, faces: dict[int, str]) -> tuple[FrameChoice | None, list[int]]:
-        """Apply the sampling rule to what is known. Returns (choice, []) when every slot
-        is settled, or (None, frames to examine next)."""
-        want: list[int] = []
-        passed = 0
-        evaluation: list[int] = []
-        if self.sampling == "random":
-            order = self._order(video_id, n)
-            chosen: list[int] = []
-            for f in order:
-                if len(chosen) + len(want) >= self.frames_needed:
-                    break
-                status = faces.get(f)
-                if status is None:
-                    want.append(f)
-                elif status == "ok":
-                    chosen.append(f)
-                else:
-                    passed += 1
-            if want:
-                return None, want
-            if len(chosen) < self.frames_needed:
-                return self._short(video_id, n, faces, passed), []
-            evaluation, gallery = chosen[: self.frames_per_video], chosen[self.frames_per_video]
-        else:
-            k = self.frames_per_video
-            bounds = [math.floor(i * n / k) for i in range(k + 1)]  # part i is [bounds[i], bounds[i+1])
-            for i in range(k):
-                for f in range(bounds[i], bounds[i + 1]):
-                    status = faces.get(f)
-                    if status is None:
-                        want.append(f)
-                        break
-                    if status == "ok":
-                        evaluation.append(f)
-                        break
-                    passed += 1
-                else:
-                    return self._short(video_id, n, faces, passed, part=i), []
-            if want:
-                return None, want
-            gallery = None
-            for f in self._order(video_id, n):
-                if f in evaluation:
-                    continue
-                status = faces.get(f)
-                if status is None:
-                    return None, [f]
-                if status == "ok":
-                    gallery = f
-                    break
-                passed += 1
-            if gallery is None:
-                return self._short(video_id, n, faces, passed), []
-        return FrameChoice(video_id, tuple(sorted(evaluation)), gallery, passed, 0), []
-
-    def _short(self, video_id: str, n: int, faces: dict[int, str], passed: int, part: int | None = None) -> FrameChoice:
-        found = sum(s == "ok" for s in faces.values())
-        if part is not None:
-            why = f"no frame with a detectable face in part {part + 1} of {self.frames_per_video}"
-        else:
-            why = f"{found} of {n} frames hold a detectable face, needs {self.frames_needed}"
-        return FrameChoice(video_id, (), None, passed, 0, problem=f"video {video_id}: {why}; left out")
+        return resolve_frames(video_id, n, faces, seed=self.seed, sampling=self.sampling,
+                              frames_per_video=self.frames_per_video)
 
     # -- crops -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from harness.api import FaceProtocol, GalleryItem, PairSet
 from harness.cache import stable_hash
+from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import IMAGE_SUFFIXES, pair_images
@@ -28,7 +29,7 @@ class FolderProtocol(FaceProtocol):
     version = "1"
 
     def __init__(self, root: Path | None = None, seed: int = 0, num_pairs: int | None = None,
-                 cache_dir: Path | None = None, resolution: int = 256, **_: object) -> None:
+                 cache_dir: Path | None = None, resolution: int = 256) -> None:
         if root is None:
             raise HarnessError("protocol 'folder' needs --root: a folder of face photos "
                                "(ROOT/<identity>/*.jpg, or a flat ROOT/*.jpg with one identity per photo)")
@@ -36,8 +37,12 @@ class FolderProtocol(FaceProtocol):
         self.seed = seed
         self.num_pairs = num_pairs
         self.resolution = resolution
-        base = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "codeswap-harness"
+        base = Path(cache_dir) if cache_dir else cache_root()
         self.crop_root = base / "crops" / f"folder-{stable_hash([str(self.source_root), resolution])}"
+
+    def validate(self) -> None:
+        """The folder exists and holds photos (faces are found while building)."""
+        self._photos()
 
     def _photos(self) -> list[tuple[str, str]]:
         """(relative path, identity) of every photo, sorted for stable order."""

@@ -110,10 +110,10 @@ def test_folder_protocol_on_photos_the_demo_never_saw(demo_photos: Path, tmp_pat
 
 
 def test_method_all_takes_every_runnable_method(monkeypatch, tmp_path):
-    from harness.cli import _expand_methods
+    from harness.evaluation import expand_methods
 
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))  # an empty weights folder
-    chosen = _expand_methods(["all"])
+    chosen = expand_methods(["all"])
     assert {"source", "target", "classical", "codeswap", "codeswap_wo_c", "codeswap_wo_m"} <= set(chosen)
     assert "precomputed" not in chosen  # needs a folder of outputs: run it by name
     assert "inswapper_128" not in chosen  # its weights are missing

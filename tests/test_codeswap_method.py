@@ -21,10 +21,10 @@ def cache(tmp_path, monkeypatch):
 def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
     m = CodeSwapMethod(demo_recipe=RECIPE)
     a, b = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
-    ab, ba = m.swap_pair(a, b)
+    ab, ba = m.swap_both_ways(a, b)
     assert ab.shape == a.shape and 0 <= ab.min() and ab.max() <= 1
     torch.testing.assert_close(m.swap(a, b), ab)
-    ba2, ab2 = m.swap_pair(b, a)  # symmetric: swapping inputs swaps outputs
+    ba2, ab2 = m.swap_both_ways(b, a)  # symmetric: swapping inputs swaps outputs
     torch.testing.assert_close(ab, ab2, atol=1e-5, rtol=0)
     assert "training stage 1" in capsys.readouterr().out
     again = CodeSwapMethod(demo_recipe=RECIPE)

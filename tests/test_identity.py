@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.metrics.identity import DlibFaceEmbedder, retrieval_hits
+from harness.metrics.id_backends import DlibEmbedder as DlibFaceEmbedder
+from harness.metrics.identity import retrieval_hits
 
 
 def test_retrieval_on_constructed_embeddings():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.cache import FeatureStore
-from harness.cli import DEFAULT_METRICS
+from harness.evaluation import DEFAULT_METRICS
 from harness.registry import METHODS, METRICS
 from harness.runner import RunConfig, run_method
 from protocols.demo import DemoProtocol

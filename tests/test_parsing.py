@@ -208,7 +208,7 @@ def test_parsing_masks_keep_the_face_classes():
 
 def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
     from codeswap.train.stage3 import parsing_masks
-    from harness.models.bisenet import IMAGENET_MEAN, IMAGENET_STD
+    from harness.constants import IMAGENET_MEAN, IMAGENET_STD
 
     class Stub(torch.nn.Module):
         """Class 1 (skin) on the left half, 17 (hair) on the right; records its input."""

@@ -35,7 +35,7 @@ def _batch(method, pairset):
     pairs = list(pairset.pairs)
     src = to_tensor(np.stack([load_rgb(pairset.path(p.source)) for p in pairs]))
     tgt = to_tensor(np.stack([load_rgb(pairset.path(p.target)) for p in pairs]))  # (B, 3, 256, 256)
-    return method.swap_pairs(pairs, src, tgt), tgt
+    return method.swap_batch(pairs, src, tgt), tgt
 
 
 @pytest.mark.parametrize("naming", ["pair_id", "names"])
@@ -111,26 +111,31 @@ def test_export_refuses_a_different_pair_set(tmp_path):
         export_pairs(DemoProtocol(num_pairs=3, seed=1).build(), tmp_path)
 
 
-def test_runner_without_hooks_still_works(demo, tmp_path):
-    """A duck-typed method with only swap() (no prepare/swap_pairs) still runs."""
+def test_runner_needs_a_swap_method_and_its_default_hooks_suffice(demo, tmp_path):
+    """A SwapMethod with only swap() runs on the base class's hooks; an object that only
+    looks like one is refused with a clear error instead of being probed."""
+    from harness.api import SwapMethod
     from harness.cache import FeatureStore
     from harness.metrics.identity import IdentityMetric
     from harness.runner import RunConfig, run_method
 
-    class Bare:
-        name, resolution = "bare", None
+    class Bare(SwapMethod):
+        name = "bare"
 
         def swap(self, source, target):
             return target.clone()
 
-        def fingerprint(self):
-            return {"name": "bare"}
+    class LooksLikeOne:
+        name, resolution = "duck", None
 
-        describe = fingerprint
+        def swap(self, source, target):
+            return target.clone()
 
     cfg = RunConfig(out_dir=tmp_path, progress=False, bootstrap_resamples=50)
     fs = FeatureStore(tmp_path / "f.sqlite")
     s = run_method(Bare(), demo, [IdentityMetric()], cfg, fs)
+    with pytest.raises(HarnessError, match="LooksLikeOne is not a harness.api.SwapMethod"):
+        run_method(LooksLikeOne(), demo, [IdentityMetric()], cfg, fs)
     fs.close()
     assert s["num_pairs"] == 4 and s["metrics"]["id_retrieval_top1_dlib"]["value"] == 0.0
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
+from harness.registry import PROTOCOLS
 from protocols.celebahq import MAPPING_FILE, CelebAHQProtocol
 from protocols.fixtures import write_celebahq
 
@@ -109,9 +110,12 @@ def test_1024_png_form_and_string_options(tmp_path):
         assert im.size == (128, 128)
     with pytest.raises(HarnessError, match="option num_identities must be an integer"):
         CelebAHQProtocol(root=big.root, num_identities="many")
-    typo = r"unknown option\(s\) for protocol celebahq: num_identites \(did you mean num_identities\?\)"
+    typo = r"unknown setting 'num_identites' for protocol 'celebahq'; did you mean 'num_identities'\?"
     with pytest.raises(HarnessError, match=typo):
-        CelebAHQProtocol(root=big.root, num_identites="6")
+        PROTOCOLS.create("celebahq", root=big.root, num_identites="6")
+    with pytest.raises(HarnessError, match="setting 'num_identities' for protocol 'celebahq' must be an integer"):
+        PROTOCOLS.create("celebahq", root=big.root, num_identities="many")
+    assert PROTOCOLS.create("celebahq", root=big.root, num_identities="6", strict="yes").num_identities == 6
 
 
 def test_missing_folders_and_files_are_all_listed(tmp_path):

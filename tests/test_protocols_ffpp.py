@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from harness.errors import HarnessError
+from harness.registry import PROTOCOLS
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp
 
@@ -209,8 +210,9 @@ def test_options_arrive_as_strings_and_typos_are_caught(tree):
     assert (proto.frames_per_video, proto.resolution, proto.upsample, proto.sampling) == (4, 128, 0, "even")
     with pytest.raises(HarnessError, match="option sampling must be one of random, even"):
         FFppProtocol(root=tree.root, sampling="uniform")
-    with pytest.raises(HarnessError, match=r"compresion \(did you mean compression\?\)"):
-        FFppProtocol(root=tree.root, compresion="c40")
+    with pytest.raises(HarnessError, match=r"unknown setting 'compresion' for protocol 'ffpp'; did you mean 'compression'\?"):
+        PROTOCOLS.create("ffpp", root=tree.root, compresion="c40")
+    assert PROTOCOLS.create("ffpp", root=tree.root, frames_per_video="4").frames_per_video == 4
 
 
 def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):
@@ -247,7 +249,7 @@ def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):
 
 def test_pair_frames_is_balanced_across_videos_for_any_seed():
     from harness.api import GalleryItem
-    from protocols.ffpp import pair_frames
+    from protocols.ffpp_frames import pair_frames
 
     for videos in (2, 3, 7):
         frames = [GalleryItem(f"{v:03d}/{f:06d}.png", f"{v:03d}") for v in range(videos) for f in range(10)]
@@ -267,7 +269,7 @@ def test_large_frames_searched_downscaled_align_like_full_resolution(tree):
     import numpy as np
 
     from harness.faces.crops import crop_largest
-    from protocols.ffpp import read_frames
+    from protocols.video import read_frames
 
     frame = read_frames(tree.root / VIDEOS / "000.mp4", {12})[12]
     big = cv2.resize(frame, (1920, 1440), interpolation=cv2.INTER_CUBIC)  # (1440, 1920, 3)

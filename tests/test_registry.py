@@ -80,3 +80,43 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
     assert out.strip() == "my-swapper [[1.0, 0.0], [3.0, 2.0]]"
+
+
+def test_entry_of_the_wrong_kind_is_refused_when_it_loads():
+    r = Registry("method", "codeswap_harness.tests_none", "harness.api:SwapMethod")
+    r.register("metricish", "harness.metrics.identity:IdentityMetric")
+    with pytest.raises(HarnessError, match=r"method 'metricish': harness.metrics.identity:IdentityMetric is not a "
+                                           r"subclass of harness.api.SwapMethod"):
+        r.create("metricish")
+
+
+def test_settings_are_checked_and_converted_once_at_creation():
+    with pytest.raises(HarnessError, match=r"^unknown setting 'unti' for metric 'pose'; did you mean 'unit'\?$"):
+        METRICS.create("pose", unti="rad")
+    with pytest.raises(HarnessError, match=r"unknown setting 'num_pair' for protocol 'demo'; did you mean 'num_pairs'"):
+        PROTOCOLS.create("demo", num_pair="2")
+    with pytest.raises(HarnessError, match=r"unknown setting 'foo' for method 'source' \(known: device\)"):
+        METHODS.create("source", foo="1")
+    assert PROTOCOLS.create("demo", num_pairs="3").num_pairs == 3  # text from the command line -> int
+    assert {"num_identities", "strict"} <= set(PROTOCOLS.resolve("celebahq").load().settings())  # its --options
+    classical = METHODS.create("classical", erode_px="5", detect="off")  # settings of its OPTIONS dataclass
+    assert (classical.config.erode_px, classical.config.detect) == (5, False)
+    with pytest.raises(HarnessError, match="setting 'erode_px' for method 'classical' must be an integer, got 'x'"):
+        METHODS.create("classical", erode_px="x")
+    with pytest.raises(HarnessError, match="setting 'detect' for method 'classical' must be true or false"):
+        METHODS.create("classical", detect="maybe")
+
+
+def test_method_tables_derive_the_registrations():
+    """Variants, releases and weight files are listed once, in the methods' own tables."""
+    from codeswap.variants import VARIANTS
+    from harness.weights import DLIB_68, KNOWN
+    from methods.simswap import RELEASES
+
+    codeswap = [e for e in METHODS.entries() if e.target == "methods.codeswap:CodeSwapMethod"]
+    assert [dict(e.options).get("variant", "full") for e in codeswap] == list(VARIANTS)
+    for name, release in RELEASES.items():
+        assert set(METHODS.resolve(name).requires) == {*release.weight_files, DLIB_68}
+    for registry in (METHODS, METRICS):
+        for e in registry.entries():
+            assert set(e.requires) <= set(KNOWN), e.name  # every required file is a known weight file

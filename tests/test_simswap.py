@@ -1,5 +1,5 @@
 """SimSwap adapter: official key layout (written out here from the release's module tree,
-independently of methods/simswap.py), weights_only loading of the pickled ArcFace, the
+independently of harness/models/simswap.py), weights_only loading of the pickled ArcFace, the
 identity path, and no watermark."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import methods.simswap as S
+import harness.models.simswap as S
 from harness.errors import HarnessError
 from harness.images import load_rgb, to_tensor
 from harness.registry import METHODS

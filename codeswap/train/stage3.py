@@ -35,7 +35,7 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
     import cv2
 
     from harness.faces.detect import DlibDetector
-    from harness.faces.landmarks import FFHQ_FACE_BOX
+    from harness.constants import FFHQ_FACE_BOX
 
     det = _DETECTOR.setdefault("dlib", DlibDetector())
     imgs = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -11,7 +11,7 @@ from functools import cached_property
 
 import numpy as np
 
-from harness.weights import verified
+from harness.weights import DLIB_68
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,9 @@ class DlibDetector:
 
     @cached_property
     def _models(self):
-        import dlib
+        from harness.faces.dlib_models import dlib_model, hog_detector
 
-        path, _ = verified("shape_predictor_68_face_landmarks.dat")
-        return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+        return hog_detector(), dlib_model(DLIB_68)[0]
 
     def landmarks(self, image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         """68 landmarks inside a given box (never fails: the predictor always answers)."""

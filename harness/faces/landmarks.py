@@ -24,13 +24,11 @@ from functools import cached_property
 import numpy as np
 
 from harness.cache import cached_features
+from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.align import five_points
-from harness.weights import KNOWN, locate, verified, weights_dir
+from harness.weights import DLIB_68, KNOWN, locate, verified, weights_dir
 
-# Face box inside an FFHQ-aligned crop, as fractions of the side (left, top, right,
-# bottom): the median dlib HOG box of the demo photos mapped through their alignment.
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 NUM_POINTS = 68
 
 
@@ -70,11 +68,11 @@ class CropLandmarks:
 
     @cached_property
     def _dlib(self):
-        import dlib
+        from harness.faces.dlib_models import dlib_model, hog_detector
 
-        path, sha = verified("shape_predictor_68_face_landmarks.dat")
-        self._weights = [(path.name, sha)]
-        return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+        predictor, sha = dlib_model(DLIB_68)
+        self._weights = [(DLIB_68, sha)]
+        return hog_detector(), predictor
 
     @cached_property
     def _onnx_detector(self):

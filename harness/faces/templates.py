@@ -12,6 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from harness.constants import FFHQ_FACE_BOX
+
 WARP_TEMPLATES: dict[str, np.ndarray] = {
     # insightface ArcFace crop, SimSwap / GHOST convention
     "arcface_112_v1": np.array([
@@ -68,10 +70,6 @@ def warp_to_template(image: np.ndarray, points5: np.ndarray, template: str, size
     crop = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
     return crop, m
 
-
-# Face box inside an FFHQ-aligned crop (fractions of the side): the median dlib HOG box of
-# the demo photos mapped through their alignment (as in harness.metrics.identity).
-FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 
 
 def crop_landmarks(image: np.ndarray, detector, detect: bool = True) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
 from harness.errors import HarnessError
-from harness.weights import verified
+from harness.weights import DLIB_68, verified
 
 INNER = slice(17, 68)  # brows, nose, eyes, mouth
 TORCH_BATCH = 64
@@ -70,7 +70,7 @@ class ExpressionMetric(Metric):
         return load_deep3d(path).to(self.device)
 
     def backend(self) -> Backend:
-        lm_path, lm_sha = verified("shape_predictor_68_face_landmarks.dat")
+        lm_path, lm_sha = verified(DLIB_68)
         landmarks = ((lm_path.name, lm_sha),)
         if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
             landmarks += tuple(w for w in self._landmarks.weight_files() if w not in landmarks)

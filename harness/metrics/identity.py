@@ -14,53 +14,11 @@ the shared 68 landmarks. Tables name the backend and whether it is standard.
 
 from __future__ import annotations
 
-from functools import cached_property
-from pathlib import Path
-
 import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
-from harness.faces.landmarks import FFHQ_FACE_BOX  # dlib's 5-point predictor runs inside this box
-from harness.weights import verified
 
-
-
-class DlibFaceEmbedder:
-    """Aligned crop (H, W, 3) uint8 -> 128-d unit vector, with dlib's own chip alignment."""
-
-    name = "dlib_resnet_v1"
-    dim = 128
-
-    @cached_property
-    def _files(self) -> tuple[tuple[Path, str], tuple[Path, str]]:
-        """(path, sha256) of the descriptor network and the 5-point predictor, checked."""
-        return verified("dlib_face_recognition_resnet_model_v1.dat"), verified("shape_predictor_5_face_landmarks.dat")
-
-    @cached_property
-    def _models(self):
-        import dlib
-
-        (rec_path, _), (sp_path, _) = self._files
-        return dlib.face_recognition_model_v1(str(rec_path)), dlib.shape_predictor(str(sp_path))
-
-    def weight_files(self) -> tuple[tuple[str, str], ...]:
-        """(file name, sha256) of every weight file used; loads no model."""
-        return tuple((path.name, sha) for path, sha in self._files)
-
-    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
-        import dlib
-
-        rec, predictor = self._models
-        chips = []
-        for img in images:
-            h, w = img.shape[:2]
-            x0, y0, x1, y1 = FFHQ_FACE_BOX
-            rect = dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
-            shape = predictor(np.ascontiguousarray(img), rect)
-            chips.append(dlib.get_face_chip(np.ascontiguousarray(img), shape, size=150, padding=0.25))
-        desc = np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)  # (N, 128)
-        return desc / np.linalg.norm(desc, axis=1, keepdims=True).clip(1e-12)
 
 
 def retrieval_hits(query: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], true_ids: list[str],

@@ -20,7 +20,7 @@ import numpy as np
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
 from harness.errors import HarnessError
-from harness.weights import verified
+from harness.weights import DLIB_68, verified
 
 TORCH_BATCH = 64
 
@@ -49,7 +49,7 @@ class PoseMetric(Metric):
         from harness.faces.pose import mean_face_68
 
         _, sha = mean_face_68()
-        lm_w = verified("shape_predictor_68_face_landmarks.dat")
+        lm_w = verified(DLIB_68)
         weights = ((lm_w[0].name, lm_w[1]), ("model_3D_68.txt", sha))
         if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
             weights += tuple(w for w in self._landmarks.weight_files() if w not in weights)
@@ -79,7 +79,8 @@ class PoseMetric(Metric):
         import torch
         import torch.nn.functional as F
 
-        from harness.models.hopenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+        from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+        from harness.models.hopenet import INPUT_SIZE
 
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)

@@ -35,13 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.errors import HarnessError
+from harness.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - codeswap.train.stage3 imports them from here
+from harness.models.checkpoints import load_strict, read_state_dict
 
 WEIGHTS = "79999_iter.pth"
 NUM_CLASSES = 19
 INPUT_SIZE = 512
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: CelebAMask-HQ labels in the release's class order (index = class id)
 CLASS_NAMES = ("background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear", "ear_r",
                "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair", "hat")
@@ -186,29 +185,11 @@ def load_bisenet(path: Path | str) -> BiSeNet:
     """Load a ``79999_iter.pth``-style state dict (``torch.load(weights_only=True)``) strictly
     into :class:`BiSeNet`, in eval mode; a mismatch is a one-line error naming the keys."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise HarnessError(f"{path.name}: not a readable torch state dict ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise HarnessError(f"{path.name}: expected a BiSeNet state dict (name -> tensor), got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path, "BiSeNet")
     state = {k: v for k, v in state.items() if not k.startswith("cp.resnet.fc.")}  # an unused classifier
     model = BiSeNet(NUM_CLASSES)
     for k, v in model.state_dict().items():
         if k.endswith("num_batches_tracked"):
             state.setdefault(k, torch.zeros_like(v))  # files from before PyTorch 0.4.1 lack the counter
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
-                  if state[k].shape != own[k].shape]
-        raise HarnessError(f"{path.name}: not a BiSeNet (face-parsing.PyTorch, 19 classes) state dict "
-                           f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-                           f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
-                           + (f", shape {shapes[:2]}" if shapes else "") + ")") from e
+    load_strict(model, state, path, "a BiSeNet (face-parsing.PyTorch, 19 classes) state dict", listed=4)
     return model.eval()

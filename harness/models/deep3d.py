@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.models.checkpoints import load_strict
 
 HEAD_SIZES = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, trans xy, trans z
 NUM_COEFFS = sum(HEAD_SIZES)  # 257
@@ -58,8 +59,5 @@ def load_deep3d(path: Path) -> Deep3DRegressor:
         else:
             mapped[k] = v
     model = Deep3DRegressor()
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not a Deep3DFaceRecon ResNet-50 checkpoint "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_strict(model, mapped, path, "a Deep3DFaceRecon ResNet-50 checkpoint")
     return model.eval()

@@ -16,13 +16,12 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.models.checkpoints import load_strict
 
 NUM_BINS = 66
 BIN_WIDTH_DEG = 3.0
 ANGLE_OFFSET_DEG = 99.0
 INPUT_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TRUNK_DIM = 2048
 HEADS = ("fc_yaw", "fc_pitch", "fc_roll")
 IGNORED_KEYS = ("fc_finetune.weight", "fc_finetune.bias")
@@ -59,8 +58,5 @@ def load_hopenet(path: Path) -> Hopenet:
     state = {k.removeprefix("module."): v for k, v in state.items() if k.removeprefix("module.") not in IGNORED_KEYS}
     mapped = {(k if k.startswith(HEADS) else f"trunk.{k}"): v for k, v in state.items()}
     model = Hopenet()
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not a Hopenet ResNet-50 state dict "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_strict(model, mapped, path, "a Hopenet ResNet-50 state dict")
     return model.eval()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
+from harness.models.checkpoints import load_strict, read_state_dict
 
 BN_EPS = 1e-5
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -95,13 +96,6 @@ def load_iresnet(path: Path, arch: str) -> IResNet:
     """Build ``arch`` and load an arcface_torch ``backbone.pth`` (weights only, strict keys)."""
     if arch not in IRESNETS:
         raise HarnessError(f"unknown iresnet {arch!r} (known: {', '.join(IRESNETS)})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     model = IResNet(IRESNETS[arch])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not an iresnet-{arch[1:]} checkpoint "
-                           f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    load_strict(model, read_state_dict(path, f"iresnet-{arch[1:]}"), path, f"an iresnet-{arch[1:]} checkpoint")
     return model.eval()

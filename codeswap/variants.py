@@ -1,0 +1,27 @@
+"""The CodeSwap ablation variants (paper Table 3): one table, read by the model
+(``codeswap.model``) and by the harness registry (one method per variant).
+
+Torch-free, so that listing methods imports no backend.
+"""
+
+from __future__ import annotations
+
+#: variant -> (changes to the fusion config / mask use, what the ablation removes)
+VARIANTS: dict[str, dict[str, object]] = {
+    "full": {},
+    "wo_c": {"quantize": "none"},  # no codebook or selector
+    "wo_s": {"attention": "cross"},  # cross-attention instead of unified self-attention
+    "wo_q1": {"quantize": "hard"},  # argmax instead of soft quantization
+    "wo_q2": {"quantize": "gumbel"},  # Gumbel-softmax instead of soft quantization
+    "wo_m": {"use_mask": False},  # no mask generator
+}
+
+#: one line per ablation, as Table 3 names it
+VARIANT_LABELS: dict[str, str] = {
+    "full": "the full model",
+    "wo_c": "w/o C: no codebook or code selector",
+    "wo_s": "w/o S: cross- instead of self-attention",
+    "wo_q1": "w/o Q1: argmax instead of soft quantization",
+    "wo_q2": "w/o Q2: Gumbel-softmax instead of soft quantization",
+    "wo_m": "w/o M: no mask generator (full model's checkpoint)",
+}

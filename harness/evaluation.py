@@ -1,0 +1,210 @@
+"""One evaluation: a protocol's pairs, each method swapped and scored, the runs written,
+the report rendered and MLflow told. ``harness run`` is this function behind a command
+line; the Python API calls it too.
+
+Example (the demo protocol ships with the code; nothing is downloaded):
+    >>> from harness.evaluation import evaluate
+    >>> result = evaluate("demo", ["source", "target"], out="harness-out", mlflow=False)  # doctest: +SKIP
+    >>> result.summaries[0]["metrics"]["id_retrieval_top1_dlib"]["value"]  # doctest: +SKIP
+    1.0
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from harness.errors import HarnessError
+from harness.options import parse_pairs
+from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
+
+DEFAULT_OUT = Path("harness-out")
+# The offline default suite: runs anywhere, every column named for its backend. The
+# papers' models (identity_arcface/_cosface, pose_hopenet, expression_deep3d, fid) are
+# chosen by name once their weight files are in place (`harness weights`).
+DEFAULT_METRICS = ("identity", "identity_facenet", "pose", "expression", "fid_facenet")
+#: key of ``method_options`` whose settings go to every method
+EVERY_METHOD = "*"
+
+MetricSpecs = Sequence[str] | Mapping[str, Mapping[str, Any]]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Evaluation:
+    """What one evaluation produced."""
+
+    protocol: str
+    manifest_sha256: str
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per method, as in summary.json
+    report: dict[str, Path] = field(default_factory=dict)  # rendered files by kind (reports.render)
+    tracking_uri: str | None = None  # the MLflow store, when logging was on
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def set_weights_dir(folder: Path | str | None) -> None:
+    """Point weight lookups (``harness.weights``) at ``folder`` for this process."""
+    if folder is not None:
+        os.environ["HARNESS_WEIGHTS_DIR"] = str(Path(folder).expanduser().resolve())
+
+
+def expand_methods(names: Sequence[str], log: Callable[[str], None] = _stderr) -> list[str]:
+    """Canonical method names; ``all`` means every method whose weights are in place
+    (except those that need options to run), the skipped ones said in one line."""
+    if not names:
+        raise HarnessError("give at least one --method (or --method all); see `harness list methods`")
+    if "all" not in names:
+        return list(dict.fromkeys(METHODS.resolve(n).name for n in names))
+    chosen, skipped = [], []
+    for e in METHODS.entries():
+        if e.explicit_only:
+            continue  # needs options (e.g. precomputed's folder): run it by name
+        (skipped if e.missing_weights() else chosen).append(e.name)
+    if skipped:
+        log(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
+            f"see `harness list methods` and `harness weights`")
+    return chosen
+
+
+def parse_metric_specs(specs: MetricSpecs) -> dict[str, dict[str, Any]]:
+    """``["pose:unit=rad,detector=scrfd", "identity"]`` (or a mapping name -> settings)
+    -> ``{canonical name: settings}``."""
+    if isinstance(specs, Mapping):
+        return {METRICS.resolve(name).name: dict(settings) for name, settings in specs.items()}
+    out = {}
+    for spec in specs:
+        name, _, opts = spec.partition(":")
+        out[METRICS.resolve(name).name] = parse_pairs([o for o in opts.split(",") if o], f"--metric {name}:")
+    return out
+
+
+def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``METHOD.key=value`` / ``key=value`` items -> ``{METHOD or '*': {key: value}}``;
+    a scope that names no method is an error, never a silently unused option."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"--method-option expects METHOD.key=value or key=value, got {item!r}")
+        scope, dot, name = key.rpartition(".")
+        if dot:
+            METHODS.resolve(scope)
+        out.setdefault(scope if dot else EVERY_METHOD, {})[name.replace("-", "_")] = value
+    return out
+
+
+def options_for(entry: Entry, method_options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The settings ``method_options`` gives ``entry``: those for every method, then its own
+    (by name or alias)."""
+    merged = dict(method_options.get(EVERY_METHOD, {}))
+    for scope, settings in method_options.items():
+        if scope != EVERY_METHOD and scope in (entry.name, *entry.aliases):
+            merged.update(settings)
+    return merged
+
+
+def evaluate(
+    protocol: str,
+    methods: Sequence[str],
+    *,
+    root: Path | str | None = None,
+    metrics: MetricSpecs | None = None,
+    seed: int = 0,
+    num_pairs: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    out: Path | str = DEFAULT_OUT,
+    save_images: bool = False,
+    mlflow: bool = True,
+    tracking_uri: str | None = None,
+    report: bool = True,
+    progress: bool = False,
+    weights_dir: Path | str | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> Evaluation:
+    """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
+    offline suite), write the runs under ``out``, render the report and log to MLflow.
+
+    ``options`` are the protocol's settings, ``metrics`` names with optional settings
+    (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
+    method name (``{"precomputed": {"dir": "outputs/"}}``; key ``"*"``: every method).
+    Every setting is checked when its object is created; ``log`` receives progress lines.
+    """
+    from harness.cache import FeatureStore
+    from harness.runner import RunConfig, run_method
+    from harness.tracking import Tracker
+
+    set_weights_dir(weights_dir)
+    t0 = time.perf_counter()
+    method_names = expand_methods(list(methods), log)
+    metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
+    method_options = dict(method_options or {})
+    for scope in method_options:
+        if scope != EVERY_METHOD:
+            METHODS.resolve(scope)
+    cfg = RunConfig(out_dir=Path(out).resolve(), device=resolve_device(device), batch_size=batch_size,
+                    save_images=save_images, progress=progress)
+    # every setting is checked before any long work: pairs, weights, swaps
+    proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
+                             **dict(options or {}))
+    metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]
+    method_settings = {name: METHODS.resolve(name).bind(device=cfg.device,
+                                                        **options_for(METHODS.resolve(name), method_options))
+                       for name in method_names}
+    pairset = proto.build()
+    log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
+        f"manifest sha256 {pairset.manifest_sha256[:12]}")
+    for note in pairset.notes:
+        log(f"  note: {note}")
+    result = Evaluation(pairset.protocol, pairset.manifest_sha256)
+    features = FeatureStore(cfg.out_dir / "cache" / "features.sqlite")
+    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow)
+    try:
+        with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
+                            {"protocol": pairset.protocol, "methods": ",".join(method_names),
+                             "metrics": ",".join(metric_specs), "seed": seed,
+                             "manifest_sha256": pairset.manifest_sha256}):
+            for name in method_names:
+                entry = METHODS.resolve(name)
+                missing = entry.missing_weights()
+                if missing:
+                    raise HarnessError(f"method {name}: weights missing ({', '.join(missing)}); see `harness weights`")
+                method = entry.load()(**method_settings[name])
+                summary = run_method(method, pairset, metric_objects, cfg, features)
+                for note in summary["notes"][len(pairset.notes):]:
+                    log(f"  note: {note}")
+                result.summaries.append(summary)
+                tracker.log_method(summary)
+                cells = ", ".join(f"{k}={e['value'] * e['scale']:.3g}" for k, e in summary["metrics"].items())
+                t = summary["timing_s"]
+                log(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} "
+                    f"cached; swap {t['swap']:.1f}s, score {t['score']:.1f}s)")
+            if report:
+                from reports.render import render_report
+
+                result.report = render_report(cfg.out_dir)
+                tracker.log_artifacts(cfg.out_dir / "report", "report")
+    finally:
+        features.close()
+    result.tracking_uri = tracker.uri if mlflow else None
+    result.seconds = time.perf_counter() - t0
+    log(f"done in {result.seconds:.1f}s")
+    return result
