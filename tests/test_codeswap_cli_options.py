@@ -30,7 +30,9 @@ BEFORE = {
                "--restart-dead-every": 0},
     "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--variant": "full", "--layers": 6,
                "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
-               "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000},
+               "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,
+               # added with the stage-2 recipe study (issue 17)
+               "--position": "relative", "--pos-std": 0.02, "--mask-level": None, "--identity-augment": 0.0},
     "stage3": {**LOOP, **NETS, "--out": Path("runs/stage3"), "--stage2": ..., "--supervised-steps": 5000,
                "--mask-source": "landmarks", "--max-steps": 10_000, "--holdout": 8, "--ckpt-every": 2000},
 }

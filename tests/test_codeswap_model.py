@@ -120,10 +120,10 @@ def test_any_prior_shape_builds_a_codeswap_with_its_mask_level():
 
 
 def test_checkpoints_from_before_relative_positions_load_with_absolute_ones():
-    from codeswap.checkpoints import codeswap_config, plain_config
+    from codeswap.checkpoints import codeswap_config, plain
 
     cfg = CodeSwapConfig.for_autoencoder(TINY, "full", position="absolute", **FUSION)
-    stored = plain_config(cfg)
+    stored = plain(cfg)
     del stored["fusion"]["position"]  # what a checkpoint written before the setting holds
     stored["mask_level_divisor"] = 8  # the old field, now derived
     again = codeswap_config(stored)
