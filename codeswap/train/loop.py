@@ -83,6 +83,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def make_adam(params, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam at ``cfg.lr``/``cfg.betas``: fused (one kernel over all parameters) when
+    ``cfg.fused_adam`` and the parameters' device has the kernel, else torch's default (foreach on GPU)."""
+    params = list(params)
+    if cfg.fused_adam:
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True)
+        except RuntimeError:  # no fused kernel for this device or dtype
+            pass
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
