@@ -54,8 +54,8 @@ def autoencoder_config(data: dict[str, Any]) -> AutoencoderConfig:
     it is the narrow schedule now called `fast`."""
     cfg = _dataclass_from(AutoencoderConfig, {**data, "quant": QuantizerConfig(**data["quant"])})
     if predates_paper_structure(data) and is_fast_schedule(cfg):
-        log.warning("note: this checkpoint's autoencoder is the narrow schedule that was called `paper` "
-                    "and is now `--config fast` (`paper` is now the paper's VQGAN structure)")
+        log.warning("note: this checkpoint's autoencoder is the narrow schedule that was called `paper`, "
+                    "now called `fast` (--config fast); `paper` is now the paper's VQGAN structure")
     return cfg
 
 
