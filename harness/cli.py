@@ -319,7 +319,7 @@ app.add_typer(train_app, name="train")
 def train_stage1(
     data: Annotated[Path, typer.Option(help="Folder of face images (flat, nested, or FFHQ's layout).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, images, metrics, MLflow.")] = Path("runs/stage1"),
-    config: Annotated[str, typer.Option(help="Model size: paper, codeformer (reference) or tiny.")] = "paper",
+    config: Annotated[str, typer.Option(help="paper (the paper's VQGAN), fast (narrow schedule), codeformer (reference) or tiny.")] = "paper",
     resolution: Annotated[Optional[int], typer.Option(help="Override the config's image size.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per process (global = this x processes).")] = 16,
     max_steps: Annotated[int, typer.Option(min=1)] = 1_000_000,
@@ -333,6 +333,8 @@ def train_stage1(
     compile: Annotated[bool, typer.Option(help="torch.compile the generator and discriminator.")] = False,
     channels_last: Annotated[bool, typer.Option()] = True,
     checkpoint_levels: Annotated[int, typer.Option(help="Recompute activations of the first N levels in backward.")] = 0,
+    fused_adam: Annotated[bool, typer.Option(help="Adam(fused=True) where the device has the kernel.")] = True,
+    fused_attention: Annotated[bool, typer.Option(help="SDPA in the autoencoder's attention (off: plain maths).")] = True,
     num_workers: Annotated[int, typer.Option(min=0)] = 4,
     holdout: Annotated[int, typer.Option(min=0, help="Keep the last N images out of training, for validation.")] = 0,
     cache_images: Annotated[bool, typer.Option(help="Keep decoded images in memory (small folders).")] = False,
@@ -371,6 +373,7 @@ def train_stage1(
     train_cfg = TrainConfig(
         data=str(data), out=str(out), batch_size=batch_size, max_steps=max_steps, lr=lr, seed=seed, device=device,
         precision=precision, compile=compile, channels_last=channels_last, ema_decay=ema_decay,  # type: ignore[arg-type]
+        fused_adam=fused_adam, fused_attention=fused_attention,
         num_workers=num_workers, holdout=holdout, cache_images=cache_images, log_every=log_every,
         image_every=image_every, ckpt_every=ckpt_every, keep_every=keep_every,
         restart_dead_every=restart_dead_every, mlflow=mlflow, tracking_uri=tracking_uri,
