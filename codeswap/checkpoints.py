@@ -10,18 +10,25 @@ resumes, weight files); :func:`plain` is what configs become inside one.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, is_dataclass
+import logging
+from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from codeswap.config import AutoencoderConfig, QuantizerConfig
+from codeswap.config import FAST, AutoencoderConfig, QuantizerConfig
 from codeswap.fusion import FusionConfig
 from codeswap.model import CodeSwap, CodeSwapConfig
 from codeswap.vqgan import VQAutoencoder
 from harness.errors import HarnessError
 from harness.images import file_sha256
+
+log = logging.getLogger(__name__)
+
+# AutoencoderConfig fields added when `paper` became the paper's VQGAN structure; a stored
+# config without them predates that change
+_PAPER_STRUCTURE_KEYS = ("attn_every_block", "asymmetric_downsample")
 
 
 def _dataclass_from(cls, data: dict[str, Any]):
@@ -34,8 +41,25 @@ def _dataclass_from(cls, data: dict[str, Any]):
     return cls(**kwargs)
 
 
+def is_fast_schedule(cfg: AutoencoderConfig) -> bool:
+    """True when ``cfg`` is the narrow ``fast`` schedule at any resolution / checkpointing."""
+    return replace(cfg, resolution=FAST.resolution, checkpoint_levels=FAST.checkpoint_levels) == FAST
+
+
+def predates_paper_structure(data: dict[str, Any]) -> bool:
+    """True for a stored config written when `paper` named the narrow schedule."""
+    return not any(k in data for k in _PAPER_STRUCTURE_KEYS)
+
+
 def autoencoder_config(data: dict[str, Any]) -> AutoencoderConfig:
-    return _dataclass_from(AutoencoderConfig, {**data, "quant": QuantizerConfig(**data["quant"])})
+    """A stored autoencoder config; fields it lacks take their defaults, which rebuild the
+    network older code built. A config stored as the old `paper` notes (one log line) that
+    it is the narrow schedule now called `fast`."""
+    cfg = _dataclass_from(AutoencoderConfig, {**data, "quant": QuantizerConfig(**data["quant"])})
+    if predates_paper_structure(data) and is_fast_schedule(cfg):
+        log.warning("note: this checkpoint's autoencoder is the narrow schedule that was called `paper`, "
+                    "now called `fast` (--config fast); `paper` is now the paper's VQGAN structure")
+    return cfg
 
 
 def codeswap_config(data: dict[str, Any]) -> CodeSwapConfig:

@@ -179,15 +179,16 @@ def _on_terminal(train: TrainConfig) -> TrainConfig:
 
 # --- train ------------------------------------------------------------------------------------
 @train_app.command("stage1")
-@with_settings(train=_stage_loop_options("stage1", ("ema_decay", "compile", "channels_last", "keep_every",
-                                                    "restart_dead_every")),
+@with_settings(train=_stage_loop_options("stage1", ("ema_decay", "compile", "channels_last", "fused_adam",
+                                                    "fused_attention", "keep_every", "restart_dead_every")),
                loss=Offer(LossConfig(), ("disc_start", "disc_weight", "perceptual_net", "perceptual_weight")),
                model=Offer(AutoencoderConfig, ("checkpoint_levels",)))
 def train_stage1(
     train: TrainConfig,
     loss: LossConfig,
     model: AutoencoderConfig,
-    config: Annotated[str, typer.Option(help="Model size: paper, codeformer (reference) or tiny.")] = "paper",
+    config: Annotated[str, typer.Option(help="Model: paper (the paper's VQGAN), fast (narrow schedule), "
+                                              "codeformer (CodeFormer's VQGAN, 256-d codes) or tiny.")] = "paper",
     resolution: Annotated[Optional[int], typer.Option(help="Override the config's image size.")] = None,
     resume: ResumeOpt = False,
 ) -> None:

@@ -4,11 +4,13 @@ Images are (B, 3, H, W) in [-1, 1]. Parameter names follow taming-transformers' 
 (``encoder.down.{level}.block.{i}``, ``mid.block_1``, ``norm_out``, ``conv_out``) so that
 porting a checkpoint is a key-by-key shape check.
 
-Speed choices, none of which changes what is learned: widths come per level from the config
-(narrow at high resolution), attention uses ``scaled_dot_product_attention`` and sits only
-where the config asks (by default only in the middle blocks at the latent grid), every op
-is channels-last and bf16 friendly, and residual blocks of the first
-``checkpoint_levels`` levels can recompute their activations in backward.
+The structure comes from the config: ``paper`` and ``codeformer`` build VQGAN's layout as
+CodeFormer uses it for 512 px faces (the resampling keeps width, the next level's first
+residual block changes it, attention after every residual block at the latent grid, a
+middle block of ResBlock-attention-ResBlock); ``fast`` builds a narrower schedule. Speed
+choices that leave the maths unchanged: attention through ``scaled_dot_product_attention``
+(fused kernels on GPU), ops that are channels-last and bf16 friendly, and residual blocks
+of the first ``checkpoint_levels`` levels that can recompute their activations in backward.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Multi-head self-attention over the H*W positions of a feature map, with a residual."""
+    """Multi-head self-attention over the H*W positions of a feature map, with a residual.
+
+    One 1x1 convolution gives q, k and v together (taming/CodeFormer use three; the
+    parameter count is the same). ``fused`` (default) runs ``scaled_dot_product_attention``
+    (flash / memory-efficient kernels on GPU); False runs the plain softmax(q k^T) v, the
+    same maths, kept to measure what fusing gains (:func:`set_fused_attention`).
+    """
 
     def __init__(self, channels: int, heads: int, groups: int) -> None:
         super().__init__()
@@ -60,34 +68,48 @@ class AttnBlock(nn.Module):
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.fused = True
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
         qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w)  # (B, 3, nh, hs, T)
         q, k, v = qkv.permute(1, 0, 2, 4, 3).unbind(0)  # each (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, T, hs)
+        else:  # the unfused reference: the full (T, T) map is materialised and kept for backward
+            att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, nh, T, T)
+            y = att.softmax(-1) @ v  # (B, nh, T, hs)
         y = y.permute(0, 1, 3, 2).reshape(b, c, h, w)  # (B, C, H, W)
         return x + self.proj_out(y)
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 convolution: halves H and W (and moves to the next level's width)."""
+    """Strided 3x3 convolution: halves H and W (and, in the narrow schedule, moves to the
+    next level's width).
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    ``asymmetric``: zero-pad one column right and one row below, then convolve without
+    padding (taming-transformers and CodeFormer); otherwise pad one on every side. Same
+    weights and output shapes; the sampling grid differs by one pixel.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, asymmetric: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1)
+        self.asymmetric = asymmetric
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=0 if asymmetric else 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.asymmetric:
+            x = F.pad(x, (0, 1, 0, 1))  # (B, C, H+1, W+1)
         return self.conv(x)
 
 
 class Upsample(nn.Module):
     """Nearest 2x upsampling then a 3x3 convolution: doubles H and W.
 
-    The convolution already maps to the next (narrower) level's width: at the high
-    resolutions this is the cheapest place to change width (VQGAN changes it in the next
-    residual block instead, at the larger width).
+    In the narrow schedule (``resample_changes_width``) the convolution already maps to the
+    next level's width, the cheapest place to change it; VQGAN keeps the width here and
+    changes it in the next residual block.
     """
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
@@ -99,7 +121,12 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution level: residual blocks, optional attention, optional resampling."""
+    """One resolution level: residual blocks, optional attention, optional resampling.
+
+    Attention levels get one attention block after every residual block when the config's
+    ``attn_every_block`` is set (taming/CodeFormer: ``attn.{i}``), else one after the last
+    (``attn``).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, n_blocks: int, attn: bool, resample: nn.Module | None,
                  cfg: AutoencoderConfig, use_checkpoint: bool) -> None:
@@ -108,10 +135,19 @@ class Level(nn.Module):
             ResBlock(in_ch if i == 0 else out_ch, out_ch, cfg.norm_groups) for i in range(n_blocks))
         for blk in self.block:
             blk.use_checkpoint = use_checkpoint
-        self.attn = AttnBlock(out_ch, cfg.attn_heads, cfg.norm_groups) if attn else nn.Identity()
+        self.attn_every_block = attn and cfg.attn_every_block
+        self.attn: nn.Module
+        if self.attn_every_block:
+            self.attn = nn.ModuleList(AttnBlock(out_ch, cfg.attn_heads, cfg.norm_groups) for _ in range(n_blocks))
+        else:
+            self.attn = AttnBlock(out_ch, cfg.attn_heads, cfg.norm_groups) if attn else nn.Identity()
         self.resample = resample if resample is not None else nn.Identity()
 
     def body(self, x: Tensor) -> Tensor:
+        if self.attn_every_block:
+            for blk, att in zip(self.block, self.attn):
+                x = att(blk(x))
+            return x
         for blk in self.block:
             x = blk(x)
         return self.attn(x)
@@ -143,10 +179,11 @@ class Encoder(nn.Module):
         self.down = nn.ModuleList()
         for lv in range(cfg.num_levels):
             last = lv == cfg.num_levels - 1
+            asym = cfg.asymmetric_downsample
             if cfg.resample_changes_width:  # the level's blocks keep one width
-                in_ch, down = ch[lv], None if last else Downsample(ch[lv], ch[lv + 1])
+                in_ch, down = ch[lv], None if last else Downsample(ch[lv], ch[lv + 1], asym)
             else:  # VQGAN: the level's first block changes width
-                in_ch, down = ch[max(lv - 1, 0)], None if last else Downsample(ch[lv], ch[lv])
+                in_ch, down = ch[max(lv - 1, 0)], None if last else Downsample(ch[lv], ch[lv], asym)
             self.down.append(Level(in_ch, ch[lv], cfg.enc_blocks[lv], lv in cfg.attn_levels, down, cfg,
                                    lv < cfg.checkpoint_levels))
         self.mid = Middle(ch[-1], cfg)
@@ -233,3 +270,10 @@ class VQAutoencoder(nn.Module):
     def last_layer(self) -> Tensor:
         """The decoder's last weight, where the adaptive GAN weight compares gradient norms."""
         return self.decoder.conv_out.weight
+
+
+def set_fused_attention(model: nn.Module, fused: bool) -> None:
+    """Switch every attention block of ``model`` between fused SDPA and the plain maths."""
+    for m in model.modules():
+        if isinstance(m, AttnBlock):
+            m.fused = fused

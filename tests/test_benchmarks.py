@@ -28,17 +28,18 @@ def _fusion_flops_closed_form(tokens: int, d: int, layers: int, ffn: int, hidden
     return layers * per_layer + selector + soft_quantization
 
 
-def test_stage2_fusion_flops_match_the_closed_form():
+@pytest.mark.parametrize("config, d", [("paper", 512), ("fast", 256)])
+def test_stage2_fusion_flops_match_the_closed_form(config, d):
     from stage2_speed import fusion_flops
 
-    got = fusion_flops("paper", 512, "full", layers=6, heads=8, hidden=1024)
-    # paper config at 512: 16x16 latent -> 2 x 256 tokens of 256-d, 1,024 codes
-    expected = _fusion_flops_closed_form(tokens=512, d=256, layers=6, ffn=4, hidden=1024, codes=1024)
+    got = fusion_flops(config, 512, "full", layers=6, heads=8, hidden=1024)
+    # at 512: 16x16 latent -> 2 x 256 tokens of d (the code dimension), 1,024 codes
+    expected = _fusion_flops_closed_form(tokens=512, d=d, layers=6, ffn=4, hidden=1024, codes=1024)
     assert got["fusion_gflops_fwd_per_pair"] * 1e9 == pytest.approx(expected, rel=1e-3)
     # w/o C: no selector or quantization, a d x d linear instead
-    wo_c = fusion_flops("paper", 512, "wo_c", layers=6, heads=8, hidden=1024)["fusion_gflops_fwd_per_pair"] * 1e9
-    head = _fusion_flops_closed_form(tokens=512, d=256, layers=0, ffn=4, hidden=1024, codes=1024)
-    assert wo_c == pytest.approx(expected - head + 2 * 512 * 256 * 256, rel=1e-3)
+    wo_c = fusion_flops(config, 512, "wo_c", layers=6, heads=8, hidden=1024)["fusion_gflops_fwd_per_pair"] * 1e9
+    head = _fusion_flops_closed_form(tokens=512, d=d, layers=0, ffn=4, hidden=1024, codes=1024)
+    assert wo_c == pytest.approx(expected - head + 2 * 512 * d * d, rel=1e-3)
 
 
 def test_metrics_speed_smoke_on_cpu():
@@ -85,7 +86,7 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
 
 
 @pytest.mark.parametrize("script, args, expect", [
-    ("stage1_speed.py", ["--configs", "tiny", "--resolution", "64", "--perceptual", "none"], "tiny"),
+    ("stage1_speed.py", ["--configs", "tiny,fast", "--resolution", "64", "--perceptual", "none"], "fast"),
     ("stage2_speed.py", ["--config", "tiny", "--resolution", "64", "--layers", "1", "--heads", "2",
                          "--selector-hidden", "32", "--identity", "random", "--perceptual", "none"], "full"),
 ])
@@ -97,5 +98,11 @@ def test_training_speed_scripts_run_a_real_step_on_cpu(script, args, expect, tmp
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"][expect]
     assert results["images_per_s"] > 0 and results["ms_per_step"] > 0
-    flops = results.get("train_tflops_per_image", results.get("step_gflops_per_pair"))
+    flops = results.get("train_gflops_per_image", results.get("step_gflops_per_pair"))
     assert flops > 0
+    if script == "stage1_speed.py":  # one row per config, each in its own process, naming its settings
+        rows = json.loads(out.read_text())["results"]
+        assert sorted(rows) == ["fast", "tiny"] and rows["tiny"]["params_g_M"] < rows["fast"]["params_g_M"]
+        assert all(r["settings"].startswith("fp32 sdpa fused-adam ckpt0 eager") and r["peak_mem_GiB"] > 0
+                   for r in rows.values())
+        assert "fast vs codeformer" not in proc.stdout and "settings" in proc.stdout

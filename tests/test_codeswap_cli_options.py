@@ -27,7 +27,7 @@ BEFORE = {
                "--max-steps": 1_000_000, "--disc-start": 30_000, "--disc-weight": 0.8, "--perceptual": "vgg16",
                "--perceptual-weight": 1.0, "--ema-decay": 0.0, "--compile": False, "--channels-last": True,
                "--checkpoint-levels": 0, "--holdout": 0, "--ckpt-every": 5000, "--keep-every": 0,
-               "--restart-dead-every": 0},
+               "--restart-dead-every": 0, "--fused-adam": True, "--fused-attention": True},  # issue 18
     "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--variant": "full", "--layers": 6,
                "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
                "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,

@@ -8,12 +8,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from codeswap.config import CODEFORMER, PAPER, TINY, DiscriminatorConfig, LossConfig, QuantizerConfig
+from codeswap.config import CODEFORMER, FAST, PAPER, TINY, DiscriminatorConfig, LossConfig, QuantizerConfig, TrainConfig
 from codeswap.discriminator import PatchDiscriminator
 from codeswap.losses import ADAPTIVE_EPS, Stage1Loss, adaptive_weight, discriminator_adv_loss, generator_adv_loss
 from codeswap.perceptual import PerceptualLoss, load_perceptual
 from codeswap.quantize import VectorQuantizer
-from codeswap.vqgan import VQAutoencoder
+from codeswap.train.loop import make_adam
+from codeswap.vqgan import Downsample, Upsample, VQAutoencoder, set_fused_attention
 from harness.errors import HarnessError
 
 
@@ -48,7 +49,7 @@ def test_tiny_shapes_and_features():
     torch.testing.assert_close(out, rec)
 
 
-@pytest.mark.parametrize("cfg", [PAPER, CODEFORMER], ids=["paper", "codeformer"])
+@pytest.mark.parametrize("cfg", [PAPER, FAST, CODEFORMER], ids=["paper", "fast", "codeformer"])
 def test_paper_scale_shapes_on_meta(cfg):
     with torch.device("meta"):
         m = VQAutoencoder(cfg)
@@ -60,6 +61,140 @@ def test_paper_scale_shapes_on_meta(cfg):
     assert q.z_q.shape == (2, cfg.quant.code_dim, 16, 16)
     assert q.indices.shape == (2, 16, 16)
     assert rec.shape == img.shape == (2, 3, 512, 512)
+
+
+# --- the VQGAN structure, counted the way taming-transformers' Encoder/Decoder and
+# CodeFormer's Encoder/Generator build it (vqgan_arch.py: in_ch_mult = (1,) + ch_mult, the
+# first residual block of a level changes width, attention after every residual block at an
+# attention resolution, resampling convolutions keep width, ResBlock-attention-ResBlock in
+# the middle, GroupNorm + 3x3 conv out). Independent of codeswap.vqgan's code.
+
+def _conv(cin: int, cout: int, k: int) -> int:
+    return cin * cout * k * k + cout
+
+
+def _gn(c: int) -> int:
+    return 2 * c
+
+
+def _res(cin: int, cout: int) -> int:
+    return _gn(cin) + _conv(cin, cout, 3) + _gn(cout) + _conv(cout, cout, 3) + (_conv(cin, cout, 1) if cin != cout else 0)
+
+
+def _attn(c: int) -> int:  # norm, q, k, v, proj_out
+    return _gn(c) + 4 * _conv(c, c, 1)
+
+
+def vqgan_reference(nf, ch_mult, res_blocks, attn_res, resolution, emb_dim, codes):
+    """Parameters of encoder, codebook and decoder, and the per-level shapes (C, side):
+    each level's output, and each resampling's output (encoder then decoder)."""
+    n = len(ch_mult)
+    in_mult, cur, top = (1, *ch_mult), resolution, nf * ch_mult[-1]
+    enc, enc_levels, downs = _conv(3, nf, 3), [], []
+    for i in range(n):
+        cin, cout = nf * in_mult[i], nf * ch_mult[i]
+        for _ in range(res_blocks):
+            enc += _res(cin, cout) + (_attn(cout) if cur in attn_res else 0)
+            cin = cout
+        enc_levels.append((cout, cur))
+        if i != n - 1:
+            enc += _conv(cout, cout, 3)
+            cur //= 2
+            downs.append((cout, cur))
+    enc += 2 * _res(top, top) + _attn(top) + _gn(top) + _conv(top, emb_dim, 3)
+    dec, dec_levels, ups, cin = _conv(emb_dim, top, 3) + 2 * _res(top, top) + _attn(top), [], [], top
+    for i in reversed(range(n)):
+        cout = nf * ch_mult[i]
+        for _ in range(res_blocks):
+            dec += _res(cin, cout) + (_attn(cout) if cur in attn_res else 0)
+            cin = cout
+        dec_levels.append((cout, cur))
+        if i != 0:
+            dec += _conv(cout, cout, 3)
+            cur *= 2
+            ups.append((cout, cur))
+    dec += _gn(nf) + _conv(nf, 3, 3)
+    return {"encoder": enc, "codebook": codes * emb_dim, "decoder": dec, "enc_levels": enc_levels,
+            "dec_levels": dec_levels, "downsample_out": downs, "upsample_out": ups}
+
+
+@pytest.mark.parametrize("cfg, emb_dim, total", [(PAPER, 512, 66_361_795), (CODEFORMER, 256, 63_740_099)],
+                         ids=["paper", "codeformer"])
+def test_paper_is_the_vqgan_structure(cfg, emb_dim, total):
+    """`paper` (and `codeformer`) against CodeFormer's 512 px VQGAN: nf 64, ch_mult
+    1,2,2,4,4,8, two residual blocks, attention at 16x16, 1,024 codes. ``total`` is what
+    CodeFormer's own VQAutoEncoder counts for that setting (63,740,099 with emb_dim 256)."""
+    ref = vqgan_reference(64, (1, 2, 2, 4, 4, 8), 2, (16,), 512, emb_dim, 1024)
+    assert ref["encoder"] + ref["codebook"] + ref["decoder"] == total
+    with torch.device("meta"):
+        m = VQAutoencoder(cfg)
+    count = lambda mod: sum(p.numel() for p in mod.parameters())  # noqa: E731
+    assert (count(m.encoder), count(m.quantize), count(m.decoder)) == (
+        ref["encoder"], ref["codebook"], ref["decoder"])
+    assert "encoder.down.5.attn.1.qkv.weight" in m.state_dict()  # taming's key layout
+
+    shapes: dict[str, list] = {"down": [], "up": []}
+    for mod in m.modules():
+        if isinstance(mod, (Downsample, Upsample)):
+            key = "down" if isinstance(mod, Downsample) else "up"
+            mod.register_forward_hook(lambda _m, _i, out, key=key: shapes[key].append(tuple(out.shape)))
+    with torch.device("meta"):
+        x = torch.empty(2, 3, 512, 512)
+        q, enc_feats = m.encode(x, return_features=True)
+        rec, dec_feats = m.decode(q.z_q, return_features=True)
+    assert [tuple(f.shape) for f in enc_feats.values()] == [(2, c, s, s) for c, s in ref["enc_levels"]]
+    assert [tuple(f.shape) for f in dec_feats.values()] == [(2, c, s, s) for c, s in ref["dec_levels"]]
+    assert shapes["down"] == [(2, c, s, s) for c, s in ref["downsample_out"]]
+    assert shapes["up"] == [(2, c, s, s) for c, s in ref["upsample_out"]]
+    assert q.z_q.shape == (2, emb_dim, 16, 16) and rec.shape == (2, 3, 512, 512)
+
+
+def test_fast_is_the_narrow_schedule_that_was_paper():
+    """`fast` keeps the schedule `paper` named before (57.6 M parameters), so old checkpoints
+    rebuild: narrow high-resolution levels, width-changing resampling, no level attention."""
+    assert FAST.channels == (32, 64, 128, 256, 256, 512) and FAST.resample_changes_width
+    assert FAST.enc_blocks == FAST.dec_blocks == (1, 1, 2, 2, 2, 2) and FAST.attn_levels == ()
+    assert not FAST.attn_every_block and not FAST.asymmetric_downsample and FAST.quant.code_dim == 256
+    with torch.device("meta"):
+        assert sum(p.numel() for p in VQAutoencoder(FAST).parameters()) == 57_634_371
+
+
+def test_asymmetric_downsample_pads_right_and_bottom():
+    torch.manual_seed(4)
+    sym, asym = Downsample(4, 4), Downsample(4, 4, asymmetric=True)
+    asym.load_state_dict(sym.state_dict())
+    x = torch.randn(1, 4, 8, 8)
+    # output i of the asymmetric one reads inputs 2i..2i+2 (zero past the end); the
+    # symmetric one reads 2i-1..2i+1, so on an input shifted by one they agree everywhere
+    # except output row/column 0, where the symmetric one reads its own zero padding
+    shifted = torch.nn.functional.pad(x, (0, 1, 0, 1))[..., 1:, 1:]  # (1, 4, 8, 8): x[j + 1], zero at the end
+    a, b = asym(x), sym(shifted)
+    assert a.shape == sym(x).shape == (1, 4, 4, 4)
+    torch.testing.assert_close(a[..., 1:, 1:], b[..., 1:, 1:])
+    assert not torch.allclose(a[..., 0, :], b[..., 0, :]) and not torch.allclose(a, sym(x))
+
+
+def test_fused_and_plain_attention_agree():
+    torch.manual_seed(5)
+    cfg = replace(TINY, attn_levels=(2, 3), attn_every_block=True, attn_heads=2)
+    m = VQAutoencoder(cfg).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        fused, _ = m(x)
+        set_fused_attention(m, False)
+        plain, _ = m(x)
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_make_adam_fuses_when_asked(fused):
+    p = torch.nn.Parameter(torch.randn(3, 3))
+    opt = make_adam([p], TrainConfig(fused_adam=fused, lr=1e-3))
+    assert bool(opt.defaults["fused"]) is fused
+    p.grad = torch.ones(3, 3)
+    before = p.detach().clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), before - 1e-3, rtol=0, atol=1e-6)  # Adam's first step: lr * sign
 
 
 def test_shapes_follow_the_config():

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from codeswap.config import TINY, LossConfig, TrainConfig
+from codeswap.checkpoints import load_stage1, plain_config
+from codeswap.config import FAST, TINY, LossConfig, TrainConfig
 from codeswap.data import FaceFolder, ResumableSampler, list_images
 from codeswap.perceptual import PerceptualLoss
 from codeswap.train.dist import DistInfo
 from codeswap.train.stage1 import Stage1Trainer
+from codeswap.vqgan import VQAutoencoder
 from harness.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +144,60 @@ def test_stop_and_resume_matches_an_uninterrupted_run(faces, tmp_path):
         other = resumed.trained_modules()[name].state_dict()
         for k, v in m.state_dict().items():
             torch.testing.assert_close(v, other[k], rtol=1e-6, atol=1e-7, msg=f"{name}.{k}")
+
+
+# fields AutoencoderConfig gained when `paper` became the paper's VQGAN structure: a config
+# stored before that lacks them
+NEW_KEYS = ("attn_every_block", "asymmetric_downsample")
+
+
+def _as_stored_before(cfg) -> dict:
+    return {k: v for k, v in plain_config(cfg).items() if k not in NEW_KEYS}
+
+
+def test_an_old_paper_checkpoint_loads_as_fast_with_a_note(tmp_path, caplog):
+    """A stage-1 file written when the narrow schedule was called `paper` rebuilds the same
+    network and says, in one line, that it is now `fast`; a `fast` file written today does
+    not repeat the note."""
+    torch.manual_seed(7)
+    old_cfg = replace(FAST, resolution=32)
+    model = VQAutoencoder(old_cfg).eval()
+    path = tmp_path / "old.pt"
+    torch.save({"stage": "stage1", "model": model.state_dict(), "ema": None,
+                "model_config": _as_stored_before(old_cfg)}, path)
+    with caplog.at_level("WARNING", logger="codeswap.checkpoints"):
+        loaded, _ = load_stage1(path)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "now called `fast`" in notes[0] and "\n" not in notes[0]
+    assert loaded.cfg == old_cfg
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x)[0], model(x)[0])
+
+    caplog.clear()
+    torch.save({"stage": "stage1", "model": model.state_dict(), "ema": None, "model_config": plain_config(old_cfg)},
+               path)
+    with caplog.at_level("WARNING", logger="codeswap.checkpoints"):
+        load_stage1(path)
+    assert not caplog.records
+
+
+def test_resume_reads_configs_stored_before_the_new_fields(faces, tmp_path, caplog):
+    loss_cfg = LossConfig(perceptual_net="none", perceptual_weight=0.0, disc_start=10_000)
+    cfg = _cfg(faces, tmp_path, max_steps=2)
+    Stage1Trainer(cfg, TINY, loss_cfg, dist_info=ONE_PROC).run()
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["model_config"] = _as_stored_before(TINY)  # as written before the fields existed
+    torch.save(state, ckpt)
+    resumed = Stage1Trainer(replace(cfg, max_steps=4), TINY, loss_cfg, dist_info=ONE_PROC)
+    resumed.run(resume=True)
+    assert resumed.step == 4 and not caplog.records
+
+    state["model_config"] = _as_stored_before(replace(FAST, resolution=64))  # an old `paper` run
+    torch.save(state, ckpt)
+    with pytest.raises(HarnessError, match="now called `fast`: resume with --config fast"):
+        Stage1Trainer(replace(cfg, max_steps=6), TINY, loss_cfg, dist_info=ONE_PROC).run(resume=True)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ sees D's own step.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codeswap.checkpoints import plain
+from codeswap.checkpoints import autoencoder_config, is_fast_schedule, plain
 from codeswap.config import AutoencoderConfig, DiscriminatorConfig, LossConfig, TrainConfig
 from codeswap.data import FaceFolder, list_images
 from codeswap.discriminator import PatchDiscriminator
@@ -23,8 +24,8 @@ from codeswap.losses import Stage1Loss
 from codeswap.perceptual import PerceptualLoss, load_perceptual
 from codeswap.train.dist import DistInfo
 from codeswap.train.loop import TrainLoop
-from codeswap.train.state import EMA, restore_ema
-from codeswap.vqgan import VQAutoencoder
+from codeswap.train.state import EMA, make_adam, restore_ema
+from codeswap.vqgan import VQAutoencoder, set_fused_attention
 from harness.errors import HarnessError
 
 VAL_IMAGES = 8  # images in the reconstruction grid when no hold-out set is given
@@ -63,6 +64,7 @@ class Stage1Trainer(TrainLoop):
 
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = VQAutoencoder(self.model_cfg).to(dev, memory_format=fmt)
+        set_fused_attention(self.model, cfg.fused_attention)
         self.disc = PatchDiscriminator(self.disc_cfg).to(dev, memory_format=fmt)
         perceptual = self._perceptual
         if perceptual is None and self.loss_cfg.perceptual_net != "none" and self.loss_cfg.perceptual_weight > 0:
@@ -85,8 +87,8 @@ class Stage1Trainer(TrainLoop):
             functorch_config.donated_buffer = False
             self.model_ddp = torch.compile(self.model_ddp)
             self.disc_ddp = torch.compile(self.disc_ddp)
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt_g = make_adam(self.model.parameters(), cfg)
+        self.opt_d = make_adam(self.disc.parameters(), cfg)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
         n = self.model_cfg.quant.num_codes
         self.usage_log = torch.zeros(n, dtype=torch.long, device=dev)  # code counts since the last log
@@ -214,11 +216,12 @@ class Stage1Trainer(TrainLoop):
                 "perceptual_sha256": self.perceptual_sha256}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        def arch(c: dict[str, Any]) -> dict[str, Any]:  # checkpoint_levels is a memory setting only
-            return {k: v for k, v in c.items() if k != "checkpoint_levels"}
-
-        if arch(state["model_config"]) != arch(plain(self.model_cfg)):
-            raise HarnessError("checkpoint was trained with a different model config; use the same --config/--resolution")
+        stored = autoencoder_config(state["model_config"])
+        if replace(stored, checkpoint_levels=0) != replace(self.model_cfg, checkpoint_levels=0):  # a memory setting only
+            hint = (" (it is the narrow schedule now called `fast`: resume with --config fast)"
+                    if is_fast_schedule(stored) and not is_fast_schedule(self.model_cfg) else "")
+            raise HarnessError("checkpoint was trained with a different model config; use the same "
+                               f"--config/--resolution{hint}")
         self.model.load_state_dict(state["model"])
         self.disc.load_state_dict(state["disc"])
         restore_ema(self.ema, state["ema"])

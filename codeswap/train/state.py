@@ -96,3 +96,15 @@ def state_sha256(module: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def make_adam(params, cfg) -> torch.optim.Adam:
+    """Adam at ``cfg.lr``/``cfg.betas``: fused (one kernel over all parameters) when
+    ``cfg.fused_adam`` and the parameters' device has the kernel, else torch's default (foreach on GPU)."""
+    params = list(params)
+    if cfg.fused_adam:
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True)
+        except RuntimeError:  # no fused kernel for this device or dtype
+            pass
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
