@@ -13,7 +13,7 @@ from codeswap.discriminator import PatchDiscriminator
 from codeswap.losses import ADAPTIVE_EPS, Stage1Loss, adaptive_weight, discriminator_adv_loss, generator_adv_loss
 from codeswap.perceptual import PerceptualLoss, load_perceptual
 from codeswap.quantize import VectorQuantizer
-from codeswap.train.loop import make_adam
+from codeswap.train.state import make_adam
 from codeswap.vqgan import Downsample, Upsample, VQAutoencoder, set_fused_attention
 from harness.errors import HarnessError
 
