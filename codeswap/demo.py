@@ -177,7 +177,18 @@ def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ce
               "stage1_sha256": file_sha256(s1), "autoencoder": autoencoder, "variants": variants,
               "training": training, "ceiling": ceiling}
     atomic_torch_save(bundle, out)
+    # a torch-free listing beside it: what the registry and the report read
+    listing = {"file": out.name, "sha256": file_sha256(out), "recipe_key": bundle["recipe_key"],
+               "variants": list(variants), "stage1_sha256": bundle["stage1_sha256"], "training": training,
+               "ceiling": ceiling, "recipe": _jsonable(asdict(recipe))}
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(listing, indent=1) + "\n")
+    tmp.replace(out.with_suffix(".json"))
     return out
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 # --- training ----------------------------------------------------------------------------------

@@ -71,14 +71,20 @@ def expand_methods(names: Sequence[str], log: Callable[[str], None] = _stderr) -
         raise HarnessError("give at least one --method (or --method all); see `harness list methods`")
     if "all" not in names:
         return list(dict.fromkeys(METHODS.resolve(n).name for n in names))
-    chosen, skipped = [], []
+    chosen, skipped, not_ready = [], [], []
     for e in METHODS.entries():
         if e.explicit_only:
             continue  # needs options (e.g. precomputed's folder): run it by name
-        (skipped if e.missing_weights() else chosen).append(e.name)
+        if e.missing_weights():
+            skipped.append(e.name)
+            continue
+        reason = e.skip_reason()
+        (not_ready if reason else chosen).append(e.name if not reason else f"{e.name} ({reason})")
     if skipped:
         log(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
             f"see `harness list methods` and `harness weights`")
+    for item in not_ready:
+        log(f"skipping {item}")
     return chosen
 
 

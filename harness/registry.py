@@ -34,6 +34,9 @@ class Entry:
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
     requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
     explicit_only: bool = False  # run only when named (it needs options): `--method all` skips it
+    # "module:function" called with the entry's options: why `--method all` should skip it
+    # (a string), or None when it can run; checked without importing the entry
+    not_ready: str = ""
     kind: str = "entry"  # "method", "protocol", "metric": used in messages
     base: str = ""  # "module:Class" every loaded object must subclass (the registry's interface)
 
@@ -48,6 +51,16 @@ class Entry:
             except HarnessError:
                 missing.append(name)
         return missing
+
+    def skip_reason(self) -> str | None:
+        """Why ``--method all`` skips this entry (missing weights, or its ``not_ready`` check)."""
+        missing = self.missing_weights()
+        if missing:
+            return f"weights missing: {', '.join(missing)}"
+        if self.not_ready:
+            module_name, _, attr = self.not_ready.partition(":")
+            return getattr(importlib.import_module(module_name), attr)(**dict(self.options))
+        return None
 
     def load(self) -> Any:
         """Import and return the registered object (a class or factory)."""
@@ -103,6 +116,7 @@ class Registry:
         options: dict[str, Any] | None = None,
         requires: tuple[str, ...] = (),
         explicit_only: bool = False,
+        not_ready: str = "",
     ) -> Entry:
         """Add an entry; validates the name and target form now, not at first use."""
         if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
@@ -113,7 +127,7 @@ class Registry:
             if key in self._entries or key in self._aliases:
                 raise ValueError(f"{self.kind} name {key!r} is registered twice")
         entry = Entry(name, target, description, tuple(aliases), origin, tuple(sorted((options or {}).items())),
-                      tuple(requires), explicit_only, self.kind, self.base)
+                      tuple(requires), explicit_only, not_ready, self.kind, self.base)
         self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name
@@ -190,10 +204,12 @@ for _v, _what in VARIANT_LABELS.items():
     if _v == "full":
         METHODS.register("codeswap", "methods.codeswap:CodeSwapMethod",
                          description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
-                                     "else a tiny model trained on the demo faces)")
+                                     "else the small demo model shipped with the code)",
+                         not_ready="codeswap.variants:demo_not_ready")
     else:
         METHODS.register(f"codeswap_{_v}", "methods.codeswap:CodeSwapMethod",
-                         description=f"CodeSwap ablation {_what}", options={"variant": _v})
+                         description=f"CodeSwap ablation {_what}", options={"variant": _v},
+                         not_ready="codeswap.variants:demo_not_ready")
 
 PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
                    description="real faces shipped with the repo (~30 identities), one pair per image")
