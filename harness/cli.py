@@ -167,6 +167,7 @@ def run(
     _echo(f"done in {time.perf_counter() - t0:.1f}s")
     if report:
         typer.echo(f"report: {paths['markdown']}")
+        typer.echo(f"html:   {paths['html']}  (open in a browser; works from disk, no network)")
     for s in summaries:
         typer.echo(f"run:    {s['run_dir']}")
     if mlflow:
@@ -209,6 +210,7 @@ def prepare(
 def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     from harness.runner import load_summaries
     from reports.figures import swap_grid
+    from reports.html import write_html_report
     from reports.tables import build_ablation_table, build_table, to_csv, to_latex, to_markdown
 
     summaries = load_summaries(out_dir)
@@ -231,6 +233,7 @@ def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
         grid = swap_grid(summaries, out_dir, p, folder / f"grid_{p}.png", rows=grid_rows)
         if grid:
             paths[f"grid_{p}"] = grid
+    paths["html"] = write_html_report(out_dir, summaries)
     return paths
 
 
