@@ -100,7 +100,8 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
     inputs: dict[str, tuple[str, str, str, str]] = {}
     for m in with_frames:
         f = frames[(protocol, m)]
-        for pid, src, tgt, sid, tid in zip(f["pair_id"], f["source"], f["target"], f["source_id"], f["target_id"]):
+        for pid, src, tgt, sid, tid in zip(*(f[c].tolist() for c in ("pair_id", "source", "target", "source_id",
+                                                                    "target_id"))):
             if pid not in inputs:
                 inputs[pid] = (src, tgt, sid, tid)
                 order.append(pid)
@@ -112,9 +113,9 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
     swaps: dict[str, list[int]] = {}
     for m in with_frames:
         f = frames[(protocol, m)]
-        rows = np.array([position[p] for p in f["pair_id"]])  # (n,) row of each frame line in `order`
+        rows = np.array([position[p] for p in f["pair_id"].tolist()])  # (n,) row of each frame line in `order`
         idx = [-1] * len(order)
-        for r, rel, sha in zip(rows, f["swap_file"], f["swap_sha256"]):
+        for r, rel, sha in zip(rows.tolist(), f["swap_file"].tolist(), f["swap_sha256"].tolist()):
             path = out_dir / rel
             idx[r] = thumbs.add(path, sha) if path.is_file() else -1
         swaps[m] = idx

@@ -27,6 +27,7 @@ class ThumbnailStore:
     names: list[str] = field(default_factory=list)  # thumbnails in first-use order (the page's index)
     made: int = 0  # generated in this render (the rest were already there)
     _index: dict[str, int] = field(default_factory=dict)  # name -> position in names
+    _by_path: dict[str, int] = field(default_factory=dict)  # input crop path -> position (this render)
     _hashes: dict[str, list] = field(default_factory=dict)  # path -> [size, mtime_ns, sha256]
     _dirty: bool = False
 
@@ -53,17 +54,23 @@ class ThumbnailStore:
     def add(self, image: Path, key: str | None = None) -> int:
         """Index (into ``names``) of the thumbnail of ``image``; ``key`` is its content
         sha256 when known. Made from the image only if no thumbnail of that content exists."""
+        if key is None and str(image) in self._by_path:
+            return self._by_path[str(image)]
+        if key is not None and f"{key[:24]}-{self.size}.jpg" in self._index:
+            return self._index[f"{key[:24]}-{self.size}.jpg"]
         if not image.is_file():
             raise HarnessError(f"image for the report not found: {image}")
         key = key or self.file_key(image)
         name = f"{key[:24]}-{self.size}.jpg"
         if name in self._index:
+            self._by_path[str(image)] = self._index[name]
             return self._index[name]
         path = self.folder / name
         if not path.is_file():
             self._make(image, path)
         self._index[name] = len(self.names)
         self.names.append(name)
+        self._by_path[str(image)] = self._index[name]
         return self._index[name]
 
     def _make(self, image: Path, path: Path) -> None:
