@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.errors import HarnessError
 from reports.ranking import load_pair_frames
 from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
                             select_runs, shown_value, small_sample_warning)
@@ -107,8 +108,18 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
                 order.append(pid)
     position = {pid: i for i, pid in enumerate(order)}
     root = Path(next(iter(rs.values()))["root"])
-    src_idx = [thumbs.add(root / inputs[p][0]) for p in order]
-    tgt_idx = [thumbs.add(root / inputs[p][1]) for p in order]
+    missing = 0
+
+    def thumb(path: Path, key: str | None = None) -> int:  # -1 (counted, shown as "no image") when gone
+        nonlocal missing
+        try:
+            return thumbs.add(path, key)
+        except HarnessError:
+            missing += 1
+            return -1
+
+    src_idx = [thumb(root / inputs[p][0]) for p in order]
+    tgt_idx = [thumb(root / inputs[p][1]) for p in order]
     values: dict[str, dict[str, list]] = {}
     swaps: dict[str, list[int]] = {}
     for m in with_frames:
@@ -116,8 +127,7 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
         rows = np.array([position[p] for p in f["pair_id"].tolist()])  # (n,) row of each frame line in `order`
         idx = [-1] * len(order)
         for r, rel, sha in zip(rows.tolist(), f["swap_file"].tolist(), f["swap_sha256"].tolist()):
-            path = out_dir / rel
-            idx[r] = thumbs.add(path, sha) if path.is_file() else -1
+            idx[r] = thumb(out_dir / rel, sha)
         swaps[m] = idx
         values[m] = {}
         for key in columns:
@@ -133,7 +143,7 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
         "metrics": list(columns.values()),
         "pairs": {"id": order, "source": [inputs[p][2] for p in order], "target": [inputs[p][3] for p in order],
                   "src": src_idx, "tgt": tgt_idx},
-        "swaps": swaps, "values": values,
+        "swaps": swaps, "values": values, "missing_images": missing,
     }
 
 
@@ -180,7 +190,7 @@ def _table_html(t: Table, protocol: str) -> str:
             cls = ' class="best"' if mark == 1 else ' class="second"' if mark == 2 else ""
             warn = ('<span class="warn" title="fewer samples than feature dimensions: see the warning above">⚠</span>'
                     if (m, protocol, c.key) in t.warned else "")
-            cells.append(f'<td data-v="{e["value"]!r}"{cls} title="{ESC("; ".join(tip))}">{text}{ci}{warn}</td>')
+            cells.append(f'<td data-v="{v!r}"{cls} title="{ESC("; ".join(tip))}">{text}{ci}{warn}</td>')
         rows.append(f'<tr class="{"reference" if ref else "method"}" data-method="{ESC(m)}">{"".join(cells)}</tr>')
     return (f'<table class="results sortable" data-protocol="{ESC(protocol)}"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')

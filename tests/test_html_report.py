@@ -209,3 +209,26 @@ def test_evaluator_agreement_from_two_identity_backends(tmp_path):
     # the synthetic pairs share a difficulty term, so both backends order pairs alike
     assert all(p["rho"] > 0.5 and p["n"] == 60 for p in a["per_method"])
     assert ("pose_error_pnp", "expression_error_lmk") not in found  # different quantities are not compared
+
+
+def test_images_gone_from_the_cache_are_counted_not_fatal(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from report_speed import synthetic_runs
+
+    from reports.html import render_html
+
+    runs = synthetic_runs(tmp_path, pairs=40, methods=3)
+    path = Path(runs[2]["run_dir"]) / "pairs.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[[0, 5], "swap_file"] = "cache/swaps/synthetic/deleted.png"  # a swap whose crop was removed
+    frame.loc[[0, 5], "swap_sha256"] = "f" * 64
+    frame.to_parquet(path, index=False)
+    doc, _ = render_html(runs, tmp_path)
+    data = json.loads(doc.split('<script id="report-data" type="application/json">')[1].split("</script>")[0])
+    proto = data["protocols"][0]
+    assert proto["missing_images"] == 2 and len(proto["pairs"]["id"]) == 40
+    swaps = proto["swaps"][runs[2]["method"]]
+    assert [i for i, t in enumerate(swaps) if t < 0] == [0, 5]
+    # the other swaps are copies of the input faces: named by content, they share the inputs' thumbnails
+    faces = len(list((REPO / "protocols" / "demo_faces").glob("*.png")))
+    assert 20 <= len(data["thumbs"]) <= faces  # 40 pairs x 5 images, at most one thumbnail per distinct face

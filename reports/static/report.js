@@ -240,7 +240,9 @@
     var what = m ? (this.state.b ? "how much " + this.state.a + " beats " + this.state.b + " on " + m.label :
       this.state.a + "'s " + m.label) : "";
     this.hint.textContent = idx.length + " of " + n + " pairs" + (this.state.order === "id" ? ", by pair id" :
-      ", sorted by " + what + " (" + (this.state.order === "worst" ? "worst" : "best") + " first)");
+      ", sorted by " + what + " (" + (this.state.order === "worst" ? "worst" : "best") + " first)") +
+      (this.proto.missing_images ? "; " + this.proto.missing_images + " images are no longer on disk (cache " +
+       "cleared?) and show as \u201cno image\u201d" : "");
     this.render();
   };
   Browser.prototype.figure = function (thumb, who, i, method) {
