@@ -157,6 +157,12 @@ def _footer(runs, protocols, rule: RankRule) -> list[str]:
                     warned.setdefault(w, []).append(s["method"])
         for w, who in warned.items():
             lines.append(f"  warning (†): {w} ({', '.join(who)})")
+        for s in rs:
+            for e in s["metrics"].values():
+                raw = e.get("raw_value", e["value"])
+                if raw is not None and math.isfinite(raw) and shown_value(e) != raw:
+                    lines.append(f"  note: {s['method']}: {e['label']} is {raw:.3g} by rounding, shown as "
+                                 f"{shown_value(e):g} (raw value kept in summary.json)")
         for note in dict.fromkeys(n for s in rs for n in s.get("notes", [])):
             lines.append(f"  note: {note}")
     lines.append(f"Ranking: {rule.describe()}.")
