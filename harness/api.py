@@ -210,6 +210,8 @@ class MetricKey:
     unit: str  # "%", "cosine", "deg", "rad", ""
     per_pair: bool = True  # False for dataset-level numbers (FID)
     scale: float = 1.0  # multiply the stored value by this for display (0.93 -> 93 %)
+    lower_bound: float | None = None  # values below it are rounding error: summaries clamp (raw kept)
+    feature_dim: int | None = None  # dataset-level statistics over features of this size (FID)
 
     def __post_init__(self) -> None:
         if not self.key or not all(c.islower() or c.isdigit() or c == "_" for c in self.key):

@@ -79,6 +79,7 @@ def run(
                       weights_dir=weights_dir, log=_echo)
     if report:
         typer.echo(f"report: {result.report['markdown']}")
+        typer.echo(f"html:   {result.report['html']}  (open in a browser; works from disk, no network)")
     for s in result.summaries:
         typer.echo(f"run:    {s['run_dir']}")
     if mlflow:

@@ -216,7 +216,10 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                 lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, pairset.seed)
                 entry.update(value=float(np.nanmean(v)), ci_low=lo, ci_high=hi, n=int(np.isfinite(v).sum()))
             else:
-                entry.update(value=float(dataset_level[k.key]), ci_low=None, ci_high=None, n=len(frame))
+                raw = float(dataset_level[k.key])
+                value = raw if k.lower_bound is None or not np.isfinite(raw) else max(raw, k.lower_bound)
+                entry.update(value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
+                             lower_bound=k.lower_bound, feature_dim=k.feature_dim)
             results[k.key] = entry
     notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
              + [f"{method.name}: {n}" for m in metrics for n in m.notes()])

@@ -54,6 +54,8 @@ def _metrics(summary: dict[str, Any]) -> dict[str, float]:
     out = {}
     for key, e in summary["metrics"].items():
         out[key] = e["value"]
+        if e.get("raw_value") is not None and e["raw_value"] != e["value"]:  # clamped in the summary
+            out[f"{key}_raw"] = e["raw_value"]
         if e.get("ci_low") is not None:
             out[f"{key}_ci_low"] = e["ci_low"]
             out[f"{key}_ci_high"] = e["ci_high"]

@@ -15,7 +15,9 @@ _FORMATS = (("markdown", "md", to_markdown), ("latex", "tex", to_latex), ("csv",
 
 def render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     """Write the tables and grids for every run under ``out_dir/runs``; returns the
-    files by kind (``markdown``, ``latex``, ``csv``, ``table3_*``, ``grid_<protocol>``)."""
+    files by kind (``markdown``, ``latex``, ``csv``, ``table3_*``, ``grid_<protocol>``, ``html``)."""
+    from reports.html import write_html_report
+
     summaries = load_summaries(out_dir)
     if not summaries:
         raise HarnessError(f"no runs under {out_dir / 'runs'}: run `harness run` first")
@@ -35,4 +37,5 @@ def render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
         grid = swap_grid(summaries, out_dir, p, folder / f"grid_{p}.png", rows=grid_rows)
         if grid:
             paths[f"grid_{p}"] = grid
+    paths["html"] = write_html_report(out_dir, summaries)
     return paths

@@ -2,7 +2,8 @@
 
 Layout as in the paper: one row per method, one block of metric columns per protocol,
 side by side; a direction arrow on every column; within each column the best method in
-bold and the second underlined. The reference rows ``source`` and ``target`` bound the
+bold and the second underlined, only where the difference to the next method is
+significant on the same pairs (``reports.ranking``; ties share a rank). The reference rows ``source`` and ``target`` bound the
 table (identity upper bound, no-swap lower bound) and are not ranked. Each cell shows the
 mean and, after ±, half the width of its bootstrap confidence interval. Under the table:
 the backend that produced each column, its unit, and whether it is the papers' standard.
@@ -14,6 +15,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_methods
 
 REFERENCE_METHODS = ("source", "target")
 
@@ -54,9 +57,11 @@ class Table:
     columns: list[Column]
     methods: list[str]
     cells: dict[tuple[str, str, str], dict[str, Any]]  # (method, protocol, key) -> metric entry
-    rank: dict[tuple[str, str, str], int]  # 1 = best, 2 = second
+    rank: dict[tuple[str, str, str], int]  # marks: 1 = bold (best), 2 = underline (second), if significant
     footer: list[str]
     labels: dict[str, str] = field(default_factory=dict)  # method -> row label
+    shared_rank: dict[tuple[str, str, str], int] = field(default_factory=dict)  # 1 = best group; ties share
+    warned: frozenset = frozenset()  # (method, protocol, key) cells under a small-sample warning (†)
 
     def label(self, method: str) -> str:
         return self.labels.get(method, method)
@@ -67,21 +72,24 @@ ABLATIONS = {"codeswap_wo_c": "w/o C", "codeswap_wo_s": "w/o S", "codeswap_wo_q1
              "codeswap_wo_q2": "w/o Q2", "codeswap_wo_m": "w/o M", "codeswap": "Ours"}
 
 
-def _ranks(cells, columns, methods) -> dict[tuple[str, str, str], int]:
-    rank = {}
+def _ranks(cells, columns, methods, frames, rule: RankRule) -> tuple[dict, dict]:
+    """(marks, shared ranks) per (method, protocol, key): marks are 1 (bold) / 2 (underline)."""
+    marks, ranks = {}, {}
     for c in columns:
-        scored = [(cells[(m, c.protocol, c.key)]["value"], m) for m in methods
-                  if m not in REFERENCE_METHODS and (m, c.protocol, c.key) in cells
-                  and math.isfinite(cells[(m, c.protocol, c.key)]["value"])]
-        distinct = sorted({v for v, _ in scored}, reverse=c.higher_is_better)
-        for v, m in scored:  # ties share a rank
-            position = distinct.index(v) + 1
-            if position <= 2:
-                rank[(m, c.protocol, c.key)] = position
-    return rank
+        ranked = [m for m in methods if m not in REFERENCE_METHODS and (m, c.protocol, c.key) in cells]
+        means = {m: cells[(m, c.protocol, c.key)]["value"] for m in ranked}
+        per_method = {m: frames[(c.protocol, m)] for m in ranked if (c.protocol, m) in frames}
+        values = aligned_values(per_method, c.key) if len(per_method) == len(ranked) else None
+        r = rank_methods(means, values, c.higher_is_better, rule)
+        for m, v in r.mark.items():
+            marks[(m, c.protocol, c.key)] = v
+        for m, v in r.rank.items():
+            ranks[(m, c.protocol, c.key)] = v
+    return marks, ranks
 
 
-def build_ablation_table(summaries: list[dict[str, Any]], prefer: str = "celebahq") -> Table | None:
+def build_ablation_table(summaries: list[dict[str, Any]], prefer: str = "celebahq",
+                         frames: dict[tuple[str, str], Any] | None = None) -> Table | None:
     """Table 3: CodeSwap and its ablations on one protocol (CelebA-HQ when it was run, as in
     the paper; otherwise the newest protocol with ablation runs). None without ablation runs."""
     runs = [s for s in select_runs(summaries) if s["method"] in ABLATIONS]
@@ -91,11 +99,14 @@ def build_ablation_table(summaries: list[dict[str, Any]], prefer: str = "celebah
     protocol = prefer if prefer in protocols else protocols[-1]
     chosen = [s for s in runs if s["protocol"] == protocol]
     return build_table(chosen, f"Table 3: ablations of CodeSwap on {protocol}", method_order=list(ABLATIONS),
-                       labels=ABLATIONS)
+                       labels=ABLATIONS, frames=frames)
 
 
 def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
-                method_order: list[str] | None = None, labels: dict[str, str] | None = None) -> Table:
+                method_order: list[str] | None = None, labels: dict[str, str] | None = None,
+                frames: dict[tuple[str, str], Any] | None = None) -> Table:
+    """``frames``: (protocol, method) -> per-pair values (a DataFrame with ``pair_id`` and
+    one column per metric key); by default each run folder's pairs.parquet."""
     runs = select_runs(summaries)
     if not runs:
         raise ValueError("no runs to report")
@@ -113,11 +124,16 @@ def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
     if method_order:
         seen = [m for m in method_order if m in seen] + [m for m in seen if m not in method_order]
     methods = [m for m in seen if m not in REFERENCE_METHODS] + [m for m in REFERENCE_METHODS if m in seen]
-    return Table(title, protocols, columns, methods, cells, _ranks(cells, columns, methods), _footer(runs, protocols),
-                 labels or {})
+    frames = load_pair_frames(runs) if frames is None else frames
+    rule = RankRule(seed=runs[0]["seed"], alpha=round(1 - runs[0]["confidence"], 6))
+    marks, shared = _ranks(cells, columns, methods, frames, rule)
+    warned = frozenset((s["method"], s["protocol"], k) for s in runs for k, e in s["metrics"].items()
+                       if small_sample_warning(e, s["backends"].get(e.get("metric", ""))))
+    return Table(title, protocols, columns, methods, cells, marks, _footer(runs, protocols, rule), labels or {}, shared,
+                 warned)
 
 
-def _footer(runs, protocols) -> list[str]:
+def _footer(runs, protocols, rule: RankRule) -> list[str]:
     lines = []
     for p in protocols:
         rs = [s for s in runs if s["protocol"] == p]
@@ -133,16 +149,61 @@ def _footer(runs, protocols) -> list[str]:
             status = "standard" if b["standard"] else "NON-STANDARD (not the papers' model)"
             weights = ", ".join(f"{n} sha256 {h[:12]}" for n, h in b["weights"]) or "no weights"
             lines.append(f"  {metric} <- {b['name']}: {b['description']} [{status}; {weights}]")
+        warned = {}
+        for s in rs:
+            for e in s["metrics"].values():
+                w = small_sample_warning(e, s["backends"].get(e.get("metric", "")))
+                if w:
+                    warned.setdefault(w, []).append(s["method"])
+        for w, who in warned.items():
+            lines.append(f"  warning (†): {w} ({', '.join(who)})")
+        for s in rs:
+            for e in s["metrics"].values():
+                raw = e.get("raw_value", e["value"])
+                if raw is not None and math.isfinite(raw) and shown_value(e) != raw:
+                    lines.append(f"  note: {s['method']}: {e['label']} is {raw:.3g} by rounding, shown as "
+                                 f"{shown_value(e):g} (raw value kept in summary.json)")
         for note in dict.fromkeys(n for s in rs for n in s.get("notes", [])):
             lines.append(f"  note: {note}")
+    lines.append(f"Ranking: {rule.describe()}.")
     lines.append("source/target are reference rows (identity upper bound / no swap) and are not ranked.")
     return lines
+
+
+def shown_value(entry: dict[str, Any]) -> float:
+    """The value a summary shows: below the metric's lower bound only by rounding (FID of
+    identical sets, -1e-4) it is clamped to the bound; ``raw_value`` keeps the original.
+    Summaries written before the bound was recorded clamp FID at 0."""
+    value = entry["value"]
+    bound = entry.get("lower_bound", 0.0 if entry.get("metric", "").startswith("fid") else None)
+    return max(value, bound) if bound is not None and math.isfinite(value) else value
+
+
+def feature_dim(entry: dict[str, Any], backend: dict[str, Any] | None = None) -> int | None:
+    """Feature dimension of a dataset-level metric (FID): recorded in the entry, or for
+    older runs read from its backend's description ("512-d")."""
+    if entry.get("feature_dim"):
+        return int(entry["feature_dim"])
+    if entry.get("ci_low") is None and backend is not None:  # dataset-level
+        found = re.search(r"(\d+)-d\b", backend.get("description", ""))
+        return int(found.group(1)) if found else None
+    return None
+
+
+def small_sample_warning(entry: dict[str, Any], backend: dict[str, Any] | None = None) -> str | None:
+    """A warning when a dataset-level metric saw fewer samples than its feature dimension."""
+    dim = feature_dim(entry, backend)
+    n = entry.get("n")
+    if dim and n is not None and n < dim:
+        return (f"{entry['label']} computed on {n} samples with {dim}-d features: fewer samples than dimensions, "
+                "so the covariance is singular and the value is not comparable with one on a larger set")
+    return None
 
 
 def _fmt(entry: dict[str, Any] | None, scale: float, digits: int) -> str:
     if entry is None or entry.get("value") is None or not math.isfinite(entry["value"]):
         return "–"
-    text = f"{entry['value'] * scale:.{digits}f}"
+    text = f"{shown_value(entry) * scale:.{digits}f}"
     lo, hi = entry.get("ci_low"), entry.get("ci_high")
     if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
         text += f" ± {(hi - lo) / 2 * scale:.{digits}f}"
@@ -150,7 +211,7 @@ def _fmt(entry: dict[str, Any] | None, scale: float, digits: int) -> str:
 
 
 def _digits(col: Column) -> int:
-    return 1 if col.unit == "%" else 3
+    return 1 if col.unit == "%" else 2 if col.key.startswith("fid") else 3
 
 
 def to_markdown(t: Table) -> str:
@@ -160,6 +221,7 @@ def to_markdown(t: Table) -> str:
         row = [f"*{m}*" if m in REFERENCE_METHODS else t.label(m)]
         for c in t.columns:
             text = _fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c))
+            text += " †" if (m, c.protocol, c.key) in t.warned else ""
             r = t.rank.get((m, c.protocol, c.key))
             row.append(f"**{text}**" if r == 1 else f"<u>{text}</u>" if r == 2 else text)
         lines.append("| " + " | ".join(row) + " |")
@@ -170,7 +232,7 @@ def to_markdown(t: Table) -> str:
 
 def _tex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("±", r"$\pm$"), ("–", "--"), ("<-", r"$\leftarrow$")):
+                 ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("±", r"$\pm$"), ("–", "--"), ("<-", r"$\leftarrow$"), ("†", r"$^\dagger$")):
         s = s.replace(a, b)
     return s
 
@@ -196,6 +258,7 @@ def to_latex(t: Table) -> str:
         row = [rf"\textit{{{_tex_escape(m)}}}" if m in REFERENCE_METHODS else _tex_escape(t.label(m))]
         for c in t.columns:
             text = _tex_escape(_fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c)))
+            text += r"$^\dagger$" if (m, c.protocol, c.key) in t.warned else ""
             r = t.rank.get((m, c.protocol, c.key))
             row.append(rf"\textbf{{{text}}}" if r == 1 else rf"\underline{{{text}}}" if r == 2 else text)
         out.append(" & ".join(row) + r" \\")

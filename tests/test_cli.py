@@ -52,6 +52,8 @@ def test_demo_run_writes_report_runs_and_mlflow(demo_run):
     assert "pkg.torch" in r.data.params and "git_commit" in r.data.params
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id, "run")]
     assert "run/pairs.parquet" in artifacts and "run/summary.json" in artifacts
+    parent = client.search_runs([exp.experiment_id], filter_string="params.methods = 'source,target'")[0]
+    assert "report/index.html" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
 
 
 def test_rerun_is_served_from_cache_with_identical_numbers(demo_run):

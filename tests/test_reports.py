@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
+from reports.ranking import RankRule, paired_pvalue, rank_methods
 from reports.tables import build_ablation_table, build_table, select_runs, to_csv, to_latex, to_markdown
 
 
@@ -30,8 +34,17 @@ RUNS = [
 ]
 
 
+def _frames(runs, spread=0.001, n=10):
+    """Per-pair values around each run's means; every method gets the same per-pair offsets,
+    so differences between methods are constant over the pairs (clearly significant)."""
+    offsets = spread * (np.arange(n) - (n - 1) / 2)
+    return {(s["protocol"], s["method"]): pd.DataFrame(
+        {"pair_id": [f"{i:05d}" for i in range(n)],
+         **{k: e["value"] + offsets for k, e in s["metrics"].items()}}) for s in runs}
+
+
 def test_best_bold_second_underlined_respecting_direction():
-    t = build_table(RUNS)
+    t = build_table(RUNS, frames=_frames(RUNS))
     assert t.protocols == ["celebahq", "ffpp"]
     assert t.methods == ["a", "b", "c", "source"]  # references last
     r = t.rank
@@ -39,7 +52,9 @@ def test_best_bold_second_underlined_respecting_direction():
     assert r[("c", "celebahq", "pose_error")] == 1 and r[("b", "celebahq", "pose_error")] == 2  # lower is better
     assert ("source", "celebahq", "id_retrieval_top1") not in r  # the bound is not ranked
     md = to_markdown(t)
-    assert "| b | **95.0 ± 1.0** | <u>2.000</u> | <u>60.0 ± 1.0</u> |" in md
+    # ffpp has two ranked methods: the second has no next method to differ from, so no underline
+    assert "| b | **95.0 ± 1.0** | <u>2.000</u> | 60.0 ± 1.0 |" in md
+    assert "paired sign-flip permutation test" in md
     assert "Pose error (deg) ↓" in md and "NON-STANDARD" in md
     tex = to_latex(t)
     assert r"\textbf{95.0 $\pm$ 1.0}" in tex and r"\multicolumn{2}{c}{celebahq}" in tex
@@ -61,7 +76,7 @@ def test_table3_lists_the_ablations_in_the_papers_order_on_celebahq():
     runs = [_summary("demo", "codeswap_wo_c", (0.2, 1.0)), _summary("celebahq", "codeswap", (0.9, 1.0)),
             _summary("celebahq", "codeswap_wo_q1", (0.5, 2.0)), _summary("celebahq", "codeswap_wo_c", (0.4, 3.0)),
             _summary("celebahq", "target", (0.0, 0.0))]
-    t = build_ablation_table(runs)
+    t = build_ablation_table(runs, frames=_frames(runs))
     assert t.protocols == ["celebahq"]
     assert t.methods == ["codeswap_wo_c", "codeswap_wo_q1", "codeswap"]
     md = to_markdown(t)
@@ -69,3 +84,31 @@ def test_table3_lists_the_ablations_in_the_papers_order_on_celebahq():
     assert rows == ["| w/o C", "| w/o Q1", "| Ours"]
     assert "**90.0 ± 1.0**" in md
     assert build_ablation_table([_summary("celebahq", "codeswap", (0.9, 1.0))]) is None
+
+
+def test_ties_and_insignificant_differences_are_not_marked():
+    runs = [_summary("celebahq", "a", (0.0, 0.0)), _summary("celebahq", "b", (0.0, 0.0)),
+            _summary("celebahq", "c", (0.0, 0.0))]
+    t = build_table(runs, frames=_frames(runs, spread=0.0))
+    assert t.rank == {}  # 0.0 +- 0.0 everywhere: nobody is best
+    assert {t.shared_rank[(m, "celebahq", "pose_error")] for m in "abc"} == {1}
+    # without pair-level values nothing can be tested, so nothing is marked
+    assert build_table(RUNS, frames={}).rank == {}
+
+
+def test_rank_groups_follow_the_paired_test():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.5, 0.2, 200)  # pair difficulty, shared by every method
+    values = {"a": base + 0.10, "b": base + 0.099 + rng.normal(0, 0.05, 200), "c": base - 0.2}
+    means = {m: float(v.mean()) for m, v in values.items()}
+    r = rank_methods(means, values, True, RankRule(resamples=500, seed=1))
+    assert r.order[2] == "c"
+    assert r.rank["a"] == r.rank["b"] == 1 and r.rank["c"] == 2  # a ~ b share rank 1
+    assert r.mark == {"a": 1, "b": 1}  # both bold: the shared group is significantly above c
+    assert r.pvalue_to_next[r.order[1]] < 0.01
+    # the same means without pairing information rank but never mark
+    assert rank_methods(means, None, True, RankRule()).mark == {}
+    # the test is paired: a constant offset on noisy pairs is significant, noise alone is not
+    assert paired_pvalue(base + 0.01, base, 500, 0) < 0.01
+    assert paired_pvalue(base + rng.normal(0, 0.05, 200), base + rng.normal(0, 0.05, 200), 500, 0) > 0.05
+    assert paired_pvalue(base, base, 500, 0) == 1.0

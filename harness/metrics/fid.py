@@ -113,10 +113,11 @@ class FIDMetric(Metric):
         self.device, self.backend_setting = device, backend
         if backend == "inception":
             self.name = "fid"
-            self.keys = (MetricKey("fid", "FID", False, "", per_pair=False),)
+            self.keys = (MetricKey("fid", "FID", False, "", per_pair=False, lower_bound=0.0, feature_dim=2048),)
         else:
             self.name = "fid_facenet"
-            self.keys = (MetricKey("fid_facenet", "FID [FaceNet features]", False, "", per_pair=False),)
+            self.keys = (MetricKey("fid_facenet", "FID [FaceNet features]", False, "", per_pair=False,
+                                  lower_bound=0.0, feature_dim=512),)
         self._swapped: dict[str, np.ndarray] = {}
         self._weights: tuple[tuple[str, str], ...] = ()  # set when the extractor loads
 
