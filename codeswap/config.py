@@ -268,6 +268,13 @@ class SwapTrainConfig:
     # from drawing adversarial patterns (see the README's stage-2 study)
     identity_augment: float = setting(0.0, "L_id through randomly shifted and blurred copies of both images "
                                            "(strength; 0: off).")
+    # NOTE: not in the paper (a study setting, README "Does CodeSwap learn to swap?"): pairs
+    # (a, b') with b' = a carrying b's inner face, whose swaps have known answers,
+    # I_ab' = a and I_b'a = b' (Eq. 11's reconstruction on pairs that differ inside the face)
+    paste_rate: float = 0.0
+    paste_weight: float = 1.0
+    # learning-rate multiplier of the fusion's attention biases and position code (study setting)
+    position_lr_mult: float = 1.0
     # "deep3d" with expression_checkpoint; none: L_exp is off
     expression_net: str = setting("none", "Expression network for L_exp: deep3d (with --expression-checkpoint) "
                                           "or none.")

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,10 @@ class DemoRecipe:
 
     Stage 1 is a 64 px prior with a 16x16 latent: at 8x8 (the previous demo) the
     reconstructions of the training faces lost who they were (dlib retrieval 8 %), and no
-    swap can carry more identity than its prior keeps. See the README's stage-2 study.
+    swap can carry more identity than its prior keeps; this one keeps all of it (100 %).
+    Stage 2 uses the paper's loss weights (without L_per and L_exp, whose networks are not
+    available offline) and the relative position bias. It does NOT yet swap identity: the
+    README's "Does CodeSwap learn to swap?" gives the study and what was tried.
     """
 
     resolution: int = 64
@@ -50,9 +53,9 @@ class DemoRecipe:
     code_dim: int = 64
     stage1_steps: int = 2500
     restart_dead_every: int = 100
-    stage2_steps: int = 2000
-    stage3_steps: int = 200
-    stage3_supervised: int = 150
+    stage2_steps: int = 500
+    stage3_steps: int = 100
+    stage3_supervised: int = 80
     batch_size: int = 8
     lr: float = 4e-4
     layers: int = 4
@@ -66,10 +69,14 @@ class DemoRecipe:
     same_rate: float = 0.2
     identity_net: str = "facenet"
     identity_augment: float = 0.0
+    paste_rate: float = 0.0
+    position_lr_mult: float = 1.0
     identity_size: int = 96  # FaceNet at 96 px: a 64 px face gains nothing from 160, and it costs 2.8x less
     holdout: int = 0  # train on every demo face
     seed: int = 0
-    variants: tuple[str, ...] = field(default=("full", "wo_c", "wo_s", "wo_q1", "wo_q2"))
+    # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
+    # others train on first use with this recipe when run by name
+    variants: tuple[str, ...] = ("full",)
 
     def autoencoder(self):
         from codeswap.config import AutoencoderConfig, QuantizerConfig
@@ -244,6 +251,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
                        position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level, weights=SwapLossWeights(*recipe.loss_weights),
                        same_rate=recipe.same_rate, identity_net=recipe.identity_net,
                        identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
+                       paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,
                        perceptual_net="none")
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")

@@ -110,3 +110,29 @@ def test_stage2_resume_continues_exactly(stage1_ckpt, tmp_path):
     a = [r["train/g_total"] for r in rows(tmp_path / "full") if "train/g_total" in r]
     b = [r["train/g_total"] for r in rows(tmp_path / "part") if "train/g_total" in r]
     assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+
+
+def test_face_pasted_pairs_keep_the_frame_and_take_the_face():
+    from codeswap.train.stage2 import face_region, paste_loss, paste_pairs
+
+    a, b = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+    same = torch.tensor([True, False, False, False])
+    b2, paste = paste_pairs(a, b, same, 1.0, step=0, seed=0)
+    assert paste.tolist() == [False, True, True, True]  # never the reconstruction pairs
+    m = face_region(64)[0, 0]
+    assert m[40, 32] > 0.99 and m[2, 2] < 1e-3  # the face centre is pasted, the corners are not
+    torch.testing.assert_close(b2[0], b[0])
+    torch.testing.assert_close(b2[1][:, 2, 2], a[1][:, 2, 2], atol=1e-4, rtol=0)  # frame from a
+    torch.testing.assert_close(b2[1][:, 40, 32], b[1][:, 40, 32], atol=2e-2, rtol=0)  # face from b
+    # the known answers score zero, returning the target does not
+    assert paste_loss(a, b2, a, b2, paste) == 0
+    assert paste_loss(a, b2, b2, a, paste) > 0
+
+
+def test_position_parameters_get_their_own_learning_rate():
+    from codeswap.fusion import FusionConfig, GlobalFusion
+    from codeswap.train.stage2 import param_groups
+
+    groups = param_groups(GlobalFusion(FusionConfig(dim=16, grid=4, num_codes=8, layers=2, heads=2)), 1e-3, 30.0)
+    assert len(groups[1]["params"]) == 3 and groups[1]["lr"] == pytest.approx(3e-2)  # pos + 2 relative biases
+    assert all(p.ndim != 3 or p.shape[0] != 2 for p in groups[0]["params"])

@@ -32,6 +32,44 @@ from harness.errors import HarnessError
 VAL_PAIRS = 4
 
 
+def param_groups(module: nn.Module, lr: float, position_mult: float) -> list[dict]:
+    """Adam groups: attention biases and the position code at ``lr * position_mult``, the rest at ``lr``."""
+    pos, rest = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (pos if name.endswith(("rel_bias", "attn.bias")) or name in ("pos", "fusion.pos") else rest).append(p)
+    return [{"params": rest}, {"params": pos, "lr": lr * position_mult}]
+
+
+def face_region(side: int, device=None) -> Tensor:
+    """(1, 1, side, side) soft mask of the inner face in an FFHQ-aligned crop: an ellipse over
+    the face box of the aligned template, feathered over ~6 % of the side."""
+    from harness.constants import FFHQ_FACE_BOX
+
+    x0, y0, x1, y1 = FFHQ_FACE_BOX
+    t = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side  # (side,)
+    cy, cx, ry, rx = (y0 + y1) / 2 + 0.02, (x0 + x1) / 2, (y1 - y0) * 0.42, (x1 - x0) * 0.40
+    d = ((t[:, None] - cy) / ry) ** 2 + ((t[None, :] - cx) / rx) ** 2  # (side, side), 1 on the ellipse
+    return torch.sigmoid((1.0 - d) / 0.12)[None, None]
+
+
+def paste_pairs(a: Tensor, b: Tensor, same: Tensor, rate: float, step: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Replace a share ``rate`` of the non-identical pairs' b by a with b's inner face pasted
+    in (b' = a (1 - M) + b M); returns (b, paste (B,) bool)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7_777)
+    paste = (torch.rand(a.shape[0], generator=g) < rate).to(a.device) & ~same
+    m = face_region(a.shape[-1], a.device).to(a.dtype)  # (1, 1, R, R)
+    pasted = a * (1 - m) + b * m
+    return torch.where(paste[:, None, None, None], pasted, b), paste
+
+
+def paste_loss(a: Tensor, b: Tensor, ab: Tensor, ba: Tensor, paste: Tensor) -> Tensor:
+    """The known answers of face-pasted pairs (a, b'): I_ab' = a and I_b'a = b' (L1, mean over those pairs)."""
+    per = 0.5 * ((ab - a).abs().flatten(1).mean(1) + (ba - b).abs().flatten(1).mean(1))  # (B,)
+    w = paste.to(per.dtype)
+    return (per * w).sum() / w.sum().clamp(min=1.0)
+
+
 def make_pairs(x: Tensor, same_rate: float, step: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     """(B, 3, R, R) batch -> (a, b, same): b is the batch rolled by one, or a itself where
     ``same`` (B,) is True. The choice depends only on (seed, step), not on the device."""
@@ -111,7 +149,8 @@ class Stage2Trainer(TrainLoop):
             self.model_ddp = DDP(self.model, device_ids=[dev.index] if dev.type == "cuda" else None)
         if cfg.compile:
             self.model_ddp = torch.compile(self.model_ddp)
-        self.opt = torch.optim.Adam([p for p in self.trainable().parameters()], lr=cfg.lr, betas=cfg.betas)
+        self.opt = torch.optim.Adam(param_groups(self.trainable(), cfg.lr, self.swap_cfg.position_lr_mult),
+                                    lr=cfg.lr, betas=cfg.betas)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
 
     def trained_modules(self) -> dict[str, nn.Module]:
@@ -131,9 +170,16 @@ class Stage2Trainer(TrainLoop):
     # --- one step ------------------------------------------------------------------------
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
         a, b, same = make_pairs(x, self.swap_cfg.same_rate, step, self.cfg.seed)
+        paste = None
+        if self.swap_cfg.paste_rate > 0:
+            b, paste = paste_pairs(a, b, same, self.swap_cfg.paste_rate, step, self.cfg.seed)
         with self.autocast():
             out = self.model_ddp(a, b, blend_mask=self.blend_mask)
             loss, logs = self.loss(self.model, a, b, same, out)
+            if paste is not None:
+                lp = paste_loss(a, b, out.ab, out.ba, paste)
+                loss = loss + self.swap_cfg.paste_weight * lp
+                logs["train/paste_recon"] = lp.detach()
             loss, logs = self.extra_loss(a, b, out, loss, logs, step)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
