@@ -45,11 +45,9 @@ def _echo(msg: str) -> None:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from harness.checks import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name)
 
 
 def _parse_options(items: list[str]) -> dict[str, str]:
@@ -128,8 +126,15 @@ def run(
         name, _, opts = spec.partition(":")
         metric_specs[METRICS.resolve(name).name] = _parse_options([o for o in opts.split(",") if o])
     metric_names = list(metric_specs)
+    for kind, registry, names in (("method", METHODS, methods), ("metric", METRICS, metric_names)):
+        for name in names:  # before any detection or swap: a run that will fail, fails now
+            missing = registry.resolve(name).missing_weights()
+            if missing:
+                raise HarnessError(f"{kind} {name}: weights missing ({', '.join(missing)}); see `harness weights`")
     proto_entry = PROTOCOLS.resolve(protocol)
-    cfg = RunConfig(out_dir=out.resolve(), device=_device(device), batch_size=batch_size, save_images=save_images,
+    from harness.checks import check_out_dir
+
+    cfg = RunConfig(out_dir=check_out_dir(out), device=_device(device), batch_size=batch_size, save_images=save_images,
                     progress=progress and sys.stderr.isatty())
     proto = proto_entry.create(root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                                **_parse_options(option))
@@ -211,22 +216,27 @@ def _render_report(out_dir: Path, grid_rows: int = 6) -> dict[str, Path]:
     from reports.figures import swap_grid
     from reports.tables import build_ablation_table, build_table, to_csv, to_latex, to_markdown
 
-    summaries = load_summaries(out_dir)
+    from harness.images import atomic_write_text
+
+    unreadable: list[Path] = []
+    summaries = load_summaries(out_dir, unreadable)
+    for bad in unreadable:
+        _echo(f"  skipped unreadable run summary {bad} (re-run that method to rewrite it)")
     if not summaries:
         raise HarnessError(f"no runs under {out_dir / 'runs'}: run `harness run` first")
     table = build_table(summaries, "Table 1: face swapping")
     folder = out_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": folder / "table1.md", "latex": folder / "table1.tex", "csv": folder / "table1.csv"}
-    paths["markdown"].write_text(to_markdown(table))
-    paths["latex"].write_text(to_latex(table))
-    paths["csv"].write_text(to_csv(table))
+    atomic_write_text(paths["markdown"], to_markdown(table))
+    atomic_write_text(paths["latex"], to_latex(table))
+    atomic_write_text(paths["csv"], to_csv(table))
     ablation = build_ablation_table(summaries)
     if ablation is not None:
         for kind, suffix, render in (("table3_markdown", "md", to_markdown), ("table3_latex", "tex", to_latex),
                                      ("table3_csv", "csv", to_csv)):
             paths[kind] = folder / f"table3.{suffix}"
-            paths[kind].write_text(render(ablation))
+            atomic_write_text(paths[kind], render(ablation))
     for p in table.protocols:
         grid = swap_grid(summaries, out_dir, p, folder / f"grid_{p}.png", rows=grid_rows)
         if grid:
@@ -263,7 +273,9 @@ def report_cmd(
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
 ) -> None:
     """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
-    paths = _render_report(out.resolve(), grid_rows)
+    from harness.checks import check_out_dir
+
+    paths = _render_report(check_out_dir(out), grid_rows)
     typer.echo(paths["markdown"].read_text())
     if "table3_markdown" in paths:
         typer.echo(paths["table3_markdown"].read_text())

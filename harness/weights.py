@@ -262,3 +262,32 @@ register_weight(WeightFile(
     "(https://drive.google.com/open?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812); keep the name 79999_iter.pth",
     "MIT (code); weights trained on CelebAMask-HQ: non-commercial research use only",
 ))
+
+
+# --- loading ---------------------------------------------------------------------------
+def load_torch_file(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that is not a loadable
+    weights file (truncated, not a torch file, pickled code) is a one-line HarnessError."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # no pickle code runs
+    except Exception as exc:  # noqa: BLE001 - every unpickling failure means a bad file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"cannot load weights {path}: {first[:300]}") from None
+
+
+def load_state_strictly(model, state: object, path: Path, what: str) -> None:
+    """``model.load_state_dict(state)`` with every mismatch (wrong type, missing or
+    unexpected keys, wrong shapes) turned into one line naming the file and ``what`` it
+    should be."""
+    if not isinstance(state, dict):
+        raise HarnessError(f"{path.name}: not {what} (expected a state dict, got {type(state).__name__})")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else "")
+        raise HarnessError(f"{path.name}: not {what} ({detail[:300]})") from None
+    if missing or unexpected:
+        raise HarnessError(f"{path.name}: not {what} (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

@@ -124,3 +124,21 @@ def reject_unknown_options(protocol: str, unknown: dict[str, object], known: Seq
         close = difflib.get_close_matches(key, list(known), n=1)
         parts.append(key + (f" (did you mean {close[0]}?)" if close else ""))
     raise HarnessError(f"unknown option(s) for protocol {protocol}: {', '.join(parts)} (known: {', '.join(known)})")
+
+
+def path_inside_root(root: Path, value: str, option: str) -> Path:
+    """A relative path option (``identity_file=``, ``splits_dir=``) resolved inside the
+    dataset root: absolute paths and ``..`` that leave the root are refused, so an option
+    never makes the harness read (and quote, in layout errors) files outside the dataset."""
+    from pathlib import Path as _Path
+
+    given = _Path(str(value)).expanduser()
+    root = _Path(root).resolve()
+    if given.is_absolute():
+        raise HarnessError(f"option {option}={value}: give a path relative to the dataset root {root}, "
+                           "not an absolute one (copy or link the file into the root)")
+    path = (root / given).resolve()
+    if not path.is_relative_to(root):
+        raise HarnessError(f"option {option}={value} leaves the dataset root {root}: "
+                           "files outside the root are not read")
+    return path

@@ -41,6 +41,7 @@ from harness.cache import stable_hash
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import (
+    path_inside_root,
     LayoutError,
     option_int,
     pair_images,
@@ -185,8 +186,7 @@ class CelebAHQProtocol(FaceProtocol):
 
     def _identity_path(self) -> Path | None:
         if self.identity_file:
-            given = Path(self.identity_file).expanduser()
-            path = given if given.is_absolute() else self.root / given
+            path = path_inside_root(self.root, self.identity_file, "identity_file")
             return path if path.is_file() else None
         for rel in IDENTITY_LOCATIONS:
             if (self.root / rel).is_file():

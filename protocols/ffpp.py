@@ -63,6 +63,7 @@ from harness.cache import stable_hash
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, save_png
 from protocols.base import (
+    path_inside_root,
     LayoutError,
     option_choice,
     option_int,
@@ -251,8 +252,7 @@ class FFppProtocol(FaceProtocol):
 
     def _splits_path(self) -> Path:
         if self.splits_dir:
-            given = Path(self.splits_dir).expanduser()
-            return given if given.is_absolute() else self.root / given
+            return path_inside_root(self.root, self.splits_dir, "splits_dir")
         return self.root / "splits"
 
     def _read_splits(self, ids: set[str], problems: list[str]) -> list[tuple[str, str]]:

@@ -46,20 +46,19 @@ class Deep3DRegressor(nn.Module):
 def load_deep3d(path: Path) -> Deep3DRegressor:
     """Load ``epoch_20.pth`` (``weights_only=True``): accepts the full checkpoint dict
     (``net_recon`` inside) or the bare state dict."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from harness.weights import load_state_strictly, load_torch_file
+
+    ckpt = load_torch_file(path)
     state = ckpt.get("net_recon", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise HarnessError(f"{path.name}: no 'net_recon' state dict inside")
     mapped = {}
     for k, v in state.items():
-        k = k.removeprefix("module.")
+        k = str(k).removeprefix("module.")
         if k.startswith("backbone."):
             mapped["trunk." + k.removeprefix("backbone.")] = v
         else:
             mapped[k] = v
     model = Deep3DRegressor()
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not a Deep3DFaceRecon ResNet-50 checkpoint "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_state_strictly(model, mapped, path, "a Deep3DFaceRecon ResNet-50 checkpoint")
     return model.eval()

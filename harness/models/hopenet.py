@@ -53,14 +53,14 @@ class Hopenet(nn.Module):
 
 def load_hopenet(path: Path) -> Hopenet:
     """Load the official state dict (``torch.load(weights_only=True)``) into :class:`Hopenet`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from harness.weights import load_state_strictly, load_torch_file
+
+    state = load_torch_file(path)
     if not isinstance(state, dict):
         raise HarnessError(f"{path.name}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items() if k.removeprefix("module.") not in IGNORED_KEYS}
+    state = {str(k).removeprefix("module."): v for k, v in state.items()
+             if str(k).removeprefix("module.") not in IGNORED_KEYS}
     mapped = {(k if k.startswith(HEADS) else f"trunk.{k}"): v for k, v in state.items()}
     model = Hopenet()
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not a Hopenet ResNet-50 state dict "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_state_strictly(model, mapped, path, "a Hopenet ResNet-50 state dict")
     return model.eval()

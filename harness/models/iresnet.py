@@ -95,13 +95,13 @@ def load_iresnet(path: Path, arch: str) -> IResNet:
     """Build ``arch`` and load an arcface_torch ``backbone.pth`` (weights only, strict keys)."""
     if arch not in IRESNETS:
         raise HarnessError(f"unknown iresnet {arch!r} (known: {', '.join(IRESNETS)})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from harness.weights import load_state_strictly, load_torch_file
+
+    state = load_torch_file(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if isinstance(state, dict):
+        state = {str(k).removeprefix("module."): v for k, v in state.items()}
     model = IResNet(IRESNETS[arch])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise HarnessError(f"{path.name}: not an iresnet-{arch[1:]} checkpoint "
-                           f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)")
+    load_state_strictly(model, state, path, f"an iresnet-{arch[1:]} checkpoint")
     return model.eval()
