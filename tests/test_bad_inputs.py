@@ -38,10 +38,12 @@ def one_line_error(proc, *fragments: str) -> str:
     err = proc.stderr.strip()
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    lines = err.splitlines()
+    # the error is the last line and the only one (info lines such as "demo: 2 pairs" may precede it)
+    assert lines[-1].startswith("error: ") and sum(ln.startswith("error") for ln in lines) == 1, err
     for f in fragments:
-        assert f in err, err
-    return err
+        assert f in lines[-1], err
+    return lines[-1]
 
 
 # -- item 7 and 10: image decoding ---------------------------------------------------------
