@@ -46,7 +46,7 @@ class LandmarkStats:
     def note(self, who: str) -> str | None:
         if not self.not_found:
             return None
-        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} distinct images; "
+        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} images (distinct contents); "
                 "for input crops the landmarks were predicted inside the expected box of the aligned crop "
                 "(method outputs without a face are not scored)")
 
