@@ -31,6 +31,7 @@ import bad_inputs as bi  # noqa: E402
 ENV = {**os.environ, "HARNESS_DEBUG": "", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 CHEAP = ["--metric", "pose", "--device", "cpu", "--no-report"]
+WIDTH = 38  # case-name column
 
 
 def harness(args: list[str], bad_methods: bool = False) -> subprocess.Popen:
@@ -178,10 +179,9 @@ def main() -> int:
                 got, msg = verdict(rc, err, expect, evidence)
             failures += got == "FAIL" or got != expect
             rows.append((name, rc, msg[:110], got if got == expect else f"{got} (expected {expect})"))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'case':<{width}}  exit  verdict          message")
-    for name, rc, msg, got in rows:
-        print(f"{name:<{width}}  {rc:>4}  {got:<15}  {msg}")
+            if len(rows) == 1:
+                print(f"{'case':<{WIDTH}}  exit  verdict          message", flush=True)
+            print(f"{rows[-1][0]:<{WIDTH}}  {rc:>4}  {rows[-1][3]:<15}  {rows[-1][2]}", flush=True)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r[3]] = counts.get(r[3], 0) + 1
