@@ -85,14 +85,45 @@ def plain(value: Any) -> Any:
 
 def read_checkpoint(path: Path, what: str = "checkpoint") -> dict[str, Any]:
     """The contents of a torch file, read strictly: ``weights_only=True`` (no pickled code
-    runs), on the CPU. A missing or unreadable file is a one-line :class:`HarnessError`."""
+    runs), on the CPU. A missing or unreadable file, or one that does not hold a dict, is a
+    one-line :class:`HarnessError`."""
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise HarnessError(f"cannot load {what} {path}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"cannot load {what} {path}: {first[:300]}") from None
+    if not isinstance(state, dict):
+        raise HarnessError(f"{path} is not a {what} this project reads (a {type(state).__name__}, expected a dict"
+                           + (" written by `harness train`)" if what == "checkpoint" else ")"))
+    return state
+
+
+def _require(state: dict[str, Any], path: Path, keys: tuple[str, ...]) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise HarnessError(f"{path} is not a complete {state.get('stage')} checkpoint: missing {', '.join(missing)}")
+
+
+def _build(path: Path, make, weights):
+    """Build a model from a checkpoint's config and load its weights; a config or weights
+    that do not fit (wrong fields, wrong shapes, missing keys) is one line naming the file."""
+    try:
+        model = make()
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise HarnessError(f"{path}: its model config is not valid ({exc})") from None
+    if not isinstance(weights, dict):
+        raise HarnessError(f"{path}: its weights are a {type(weights).__name__}, not a state dict")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln),
+                      lines[0] if lines else "")
+        raise HarnessError(f"{path}: weights do not fit the model its config describes ({detail[:300]})") from None
+    return model
 
 
 def load_stage1(path: Path, use_ema: bool = True) -> tuple[VQAutoencoder, str]:
@@ -100,9 +131,9 @@ def load_stage1(path: Path, use_ema: bool = True) -> tuple[VQAutoencoder, str]:
     state = read_checkpoint(path)
     if state.get("stage") != "stage1":
         raise HarnessError(f"{path} is a {state.get('stage')} checkpoint, not stage1")
-    model = VQAutoencoder(autoencoder_config(state["model_config"]))
+    _require(state, Path(path), ("model_config", "model"))
     weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
-    model.load_state_dict(weights)
+    model = _build(Path(path), lambda: VQAutoencoder(autoencoder_config(state["model_config"])), weights)
     return model.eval(), file_sha256(Path(path))
 
 
@@ -111,11 +142,10 @@ def load_codeswap(path: Path) -> tuple[CodeSwap, dict[str, Any]]:
     state = read_checkpoint(path)
     if state.get("stage") not in ("stage2", "stage3"):
         raise HarnessError(f"{path} is a {state.get('stage')} checkpoint; CodeSwap needs a stage2 or stage3 one")
-    cfg = codeswap_config(state["codeswap_config"])
-    model = CodeSwap(cfg)
+    _require(state, Path(path), ("codeswap_config", "codeswap"))
     weights = state["ema"] if state.get("ema") is not None else state["codeswap"]
-    model.load_state_dict(weights)
-    meta = {"stage": state["stage"], "step": state["step"], "sha256": file_sha256(Path(path)),
+    model = _build(Path(path), lambda: CodeSwap(codeswap_config(state["codeswap_config"])), weights)
+    meta = {"stage": state["stage"], "step": state.get("step", 0), "sha256": file_sha256(Path(path)),
             "stage1_sha256": state.get("stage1_sha256", ""),
             "identity_net": _find_key({k: state.get(k) for k in ("swap_config", "train_config")}, "identity_net")}
     return model.eval(), meta

@@ -22,8 +22,41 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _SEED_MIX = 1_000_003  # a prime that spreads (seed, epoch, index) into distinct augmentation seeds
 
 
-def list_images(root: Path) -> list[Path]:
-    """All image files under ``root`` (recursively, hidden files and folders skipped), sorted."""
+def check_image(path: Path) -> str | None:
+    """Why ``path`` cannot be trained on, or None. Reads the whole file but decodes cheaply:
+    PNG chunks are checksummed (``verify``), JPEGs are decoded at 1/8 scale (a truncated
+    file fails), so a bad file is found before training, not at its first batch."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if min(im.size) < 1:
+                return f"empty image ({im.size[0]}x{im.size[1]})"
+            im.verify()
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, im.size[0] // 8), max(1, im.size[1] // 8)))
+                im.load()
+    except Image.DecompressionBombError:
+        return "refused as a decompression bomb"
+    except Exception as exc:  # noqa: BLE001 - anything Pillow raises means the file is unusable
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return None
+
+
+def check_images(files: list[Path], limit: int = 5) -> None:
+    """Every training image readable, else one HarnessError that names the bad files."""
+    bad = [(f, why) for f in files if (why := check_image(f)) is not None]
+    if bad:
+        shown = "; ".join(f"{f} ({why})" for f, why in bad[:limit])
+        more = f"; ... and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise HarnessError(f"{len(bad)} of {len(files)} training images cannot be read: {shown}{more} "
+                           "(remove or replace them)")
+
+
+def list_images(root: Path, check: bool = True) -> list[Path]:
+    """All image files under ``root`` (recursively, hidden files and folders skipped), sorted;
+    with ``check``, every file is checked to decode (:func:`check_images`) before training."""
     root = Path(root)
     if not root.is_dir():
         raise HarnessError(f"training data folder not found: {root}")
@@ -34,6 +67,8 @@ def list_images(root: Path) -> list[Path]:
     )
     if not files:
         raise HarnessError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {root}")
+    if check:
+        check_images(files)
     return files
 
 

@@ -108,10 +108,11 @@ class PairSet:
         return self.root / rel
 
     def write(self, folder: Path) -> None:
-        """Write ``pairs.csv`` and ``gallery.csv`` (the manifest) into ``folder``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "pairs.csv").write_bytes(self.manifest_bytes())
-        (folder / "gallery.csv").write_bytes(self.gallery_bytes())
+        """Write ``pairs.csv`` and ``gallery.csv`` (the manifest) into ``folder``, atomically."""
+        from harness.images import atomic_write_bytes
+
+        atomic_write_bytes(folder / "pairs.csv", self.manifest_bytes())
+        atomic_write_bytes(folder / "gallery.csv", self.gallery_bytes())
 
 
 class FaceProtocol(ABC):

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from harness.images import load_rgb, save_png
+from harness.images import atomic_write_bytes, load_rgb, save_png
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -33,7 +33,8 @@ class SwapStore:
         self.method_key = stable_hash(method_fingerprint)
         self.folder = root / "swaps" / f"{method_fingerprint.get('name', 'method')}-{self.method_key}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "fingerprint.json").write_text(json.dumps(method_fingerprint, sort_keys=True, indent=1, default=str))
+        atomic_write_bytes(self.folder / "fingerprint.json",
+                           json.dumps(method_fingerprint, sort_keys=True, indent=1, default=str).encode())
 
     @staticmethod
     def pair_key(source_sha: str, target_sha: str, size: int) -> str:
@@ -45,8 +46,20 @@ class SwapStore:
     def has(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def put(self, key: str, image: np.ndarray) -> None:
+    def put(self, key: str, image: np.ndarray, flag: str | None = None) -> None:
+        """Store a swap; ``flag`` (e.g. ``non_finite``) marks an output the method got wrong.
+        The flag is written before the image, so a kill between the two never loses it."""
+        marker = self.path(key).with_suffix(".flag")
+        if flag:
+            atomic_write_bytes(marker, flag.encode())
+        else:
+            marker.unlink(missing_ok=True)
         save_png(self.path(key), image)
+
+    def flag(self, key: str) -> str | None:
+        """The flag stored with a swap (None for a clean output)."""
+        marker = self.path(key).with_suffix(".flag")
+        return marker.read_text().strip() or None if marker.is_file() else None
 
     def get(self, key: str) -> np.ndarray:
         return load_rgb(self.path(key))

@@ -143,9 +143,10 @@ def report_cmd(
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
 ) -> None:
     """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
+    from harness.checks import check_out_dir
     from reports.render import render_report
 
-    paths = render_report(out.resolve(), grid_rows)
+    paths = render_report(check_out_dir(out), grid_rows, log=_echo)
     typer.echo(paths["markdown"].read_text())
     if "table3_markdown" in paths:
         typer.echo(paths["table3_markdown"].read_text())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from harness.checks import check_out_dir, resolve_device
 from harness.errors import HarnessError
 from harness.options import parse_pairs
 from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
@@ -47,15 +48,6 @@ class Evaluation:
     report: dict[str, Path] = field(default_factory=dict)  # rendered files by kind (reports.render)
     tracking_uri: str | None = None  # the MLflow store, when logging was on
     seconds: float = 0.0
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def set_weights_dir(folder: Path | str | None) -> None:
@@ -166,9 +158,16 @@ def evaluate(
     for scope in method_options:
         if scope != EVERY_METHOD:
             METHODS.resolve(scope)
-    cfg = RunConfig(out_dir=Path(out).resolve(), device=resolve_device(device), batch_size=batch_size,
+    # a run that will fail, fails now: every weight file, the output folder and the device
+    # are checked before any detection or swap
+    for kind, registry, names in (("method", METHODS, method_names), ("metric", METRICS, list(metric_specs))):
+        for name in names:
+            missing = registry.resolve(name).missing_weights()
+            if missing:
+                raise HarnessError(f"{kind} {name}: weights missing ({', '.join(missing)}); see `harness weights`")
+    cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=resolve_device(device), batch_size=batch_size,
                     save_images=save_images, progress=progress)
-    # every setting is checked before any long work: pairs, weights, swaps
+    # every setting is checked before any long work: pairs, swaps
     proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                              **dict(options or {}))
     metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]
@@ -206,7 +205,7 @@ def evaluate(
             if report:
                 from reports.render import render_report
 
-                result.report = render_report(cfg.out_dir)
+                result.report = render_report(cfg.out_dir, log=log)
                 tracker.log_artifacts(cfg.out_dir / "report", "report")
     finally:
         features.close()

@@ -13,15 +13,37 @@ from PIL import Image, ImageOps
 from harness.errors import HarnessError
 
 
+#: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit
+#: greyscale PNG would come out all white), so they are scaled to 8 bits here instead.
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    if im.mode not in _WIDE_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    a = np.asarray(im).astype(np.float64)  # (H, W) 16-bit, 32-bit int or float samples
+    if im.mode == "F":
+        top = 1.0 if np.nanmax(a, initial=0.0) <= 1.0 else 255.0
+    else:  # 16-bit data stored as I;16 or I: full scale is 65535 unless it fits 8 bits
+        top = 65535.0 if np.max(a, initial=0) > 255 else 255.0
+    grey = np.clip(np.nan_to_num(a / top * 255.0), 0, 255).round().astype(np.uint8)  # (H, W)
+    return np.repeat(grey[..., None], 3, axis=2)  # (H, W, 3)
+
+
 def load_rgb(path: Path) -> np.ndarray:
-    """Read an image file as uint8 (H, W, 3) RGB; a broken file is a one-line error."""
+    """Read an image file as uint8 (H, W, 3) RGB; a broken file is a one-line error.
+
+    16-bit and float greyscale images are scaled to 8 bits (not clipped); images over
+    Pillow's decompression-bomb limit are refused with the same one-line error."""
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF orientation
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return _to_rgb8(im)
     except FileNotFoundError:
         raise HarnessError(f"image not found: {path}") from None
-    except OSError as exc:
+    except Image.DecompressionBombError as exc:
+        raise HarnessError(f"cannot read image {path}: refused as a decompression bomb ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow raises all three on corrupt files
         raise HarnessError(f"cannot read image {path}: {exc}") from None
 
 
@@ -51,6 +73,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_png(path: Path, image: np.ndarray) -> None:

@@ -30,8 +30,19 @@ import pandas as pd
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import FeatureStore, SwapStore, stable_hash
 from harness.errors import HarnessError
-from harness.images import load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
+from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from harness.provenance import environment
+
+# Output checks (per pair, on every method's output): what a swap must not be.
+#   non_finite: the method returned NaN/Inf somewhere (stored with NaN->0, +Inf->1)
+#   blank:      a (near-)constant image: grey-level standard deviation below BLANK_STD
+#   no_face:    dlib's HOG detector finds no face in the output crop
+# Flagged pairs are counted per method, named in the notes and the report, and their
+# per-pair metric values (identity, pose, expression) are NaN: left out of the means and
+# of n. Dataset-level values (FID) see every output as it is.
+OUTPUT_FLAGS = ("non_finite", "blank", "no_face")
+BLANK_STD = 2.0  # on 0..255 grey levels
+FACE_CHECK_NS = "output_face_check:dlib_hog:v1"
 
 
 @dataclass(frozen=True)
@@ -82,7 +93,10 @@ def _batches(seq: list, size: int):
 
 
 def _progress(iterable, enabled: bool, **kw):
-    if not enabled:
+    """A tqdm bar, only when asked for and stderr is a terminal (no debris in logs or pipes)."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
         return iterable
     from tqdm import tqdm
 
@@ -108,9 +122,38 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
             out = method.swap_batch(batch, src, tgt)  # (B,3,S,S) [0,1]
             if out.shape != src.shape:
                 raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
-            for p, img in zip(batch, to_uint8(out, size)):  # (S,S,3) uint8 at the protocol size
-                store.put(keys[p.pair_id], img)
+            finite = torch.isfinite(out).flatten(1).all(1).tolist()  # (B,) per-pair check before any rounding
+            out = torch.nan_to_num(out.float(), nan=0.0, posinf=1.0, neginf=0.0)
+            for p, img, ok in zip(batch, to_uint8(out, size), finite):  # (S,S,3) uint8 at the protocol size
+                store.put(keys[p.pair_id], img, flag=None if ok else "non_finite")
     return keys, store, len(todo)
+
+
+def _faces_found(images: list[np.ndarray]) -> np.ndarray:
+    """(N, 1) float32: 1.0 where dlib's HOG detector finds a face in the crop. Crops under
+    200 px are upsampled once (the detector's smallest face is about 80 px)."""
+    from harness.faces.dlib_models import hog_detector
+
+    det = hog_detector()
+    out = np.zeros((len(images), 1), np.float32)
+    for i, img in enumerate(images):
+        rects = det(np.ascontiguousarray(img), 1 if img.shape[0] < 200 else 0)
+        out[i, 0] = float(len(rects) > 0)
+    return out
+
+
+def output_flags(swapped: np.ndarray, shas: list[str], stored: list[str | None], features: FeatureStore) -> list[str]:
+    """Per output: "" when it is a face, else the first of OUTPUT_FLAGS that applies.
+    swapped: (B, S, S, 3) uint8; stored: flags kept with the swaps (non_finite)."""
+    from harness.cache import cached_features
+
+    grey = swapped.astype(np.float32).mean(axis=3)  # (B, S, S)
+    blank = grey.reshape(len(swapped), -1).std(axis=1) < BLANK_STD  # (B,)
+    found = cached_features(features, FACE_CHECK_NS, shas, list(swapped), _faces_found)[:, 0] > 0.5  # (B,)
+    flags = []
+    for flag, b, f in zip(stored, blank, found):
+        flags.append(flag or ("blank" if b else "" if f else "no_face"))
+    return flags
 
 
 def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: int) -> tuple[float, float]:
@@ -144,7 +187,7 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     for m in metrics:
         m.prepare(ctx)
     rows: dict[str, list] = {"pair_id": [], "source": [], "target": [], "source_id": [], "target_id": [],
-                             "swap_sha256": [], "swap_file": []}
+                             "swap_sha256": [], "swap_file": [], "output_flag": []}
     values: dict[str, list[np.ndarray]] = {}
     pairs = list(pairset.pairs)
     for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}", unit="batch"):
@@ -158,6 +201,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
             target_sha=[images.sha(p.target) for p in batch],
             swapped_sha=[pixel_sha256(s) for s in swapped],
         )
+        flags = output_flags(swapped, eb.swapped_sha, [store.flag(keys[p.pair_id]) for p in batch], features)
+        rows["output_flag"].extend(flags)
         for p, sha in zip(batch, eb.swapped_sha):
             for col in ("pair_id", "source", "target", "source_id", "target_id"):
                 rows[col].append(getattr(p, col))
@@ -172,8 +217,11 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                         raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, expected ({len(batch)},)")
                     values.setdefault(k.key, []).append(v)
     frame = pd.DataFrame(rows)
+    flagged = (frame["output_flag"] != "").to_numpy()  # (N,) outputs that are not faces
     for key, parts in values.items():
-        frame[key] = np.concatenate(parts)
+        v = np.concatenate(parts)
+        v[flagged] = np.nan  # never scored as if they were faces: out of the means and of n
+        frame[key] = v
     dataset_level: dict[str, float] = {}
     for m in metrics:
         dataset_level.update(m.compute(ctx))
@@ -198,9 +246,15 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
                           method.fingerprint(), metric_fps])
     run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HarnessError(f"{run_dir} exists and is not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     pairset.write(run_dir)
-    frame.to_parquet(run_dir / "pairs.parquet", index=False)
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(run_dir / "pairs.parquet", buf.getvalue())
     if cfg.save_images:
         for pid, key in keys.items():
             save_png(run_dir / "images" / f"{pid}.png", store.get(key))
@@ -214,15 +268,23 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
             if k.per_pair:
                 v = frame[k.key].to_numpy()
                 lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, pairset.seed)
-                entry.update(value=float(np.nanmean(v)), ci_low=lo, ci_high=hi, n=int(np.isfinite(v).sum()))
+                n = int(np.isfinite(v).sum())  # every pair flagged or failed: no mean, n = 0
+                entry.update(value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi, n=n)
             else:
                 raw = float(dataset_level[k.key])
                 value = raw if k.lower_bound is None or not np.isfinite(raw) else max(raw, k.lower_bound)
                 entry.update(value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
                              lower_bound=k.lower_bound, feature_dim=k.feature_dim)
             results[k.key] = entry
+    checks = {f: int((frame["output_flag"] == f).sum()) for f in OUTPUT_FLAGS}
+    checks["flagged"] = sum(checks.values())
+    checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
     notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
              + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
+    if checks["flagged"]:
+        kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
+        notes.append(f"{method.name}: {checks['flagged']} of {len(frame)} outputs flagged ({kinds}; e.g. pairs "
+                     f"{', '.join(checks['examples'])}): left out of the per-pair means")
     backends = {m.name: asdict(m.backend()) for m in metrics}
     # The evaluator should not be the model the method optimised: flag it when it is.
     training_model = method.identity_model
@@ -252,17 +314,30 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "bootstrap_resamples": cfg.bootstrap_resamples,
         "notes": notes,
         "swaps": {"computed": computed, "cached": len(keys) - computed},
+        "output_checks": checks,
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3)},
         "device": cfg.device,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(),
         "run_dir": str(run_dir),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
     return summary
 
 
-def load_summaries(out_dir: Path) -> list[dict[str, Any]]:
-    """Every run summary under ``out_dir/runs``, newest last."""
-    found = [json.loads(p.read_text()) for p in sorted((out_dir / "runs").glob("*/*/summary.json"))]
+def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
+    """Every run summary under ``out_dir/runs``, newest last. A summary that cannot be read
+    (torn by a crash before writes were atomic, edited by hand) is left out and appended to
+    ``unreadable``; re-running that method rewrites it."""
+    found = []
+    for p in sorted((out_dir / "runs").glob("*/*/summary.json")):
+        try:
+            s = json.loads(p.read_text())
+            if not isinstance(s, dict) or "finished" not in s or "metrics" not in s:
+                raise ValueError("not a run summary")
+        except (ValueError, OSError, UnicodeDecodeError):
+            if unreadable is not None:
+                unreadable.append(p)
+            continue
+        found.append(s)
     return sorted(found, key=lambda s: s["finished"])

@@ -3,15 +3,28 @@
 Default store: SQLite at ``<out>/mlflow.db`` with artifacts in ``<out>/mlartifacts``;
 ``--tracking-uri`` points at a server instead. Open the UI with
 ``mlflow ui --backend-store-uri sqlite:///<out>/mlflow.db``.
+
+Safe under kills and concurrent runs:
+* the SQLite store is created and migrated by one process at a time (a file lock,
+  ``mlflow.db.lock``), so two runs started at once on a new ``--out`` both work;
+* a run that ends by an error is marked FAILED, by Ctrl-C or SIGTERM KILLED; a run left
+  RUNNING by a process that no longer exists (kill -9) is marked KILLED by the next run;
+* the same command after a kill resumes its unfinished parent run, and a method whose
+  child run exists under it is logged into that child again, not into a duplicate.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from harness.cache import stable_hash
 
 EXPERIMENT = "codeswap-harness"
 
@@ -73,6 +86,21 @@ class Tracker:
         self.uri = tracking_uri or default_uri(out_dir)
         self._mlflow = None
 
+    @contextmanager
+    def _store_lock(self) -> Iterator[None]:
+        """Hold ``<db>.lock`` while the SQLite store is created or migrated (other stores:
+        no lock; a server serialises its own migrations)."""
+        prefix = "sqlite:///"
+        if not self.uri.startswith(prefix):
+            yield
+            return
+        from filelock import FileLock
+
+        db = Path(self.uri[len(prefix):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(db) + ".lock", timeout=600):
+            yield
+
     def _client(self):
         if self._mlflow is None:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -83,33 +111,117 @@ class Tracker:
                 logging.getLogger(name).setLevel(logging.WARNING)
 
             mlflow.set_tracking_uri(self.uri)
-            if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-                artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
-                mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-            mlflow.set_experiment(EXPERIMENT)
+            with self._store_lock():  # first use creates and migrates the store: one process at a time
+                if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+                    artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
+                    mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+                self._experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
             self._mlflow = mlflow
         return self._mlflow
 
+    def _search(self, filter_string: str) -> list:
+        client = self._client().MlflowClient()
+        return client.search_runs([self._experiment_id], filter_string=filter_string,
+                                  order_by=["attributes.start_time DESC"], max_results=1000)
+
+    def mark_stale_runs(self) -> list[str]:
+        """Mark KILLED the RUNNING runs of this machine whose process no longer exists (a
+        kill -9, a lost machine). Returns their run ids."""
+        client = self._client().MlflowClient()
+        stale = []
+        for run in self._search("attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if tags.get("harness_host") != socket.gethostname() or not tags.get("harness_pid", "").isdigit():
+                continue
+            pid = int(tags["harness_pid"])
+            if pid != os.getpid() and not _alive(pid):
+                client.set_terminated(run.info.run_id, status="KILLED")
+                stale.append(run.info.run_id)
+        return stale
+
+    def _owner_tags(self) -> dict[str, str]:
+        return {"harness_pid": str(os.getpid()), "harness_host": socket.gethostname()}
+
     @contextmanager
     def parent(self, name: str, params: dict[str, Any]) -> Iterator[str | None]:
+        """The parent run of one ``harness run``; the same command after a kill or an error
+        resumes its unfinished parent (FAILED or KILLED) instead of starting another."""
         if not self.enabled:
             yield None
             return
         mlflow = self._client()
-        with mlflow.start_run(run_name=name) as run:
+        self.mark_stale_runs()
+        key = stable_hash({k: str(v) for k, v in params.items()})
+        unfinished = [r for r in self._search(f"tags.harness_parent_key = '{key}'")
+                      if r.info.status in ("FAILED", "KILLED") and "mlflow.parentRunId" not in r.data.tags]
+        if unfinished:
+            run = mlflow.start_run(run_id=unfinished[0].info.run_id)
+        else:
+            run = mlflow.start_run(run_name=name, tags={"harness_parent_key": key})
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-            yield run.info.run_id
+        mlflow.set_tags(self._owner_tags())
+        with _sigterm_as_interrupt():
+            try:
+                yield run.info.run_id
+            except BaseException as exc:
+                mlflow.end_run(status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+                raise
+            mlflow.end_run(status="FINISHED")
 
     def log_method(self, summary: dict[str, Any]) -> None:
+        """One child run per method; a child of this parent with the same harness run id
+        (left unfinished by a kill) is reused, one that finished is left as it is."""
         if not self.enabled:
             return
         mlflow = self._client()
-        with mlflow.start_run(run_name=f"{summary['protocol']}/{summary['method']}", nested=True):
-            mlflow.log_params(_flat_params(summary))
+        active = mlflow.active_run()
+        existing = [] if active is None else self._search(
+            f"tags.mlflow.parentRunId = '{active.info.run_id}' and tags.harness_run_id = '{summary['run_id']}'")
+        if existing and existing[0].info.status == "FINISHED":
+            return
+        params = _flat_params(summary)
+        if existing:
+            known = existing[0].data.params
+            params = {k: v for k, v in params.items() if k not in known}  # MLflow params are write-once
+            ctx = mlflow.start_run(run_id=existing[0].info.run_id, nested=True)
+        else:
+            ctx = mlflow.start_run(run_name=f"{summary['protocol']}/{summary['method']}", nested=True,
+                                   tags={"harness_run_id": summary["run_id"]})
+        with ctx:
+            mlflow.set_tags({"protocol": summary["protocol"], "method": summary["method"], **self._owner_tags()})
+            if params:
+                mlflow.log_params(params)
             mlflow.log_metrics(_metrics(summary))
-            mlflow.set_tags({"protocol": summary["protocol"], "method": summary["method"]})
             mlflow.log_artifacts(summary["run_dir"], artifact_path="run")
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         if self.enabled and folder.is_dir():
             self._client().log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While logging, SIGTERM raises KeyboardInterrupt, so the runs end as KILLED instead
+    of staying RUNNING (only in the main thread, where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -124,8 +124,29 @@ class PrecomputedMethod(SwapMethod):
             notes.append(f"{len(extra)} files in {self.folder} match no pair of {pairset.protocol} "
                          f"(keyed by {chosen}): {_listing([self._files[s].name for s in extra])}")
         self._by_pair = {pid: self._files[stem] for pid, stem in wanted.items() if stem in self._files}
+        small = self._small_outputs(pairset.resolution)
+        if small:
+            side = min(s for _, s in small)
+            notes.append(f"{len(small)} of {len(self._by_pair)} outputs are smaller than the protocol's "
+                         f"{pairset.resolution}px crops (smallest {side}x{side}, e.g. {small[0][0]}) and were upscaled "
+                         "to it; their scores reflect the upscaling")
         self.notes = notes
         return notes
+
+    def _small_outputs(self, resolution: int) -> list[tuple[str, int]]:
+        """(file name, side) of outputs under the protocol's resolution (read from the headers)."""
+        from PIL import Image
+
+        small = []
+        for path in self._by_pair.values():
+            try:
+                with Image.open(path) as im:
+                    side = min(im.size)
+            except Exception:  # noqa: BLE001 - unreadable files are reported when they are loaded
+                continue
+            if side < resolution:
+                small.append((path.name, side))
+        return small
 
     def _check_export(self, pairset: PairSet) -> None:
         """Outputs inside a ``harness export-pairs`` folder must be for the same pair set."""
@@ -133,7 +154,13 @@ class PrecomputedMethod(SwapMethod):
 
         for meta_path in (self.folder / "export.json", self.folder.parent / "export.json"):
             if meta_path.is_file():
-                meta = json.loads(meta_path.read_text())
+                try:
+                    meta = json.loads(meta_path.read_text())
+                    if not isinstance(meta, dict):
+                        raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise HarnessError(f"{meta_path}: not a readable harness export ({exc}); re-run "
+                                       "`harness export-pairs` or remove it") from None
                 if meta.get("manifest_sha256") != pairset.manifest_sha256:
                     raise HarnessError(
                         f"{self.folder} holds outputs for pairs exported from {meta.get('protocol')} "

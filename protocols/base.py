@@ -89,3 +89,21 @@ def option_choice(value: object, name: str, choices: Sequence[str]) -> str:
     if text not in choices:
         raise HarnessError(f"option {name} must be one of {', '.join(choices)}; got {value!r}")
     return text
+
+
+def path_inside_root(root: Path, value: str, option: str) -> Path:
+    """A relative path option (``identity_file=``, ``splits_dir=``) resolved inside the
+    dataset root: absolute paths and ``..`` that leave the root are refused, so an option
+    never makes the harness read (and quote, in layout errors) files outside the dataset."""
+    from pathlib import Path as _Path
+
+    given = _Path(str(value)).expanduser()
+    root = _Path(root).resolve()
+    if given.is_absolute():
+        raise HarnessError(f"option {option}={value}: give a path relative to the dataset root {root}, "
+                           "not an absolute one (copy or link the file into the root)")
+    path = (root / given).resolve()
+    if not path.is_relative_to(root):
+        raise HarnessError(f"option {option}={value} leaves the dataset root {root}: "
+                           "files outside the root are not read")
+    return path

@@ -46,6 +46,7 @@ from protocols.base import (
     LayoutError,
     option_int,
     pair_images,
+    path_inside_root,
     seeded_key,
     seeded_order,
 )
@@ -183,8 +184,7 @@ class CelebAHQProtocol(FaceProtocol):
 
     def _identity_path(self) -> Path | None:
         if self.identity_file:
-            given = Path(self.identity_file).expanduser()
-            path = given if given.is_absolute() else self.root / given
+            path = path_inside_root(self.root, self.identity_file, "identity_file")
             return path if path.is_file() else None
         for rel in IDENTITY_LOCATIONS:
             if (self.root / rel).is_file():

@@ -59,7 +59,7 @@ from harness.cache import stable_hash
 from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, save_png
-from protocols.base import LayoutError, option_choice, option_int, seeded_key
+from protocols.base import LayoutError, option_choice, option_int, path_inside_root, seeded_key
 from protocols.ffpp_frames import FrameChoice, frames_needed, pair_frames, resolve_frames
 from protocols.video import count_frames, read_frames, video_fingerprint
 
@@ -133,8 +133,7 @@ class FFppProtocol(FaceProtocol):
 
     def _splits_path(self) -> Path:
         if self.splits_dir:
-            given = Path(self.splits_dir).expanduser()
-            return given if given.is_absolute() else self.root / given
+            return path_inside_root(self.root, self.splits_dir, "splits_dir")
         return self.root / "splits"
 
     def _read_splits(self, ids: set[str], problems: list[str]) -> list[tuple[str, str]]:

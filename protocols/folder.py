@@ -5,13 +5,19 @@ Layouts:
     ROOT/<photo>.jpg              a flat folder: each photo is its own identity
 Both may be mixed. Every photo is detected, landmarked and FFHQ-aligned (largest face)
 once; crops are cached under the harness cache, keyed by the photo's bytes, so a second
-run (or a resumed one) re-detects nothing. Photos that cannot be read or hold no face
-are counted, listed in ``skipped.csv`` beside the crops, and shown in the report.
+run (or a resumed one) re-detects nothing. Photos that cannot be read or hold no face,
+dangling symlinks and symlinks that lead out of ROOT are counted, listed in
+``skipped.csv`` beside the crops, and shown in the report. Names starting with a dot
+*inside* ROOT are ignored (ROOT itself may sit below a dot-folder). Photos of one folder
+that share a stem (``alex.jpg``, ``alex.png``) get crops named by their whole file name.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,7 +27,7 @@ from harness.cache import stable_hash
 from harness.constants import cache_root
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
-from protocols.base import IMAGE_SUFFIXES, pair_images
+from protocols.base import IMAGE_SUFFIXES, option_int, pair_images
 
 
 class FolderProtocol(FaceProtocol):
@@ -35,7 +41,7 @@ class FolderProtocol(FaceProtocol):
                                "(ROOT/<identity>/*.jpg, or a flat ROOT/*.jpg with one identity per photo)")
         self.source_root = Path(root).expanduser().resolve()
         self.seed = seed
-        self.num_pairs = num_pairs
+        self.num_pairs = option_int(num_pairs, "num_pairs", minimum=1, allow_none=True)
         self.resolution = resolution
         base = Path(cache_dir) if cache_dir else cache_root()
         self.crop_root = base / "crops" / f"folder-{stable_hash([str(self.source_root), resolution])}"
@@ -44,37 +50,67 @@ class FolderProtocol(FaceProtocol):
         """The folder exists and holds photos (faces are found while building)."""
         self._photos()
 
-    def _photos(self) -> list[tuple[str, str]]:
-        """(relative path, identity) of every photo, sorted for stable order."""
+    def _photos(self) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+        """(relative path, identity) of every photo, sorted for stable order, and the
+        (path, reason, detail) of image-named links that are skipped."""
         if not self.source_root.is_dir():
             raise HarnessError(f"folder not found: {self.source_root} (expected ROOT/<identity>/*.jpg or ROOT/*.jpg)")
-        photos = []
+        photos, links = [], []
         for p in sorted(self.source_root.rglob("*")):
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(s.startswith(".") for s in p.parts):
-                rel = p.relative_to(self.source_root)
-                if len(rel.parts) > 2:
-                    raise HarnessError(f"{p}: photos may sit at most one folder deep (ROOT/<identity>/photo)")
-                identity = rel.parts[0] if len(rel.parts) == 2 else rel.stem
-                photos.append((rel.as_posix(), identity))
+            rel = p.relative_to(self.source_root)
+            if p.suffix.lower() not in IMAGE_SUFFIXES or any(s.startswith(".") for s in rel.parts):
+                continue  # only dot-names inside ROOT are hidden: ROOT may sit below a dot-folder
+            if p.is_symlink():
+                target = p.resolve()
+                if not target.exists():
+                    links.append((rel.as_posix(), "dangling_symlink", f"points to missing {target}"))
+                    continue
+                if not target.is_relative_to(self.source_root):
+                    links.append((rel.as_posix(), "outside_root", f"symlink to {target}, outside {self.source_root}"))
+                    continue
+            if not p.is_file():
+                continue
+            if len(rel.parts) > 2:
+                raise HarnessError(f"{p}: photos may sit at most one folder deep (ROOT/<identity>/photo)")
+            identity = rel.parts[0] if len(rel.parts) == 2 else rel.stem
+            photos.append((rel.as_posix(), identity))
         if not photos:
-            raise HarnessError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found under {self.source_root}")
-        return photos
+            extra = f" ({len(links)} symlinks skipped: {links[0][1]})" if links else ""
+            raise HarnessError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found under {self.source_root}{extra}")
+        return photos, links
+
+    @staticmethod
+    def _crop_names(photos: list[tuple[str, str]]) -> dict[str, str]:
+        """Crop file of each photo: ``<stem>.png``, or ``<name>.png`` (``alex.jpg.png``) when
+        photos of one folder share a stem, so two photos never share a crop."""
+        stems: dict[str, int] = {}
+        for rel, _ in photos:
+            key = str(Path(rel).with_suffix(""))
+            stems[key] = stems.get(key, 0) + 1
+        return {rel: (f"{Path(rel).with_suffix('')}.png" if stems[str(Path(rel).with_suffix(""))] == 1 else f"{rel}.png")
+                for rel, _ in photos}
 
     def build(self) -> PairSet:
         from harness.faces.crops import crop_largest
         from harness.faces.detect import DlibDetector
 
-        photos = self._photos()
+        photos, skipped = self._photos()
+        crop_names = self._crop_names(photos)
         index_path = self.crop_root / "index.json"
-        index: dict[str, dict] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        try:
+            index: dict[str, dict] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        except (ValueError, OSError):
+            index = {}  # a damaged crop index is rebuilt (crops are re-detected), never trusted
         detector = DlibDetector(upsample=1)
-        gallery, skipped, multi = [], [], 0
-        for rel, identity in tqdm(photos, desc="detect + align", unit="photo", leave=False):
+        gallery, multi = [], 0
+        bar = tqdm(photos, desc="detect + align", unit="photo", leave=False, disable=not sys.stderr.isatty())
+        for rel, identity in bar:
             src = self.source_root / rel
             sha = file_sha256(src)
-            crop_rel = f"{Path(rel).with_suffix('')}.png"
+            crop_rel = crop_names[rel]
             entry = index.get(rel)
-            if entry is None or entry["sha256"] != sha or (entry["status"] == "ok" and not (self.crop_root / crop_rel).is_file()):
+            if (entry is None or entry["sha256"] != sha or entry.get("crop", crop_rel) != crop_rel
+                    or (entry["status"] == "ok" and not (self.crop_root / crop_rel).is_file())):
                 try:
                     image = load_rgb(src)
                 except HarnessError as exc:
@@ -85,7 +121,7 @@ class FolderProtocol(FaceProtocol):
                         entry = {"sha256": sha, "status": "no_face", "detail": "no face detected"}
                     else:
                         save_png(self.crop_root / crop_rel, result.aligned.crop)
-                        entry = {"sha256": sha, "status": "ok", "faces": result.num_faces}
+                        entry = {"sha256": sha, "status": "ok", "faces": result.num_faces, "crop": crop_rel}
                 index[rel] = entry
                 atomic_write_bytes(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
             if entry["status"] == "ok":
@@ -93,15 +129,24 @@ class FolderProtocol(FaceProtocol):
                 multi += entry.get("faces", 1) > 1
             else:
                 skipped.append((rel, entry["status"], entry.get("detail", "")))
-        lines = "path,reason,detail\n" + "".join(f"{r},{s},{d}\n" for r, s, d in skipped)
-        atomic_write_bytes(self.crop_root / "skipped.csv", lines.encode())
-        notes = [f"{len(photos)} photos: {len(gallery)} aligned, {len(skipped)} skipped "
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")  # quoted: names may hold commas or quotes
+        writer.writerow(("path", "reason", "detail"))
+        writer.writerows(skipped)
+        atomic_write_bytes(self.crop_root / "skipped.csv", buf.getvalue().encode())
+        total = len(photos) + sum(1 for _, reason, _ in skipped if reason in ("dangling_symlink", "outside_root"))
+        notes = [f"{total} photos: {len(gallery)} aligned, {len(skipped)} skipped "
                  f"(listed in {self.crop_root / 'skipped.csv'})"]
         if multi:
             notes.append(f"{multi} photos held several faces: the largest was used")
         if len({g.identity for g in gallery}) < 2:
             raise HarnessError(f"{self.source_root}: fewer than 2 identities with a detectable face "
                                f"({len(skipped)} photos skipped; see {self.crop_root / 'skipped.csv'})")
+        if self.num_pairs is not None and self.num_pairs > len(gallery):
+            # pairing cycles through the photos: more pairs than photos would repeat pairs
+            # and narrow the confidence intervals with copies
+            raise HarnessError(f"--num-pairs {self.num_pairs} is more than the {len(gallery)} distinct pairs "
+                               f"{self.source_root} gives (one per aligned photo); use at most {len(gallery)}")
         return PairSet(
             protocol=self.name, version=self.version, root=self.crop_root, resolution=self.resolution,
             seed=self.seed, pairs=tuple(pair_images(gallery, self.seed, self.num_pairs)), gallery=tuple(gallery),

@@ -43,8 +43,7 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
         axes[i, 0].set_ylabel(pair["pair_id"], fontsize=7)
     fig.suptitle(f"{protocol}: identity from source, attributes from target", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    _save_atomic(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -91,7 +90,17 @@ def region_figure(study, source: np.ndarray, target: np.ndarray, path: Path, tit
             ax.set_title(f"over {face}: {share[j - 1]:.0%}", fontsize=8)
     fig.suptitle(title or f"regional swap (top) and region attention, layer {study.layer}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    _save_atomic(fig, path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _save_atomic(fig, path: Path, dpi: int) -> None:
+    """Render a figure to memory and write it in one rename: a kill never leaves half a PNG."""
+    import io
+
+    from harness.images import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -165,6 +165,14 @@ def _footer(runs, protocols, rule: RankRule) -> list[str]:
                                  f"{shown_value(e):g} (raw value kept in summary.json)")
         for note in dict.fromkeys(n for s in rs for n in s.get("notes", [])):
             lines.append(f"  note: {note}")
+        checked = [s for s in rs if "output_checks" in s]
+        if checked:
+            bad = [f"{s['method']} {s['output_checks']['flagged']} of {s['num_pairs']}" for s in checked
+                   if s["output_checks"]["flagged"]]
+            lines.append("  output checks: outputs with non-finite values, blank (constant) images or no face found "
+                         "are counted per method and left out of the per-pair means and n (identity, pose, "
+                         "expression); dataset-level columns (FID) include them. Flagged: "
+                         + ("; ".join(bad) if bad else "none"))
     lines.append(f"Ranking: {rule.describe()}.")
     lines.append("source/target are reference rows (identity upper bound / no swap) and are not ranked.")
     return lines

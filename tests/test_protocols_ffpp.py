@@ -18,6 +18,7 @@ from PIL import Image
 from harness.errors import HarnessError
 from harness.registry import PROTOCOLS
 from protocols.ffpp import FFppProtocol, video_dir
+from protocols.ffpp_frames import frame_order
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp
 
 from layout_helpers import broken_copy, layout_problems
@@ -99,7 +100,7 @@ def test_random_sampling_replaces_faceless_frames_by_the_next_sampled_frame(tree
     video = next(v for v in layout.videos if v.video_id == GAP_VIDEO)
     choice = proto.prepare_video(video)
     blank = set(tree.no_face_frames[GAP_VIDEO])
-    order = proto._order(GAP_VIDEO, tree.frames[GAP_VIDEO])
+    order = frame_order(GAP_VIDEO, tree.frames[GAP_VIDEO], proto.seed)
     with_face = [f for f in order if f not in blank][:11]
     passed = sum(f in blank for f in order[: order.index(with_face[-1])])
     assert choice.evaluation == tuple(sorted(with_face[:10]))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codeswap.checkpoints import load_stage1, plain_config
+from codeswap.checkpoints import load_stage1, plain
 from codeswap.config import FAST, TINY, LossConfig, TrainConfig
 from codeswap.data import FaceFolder, ResumableSampler, list_images
 from codeswap.perceptual import PerceptualLoss
@@ -152,7 +152,7 @@ NEW_KEYS = ("attn_every_block", "asymmetric_downsample")
 
 
 def _as_stored_before(cfg) -> dict:
-    return {k: v for k, v in plain_config(cfg).items() if k not in NEW_KEYS}
+    return {k: v for k, v in plain(cfg).items() if k not in NEW_KEYS}
 
 
 def test_an_old_paper_checkpoint_loads_as_fast_with_a_note(tmp_path, caplog):
@@ -175,7 +175,7 @@ def test_an_old_paper_checkpoint_loads_as_fast_with_a_note(tmp_path, caplog):
         torch.testing.assert_close(loaded(x)[0], model(x)[0])
 
     caplog.clear()
-    torch.save({"stage": "stage1", "model": model.state_dict(), "ema": None, "model_config": plain_config(old_cfg)},
+    torch.save({"stage": "stage1", "model": model.state_dict(), "ema": None, "model_config": plain(old_cfg)},
                path)
     with caplog.at_level("WARNING", logger="codeswap.checkpoints"):
         load_stage1(path)

@@ -28,10 +28,11 @@ class DistInfo(NamedTuple):
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu; any other name as it is."""
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """``auto`` -> cuda when a GPU is visible, else cpu; any other name must be a device
+    this machine has (one-line error otherwise): :func:`harness.checks.resolve_device`."""
+    from harness.checks import resolve_device as checked
+
+    return checked(name)
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

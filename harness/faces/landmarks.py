@@ -7,7 +7,9 @@ in the run's FeatureStore under one namespace.
 Faces not found: the crops are FFHQ-aligned, so the face sits at a known place. When
 the detector finds no face, the landmarks are predicted inside the expected box
 (:data:`FFHQ_FACE_BOX`) and the image is *counted* as "not found"; every metric that uses
-landmarks reports the count (``Metric.notes``), nothing is dropped silently.
+landmarks reports the count (``Metric.notes``), nothing is dropped silently. The fallback
+is for *input* crops only: metrics score a method output without a face as NaN (and the
+runner's output checks leave such pairs out of the means).
 
 Detectors: dlib HOG (offline default) or an insightface SCRFD/RetinaFace ONNX file
 (``detector="scrfd"``, through ``insightface.model_zoo``) when the user has it. With
@@ -42,8 +44,9 @@ class LandmarkStats:
     def note(self, who: str) -> str | None:
         if not self.not_found:
             return None
-        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} images; "
-                "landmarks were predicted inside the expected box of the aligned crop")
+        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} images (distinct contents); "
+                "for input crops the landmarks were predicted inside the expected box of the aligned crop "
+                "(method outputs without a face are not scored)")
 
 
 class CropLandmarks:

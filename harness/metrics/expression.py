@@ -60,6 +60,7 @@ class ExpressionMetric(Metric):
             self.keys = (MetricKey("expression_error_lmk", "Expression error [landmarks]", False, "% IOD",
                                    scale=100.0),)
         self._landmarks = None
+        self._no_face: set[str] = set()  # method outputs without a detected face
 
     @cached_property
     def model(self):
@@ -87,7 +88,11 @@ class ExpressionMetric(Metric):
 
     def notes(self) -> list[str]:
         note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None
-        return [note] if note else []
+        notes = [note] if note else []
+        if self._no_face:
+            notes.append(f"{self.name}: no face detected in {len(self._no_face)} distinct method outputs; "
+                         "their pairs score NaN (no fallback landmarks for outputs)")
+        return notes
 
     def _deep3d(self, items) -> np.ndarray:
         import torch
@@ -124,4 +129,7 @@ class ExpressionMetric(Metric):
             err = np.array([procrustes_distance(a, b) for a, b in zip(sw, tg)])
         else:
             err = np.linalg.norm(sw - tg, axis=1)  # (B,)
-        return {self.keys[0].key: err.astype(np.float64)}
+        # an output without a detected face: NaN, never the expected box's fallback landmarks
+        _, _, found = self._landmarks(ctx, batch.swapped_sha, list(batch.swapped))
+        self._no_face.update(s for s, f in zip(batch.swapped_sha, found) if not f)
+        return {self.keys[0].key: np.where(found, err, np.nan).astype(np.float64)}

@@ -40,6 +40,7 @@ class PoseMetric(Metric):
         self.keys = (MetricKey(key, label, False, unit),)
         self._landmarks = None
         self._failed: set[str] = set()
+        self._no_face: set[str] = set()  # method outputs without a detected face
 
     def backend(self) -> Backend:
         if self.backend_setting == "hopenet":
@@ -62,6 +63,9 @@ class PoseMetric(Metric):
 
     def notes(self) -> list[str]:
         notes = [self._landmarks.stats.note(f"{self.name} ({self.detector})")] if self._landmarks else []
+        if self._no_face:
+            notes.append(f"{self.name}: no face detected in {len(self._no_face)} distinct method outputs; "
+                         "their pairs score NaN (no fallback landmarks for outputs)")
         if self._failed:
             notes.append(f"{self.name}: no pose solution for {len(self._failed)} images; their pairs score NaN "
                          "and are left out of the mean (n in the table counts the rest)")
@@ -115,6 +119,12 @@ class PoseMetric(Metric):
         for shas, ang in ((batch.swapped_sha, swapped), (batch.target_sha, target)):
             self._failed.update(s for s, a in zip(shas, ang) if not np.all(np.isfinite(a)))
         err = np.linalg.norm(swapped - target, axis=1)  # (B,) degrees
+        if self._landmarks is not None:
+            # a method output without a detected face has no landmarks to pose: NaN, never the
+            # expected box's fallback points (which score a blank image as a frontal face)
+            _, _, found = self._landmarks(ctx, batch.swapped_sha, list(batch.swapped))
+            err = np.where(found, err, np.nan)
+            self._no_face.update(s for s, f in zip(batch.swapped_sha, found) if not f)
         if self.unit == "rad":
             err = np.deg2rad(err)
         return {self.keys[0].key: err.astype(np.float64)}

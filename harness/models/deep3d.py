@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.models.checkpoints import load_strict
+from harness.models.checkpoints import load_strict, read_torch
 
 HEAD_SIZES = (80, 64, 80, 3, 27, 2, 1)  # id, exp, tex, angle, gamma, trans xy, trans z
 NUM_COEFFS = sum(HEAD_SIZES)  # 257
@@ -47,13 +47,13 @@ class Deep3DRegressor(nn.Module):
 def load_deep3d(path: Path) -> Deep3DRegressor:
     """Load ``epoch_20.pth`` (``weights_only=True``): accepts the full checkpoint dict
     (``net_recon`` inside) or the bare state dict."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_torch(path)
     state = ckpt.get("net_recon", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise HarnessError(f"{path.name}: no 'net_recon' state dict inside")
     mapped = {}
     for k, v in state.items():
-        k = k.removeprefix("module.")
+        k = str(k).removeprefix("module.")
         if k.startswith("backbone."):
             mapped["trunk." + k.removeprefix("backbone.")] = v
         else:

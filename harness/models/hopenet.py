@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.models.checkpoints import load_strict
+from harness.models.checkpoints import load_strict, read_torch
 
 NUM_BINS = 66
 BIN_WIDTH_DEG = 3.0
@@ -52,10 +52,11 @@ class Hopenet(nn.Module):
 
 def load_hopenet(path: Path) -> Hopenet:
     """Load the official state dict (``torch.load(weights_only=True)``) into :class:`Hopenet`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch(path)
     if not isinstance(state, dict):
         raise HarnessError(f"{path.name}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items() if k.removeprefix("module.") not in IGNORED_KEYS}
+    state = {str(k).removeprefix("module."): v for k, v in state.items()
+             if str(k).removeprefix("module.") not in IGNORED_KEYS}
     mapped = {(k if k.startswith(HEADS) else f"trunk.{k}"): v for k, v in state.items()}
     model = Hopenet()
     load_strict(model, mapped, path, "a Hopenet ResNet-50 state dict")

@@ -1,0 +1,50 @@
+"""Checks of what a run is given, made before any expensive work: a run that will fail
+fails in its first seconds, with one line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+_DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; any other name must be a device this
+    machine has (cpu, cuda, cuda:N, mps)."""
+    name = name.strip().lower()
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not _DEVICE.match(name):
+        raise HarnessError(f"--device {name!r} is not a device: choose cpu, cuda, cuda:N, mps or auto")
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise HarnessError(f"--device {name}: no CUDA device on this machine (use cpu or auto)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise HarnessError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise HarnessError(f"--device {name}: MPS is not available on this machine (use cpu or auto)")
+    return name
+
+
+def check_out_dir(out: Path) -> Path:
+    """``--out`` must be a folder (or not exist yet, with a folder as its nearest existing
+    parent) that can be written to. Returns it resolved."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is a file, not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HarnessError(f"--out {out}: {parent} is a file, not a folder")
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HarnessError(f"--out {out}: {parent} is not writable")
+    return out

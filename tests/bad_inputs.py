@@ -1,0 +1,219 @@
+"""The bad-input corpus: every kind of broken input, generated (no binaries shipped).
+
+Used by tests/test_bad_inputs.py and by scripts/bad_input_corpus.py, which runs each case
+end to end through the CLI. Photos are the demo faces (real people, shipped with the
+repository); everything bad is made from them or from scratch here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from harness.api import SwapMethod
+
+DEMO_FACES = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+
+
+def demo_face(i: int) -> np.ndarray:
+    """The i-th demo face, uint8 (256, 256, 3)."""
+    files = sorted(p for p in DEMO_FACES.glob("*.png"))
+    return np.asarray(Image.open(files[i % len(files)]).convert("RGB"))
+
+
+def photo_folder(root: Path, n: int = 3, start: int = 0) -> Path:
+    """A flat folder protocol root: ``n`` photos, one identity each (p0.png, p1.png, ...)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(demo_face(start + i)).save(root / f"p{i}.png")
+    return root
+
+
+# -- bad image files ----------------------------------------------------------------------
+def png_16bit_grey(path: Path, face: int = 0) -> Path:
+    """A face as a 16-bit greyscale PNG (mode I;16): Pillow's RGB conversion clips it white."""
+    grey = demo_face(face).astype(np.float64).mean(axis=2)  # (H, W) 0..255
+    Image.fromarray((grey * 257).round().astype(np.uint16)).save(path)
+    return path
+
+
+def decompression_bomb(path: Path, side: int = 40_000) -> Path:
+    """A tiny PNG declaring ``side`` x ``side`` 1-bit pixels (1.6 G pixels, a few KB on disk)."""
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)  # filter byte + packed 1-bit row
+    comp = zlib.compressobj(9)
+    data = b"".join(comp.compress(row) for _ in range(side)) + comp.flush()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return path
+
+
+def truncated_png(path: Path, face: int = 0) -> Path:
+    Image.fromarray(demo_face(face)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def not_an_image(path: Path) -> Path:
+    path.write_bytes(b"this is not an image\n")
+    return path
+
+
+# -- bad weight files ---------------------------------------------------------------------
+def garbage_weights(path: Path) -> Path:
+    path.write_bytes(b"\x80\x04not a torch file at all" * 10)
+    return path
+
+
+def torch_file(path: Path, obj) -> Path:
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+# -- bad method outputs -------------------------------------------------------------------
+class _Bad(SwapMethod):
+    resolution = None
+
+    def fingerprint(self) -> dict:
+        return {"name": self.name, "kind": type(self).__name__, "v": 1}
+
+    def describe(self) -> dict:
+        return {"kind": type(self).__name__}
+
+
+class NaNMethod(_Bad):
+    """Returns the target with NaN in the top half of every other pair's image, and +Inf
+    in one pixel of the rest (a diverged checkpoint, a buggy plugin)."""
+
+    name = "nan_method"
+
+    def swap(self, source, target):
+        out = target.clone()
+        out[0::2, :, : out.shape[2] // 2] = float("nan")
+        out[1::2, :, 0, 0] = float("inf")
+        return out
+
+
+class BlankMethod(_Bad):
+    """All-white outputs."""
+
+    name = "blank_method"
+
+    def swap(self, source, target):
+        return target.clone().fill_(1.0)
+
+
+class NoFaceMethod(_Bad):
+    """Textured outputs without a face: seeded noise."""
+
+    name = "noface_method"
+
+    def swap(self, source, target):
+        import torch
+
+        g = torch.Generator().manual_seed(0)
+        return torch.rand(target.shape, generator=g).to(target.device)
+
+
+class HalfBadMethod(_Bad):
+    """The target for even pairs (a good-looking swap), white for odd ones."""
+
+    name = "halfbad_method"
+
+    def swap(self, source, target):
+        out = target.clone()
+        out[1::2] = 1.0
+        return out
+
+
+BAD_METHODS = {"nan_method": "bad_inputs:NaNMethod", "blank_method": "bad_inputs:BlankMethod",
+               "noface_method": "bad_inputs:NoFaceMethod", "halfbad_method": "bad_inputs:HalfBadMethod"}
+
+#: Python source that registers the bad methods, then runs the harness CLI (``python -c``)
+CLI_WITH_BAD_METHODS = (
+    "from harness.registry import METHODS\n"
+    + "".join(f"METHODS.register({n!r}, {t!r}, description='bad-output test method')\n" for n, t in BAD_METHODS.items())
+    + "from harness.cli import main\nmain()\n"
+)
+
+
+# -- bad folders and files around a run ---------------------------------------------------
+def same_stem_folder(root: Path) -> Path:
+    """alex.jpg and alex.png: two different people with one stem, plus two others."""
+    photo_folder(root, 2, start=2)
+    Image.fromarray(demo_face(0)).save(root / "alex.jpg", quality=95)
+    Image.fromarray(demo_face(1)).save(root / "alex.png")
+    return root
+
+
+def folder_with_links(root: Path, outside: Path) -> Path:
+    """Three photos, a symlink to a photo outside the root and a dangling symlink."""
+    photo_folder(root, 3)
+    outside.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(demo_face(5)).save(outside / "secret.png")
+    (root / "escape.png").symlink_to(outside / "secret.png")
+    (root / "dangling.png").symlink_to(root / "gone.png")
+    return root
+
+
+def comma_named_folder(root: Path) -> Path:
+    """Three photos and an unreadable file whose name holds a comma and a quote."""
+    photo_folder(root, 3)
+    not_an_image(root / 'smith, "jr".png')
+    return root
+
+
+def precomputed_outputs(folder: Path, pair_ids: list[str], kind: str) -> Path:
+    """Outputs for ``pair_ids``: ``tiny`` (4x4 crops of a face), ``sixteen`` (16-bit
+    greyscale faces) or ``white``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, pid in enumerate(pair_ids):
+        if kind == "tiny":
+            Image.fromarray(demo_face(i)).resize((4, 4)).save(folder / f"{pid}.png")
+        elif kind == "sixteen":
+            png_16bit_grey(folder / f"{pid}.png", i)
+        elif kind == "white":
+            Image.fromarray(np.full((256, 256, 3), 255, np.uint8)).save(folder / f"{pid}.png")
+        else:
+            raise ValueError(kind)
+    return folder
+
+
+def malformed_export(folder: Path) -> Path:
+    """An outputs folder beside a broken export.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder.parent / "export.json").write_text('{"protocol": "demo", "manifest_sha2')
+    return folder
+
+
+def torn_summary(out: Path) -> Path:
+    """A run folder whose summary.json was cut mid-write (by a crash before atomic writes)."""
+    run = out / "runs" / "demo" / "source-0000000000000000"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({"run_id": "0", "metrics": {}})[:20])
+    return run / "summary.json"
+
+
+def training_folder(root: Path, n: int = 8, bad: bool = True) -> Path:
+    """Aligned faces for `harness train`, one of them truncated when ``bad``."""
+    photo_folder(root, n)
+    if bad:
+        truncated_png(root / "p3.png", 3)
+    return root
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
