@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -226,8 +227,10 @@ def manifest_dataset(pairset: Any):
     from mlflow.data import from_pandas
 
     frame = pd.read_csv(io.BytesIO(pairset.manifest_bytes()), dtype=str, keep_default_na=False)
-    return from_pandas(frame, source=str(pairset.root), name=f"{pairset.protocol}-manifest",
-                       digest=pairset.manifest_sha256[:16])
+    with warnings.catch_warnings():  # MLflow registers two equivalent local-path sources and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return from_pandas(frame, source=Path(pairset.root).resolve().as_uri(), name=f"{pairset.protocol}-manifest",
+                           digest=pairset.manifest_sha256[:16])
 
 
 def _alive(pid: int) -> bool:
