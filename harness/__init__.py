@@ -1,0 +1,38 @@
+"""CodeSwap face-swap benchmark harness.
+
+The Python API (the same function ``harness run`` calls, with the same defaults)::
+
+    from harness import evaluate, load_results
+    res = evaluate("demo", ["source", "target", "classical"], out="harness-out")
+    res.to_pandas()          # one row per method x metric
+    res.pairs("source")      # per-pair frame
+    load_results("harness-out")  # the same Results, read back from results.json
+
+Names are imported lazily, so ``import harness`` loads no model code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["evaluate", "load_results", "Results"]
+
+_LAZY = {"evaluate": "harness.evaluation", "load_results": "harness.results", "Results": "harness.results"}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.evaluation import evaluate
+    from harness.results import Results, load_results
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -6,6 +6,7 @@ Errors are one line on stderr with exit code 1; ``HARNESS_DEBUG=1`` shows traceb
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Pair-set pro
 RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
 NumPairsOpt = Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")]
 OptionOpt = Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the same facts, machine-readable).")]
 
 _device = resolve_device  # used by the CodeSwap commands below
 
@@ -78,10 +80,12 @@ def run(
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
                       weights_dir=weights_dir, log=_echo)
     if report:
-        typer.echo(f"report: {result.report['markdown']}")
-        typer.echo(f"html:   {result.report['html']}  (open in a browser; works from disk, no network)")
+        typer.echo(f"report: {result.report_files['markdown']}")
+        typer.echo(f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)")
     for s in result.summaries:
         typer.echo(f"run:    {s['run_dir']}")
+    typer.echo(f"results: {result.path}  (latest also in {result.out_dir / 'results.json'}; "
+               "Python: harness.load_results)")
     if mlflow:
         typer.echo(f"mlflow: {result.tracking_uri}  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
 
@@ -157,11 +161,18 @@ def report_cmd(
 @app.command("list")
 def list_cmd(
     what: Annotated[str, typer.Argument(help="methods, protocols or metrics")],
+    as_json: JsonOpt = False,
 ) -> None:
     """List registered methods, protocols or metrics (no model is loaded)."""
     registries = {"methods": METHODS, "protocols": PROTOCOLS, "metrics": METRICS}
     if what not in registries:
         raise HarnessError(f"cannot list {what!r}{suggest(what, registries)} (choose methods, protocols or metrics)")
+    if as_json:
+        rows = [{"name": e.name, "ready": not e.missing_weights(), "weights_missing": e.missing_weights(),
+                 "requires": list(e.requires), "description": e.description, "aliases": list(e.aliases),
+                 "origin": e.origin, "target": e.target} for e in registries[what].entries()]
+        typer.echo(json.dumps(rows, indent=1))
+        return
     for e in registries[what].entries():
         missing = e.missing_weights()
         status = "ready" if not missing else f"weights missing: {', '.join(missing)}"
@@ -171,11 +182,20 @@ def list_cmd(
 
 
 @app.command("weights")
-def weights_cmd(weights_dir: WeightsDirOpt = None) -> None:
+def weights_cmd(weights_dir: WeightsDirOpt = None, as_json: JsonOpt = False) -> None:
     """Known weight files: present, missing, or wrong checksum, and where to get them."""
     set_weights_dir(weights_dir)
     from harness import weights
 
+    if as_json:
+        rows = []
+        for name, w in weights.KNOWN.items():
+            st = weights.status(name)
+            rows.append({"name": name, "state": st.state, "path": None if st.path is None else str(st.path),
+                         "sha256": st.sha256, "expected_sha256": w.sha256, "expected_sha256_prefix": w.sha256_prefix,
+                         "purpose": w.purpose, "source": w.source, "licence": w.licence})
+        typer.echo(json.dumps({"weights_dir": str(weights.weights_dir()), "files": rows}, indent=1))
+        return
     typer.echo(f"weights folder: {weights.weights_dir()}  (set HARNESS_WEIGHTS_DIR to change)")
     for name, w in weights.KNOWN.items():
         st = weights.status(name)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,6 +21,7 @@ from harness.checks import check_out_dir, resolve_device
 from harness.errors import HarnessError
 from harness.options import parse_pairs
 from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
+from harness.results import Results, _plain, write_results
 
 DEFAULT_OUT = Path("harness-out")
 # The offline default suite: runs anywhere, every column named for its backend. The
@@ -38,16 +38,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-@dataclass
-class Evaluation:
-    """What one evaluation produced."""
-
-    protocol: str
-    manifest_sha256: str
-    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per method, as in summary.json
-    report: dict[str, Path] = field(default_factory=dict)  # rendered files by kind (reports.render)
-    tracking_uri: str | None = None  # the MLflow store, when logging was on
-    seconds: float = 0.0
+Evaluation = Results  # the earlier name of what evaluate() returns
 
 
 def set_weights_dir(folder: Path | str | None) -> None:
@@ -134,10 +125,10 @@ def evaluate(
     mlflow: bool = True,
     tracking_uri: str | None = None,
     report: bool = True,
-    progress: bool = False,
+    progress: bool = True,
     weights_dir: Path | str | None = None,
     log: Callable[[str], None] = _stderr,
-) -> Evaluation:
+) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
     offline suite), write the runs under ``out``, render the report and log to MLflow.
 
@@ -179,14 +170,18 @@ def evaluate(
         f"manifest sha256 {pairset.manifest_sha256[:12]}")
     for note in pairset.notes:
         log(f"  note: {note}")
-    result = Evaluation(pairset.protocol, pairset.manifest_sha256)
+    settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
+                "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
+                "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
+                "save_images": save_images}
+    result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = FeatureStore(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow)
     try:
         with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
                             {"protocol": pairset.protocol, "methods": ",".join(method_names),
                              "metrics": ",".join(metric_specs), "seed": seed,
-                             "manifest_sha256": pairset.manifest_sha256}):
+                             "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
             for name in method_names:
                 entry = METHODS.resolve(name)
                 missing = entry.missing_weights()
@@ -196,7 +191,7 @@ def evaluate(
                 summary = run_method(method, pairset, metric_objects, cfg, features)
                 for note in summary["notes"][len(pairset.notes):]:
                     log(f"  note: {note}")
-                result.summaries.append(summary)
+                result.summaries.append(_plain(summary))
                 tracker.log_method(summary)
                 cells = ", ".join(f"{k}={e['value'] * e['scale']:.3g}" for k, e in summary["metrics"].items())
                 t = summary["timing_s"]
@@ -205,11 +200,12 @@ def evaluate(
             if report:
                 from reports.render import render_report
 
-                result.report = render_report(cfg.out_dir, log=log)
+                result.report_files = render_report(cfg.out_dir, log=log)
                 tracker.log_artifacts(cfg.out_dir / "report", "report")
     finally:
         features.close()
     result.tracking_uri = tracker.uri if mlflow else None
     result.seconds = time.perf_counter() - t0
-    log(f"done in {result.seconds:.1f}s")
+    path = write_results(result)
+    log(f"done in {result.seconds:.1f}s; results: {path}")
     return result

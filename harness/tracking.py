@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -143,9 +144,13 @@ class Tracker:
         return {"harness_pid": str(os.getpid()), "harness_host": socket.gethostname()}
 
     @contextmanager
-    def parent(self, name: str, params: dict[str, Any]) -> Iterator[str | None]:
+    def parent(self, name: str, params: dict[str, Any], manifest: Any = None) -> Iterator[str | None]:
         """The parent run of one ``harness run``; the same command after a kill or an error
-        resumes its unfinished parent (FAILED or KILLED) instead of starting another."""
+        resumes its unfinished parent (FAILED or KILLED) instead of starting another.
+
+        ``manifest`` (a :class:`harness.api.PairSet`) is logged as the run's MLflow dataset
+        input (context ``evaluation``, digest: the manifest sha256), and the harness's git
+        commit as the standard tag ``mlflow.source.git.commit``."""
         if not self.enabled:
             yield None
             return
@@ -159,7 +164,9 @@ class Tracker:
         else:
             run = mlflow.start_run(run_name=name, tags={"harness_parent_key": key})
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.set_tags(self._owner_tags())
+            if manifest is not None:
+                mlflow.log_input(manifest_dataset(manifest), context="evaluation")
+        mlflow.set_tags({**self._owner_tags(), **git_tags()})
         with _sigterm_as_interrupt():
             try:
                 yield run.info.run_id
@@ -197,6 +204,33 @@ class Tracker:
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         if self.enabled and folder.is_dir():
             self._client().log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def git_tags() -> dict[str, str]:
+    """MLflow's standard source tags for the harness checkout: ``mlflow.source.git.commit``
+    (the bare sha) and ``harness_git_dirty``; none outside a git checkout."""
+    from harness.provenance import environment
+
+    commit = str(environment()["git_commit"])
+    if commit == "unknown":
+        return {}
+    sha, _, dirty = commit.partition("-")
+    return {"mlflow.source.git.commit": sha, "harness_git_dirty": str(bool(dirty)).lower()}
+
+
+def manifest_dataset(pairset: Any):
+    """The pair set's manifest (one row per pair: pair_id, source, target, source_id,
+    target_id) as an MLflow pandas dataset named ``<protocol>-manifest``, digest its sha256."""
+    import io
+
+    import pandas as pd
+    from mlflow.data import from_pandas
+
+    frame = pd.read_csv(io.BytesIO(pairset.manifest_bytes()), dtype=str, keep_default_na=False)
+    with warnings.catch_warnings():  # MLflow registers two equivalent local-path sources and says so
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return from_pandas(frame, source=Path(pairset.root).resolve().as_uri(), name=f"{pairset.protocol}-manifest",
+                           digest=pairset.manifest_sha256[:16])
 
 
 def _alive(pid: int) -> bool:

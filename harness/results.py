@@ -1,0 +1,184 @@
+"""What one evaluation produced, as a Python object and as one ``results.json``.
+
+``evaluate(...)`` returns a :class:`Results`; ``load_results(out_dir)`` reads the same
+object back from the ``results.json`` a run wrote (the lm-evaluation-harness
+``--output_path`` idea: one file with every method, every metric and the provenance).
+
+Files, per ``harness run`` (each written atomically):
+    <out>/results/<protocol>-<UTC time>-<hash>.json   this run
+    <out>/results.json                                 a copy of the latest run's file
+
+Example:
+    >>> from harness import evaluate, load_results
+    >>> res = evaluate("demo", ["source", "target"], mlflow=False)  # doctest: +SKIP
+    >>> res.to_pandas()[["method", "metric", "value"]]              # doctest: +SKIP
+    >>> load_results("harness-out").pairs("source")                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+FORMAT = "codeswap-harness-results"
+FORMAT_VERSION = 1
+LATEST = "results.json"
+#: columns of :meth:`Results.to_pandas`, one row per method x metric key
+COLUMNS = ("method", "protocol", "metric", "label", "value", "ci_low", "ci_high", "n", "unit",
+           "higher_is_better", "backend")
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-shaped copy (tuples -> lists, paths -> str), so a result in memory and the
+    one read back from disk compare equal."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+@dataclass
+class Results:
+    """Every method's summary of one evaluation, with where its files are."""
+
+    protocol: str
+    manifest_sha256: str
+    out_dir: Path
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per method, as in summary.json
+    settings: dict[str, Any] = field(default_factory=dict)  # the evaluate() options that shaped the numbers
+    report_files: dict[str, Path] = field(default_factory=dict)  # rendered files by kind (reports.render)
+    tracking_uri: str | None = None  # the MLflow store, when logging was on
+    seconds: float = 0.0
+    path: Path | None = None  # the results file written for this run
+
+    @property
+    def methods(self) -> list[str]:
+        return [s["method"] for s in self.summaries]
+
+    def to_pandas(self):
+        """One row per method x metric key: ``method, protocol, metric, label, value,
+        ci_low, ci_high, n, unit, higher_is_better, backend`` (value as in summary.json,
+        unscaled: a fraction, not a percentage)."""
+        import pandas as pd
+
+        rows = []
+        for s in self.summaries:
+            for key, e in s["metrics"].items():
+                rows.append({"method": s["method"], "protocol": s["protocol"], "metric": key, "label": e["label"],
+                             "value": e["value"], "ci_low": e.get("ci_low"), "ci_high": e.get("ci_high"),
+                             "n": e.get("n"), "unit": e.get("unit"), "higher_is_better": e["higher_is_better"],
+                             "backend": e.get("backend")})
+        frame = pd.DataFrame(rows, columns=list(COLUMNS))
+        for col in ("value", "ci_low", "ci_high"):
+            frame[col] = frame[col].astype("float64")  # None (dataset-level CI) -> NaN
+        return frame
+
+    def summary(self, method: str) -> dict[str, Any]:
+        for s in self.summaries:
+            if s["method"] == method:
+                return s
+        raise HarnessError(f"no method {method!r} in these results (methods: {', '.join(self.methods) or 'none'})")
+
+    def run_dir(self, method: str) -> Path:
+        """The method's run folder; found under ``out_dir`` when the folder was moved."""
+        recorded = Path(self.summary(method)["run_dir"])
+        if recorded.is_dir():
+            return recorded
+        moved = self.out_dir / "runs" / recorded.parent.name / recorded.name
+        if moved.is_dir():
+            return moved
+        raise HarnessError(f"run folder of {method} not found: neither {recorded} nor {moved}")
+
+    def pairs(self, method: str):
+        """The method's per-pair frame (``pairs.parquet`` of its run folder): one row per
+        pair, a column per per-pair metric key, NaN where an output was flagged."""
+        import pandas as pd
+
+        return pd.read_parquet(self.run_dir(method) / "pairs.parquet")
+
+    def report(self, path: Path | str | None = None) -> dict[str, Path]:
+        """Render the report (tables, grids, HTML) for every run in ``out_dir``, into
+        ``out_dir/report``; with ``path``, copy the rendered files into that folder too.
+        Returns the files by kind."""
+        from reports.render import render_report
+
+        files = render_report(self.out_dir)
+        self.report_files = files
+        if path is None:
+            return files
+        dest = Path(path)
+        dest.mkdir(parents=True, exist_ok=True)
+        copied = {}
+        for kind, p in files.items():
+            target = dest / p.relative_to(self.out_dir / "report")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, target)
+            copied[kind] = target
+        return copied
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``results.json`` content: every method and metric with its provenance."""
+        from harness.provenance import environment
+
+        first = self.summaries[0] if self.summaries else {}
+        return _plain({
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "protocol": self.protocol,
+            "manifest_sha256": self.manifest_sha256,
+            "gallery_sha256": first.get("gallery_sha256"),
+            "seed": first.get("seed"),
+            "num_pairs": first.get("num_pairs"),
+            "settings": self.settings,
+            "methods": self.methods,
+            "results": self.to_pandas().to_dict(orient="records"),
+            "backends": {s["method"]: s["backends"] for s in self.summaries},
+            "environment": environment(),
+            "tracking_uri": self.tracking_uri,
+            "report": {k: str(v) for k, v in self.report_files.items()},
+            "seconds": round(self.seconds, 3),
+            "summaries": self.summaries,
+        })
+
+
+def write_results(results: Results) -> Path:
+    """Write ``<out>/results/<protocol>-<time>-<hash>.json`` and ``<out>/results.json``
+    (atomically); returns the first."""
+    from harness.cache import stable_hash
+    from harness.images import atomic_write_text
+
+    data = results.to_dict()
+    text = json.dumps(data, indent=1) + "\n"
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = results.out_dir / "results" / f"{results.protocol}-{stamp}-{stable_hash(data)[:8]}.json"
+    atomic_write_text(path, text)
+    atomic_write_text(results.out_dir / LATEST, text)
+    results.path = path
+    return path
+
+
+def load_results(out_dir: Path | str) -> Results:
+    """The :class:`Results` of the latest ``harness run`` in ``out_dir`` (its
+    ``results.json``), or of a results file named directly."""
+    p = Path(out_dir).expanduser()
+    file = p / LATEST if p.is_dir() else p
+    if not file.is_file():
+        raise HarnessError(f"no results in {p}: {file} does not exist (run `harness run --out {p}` first)")
+    try:
+        data = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HarnessError(f"{file} is not a results file: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise HarnessError(f"{file} is not a {FORMAT} file")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise HarnessError(f"{file} has format version {data.get('format_version')}, this harness reads "
+                           f"{FORMAT_VERSION}")
+    out = p if p.is_dir() else (file.parent.parent if file.parent.name == "results" else file.parent)
+    return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out.resolve(),
+                   summaries=data["summaries"], settings=data["settings"],
+                   report_files={k: Path(v) for k, v in data.get("report", {}).items()},
+                   tracking_uri=data.get("tracking_uri"), seconds=data.get("seconds", 0.0), path=file.resolve())
