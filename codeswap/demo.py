@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from codeswap.variants import DEMO_LISTING
 from harness.constants import DEMO_DIR
 from harness.errors import HarnessError
 
-BUNDLE = Path(__file__).resolve().parent / "demo_model" / "codeswap-demo.pt"
+BUNDLE = DEMO_LISTING.with_suffix(".pt")
 BUNDLE_FORMAT = "codeswap-demo-bundle/1"
 DEMO_FACES = DEMO_DIR  # the bundled demo faces (protocols/demo_faces)
 
@@ -122,11 +123,14 @@ def demo_checkpoint(variant: str, recipe: DemoRecipe = DemoRecipe(), log=print) 
 
 def demo_info(recipe: DemoRecipe = DemoRecipe()) -> dict[str, Any] | None:
     """What the report states about the shipped demo model (training data, identity ceiling of
-    its prior), or None when the recipe is not the shipped one."""
-    bundle = load_bundle()
-    if bundle is None or bundle["recipe_key"] != recipe_key(recipe):
+    its prior), from its torch-free listing; None when the recipe is not the shipped one."""
+    listing = BUNDLE.with_suffix(".json")
+    if not listing.is_file():
         return None
-    return {"training": bundle["training"], "ceiling": bundle.get("ceiling", {})}
+    info = json.loads(listing.read_text())
+    if info.get("recipe_key") != recipe_key(recipe):
+        return None
+    return {"training": info["training"], "ceiling": info.get("ceiling", {})}
 
 
 # --- the shipped bundle ---------------------------------------------------------------------
@@ -248,7 +252,8 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
         s2_dir = root / f"stage2-{base}"
         s2 = done(s2_dir)
         swap_kw = dict(layers=recipe.layers, heads=recipe.heads, selector_hidden=recipe.selector_hidden,
-                       position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level, weights=SwapLossWeights(*recipe.loss_weights),
+                       position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level,
+                       weights=SwapLossWeights(*recipe.loss_weights),
                        same_rate=recipe.same_rate, identity_net=recipe.identity_net,
                        identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
                        paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,

@@ -6,6 +6,12 @@ Torch-free, so that listing methods imports no backend.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+#: the shipped demo model's torch-free listing (variants, recipe key, training data, prior
+#: ceiling), written beside ``codeswap-demo.pt`` by :func:`codeswap.demo.pack`
+DEMO_LISTING = Path(__file__).resolve().parent / "demo_model" / "codeswap-demo.json"
+
 #: variant -> (changes to the fusion config / mask use, what the ablation removes)
 VARIANTS: dict[str, dict[str, object]] = {
     "full": {},
@@ -32,11 +38,9 @@ def demo_not_ready(variant: str = "full") -> str | None:
     model (``codeswap/demo_model/codeswap-demo.json`` lists its variants) lacks it, so it
     would first be trained on CPU for a long time. None when it ships. Torch-free."""
     import json
-    from pathlib import Path
 
-    listing = Path(__file__).resolve().parent / "demo_model" / "codeswap-demo.json"
     base = "full" if variant == "wo_m" else variant
-    shipped = json.loads(listing.read_text())["variants"] if listing.is_file() else []
+    shipped = json.loads(DEMO_LISTING.read_text())["variants"] if DEMO_LISTING.is_file() else []
     if base in shipped:
         return None
     return (f"not in the shipped demo model; run it by name to train it on the demo faces first, "
