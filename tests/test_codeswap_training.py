@@ -136,3 +136,28 @@ def test_position_parameters_get_their_own_learning_rate():
     groups = param_groups(GlobalFusion(FusionConfig(dim=16, grid=4, num_codes=8, layers=2, heads=2)), 1e-3, 30.0)
     assert len(groups[1]["params"]) == 3 and groups[1]["lr"] == pytest.approx(3e-2)  # pos + 2 relative biases
     assert all(p.ndim != 3 or p.shape[0] != 2 for p in groups[0]["params"])
+
+
+def test_identity_augmentation_is_random_and_differentiable_in_training_only():
+    from codeswap.train.nets import AugmentedIdentity
+
+    seen = []
+
+    class Probe(torch.nn.Module):  # records what the identity network is shown
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return x.flatten(1)[:, :8]
+
+    aug = AugmentedIdentity(Probe(), strength=1.0)
+    x = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    aug.eval()
+    aug(x)
+    torch.testing.assert_close(seen[-1], x.detach())  # eval: the plain network
+    aug.train()
+    torch.manual_seed(0)
+    aug(x).sum().backward()
+    torch.manual_seed(1)
+    aug(x)
+    assert not torch.allclose(seen[-2], x.detach()) and not torch.allclose(seen[-2], seen[-1])
+    assert x.grad is not None and x.grad.abs().sum() > 0  # L_id's gradient still reaches the swap
+    assert AugmentedIdentity(Probe(), 0.0).train()(x).shape == (2, 8)
