@@ -74,16 +74,17 @@ def ci(values: np.ndarray) -> list[float]:
 def retrieval(judge: IdentityJudge, gallery: torch.Tensor, queries: torch.Tensor, src: list[int],
               tgt: list[int] | None = None) -> dict[str, object]:
     """Top-1 of each query among the gallery photos (indices), cosines to the source with CIs."""
+    from harness.metrics.identity import retrieval_hits  # the harness's own retrieval (stable ties)
+
+    ids = [str(i) for i in range(len(gallery))]
     res: dict[str, object] = {}
     for kind in ("dlib", "facenet"):
         g, q = judge.embed(kind, gallery), judge.embed(kind, queries)
-        sims = q @ g.T  # (N, G)
-        nearest = sims.argmax(1)
         tag = kind if kind == "dlib" else "facenet_trained_with"
-        res[f"{tag}/top1"] = float((nearest == np.asarray(src)).mean())
-        res[f"{tag}/cos_to_source"] = ci(sims[np.arange(len(q)), src])
+        res[f"{tag}/top1"] = float(retrieval_hits(q, g, ids, [str(i) for i in src], ks=(1,))[1].mean())
+        res[f"{tag}/cos_to_source"] = ci((q * g[src]).sum(1))
         if tgt is not None:
-            res[f"{tag}/nearest_is_target"] = float((nearest == np.asarray(tgt)).mean())
+            res[f"{tag}/nearest_is_target"] = float(retrieval_hits(q, g, ids, [str(j) for j in tgt], ks=(1,))[1].mean())
             res[f"{tag}/target_cos_to_source"] = ci((g[tgt] * g[src]).sum(1))
     return res
 
