@@ -64,10 +64,11 @@ def paste_pairs(a: Tensor, b: Tensor, same: Tensor, rate: float, step: int, seed
 
 
 def paste_loss(a: Tensor, b: Tensor, ab: Tensor, ba: Tensor, paste: Tensor) -> Tensor:
-    """The known answers of face-pasted pairs (a, b'): I_ab' = a and I_b'a = b' (L1, mean over those pairs)."""
-    per = 0.5 * ((ab - a).abs().flatten(1).mean(1) + (ba - b).abs().flatten(1).mean(1))  # (B,)
-    w = paste.to(per.dtype)
-    return (per * w).sum() / w.sum().clamp(min=1.0)
+    """The known answers of face-pasted pairs (a, b'): I_ab' = a and I_b'a = b' (L1, mean over
+    those pairs): Eq. 11's masked L1 with the answers crossed."""
+    from codeswap.swap_losses import reconstruction_loss
+
+    return reconstruction_loss(b, a, ab, ba, paste)[0]  # 0.5 (|I_b'a - b'| + |I_ab' - a|)
 
 
 def make_pairs(x: Tensor, same_rate: float, step: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
