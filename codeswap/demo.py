@@ -88,8 +88,11 @@ class DemoRecipe:
 
 
 def cache_root() -> Path:
+    """Where demo models are unpacked or trained: ``$HARNESS_CACHE_DIR``, else the harness's cache folder."""
+    from harness.constants import cache_root as default_root
+
     base = os.environ.get("HARNESS_CACHE_DIR")
-    return Path(base) if base else Path.home() / ".cache" / "codeswap-harness"
+    return Path(base) if base else default_root()
 
 
 def recipe_key(recipe: DemoRecipe) -> str:
