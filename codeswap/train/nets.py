@@ -12,6 +12,8 @@ evaluates it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -75,8 +77,6 @@ class AugmentedIdentity(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.strength <= 0:
             return self.net(x)
-        import math
-
         b, _, h, w = x.shape
         s = self.strength
         g = torch.rand(b, 5, device=x.device) * 2 - 1  # (B, 5) in [-1, 1]
