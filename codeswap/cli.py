@@ -148,7 +148,7 @@ def _stage_loop_options(stage: str, extra: tuple[str, ...] = ()) -> Offer:
 
 
 SWAP_NETS = ("identity_net", "expression_net", "expression_checkpoint", "perceptual_net")
-LOSS_WEIGHTS = Offer(SwapLossWeights(), ("identity", "perceptual", "expression", "cycle"))
+LOSS_WEIGHTS = Offer(SwapLossWeights(), ("identity", "perceptual", "expression", "cycle", "teacher"))
 ResumeOpt = Annotated[bool, typer.Option(help="Continue from <out>/checkpoints/last.pt if it exists.")]
 
 

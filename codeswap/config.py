@@ -240,6 +240,11 @@ class SwapLossWeights:
     perceptual: float = setting(2e-3, "lambda_per (paper: 2e-3).", flag="--w-per")
     expression: float = setting(0.5, "lambda_exp (paper: 0.5).", flag="--w-exp")
     cycle: float = setting(1.0, "Weight of the code-cycle loss (paper: 1).", flag="--w-cycle")
+    # NOTE: not in the paper (see codeswap.swap_losses.code_teacher_loss and the README's
+    # "Does CodeSwap learn to swap?"): 0 trains with the paper's L_swap alone.
+    teacher: float = setting(0.0, "Weight of the code-teacher cross-entropy: the selector is taught the target's "
+                                  "stage-1 codes with the source's in the face cells (not in the paper; 0: off).",
+                             flag="--w-teacher")
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,12 @@ class SwapTrainConfig:
     # I_ab' = a and I_b'a = b' (Eq. 11's reconstruction on pairs that differ inside the face)
     paste_rate: float = 0.0
     paste_weight: float = 1.0
+    # The face cells of the code teacher (--w-teacher), as fractions of the latent grid: top,
+    # left, bottom, right (FFHQ-aligned crops). The default is rows 4-15 and columns 3-13 of
+    # a 16x16 grid: the box whose pasted stage-1 codes carry the source best on the demo
+    # faces (dlib retrieval 84 % with the demo prior; the inner face alone, rows 5-13 and
+    # columns 4-11, carries far less).
+    teacher_cells: tuple[float, float, float, float] = (0.25, 0.1875, 1.0, 0.875)
     # learning-rate multiplier of the fusion's attention biases and position code (study setting)
     position_lr_mult: float = 1.0
     # "deep3d" with expression_checkpoint; none: L_exp is off
@@ -285,6 +296,10 @@ class SwapTrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.same_rate <= 1.0:
             raise ValueError(f"same_rate must be in [0, 1], got {self.same_rate}")
+        top, left, bottom, right = self.teacher_cells
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise ValueError(f"teacher_cells must be (top, left, bottom, right) fractions with top < bottom and "
+                             f"left < right, got {self.teacher_cells}")
 
 
 #: BiSeNet (CelebAMask-HQ) classes that make the face region: skin 1, brows 2-3, eyes 4-5,

@@ -54,7 +54,9 @@ class DemoRecipe:
     code_dim: int = 64
     stage1_steps: int = 2500
     restart_dead_every: int = 100
-    stage2_steps: int = 500
+    stage2_steps: int = 600
+    stage2_batch_size: int = 16  # pairs a step (stages 1 and 3 use batch_size)
+    stage2_lr: float = 1e-3
     stage3_steps: int = 100
     stage3_supervised: int = 80
     batch_size: int = 8
@@ -65,8 +67,9 @@ class DemoRecipe:
     position: str = "relative"
     pos_std: float = 0.02
     mask_level: int | None = 1  # the 32x32 level, the middle of this 3-level prior (paper: 64x64 of 512)
-    # recon, identity, perceptual, expression, cycle (codeswap.swap_losses.SwapLossWeights)
-    loss_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.0, 1.0)
+    # recon, identity, perceptual, expression, cycle, teacher (codeswap.swap_losses.SwapLossWeights):
+    # the paper's weights without L_per and L_exp (no offline networks), plus the code teacher
+    loss_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.0, 1.0, 1.0)
     same_rate: float = 0.2
     identity_net: str = "facenet"
     identity_augment: float = 0.0
@@ -201,6 +204,46 @@ def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ce
     return out
 
 
+#: the DemoRecipe fields that determine its stage-1 prior
+STAGE1_FIELDS = ("resolution", "channels", "blocks", "norm_groups", "num_codes", "code_dim", "stage1_steps",
+                 "restart_dead_every", "batch_size", "lr", "holdout", "seed")
+
+
+def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
+    """Write the shipped bundle's prior as ``stage1_dir``'s finished checkpoint when ``recipe``
+    trains the same prior (every :data:`STAGE1_FIELDS` equal, same faces), so that a recipe
+    differing only after stage 1 does not spend half an hour retraining it; None otherwise."""
+    from codeswap.checkpoints import plain
+    from codeswap.train.state import atomic_torch_save
+
+    bundle = load_bundle()
+    if bundle is None:
+        return None
+    shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["recipe"].items()}
+    same_faces = bundle.get("training", {}).get("faces_json_sha256") == _faces_sha256()
+    if not same_faces or any(shipped.get(k) != getattr(recipe, k) for k in STAGE1_FIELDS):
+        return None
+    ckpt = stage1_dir / "checkpoints" / "last.pt"
+    atomic_torch_save({"stage": "stage1", "step": recipe.stage1_steps, "model_config": plain(recipe.autoencoder()),
+                       "model": {k: t.float() for k, t in bundle["autoencoder"].items()}, "ema": None,
+                       "unpacked_from": {"bundle_sha256": _bundle_sha256(), "stage1_sha256": bundle["stage1_sha256"]}},
+                      ckpt)
+    (stage1_dir / "DONE").write_text("the shipped demo model's prior (codeswap.demo.stage1_from_bundle)\n")
+    return ckpt
+
+
+def _faces_sha256() -> str:
+    from harness.images import file_sha256
+
+    return file_sha256(DEMO_FACES / "faces.json")
+
+
+def _bundle_sha256() -> str:
+    from harness.images import file_sha256
+
+    return file_sha256(BUNDLE)
+
+
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -239,7 +282,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
 
     try:
         s1_dir = root / "stage1"
-        s1 = done(s1_dir)
+        s1 = done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if data == DEMO_FACES else None)
         if s1 is None:
             from codeswap.train.stage1 import Stage1Trainer
 
@@ -264,7 +307,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
             cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),
-                              **common)
+                              **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
             Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
             s2 = mark(s2_dir)
         # every fusion variant gets its own mask (stage 3), so Table 3 compares like with like

@@ -1,6 +1,6 @@
 """Stage 2 losses (paper §3.2.1, Eq. 9-13) and the stage 3 mask loss (Eq. 15).
 
-    L_swap = L_recon + 1.5 L_id + 2e-3 L_per + 0.5 L_exp + L_cyc
+    L_swap = L_recon + 1.5 L_id + 2e-3 L_per + 0.5 L_exp + L_cyc  (+ w_teacher L_teacher, not in the paper)
 
 Every loss returns ``(loss, logs)``; log keys are MLflow-safe (``train/id`` ...) and the
 values detached 0-d tensors, so a training step never waits on the device to log (the
@@ -77,6 +77,47 @@ def code_cycle_loss(cycled_a, cycled_b, za, zb) -> tuple[torch.Tensor, Logs]:
     return loss, {"train/cycle": loss.detach()}
 
 
+def teacher_cells_mask(side: int, cells: tuple[float, float, float, float], device=None) -> Tensor:
+    """(side * side,) bool, row-major like the tokens: the latent cells inside the box
+    ``cells`` = (top, left, bottom, right), fractions of the grid (a cell counts when its
+    centre is inside)."""
+    top, left, bottom, right = cells
+    c = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side  # (side,) cell centres
+    rows, cols = (c >= top) & (c < bottom), (c >= left) & (c < right)
+    return (rows[:, None] & cols[None, :]).flatten()
+
+
+def code_teacher_loss(model, out, cells: tuple[float, float, float, float]) -> tuple[Tensor, Logs]:
+    """Cross-entropy of the code selector against a teacher swap, both directions.
+
+    NOTE: not in the paper. The teacher for I_ab is b's own stage-1 codes (nearest codebook
+    entries of its frozen encoder tokens) with a's codes in the face cells; for I_ba the
+    reverse; a pair of one image twice is taught its own codes (Eq. 11 in code space). It
+    is the kind of code-level loss CodeFormer trains its code predictor with (cross-entropy
+    on code indices). At the CPU recipe's scale L_id alone never moved identity (README
+    study); this term teaches the fusion to take codes from the other face, and L_id, the
+    reconstruction and the cycle loss then act on top of it. w/o C (no selector) regresses
+    the teacher's code vectors instead (squared L2).
+    """
+    from codeswap.model import grid
+
+    za, zb = out.za.detach(), out.zb.detach()  # (B, L, d) frozen encoder tokens
+    codebook = model.codebook.detach()  # (N, d)
+    quant = model.autoencoder.quantize
+    side = model.cfg.autoencoder.latent_size
+    ia = quant.nearest(grid(za, side)).flatten(1)  # (B, L) code indices, row-major like the tokens
+    ib = quant.nearest(grid(zb, side)).flatten(1)
+    face = teacher_cells_mask(side, cells, za.device)[None]  # (1, L)
+    teacher = torch.cat([torch.where(face, ib, ia), torch.where(face, ia, ib)], 1)  # (B, 2L): [I_ba; I_ab] positions
+    logits = out.fusion.logits
+    if logits is None:  # w/o C: features straight to the decoder
+        loss = F.mse_loss(out.fusion.codes.float(), codebook[teacher].float())
+        return loss, {"train/teacher": loss.detach()}
+    loss = F.cross_entropy(logits.float().flatten(0, 1), teacher.flatten())
+    acc = (logits.argmax(-1) == teacher).float().mean()
+    return loss, {"train/teacher": loss.detach(), "train/teacher_acc": acc.detach()}
+
+
 def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, Logs]:
     """Eq. 15: L1 between the generated mask and a parsing (or landmark) mask, (B, 1, H, W)."""
     loss = (mask - target_mask).abs().mean()
@@ -92,9 +133,11 @@ class SwapLoss(nn.Module):
     """
 
     def __init__(self, weights: SwapLossWeights, identity: nn.Module | None, expression: nn.Module | None,
-                 perceptual: nn.Module | None) -> None:
+                 perceptual: nn.Module | None,
+                 teacher_cells: tuple[float, float, float, float] = (0.25, 0.1875, 1.0, 0.875)) -> None:
         super().__init__()
         self.w = weights
+        self.teacher_cells = teacher_cells
         self.identity, self.expression, self.perceptual = identity, expression, perceptual
 
     def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out) -> tuple[Tensor, Logs]:
@@ -108,6 +151,8 @@ class SwapLoss(nn.Module):
                 terms.append((weight, functools.partial(loss_fn, net, *swaps)))
         if self.w.cycle > 0:
             terms.append((self.w.cycle, lambda: code_cycle_loss(*model.cycle_codes(out.fusion), out.za, out.zb)))
+        if self.w.teacher > 0:
+            terms.append((self.w.teacher, lambda: code_teacher_loss(model, out, self.teacher_cells)))
         total = a.new_zeros((), dtype=torch.float32)
         logs: Logs = {}
         for weight, term in terms:

@@ -21,7 +21,8 @@ LOOP = {"--batch-size": 16, "--lr": 1e-4, "--precision": "auto", "--num-workers"
         "--log-every": 50, "--image-every": 1000, "--seed": 0, "--device": "auto", "--resume": False,
         "--mlflow": True, "--tracking-uri": None, "--progress": True, "--data": ...}
 NETS = {"--identity-net": "facenet", "--expression-net": "none", "--expression-checkpoint": None,
-        "--perceptual": "vgg16", "--w-id": 1.5, "--w-per": 2e-3, "--w-exp": 0.5, "--w-cycle": 1.0}
+        "--perceptual": "vgg16", "--w-id": 1.5, "--w-per": 2e-3, "--w-exp": 0.5, "--w-cycle": 1.0,
+        "--w-teacher": 0.0}  # issue 17
 BEFORE = {
     "stage1": {**LOOP, "--out": Path("runs/stage1"), "--config": "paper", "--resolution": None,
                "--max-steps": 1_000_000, "--disc-start": 30_000, "--disc-weight": 0.8, "--perceptual": "vgg16",

@@ -74,6 +74,21 @@ def test_shipped_bundle_unpacks_to_the_trained_model(cache, tmp_path, monkeypatc
     m = CodeSwapMethod(demo_recipe=recipe)
     notes = m.prepare(None)
     assert any("TRAINING-SET" in n for n in notes) and any("90 % (dlib)" in n for n in notes)
+    # a recipe that differs only after stage 1 starts from the bundle's prior instead of training one
+    from dataclasses import replace
+
+    from codeswap.checkpoints import load_stage1
+
+    demo.pack(recipe, root, bundle_path, {"faces": 28, "resolution": 64, "faces_json_sha256": demo._faces_sha256()},
+              {"dlib_top1": 0.9, "facenet_top1": 0.8, "psnr": 25.0})
+    logs = []
+    demo.train_recipe(tmp_path / "later", "full", replace(recipe, stage2_steps=recipe.stage2_steps + 1), log=logs.append)
+    assert not any("stage 1" in m for m in logs) and any("stage 2" in m for m in logs)
+    prior, _ = load_stage1(tmp_path / "later" / "stage1" / "checkpoints" / "last.pt")
+    shipped = demo.load_bundle(bundle_path)["autoencoder"]
+    for k, t in prior.state_dict().items():
+        torch.testing.assert_close(t, shipped[k].float())
+    assert demo.stage1_from_bundle(replace(recipe, stage1_steps=4), tmp_path / "other") is None  # another prior
     with pytest.raises(Exception, match="another stage-1 model|not a codeswap-demo"):
         bad = tmp_path / "bad.pt"
         torch.save({"format": "something else"}, bad)

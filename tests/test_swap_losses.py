@@ -80,3 +80,48 @@ def test_swap_loss_is_the_weighted_sum_of_its_terms_and_logs_detached_tensors():
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in logs.values())
     total.backward()
     assert ab.grad is not None
+
+
+def test_teacher_cells_are_the_box_of_cell_centres():
+    from codeswap.swap_losses import teacher_cells_mask
+
+    m = teacher_cells_mask(16, (0.25, 0.1875, 1.0, 0.875)).view(16, 16)
+    rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+    assert (rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()) == (4, 15, 3, 13)
+    assert m.sum().item() == 12 * 11  # a full box, nothing outside it
+
+
+def test_code_teacher_loss_teaches_target_codes_with_the_source_face_cells():
+    """Logits that pick exactly the teacher's codes score ~0 loss and accuracy 1; logits that
+    return each target's own codes everywhere (no swap) are wrong in the face cells."""
+    from types import SimpleNamespace
+
+    from codeswap.config import TINY
+    from codeswap.fusion import FusionOutput
+    from codeswap.model import CodeSwap, CodeSwapConfig
+    from codeswap.swap_losses import code_teacher_loss, teacher_cells_mask
+
+    torch.manual_seed(0)
+    model = CodeSwap(CodeSwapConfig.for_autoencoder(TINY, "full", layers=1, heads=4, selector_hidden=16)).eval()
+    side, n = TINY.latent_size, TINY.quant.num_codes
+    cb = model.codebook.detach()
+    ia, ib = torch.randint(n, (2, side * side)), torch.randint(n, (2, side * side))  # (B, L) indices
+    za, zb = cb[ia], cb[ib]  # tokens exactly on codes: nearest() gives ia, ib back
+    cells = (0.25, 0.25, 0.75, 0.75)
+    face = teacher_cells_mask(side, cells)
+    assert 0 < face.sum() < side * side
+
+    def out_for(idx):  # (B, 2L) chosen indices -> an output whose logits pick them
+        logits = torch.full((2, 2 * side * side, n), -30.0).scatter(-1, idx[..., None], 30.0)
+        return SimpleNamespace(za=za, zb=zb, fusion=FusionOutput(cb[idx], logits, None))
+
+    teacher = torch.cat([torch.where(face, ib, ia), torch.where(face, ia, ib)], 1)  # [I_ba; I_ab]
+    good, logs = code_teacher_loss(model, out_for(teacher), cells)
+    assert good.item() < 1e-6 and logs["train/teacher_acc"].item() == 1.0
+    no_swap, logs = code_teacher_loss(model, out_for(torch.cat([ia, ib], 1)), cells)
+    differ = (ia != ib)[:, face].float().mean().item()  # face cells where the two faces' codes differ
+    assert no_swap.item() > 1.0
+    assert abs(logs["train/teacher_acc"].item() - (1 - differ * face.float().mean().item())) < 1e-6
+    # w/o C has no selector: the teacher's code vectors are regressed instead
+    wo_c = SimpleNamespace(za=za, zb=zb, fusion=FusionOutput(cb[teacher], None, None))
+    assert code_teacher_loss(model, wo_c, cells)[0].item() < 1e-10

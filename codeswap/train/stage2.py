@@ -142,7 +142,8 @@ class Stage2Trainer(TrainLoop):
                     "expression": load_expression_net(sc.expression_net, sc.expression_checkpoint),
                     "perceptual": None if sc.perceptual_net == "none" or sc.weights.perceptual == 0
                     else load_perceptual(sc.perceptual_net)}
-        self.loss = SwapLoss(sc.weights, nets.get("identity"), nets.get("expression"), nets.get("perceptual")).to(dev)
+        self.loss = SwapLoss(sc.weights, nets.get("identity"), nets.get("expression"), nets.get("perceptual"),
+                             sc.teacher_cells).to(dev)
         self.loss.requires_grad_(False)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.model_ddp: nn.Module = self.model
