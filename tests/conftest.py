@@ -15,6 +15,11 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.getbasetemp() / "home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HARNESS_SHA_MEMO", str(home / "sha256.json"))
+    # weight lookups never see the user's insightface / torch hub / facefusion files
+    for var in ("INSIGHTFACE_HOME", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+    for var in ("FACEFUSION_HOME", "HARNESS_WEIGHTS_SEARCH"):
+        monkeypatch.setenv(var, "")  # empty means unset; restored after each test
 
 
 @pytest.fixture(scope="session")
