@@ -83,15 +83,9 @@ def run(
                       device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
                       weights_dir=weights_dir, weights_search=weights_search, log=_echo)
-    if report:
-        typer.echo(f"report: {result.report_files['markdown']}")
-        typer.echo(f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)")
-    for s in result.summaries:
-        typer.echo(f"run:    {s['run_dir']}")
-    typer.echo(f"results: {result.path}  (latest also in {result.out_dir / 'results.json'}; "
-               "Python: harness.load_results)")
-    if mlflow:
-        typer.echo(f"mlflow: {result.tracking_uri}  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
+    from harness.console import print_summary
+
+    print_summary(result)
 
 
 @app.command()

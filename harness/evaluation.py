@@ -186,7 +186,8 @@ def evaluate(
                             {"protocol": pairset.protocol, "methods": ",".join(method_names),
                              "metrics": ",".join(metric_specs), "seed": seed,
                              "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
-            for name in method_names:
+            for k, name in enumerate(method_names, 1):
+                log(f"method {k} of {len(method_names)}: {name}")
                 entry = METHODS.resolve(name)
                 missing = entry.missing_weights()
                 if missing:
