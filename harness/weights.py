@@ -268,8 +268,10 @@ def candidates(name: str) -> list[Candidate]:
             out.append(Candidate(folder / (w.package_path or name), f"package {w.package}"))
     for place, rel in w.elsewhere:
         out += [Candidate(root / rel, f"{place} ({root})") for root in PLACES[place]()]
-    seen: set[Path] = set()
-    return [c for c in out if not (c.path in seen or seen.add(c.path))]
+    unique: dict[Path, Candidate] = {}
+    for c in out:
+        unique.setdefault(c.path, c)  # a path reached two ways keeps its first place
+    return list(unique.values())
 
 
 @dataclass(frozen=True)
