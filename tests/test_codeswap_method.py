@@ -12,10 +12,17 @@ RECIPE = DemoRecipe(stage1_steps=3, stage2_steps=2, stage3_steps=3, stage3_super
                     layers=1, heads=2, selector_hidden=32, identity_net="none")
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
-    return tmp_path
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One demo-model cache for the module: the first test trains RECIPE into it, the next
+    ones reuse that checkpoint (the first test asserts that it trained)."""
+    return tmp_path_factory.mktemp("codeswap-cache")
+
+
+@pytest.fixture(autouse=True)
+def _module_cache(cache, monkeypatch):
+    # after conftest's per-worker HARNESS_CACHE_DIR: this module's folder wins
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
 
 
 def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
