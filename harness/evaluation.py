@@ -137,8 +137,9 @@ def evaluate(
     ``options`` are the protocol's settings, ``metrics`` names with optional settings
     (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
     method name (``{"precomputed": {"dir": "outputs/"}}``; key ``"*"``: every method).
-    ``weights_dir`` / ``weights_search`` (extra folders) are where weight files are looked
-    for (``harness.weights``). Every setting is checked when its object is created; ``log`` receives progress lines.
+    ``weights_dir`` and ``weights_search`` (extra folders) say where weight files are
+    looked for (``harness.weights``). Every setting is checked when its object is created;
+    ``log`` receives progress lines.
     """
     from harness.cache import FeatureStore
     from harness.runner import RunConfig, run_method

@@ -215,7 +215,8 @@ def set_search_roots(roots: Sequence[Path | str]) -> None:
     """Add ``roots`` in front of ``$HARNESS_WEIGHTS_SEARCH`` for this process (``--weights-search``)."""
     if roots:
         given = [str(Path(r).expanduser().resolve()) for r in roots]
-        os.environ["HARNESS_WEIGHTS_SEARCH"] = os.pathsep.join(given + [str(p) for p in search_roots()])
+        rest = [str(p) for p in search_roots() if str(p) not in given]  # a second evaluate() adds nothing twice
+        os.environ["HARNESS_WEIGHTS_SEARCH"] = os.pathsep.join(given + rest)
 
 
 def _insightface_roots() -> list[Path]:

@@ -79,6 +79,8 @@ def test_search_roots_find_other_layouts_and_flat_files(places, monkeypatch):
     with pytest.raises(weights.WeightNotFound):
         weights.locate("79999_iter.pth")
     weights.set_search_roots([checkout])
+    weights.set_search_roots([checkout])  # a second evaluate() in the process adds nothing twice
+    assert weights.search_roots() == [checkout.resolve()]
     assert weights.locate("79999_iter.pth") == path
     assert weights.status("79999_iter.pth").state == "present (no pinned sha256)"
     # a flat download folder holding facefusion's name for the ArcFace file
