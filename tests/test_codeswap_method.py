@@ -56,10 +56,12 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
 
 
-def test_shipped_bundle_unpacks_to_the_trained_model(cache, tmp_path, monkeypatch):
+def test_shipped_bundle_unpacks_to_the_trained_model(tmp_path, monkeypatch):
     """pack -> unpack round trip: the unpacked checkpoint swaps exactly like the trained one,
     and demo_checkpoint takes a bundle of its recipe instead of training."""
     import codeswap.demo as demo
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # empty: not the module's trained copy
 
     recipe = RECIPE.__class__(**{**RECIPE.__dict__, "variants": ("full",)})
     root = tmp_path / "trained"
