@@ -228,7 +228,7 @@ class TrainConfig:
     restart_dead_every: int = setting(0, "Re-seed unused codes every N steps (0: off).", min=0)
     mlflow: bool = setting(True, "Log to MLflow (SQLite in --out unless --tracking-uri).")
     tracking_uri: str | None = setting(None, "MLflow tracking URI.")
-    progress: bool = setting(True, "Show a progress bar.")
+    progress: bool = setting(True, "Show a progress bar on a terminal (in a log: a plain line every 30 s).")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ app = typer.Typer(
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
 WeightsDirOpt = Annotated[Optional[Path], typer.Option(
     "--weights-dir", help="Folder of weight files (overrides $HARNESS_WEIGHTS_DIR).")]
+WeightsSearchOpt = Annotated[list[Path], typer.Option(
+    "--weights-search", "--search", help="Extra folder to find weight files in, flat or in insightface/facefusion/"
+    "torch-hub/face-parsing layout (also $HARNESS_WEIGHTS_SEARCH); repeat.")]
 ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")]
 RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
 NumPairsOpt = Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")]
@@ -70,6 +73,7 @@ def run(
     report: Annotated[bool, typer.Option(help="Render the report after the run.")] = True,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     weights_dir: WeightsDirOpt = None,
+    weights_search: WeightsSearchOpt = [],  # noqa: B006
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow."""
     from harness.evaluation import evaluate, parse_method_options
@@ -78,16 +82,10 @@ def run(
                       options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
                       device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                      weights_dir=weights_dir, log=_echo)
-    if report:
-        typer.echo(f"report: {result.report_files['markdown']}")
-        typer.echo(f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)")
-    for s in result.summaries:
-        typer.echo(f"run:    {s['run_dir']}")
-    typer.echo(f"results: {result.path}  (latest also in {result.out_dir / 'results.json'}; "
-               "Python: harness.load_results)")
-    if mlflow:
-        typer.echo(f"mlflow: {result.tracking_uri}  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
+                      weights_dir=weights_dir, weights_search=weights_search, log=_echo)
+    from harness.console import print_summary
+
+    print_summary(result)
 
 
 @app.command()
@@ -182,27 +180,34 @@ def list_cmd(
 
 
 @app.command("weights")
-def weights_cmd(weights_dir: WeightsDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Known weight files: present, missing, or wrong checksum, and where to get them."""
+def weights_cmd(weights_dir: WeightsDirOpt = None, weights_search: WeightsSearchOpt = [],  # noqa: B006
+                as_json: JsonOpt = False) -> None:
+    """Known weight files: where each was found (or missing, or refused for its checksum) and where to get it."""
     set_weights_dir(weights_dir)
     from harness import weights
 
+    weights.set_search_roots(weights_search)
+    statuses = [(weights.KNOWN[name], weights.status(name)) for name in weights.KNOWN]
     if as_json:
-        rows = []
-        for name, w in weights.KNOWN.items():
-            st = weights.status(name)
-            rows.append({"name": name, "state": st.state, "path": None if st.path is None else str(st.path),
-                         "sha256": st.sha256, "expected_sha256": w.sha256, "expected_sha256_prefix": w.sha256_prefix,
-                         "purpose": w.purpose, "source": w.source, "licence": w.licence})
-        typer.echo(json.dumps({"weights_dir": str(weights.weights_dir()), "files": rows}, indent=1))
+        rows = [{"name": st.name, "state": st.state, "path": None if st.path is None else str(st.path),
+                 "found_in": st.place, "refused": list(st.refused), "sha256": st.sha256,
+                 "expected_sha256": w.sha256, "expected_sha256_prefix": w.sha256_prefix,
+                 "purpose": w.purpose, "source": w.source, "licence": w.licence} for w, st in statuses]
+        typer.echo(json.dumps({"weights_dir": str(weights.weights_dir()),
+                               "search_roots": [str(p) for p in weights.search_roots()], "files": rows}, indent=1))
         return
-    typer.echo(f"weights folder: {weights.weights_dir()}  (set HARNESS_WEIGHTS_DIR to change)")
-    for name, w in weights.KNOWN.items():
-        st = weights.status(name)
+    typer.echo(f"weights folder: {weights.weights_dir()}  (set HARNESS_WEIGHTS_DIR or --weights-dir to change)")
+    typer.echo("also searched: " + "; ".join(
+        [f"--weights-search {p}" for p in weights.search_roots()]
+        + [f"{place} {', '.join(str(r) for r in roots())}" for place, roots in weights.PLACES.items() if roots()]
+        + ["Python packages"]))
+    for w, st in statuses:
         if st.path is None:
-            typer.echo(f"missing   {name:<44} {w.purpose}; get it from: {w.source}")
+            typer.echo(f"missing   {st.name:<44} {w.purpose}; get it from: {w.source}")
         else:
-            typer.echo(f"{st.state:<9} {name:<44} {st.path} sha256 {st.sha256[:12]}")
+            typer.echo(f"{st.state:<9} {st.name:<44} [{st.place}] {st.path} sha256 {st.sha256[:12]}")
+        for why in st.refused:
+            typer.echo(f"{'':<9} {'':<44} refused (not used): {why}")
 
 
 from codeswap.cli import figure_app, train_app  # noqa: E402 - the CodeSwap commands, mounted below

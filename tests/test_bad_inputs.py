@@ -25,6 +25,8 @@ import bad_inputs as bi
 
 REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])  # subprocesses import bad_inputs too
+#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
+HANG_GUARD_S = 3600
 
 
 def cli(*args: str, cwd: Path | None = None, bad_methods: bool = False, env: dict | None = None):
@@ -415,7 +417,7 @@ def test_two_processes_creating_the_mlflow_store_at_once(tmp_path):
                               stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
     time.sleep(8)  # both have imported mlflow and wait at the barrier
     go.touch()
-    results = [p.communicate(timeout=300) for p in procs]
+    results = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
     for p, (so, se) in zip(procs, results):
         assert p.returncode == 0 and so.strip() == "ok", se[-2000:]
     from mlflow.tracking import MlflowClient

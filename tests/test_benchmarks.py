@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
+#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
+HANG_GUARD_S = 3600
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -45,7 +47,7 @@ def test_stage2_fusion_flops_match_the_closed_form(config, d):
 def test_metrics_speed_smoke_on_cpu():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "metrics_speed.py"), "--device", "cpu",
                            "--pairs", "4", "--naive-pairs", "2", "--sizes", "64"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     assert "64px: suite 4 pairs" in proc.stdout and "speed-up" in proc.stdout
 
@@ -62,7 +64,7 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
            "--stage3-steps", "2", "--stage3-supervised", "1", "--layers", "1", "--heads", "2",
            "--selector-hidden", "32", "--channels", "16,16,32", "--norm-groups", "8", "--num-codes", "32",
            "--code-dim", "16", "--variants", "full,wo_m", "--identity-net", "none"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_faces"] == 5 and summary["heldout_faces"] == 3
@@ -79,7 +81,7 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
     assert summary["full/train_pairs"]["dlib/target_cos_to_source"] == summary["wo_m/train_pairs"]["dlib/target_cos_to_source"]
     assert (out / "grid_full_heldout.png").is_file()
     # finished stages are kept: a second run only judges, with the same figures
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert again.returncode == 0, again.stderr
     assert "training stage" not in again.stdout
     assert json.loads((out / "summary.json").read_text())["full/heldout_pairs"] == summary["full/heldout_pairs"]
@@ -94,7 +96,7 @@ def test_training_speed_scripts_run_a_real_step_on_cpu(script, args, expect, tmp
     out = tmp_path / "figures.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--device", "cpu", "--batch-size", "2",
                            "--steps", "1", "--warmup", "1", "--precision", "fp32", "--json", str(out), *args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     results = json.loads(out.read_text())["results"][expect]
     assert results["images_per_s"] > 0 and results["ms_per_step"] > 0

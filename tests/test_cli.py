@@ -30,7 +30,8 @@ def demo_run(tmp_path_factory):
 def test_demo_run_writes_report_runs_and_mlflow(demo_run):
     out, proc = demo_run
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == f"report: {out / 'report' / 'table1.md'}"
+    assert "demo: 2 methods, 95 % CI shown as ±" in lines[0]  # the summary table comes first
+    assert f"report: {out / 'report' / 'table1.md'}" in lines
     assert lines[-1].startswith(f"mlflow: sqlite:///{out / 'mlflow.db'}")
     for name in ("table1.md", "table1.tex", "table1.csv", "grid_demo.png"):
         assert (out / "report" / name).stat().st_size > 0

@@ -12,10 +12,17 @@ RECIPE = DemoRecipe(stage1_steps=3, stage2_steps=2, stage3_steps=3, stage3_super
                     layers=1, heads=2, selector_hidden=32, identity_net="none")
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path))
-    return tmp_path
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One demo-model cache for the module: the first test trains RECIPE into it, the next
+    ones reuse that checkpoint (the first test asserts that it trained)."""
+    return tmp_path_factory.mktemp("codeswap-cache")
+
+
+@pytest.fixture(autouse=True)
+def _module_cache(cache, monkeypatch):
+    # after conftest's per-worker HARNESS_CACHE_DIR: this module's folder wins
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
 
 
 def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
@@ -49,10 +56,12 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
 
 
-def test_shipped_bundle_unpacks_to_the_trained_model(cache, tmp_path, monkeypatch):
+def test_shipped_bundle_unpacks_to_the_trained_model(tmp_path, monkeypatch):
     """pack -> unpack round trip: the unpacked checkpoint swaps exactly like the trained one,
     and demo_checkpoint takes a bundle of its recipe instead of training."""
     import codeswap.demo as demo
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # empty: not the module's trained copy
 
     recipe = RECIPE.__class__(**{**RECIPE.__dict__, "variants": ("full",)})
     root = tmp_path / "trained"

@@ -148,7 +148,7 @@ def _crop_coords(anchor: Anchor, side: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(weights, "_SHA_MEMO", tmp_path / "sha.json")
+    monkeypatch.setenv("HARNESS_SHA_MEMO", str(tmp_path / "sha.json"))
     for name in ("det_10g.onnx", "scrfd_10g_bnkps.onnx"):
         # test graphs are not the released file: drop its pinned checksum for this test only
         monkeypatch.setitem(weights.KNOWN, name, dataclasses.replace(weights.KNOWN[name], sha256=None))

@@ -135,7 +135,7 @@ def test_pair_browser_shows_the_chosen_pairs_images(page, demo_report):
     imgs = cards.first.locator("img")
     assert imgs.count() == 2 + 3  # source, target, one per method
     page.wait_for_function(f"""() => Array.from(document.querySelectorAll('{browser} .pair img'))
-                                  .every(i => i.complete && i.naturalWidth > 0)""", timeout=10_000)
+                                  .every(i => i.complete && i.naturalWidth > 0)""", timeout=60_000)
     # the classical image is that pair's swap: its thumbnail matches the swapped crop
     src = cards.first.locator('img[alt^="classical "]').get_attribute("src")
     from PIL import Image

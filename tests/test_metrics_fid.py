@@ -162,7 +162,7 @@ def test_inception_weights_file_loads_safely_in_torch_fidelity_format(tmp_path, 
         torch.manual_seed(0)
         original = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="x")
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(weights, "_SHA_MEMO", tmp_path / "sha.json")
+    monkeypatch.setenv("HARNESS_SHA_MEMO", str(tmp_path / "sha.json"))
     # a test file cannot have the released file's sha256 prefix: unpin it for this test
     monkeypatch.setitem(weights.KNOWN, INCEPTION_WEIGHTS,
                         dataclasses.replace(weights.KNOWN[INCEPTION_WEIGHTS], sha256_prefix=None))

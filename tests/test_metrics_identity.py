@@ -53,7 +53,7 @@ def test_arcface_alignment_maps_points_to_template():
 @pytest.fixture
 def weights_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(weights, "_SHA_MEMO", tmp_path / "sha.json")
+    monkeypatch.setenv("HARNESS_SHA_MEMO", str(tmp_path / "sha.json"))
     return tmp_path
 
 

@@ -23,6 +23,7 @@ from codeswap.checkpoints import plain, read_checkpoint
 from codeswap.config import TrainConfig
 from codeswap.data import ResumableSampler
 from codeswap.train.dist import DistInfo, autocast, autocast_dtype, configure_backends, init_distributed
+from codeswap.train.progress import StepProgress
 from codeswap.train.state import atomic_torch_save, capture_rng, restore_rng, seed_all, state_sha256
 from codeswap.train.tracking import RunTracker
 from harness.errors import HarnessError
@@ -186,7 +187,6 @@ class TrainLoop:
     def run(self, resume: bool = False) -> dict[str, float]:
         """Train to ``max_steps``; returns the last logged figures."""
         from torch.utils.data import DataLoader
-        from tqdm import tqdm
 
         cfg = self.cfg
         self.setup()
@@ -206,8 +206,8 @@ class TrainLoop:
         last: dict[str, float] = {}
         if self.dist.is_main and self.step == 0:
             last.update(self._evaluate(0))
-        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
-                   desc=self.stage, dynamic_ncols=True)
+        # a bar on a terminal (with --progress), plain lines in a log (codeswap.train.progress)
+        bar = StepProgress(self.stage, cfg.max_steps, self.step, enabled=self.dist.is_main, bar=cfg.progress)
         global_batch = cfg.batch_size * self.dist.world_size
         t_window, n_window = time.perf_counter(), 0
         try:

@@ -29,7 +29,7 @@ from harness.cache import cached_features
 from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.align import five_points
-from harness.weights import DLIB_68, KNOWN, locate, verified, weights_dir
+from harness.weights import DLIB_68, KNOWN, WeightNotFound, locate, verified, weights_dir
 
 NUM_POINTS = 68
 
@@ -93,7 +93,7 @@ class CropLandmarks:
                 try:
                     locate(name)
                     break
-                except HarnessError:
+                except WeightNotFound:
                     continue
             else:
                 raise HarnessError(f"SCRFD detector not found: put {' or '.join(names)} in {weights_dir()} "

@@ -1,0 +1,80 @@
+"""The end-of-run summary `harness run` prints: methods x main metrics with their 95 % CIs,
+then where the results, report and MLflow store are (a ``rich`` table).
+
+Main metrics: every metric key a run scored except the secondary ones in
+:data:`SECONDARY` (top-5 retrieval, which Table 1 and results.json still hold).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from harness.results import Results
+
+#: key prefixes left out of the console table (kept in results.json and the report)
+SECONDARY = ("id_retrieval_top5",)
+
+
+def _cell(entry: dict[str, Any] | None, digits: int) -> str:
+    """``value ± half the CI`` in display units (as in Table 1), ``–`` when there is none."""
+    from reports.tables import shown_value
+
+    if entry is None or entry.get("value") is None or not math.isfinite(entry["value"]):
+        return "–"
+    scale = entry.get("scale", 1.0)
+    text = f"{shown_value(entry) * scale:.{digits}f}"
+    lo, hi = entry.get("ci_low"), entry.get("ci_high")
+    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+        text += f" ± {(hi - lo) / 2 * scale:.{digits}f}"
+    return text
+
+
+def _digits(key: str, unit: str) -> int:
+    return 1 if unit == "%" else 2 if key.startswith("fid") else 3
+
+
+def main_keys(summaries: list[dict[str, Any]]) -> list[str]:
+    """The metric keys shown, in the order the run scored them."""
+    keys = dict.fromkeys(k for s in summaries for k in s["metrics"])
+    return [k for k in keys if not k.startswith(SECONDARY)]
+
+
+def summary_table(result: Results) -> Table:
+    """One row per method, one column per main metric key (header: label, direction, unit)."""
+    table = Table(title=escape(f"{result.protocol}: {len(result.summaries)} methods, 95 % CI shown as ±"),
+                  title_justify="left", header_style="bold")
+    table.add_column("method", no_wrap=True)
+    keys = main_keys(result.summaries)
+    first = {k: next(s["metrics"][k] for s in result.summaries if k in s["metrics"]) for k in keys}
+    for k in keys:
+        e = first[k]
+        unit = f" ({e['unit']})" if e.get("unit") else ""
+        table.add_column(escape(f"{e['label']} {'↑' if e['higher_is_better'] else '↓'}{unit}"), justify="right")
+    for s in result.summaries:
+        table.add_row(escape(s["method"]), *(_cell(s["metrics"].get(k), _digits(k, first[k].get("unit", ""))) for k in keys))
+    return table
+
+
+def print_summary(result: Results, file: TextIO | None = None, width: int | None = None) -> None:
+    """The table, then where results.json, the report and the MLflow store are."""
+    console = Console(file=file, width=width, highlight=False, soft_wrap=False)
+    if not console.is_terminal and width is None:
+        console.width = 160  # a log or a pipe: wide rows rather than wrapped headers
+    if result.summaries:
+        console.print(summary_table(result))
+    where = []
+    if result.report_files:
+        where += [f"report: {result.report_files['markdown']}",
+                  f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)"]
+    where += [f"run:    {s['run_dir']}" for s in result.summaries]
+    where.append(f"results: {result.path}  (latest also in {result.out_dir / 'results.json'}; "
+                 "Python: harness.load_results)")
+    if result.tracking_uri:
+        where.append(f"mlflow: {result.tracking_uri}  (open with: mlflow ui --backend-store-uri {result.tracking_uri})")
+    for line in where:
+        console.print(line, markup=False, highlight=False, overflow="ignore", crop=False, soft_wrap=True)
