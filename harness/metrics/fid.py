@@ -30,7 +30,6 @@ from harness.cache import cached_features
 from harness.errors import HarnessError
 from harness.weights import verified
 
-TORCH_BATCH = 64
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 FACENET_EXTRACTOR = "facenet-casia-512"
 
@@ -150,22 +149,25 @@ class FIDMetric(Metric):
                        "(offline; not Inception FID), real set = targets", False, self._weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "1",
+        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "2",
                 "weights": list(self.backend().weights)}
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 (H, W, 3) images -> (N, D) features, batched on the device."""
+        """uint8 (H, W, 3) images -> (N, D) features, in fixed batches on the device."""
         import torch
 
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), TORCH_BATCH):
-                x = torch.from_numpy(np.stack(images[i : i + TORCH_BATCH])).permute(0, 3, 1, 2).contiguous()
-                out.append(self.extractor(x.to(self.device))[0].double().cpu().numpy())  # (B, D)
-        return np.concatenate(out)
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, D)
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+            return self.extractor(x.to(self.device))[0].double().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, np.stack(images), feature_batch(self.device))
 
     def _ns(self) -> str:
-        return f"fid:{self.backend_setting}:v1"
+        return f"fid:{self.backend_setting}:v2"  # v2: fixed batches (harness.parallel)
 
     def prepare(self, ctx: EvalContext) -> None:
         self._swapped = {}
