@@ -320,6 +320,14 @@ def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Calla
     return out
 
 
+def map_rows(fn: Callable[[list], Sequence], rows: Sequence, device: str) -> list:
+    """A network's ``fn`` (rows -> one output per row) over ``rows``: in the worker pool on
+    the CPU (each worker loads the network once), in this process on a GPU."""
+    if str(device).startswith("cuda"):
+        return list(fn(list(rows))) if len(rows) else []
+    return map_chunks(fn, rows)
+
+
 def pool_map(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T, R], None] | None = None) -> list[R]:
     """``[fn(item) for item in items]``, in the pool when there is one; ``on_result`` sees
     each (item, result) in item order as soon as it is there."""

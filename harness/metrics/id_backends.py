@@ -140,6 +140,7 @@ class FaceNetTorchEmbedder(Embedder):
 
         path, sha = verified(FACENET_GRAPH)
         self._weights = ((path.name, sha),)
+        self._forward = FaceNetForward(path, sha, self.device)
         return shared_facenet(path, sha, self.device)
 
     def weight_files(self):
@@ -147,19 +148,35 @@ class FaceNetTorchEmbedder(Embedder):
         return self._weights
 
     def __call__(self, images, five):
-        import torch
-
-        from harness.models.facenet import prewhiten
+        from harness.parallel import map_rows
 
         self.model  # noqa: B018 - built outside inference mode
+        if not len(images):
+            return np.zeros((0, 512), np.float32)
         crops = facenet_crops(images, five)  # (N, 160, 160, 3) uint8
+        return _unit(np.stack(map_rows(self._forward, list(crops), self.device)))
+
+
+class FaceNetForward:
+    """Picklable task: aligned 160 px crops -> (N, 512) FaceNet outputs, in fixed batches.
+    On the CPU it runs in the worker pool; the graph loads once per process."""
+
+    def __init__(self, path, sha: str, device: str) -> None:
+        self.path, self.sha, self.device = path, sha, device
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from harness.models.facenet import prewhiten, shared_facenet
+
+        model = shared_facenet(self.path, self.sha, self.device)
 
         def forward(batch: np.ndarray) -> np.ndarray:  # (B, 160, 160, 3) uint8 -> (B, 512)
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, 160, 160)
-            return self.model(prewhiten(x)).float().cpu().numpy()
+            return model(prewhiten(x)).float().cpu().numpy()
 
         with torch.inference_mode(), stage("embed"):
-            return _unit(fixed_batches(forward, crops, feature_batch(self.device)))
+            return fixed_batches(forward, np.stack(crops), feature_batch(self.device))
 
 
 class FaceNetCv2Embedder(Embedder):
