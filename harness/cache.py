@@ -222,6 +222,7 @@ def merge_feature_shards(path: Path) -> int:
     no other writes them. Returns the rows added."""
     folder = shard_folder(path)
     files = sorted(folder.glob("*.sqlite")) if folder.is_dir() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
     db = _connect(path)
     try:
         _retry(db.execute, _SCHEMA)
