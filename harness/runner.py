@@ -330,7 +330,7 @@ def shard_pairset(pairset: PairSet, batch_size: int) -> PairSet:
     """This rank's share: the pair batches ``k`` with ``k mod ranks == rank`` (each batch as
     the one-process run forms it) and every ``ranks``-th gallery face (at least one)."""
     w = world()
-    gallery = shard(pairset.gallery, w) or list(pairset.gallery[w.rank % len(pairset.gallery):][:1])
+    gallery = shard(pairset.gallery, w) or list(pairset.gallery[w.rank % max(1, len(pairset.gallery)):][:1])
     return replace(pairset, pairs=tuple(shard_batches(pairset.pairs, batch_size, w)), gallery=tuple(gallery))
 
 

@@ -223,8 +223,8 @@ class ArcFaceOnnxEmbedder(Embedder):
 
         path, sha = verified(self.weight)
         self._weights = ((path.name, sha),)
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.startswith("cuda") else \
-            ["CPUExecutionProvider"]
+        gpu = ("CUDAExecutionProvider", {"device_id": int(self.device.partition(":")[2] or 0)})
+        providers = [gpu, "CPUExecutionProvider"] if self.device.startswith("cuda") else ["CPUExecutionProvider"]
         model = get_model(str(path), providers=providers)
         if model is None or getattr(model, "taskname", "") != "recognition":
             raise HarnessError(f"{path.name}: insightface did not recognise it as a recognition model")
