@@ -199,8 +199,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         log(f"  note: {note}")
     settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
                 "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
-                "device": cfg.device, "batch_size": batch_size,
-                "root": None if root is None else str(root), "save_images": save_images}
+                "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
+                "save_images": save_images}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main)
@@ -230,10 +230,10 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                     tracker.log_artifacts(cfg.out_dir / "report", "report")
     finally:
         features.close()
-        if features.shard is not None and w.is_main:
-            from harness.cache import merge_feature_shards
+    if features.shard is not None and w.is_main:  # the others are done: fold in rank 0's last rows
+        from harness.cache import merge_feature_shards
 
-            merge_feature_shards(features.path)  # the others are done: rank 0's own last rows
+        merge_feature_shards(features.path)
     if not w.is_main:
         return None
     result.tracking_uri = tracker.uri if mlflow else None

@@ -84,11 +84,11 @@ class PoseMetric(Metric):
 
         from harness.constants import IMAGENET_MEAN, IMAGENET_STD
         from harness.models.hopenet import INPUT_SIZE
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
 
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        from harness.parallel import feature_batch, fixed_batches
-        from harness.timing import stage
 
         def forward(batch: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, 3) degrees
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
