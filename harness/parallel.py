@@ -290,10 +290,12 @@ class _Each:
         return [self.fn(item) for item in chunk]
 
 
-def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Callable | None = None) -> list:
+def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Callable | None = None,
+               multiple: int = 1) -> list:
     """``fn`` over chunks of ``items`` (fn: list -> one result per item), in the pool when
     there is one; results flattened, in item order. ``fn`` must be picklable (a module-level
-    function or a small object) and a pure function of each item."""
+    function or a small object) and a pure function of each item. Chunks hold a multiple of
+    ``multiple`` items (a network's fixed batch: no chunk pads a batch another could fill)."""
     items = list(items)
     if _pool is None or len(items) <= 1:
         out = list(fn(items)) if items else []
@@ -302,6 +304,7 @@ def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Calla
                 on_result(item, r)
         return out
     size = max(1, math.ceil(len(items) / (2 * _pool_size)))  # two chunks per worker: a slow one does not stall
+    size = math.ceil(size / multiple) * multiple
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     out: list = []
     with timing.stage("wait"):
@@ -325,7 +328,7 @@ def map_rows(fn: Callable[[list], Sequence], rows: Sequence, device: str) -> lis
     the CPU (each worker loads the network once), in this process on a GPU."""
     if str(device).startswith("cuda"):
         return list(fn(list(rows))) if len(rows) else []
-    return map_chunks(fn, rows)
+    return map_chunks(fn, rows, multiple=feature_batch(device))
 
 
 def pool_map(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T, R], None] | None = None) -> list[R]:
