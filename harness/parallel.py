@@ -212,18 +212,16 @@ def _init_worker() -> None:
     _limit_threads()
 
 
-def _limit_threads() -> dict[str, int]:
+def _limit_threads() -> dict[str, Any]:
     """Set torch, OpenCV, BLAS and OpenMP to one thread; returns the previous settings."""
-    from threadpoolctl import threadpool_limits
-
-    before: dict[str, Any] = {"blas": threadpool_limits(limits=1)}
     import cv2
     import torch
+    from threadpoolctl import threadpool_limits  # after torch: its OpenMP is loaded by then
 
-    before["torch"] = torch.get_num_threads()
-    before["cv2"] = cv2.getNumThreads()
+    before: dict[str, Any] = {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads()}
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    before["blas"] = threadpool_limits(limits=1)
     return before
 
 
