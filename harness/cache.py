@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,12 +50,19 @@ class SwapStore:
     def put(self, key: str, image: np.ndarray, flag: str | None = None) -> None:
         """Store a swap; ``flag`` (e.g. ``non_finite``) marks an output the method got wrong.
         The flag is written before the image, so a kill between the two never loses it."""
-        marker = self.path(key).with_suffix(".flag")
-        if flag:
-            atomic_write_bytes(marker, flag.encode())
-        else:
-            marker.unlink(missing_ok=True)
-        save_png(self.path(key), image)
+        _put_swap((self.path(key), image, flag))
+
+    def put_many(self, items: list[tuple[str, np.ndarray, str | None]]) -> None:
+        """:meth:`put` for many (key, image, flag), encoded in the worker pool when there is one."""
+        from harness.parallel import pool_map
+
+        pool_map(_put_swap, [(self.path(key), image, flag) for key, image, flag in items])
+
+    def get_many(self, keys: list[str]) -> list[np.ndarray]:
+        """:meth:`get` for many keys, decoded in the worker pool when there is one."""
+        from harness.parallel import pool_map
+
+        return pool_map(load_rgb, [self.path(k) for k in keys])
 
     def flag(self, key: str) -> str | None:
         """The flag stored with a swap (None for a clean output)."""
@@ -65,34 +73,116 @@ class SwapStore:
         return load_rgb(self.path(key))
 
 
+def _put_swap(item: tuple[Path, np.ndarray, str | None]) -> None:
+    """Write one swap (path, uint8 image, flag): the flag marker first, then the PNG, each
+    by rename. Two processes writing one key write the same bytes: either rename wins."""
+    path, image, flag = item
+    marker = path.with_suffix(".flag")
+    if flag:
+        atomic_write_bytes(marker, flag.encode())
+    else:
+        marker.unlink(missing_ok=True)
+    save_png(path, image)
+
+
+#: SQLite's own wait for a lock held by another process, then our retries on top
+BUSY_TIMEOUT_S = 60
+RETRIES = 8
+#: ``1``: write features to one file per process, merged by rank 0 (see :class:`FeatureStore`);
+#: on by itself when the torchrun ranks span several machines
+SHARDS_ENV = "HARNESS_FEATURE_SHARDS"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS features (ns TEXT, sha TEXT, dtype TEXT, shape TEXT, data BLOB,"
+           " PRIMARY KEY (ns, sha))")
+
+
+def _retry(fn, *args):
+    """``fn(*args)``, again after a short wait while SQLite says another process holds the
+    lock beyond the busy timeout (WAL recovery, a schema change, a long checkpoint)."""
+    for attempt in range(RETRIES):
+        try:
+            return fn(*args)
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or attempt == RETRIES - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with the busy timeout set. ``readonly``: opened ``immutable`` (no locks,
+    no WAL index): only for a file nobody writes while it is open."""
+    if readonly:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+        return db
+    db = sqlite3.connect(str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S)
+    _retry(db.execute, f"PRAGMA busy_timeout={BUSY_TIMEOUT_S * 1000}")
+    return db
+
+
 class FeatureStore:
     """Vectors keyed by (namespace, image sha256); namespace = backend, version and a digest of
-    the weight files (see :func:`cached_features`)."""
+    the weight files (see :func:`cached_features`).
 
-    def __init__(self, path: Path) -> None:
+    Shared by concurrent processes. On one machine (any number of ``harness run``
+    processes, torchrun ranks included) all use one SQLite file in WAL mode: readers never
+    wait, writers take turns (busy timeout, then retries), rows are only ever inserted
+    (``INSERT OR IGNORE``: the first writer of a key wins; every writer computes the same
+    value). WAL needs the processes on one host, so ranks on several machines (or
+    ``HARNESS_FEATURE_SHARDS=1``) use ``shard``: each process writes its own file
+    ``features.d/<shard>.sqlite`` and reads the main file read-only; rank 0 merges the
+    files into the main one (:func:`merge_feature_shards`) while the others wait.
+    """
+
+    def __init__(self, path: Path, shard: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.shard = path, shard
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS features (ns TEXT, sha TEXT, dtype TEXT, shape TEXT, data BLOB,"
-            " PRIMARY KEY (ns, sha))"
-        )
-        self._db.commit()
+        self.counts = {"hits": 0, "misses": 0}  # lookups served / vectors computed (cached_features)
+        self._main: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None
+        self._open()
+
+    def _open(self) -> None:
+        if self.shard is None:
+            self._db = _connect(self.path)
+            _retry(self._db.execute, "PRAGMA journal_mode=WAL")
+            _retry(self._db.execute, _SCHEMA)
+            _retry(self._db.commit)
+            return
+        if not self.path.is_file():
+            init = _connect(self.path)
+            _retry(init.execute, _SCHEMA)
+            _retry(init.commit)
+            init.close()
+        self._main = _connect(self.path, readonly=True)
+        shard_path = shard_folder(self.path) / f"{self.shard}.sqlite"
+        shard_path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = _connect(shard_path)
+        _retry(self._db.execute, _SCHEMA)
+        _retry(self._db.commit)
+
+    def reopen(self) -> None:
+        """Close and open again: after a merge, the read-only main file has changed."""
+        self.close()
+        self._open()
 
     def get_many(self, ns: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
         shas = list(dict.fromkeys(shas))
         out: dict[str, np.ndarray] = {}
         with self._lock:
-            for i in range(0, len(shas), 500):
-                chunk = shas[i : i + 500]
-                marks = ",".join("?" * len(chunk))
-                rows = self._db.execute(
-                    f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
-                    [ns, *chunk],
-                ).fetchall()
-                for sha, dtype, shape, data in rows:
-                    out[sha] = np.frombuffer(data, dtype=dtype).reshape(json.loads(shape))
+            for db in (self._main, self._db):
+                if db is None:
+                    continue
+                todo = [s for s in shas if s not in out]
+                for i in range(0, len(todo), 500):
+                    chunk = todo[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = _retry(lambda: db.execute(
+                        f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
+                        [ns, *chunk]).fetchall())
+                    for sha, dtype, shape, data in rows:
+                        out[sha] = np.frombuffer(data, dtype=dtype).reshape(json.loads(shape))
         return out
 
     def put_many(self, ns: str, items: dict[str, np.ndarray]) -> None:
@@ -101,12 +191,59 @@ class FeatureStore:
             for sha, v in items.items()
         ]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)", rows)
-            self._db.commit()
+            db = self._db
+
+            def write() -> None:
+                try:
+                    db.executemany("INSERT OR IGNORE INTO features VALUES (?,?,?,?,?)", rows)
+                    db.commit()
+                except sqlite3.OperationalError:
+                    db.rollback()
+                    raise
+
+            _retry(write)
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            for db in (self._main, self._db):
+                if db is not None:
+                    db.close()
+            self._main = self._db = None
+
+
+def shard_folder(path: Path) -> Path:
+    """Where the per-process files of a sharded feature store live."""
+    return path.parent / f"{path.stem}.d"
+
+
+def merge_feature_shards(path: Path) -> int:
+    """Copy every row of ``features.d/*.sqlite`` into the main file, delete those files, and
+    checkpoint (so read-only readers see everything in the main file). One process, while
+    no other writes them. Returns the rows added."""
+    folder = shard_folder(path)
+    files = sorted(folder.glob("*.sqlite")) if folder.is_dir() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = _connect(path)
+    try:
+        _retry(db.execute, _SCHEMA)
+        before = db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+        for f in files:
+            _retry(db.execute, "ATTACH DATABASE ? AS shard", (str(f),))
+            try:
+                _retry(db.execute, "INSERT OR IGNORE INTO main.features SELECT * FROM shard.features")
+                _retry(db.commit)
+            except sqlite3.DatabaseError:
+                pass  # a shard torn by a kill mid-write: its rows are recomputed when needed
+            finally:
+                db.execute("DETACH DATABASE shard")
+        added = db.execute("SELECT COUNT(*) FROM features").fetchone()[0] - before
+        _retry(db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    for f in files:
+        for extra in (f, f.with_name(f.name + "-journal"), f.with_name(f.name + "-wal"), f.with_name(f.name + "-shm")):
+            extra.unlink(missing_ok=True)
+    return added
 
 
 def weights_tag(weights) -> str:
@@ -132,6 +269,7 @@ def cached_features(
         ns = f"{ns}@{weights_tag(weights)}"
     found = store.get_many(ns, shas)
     missing = [i for i, s in enumerate(shas) if s not in found]
+    store.counts["hits"] += len(shas) - len(missing)
     # Duplicates inside one batch are computed once.
     todo: dict[str, int] = {}
     for i in missing:
@@ -141,6 +279,7 @@ def cached_features(
         batch = [images[i] if images is not None else load(i) for i in idx]
         feats = np.asarray(compute(batch), dtype=np.float32)
         new = {shas[i]: feats[j] for j, i in enumerate(idx)}
+        store.counts["misses"] += len(new)
         store.put_many(ns, new)
         found.update(new)
     return np.stack([found[s] for s in shas]) if shas else np.zeros((0, 0), np.float32)

@@ -38,6 +38,9 @@ RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root (folder, cel
 NumPairsOpt = Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")]
 OptionOpt = Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the same facts, machine-readable).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    min=1, help="Processes for the CPU-bound stages (decoding, detection, landmarks, alignment, classical swaps); "
+    "default: the cores available, shared among this machine's torchrun ranks. Results do not depend on it.")]
 
 _device = resolve_device  # used by the CodeSwap commands below
 
@@ -74,15 +77,20 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     weights_dir: WeightsDirOpt = None,
     weights_search: WeightsSearchOpt = [],  # noqa: B006
+    workers: WorkersOpt = None,
 ) -> None:
-    """Build the protocol's pairs, run each method, score, write runs, report and MLflow."""
+    """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
+    Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
     from harness.evaluation import evaluate, parse_method_options
+    from harness.parallel import World
 
     result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
                       options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
                       device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                      weights_dir=weights_dir, weights_search=weights_search, log=_echo)
+                      weights_dir=weights_dir, weights_search=weights_search, workers=workers, log=_echo)
+    if not World.from_env().is_main:
+        return  # rank 0 says where everything is
     from harness.console import print_summary
 
     print_summary(result)
@@ -96,18 +104,27 @@ def prepare(
     num_pairs: NumPairsOpt = None,
     option: OptionOpt = [],  # noqa: B006
     out: OutOpt = DEFAULT_OUT,
+    workers: WorkersOpt = None,
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
-    aligned crops into --out's cache (resumable) and write the manifest."""
-    proto = _protocol(protocol, root, seed, num_pairs, option, out)
-    try:
-        proto.validate()
-    except LayoutError as exc:
-        for problem in exc.problems:
-            _echo(f"  - {problem}")
-        raise
-    _echo(f"{protocol}: layout ok")
-    pairset = proto.build()
+    aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
+    ranks share the videos/photos; --workers processes per rank decode, detect and align."""
+    from harness import parallel
+
+    with parallel.joined() as world, parallel.single_threaded(), \
+            parallel.worker_pool(workers or parallel.default_workers(world)):
+        proto = _protocol(protocol, root, seed, num_pairs, option, out)
+        try:
+            proto.validate()
+        except LayoutError as exc:
+            for problem in exc.problems if world.is_main else ():
+                _echo(f"  - {problem}")
+            raise
+        if world.is_main:
+            _echo(f"{protocol}: layout ok")
+        pairset = proto.build()
+    if not world.is_main:
+        return  # rank 0 writes the manifest and says where everything is
     folder = out.resolve() / "manifests" / f"{pairset.protocol}-{pairset.manifest_sha256[:12]}"
     pairset.write(folder)
     for note in pairset.notes:

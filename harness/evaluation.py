@@ -129,6 +129,7 @@ def evaluate(
     progress: bool = True,
     weights_dir: Path | str | None = None,
     weights_search: Sequence[Path | str] = (),
+    workers: int | None = None,
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
@@ -140,14 +141,40 @@ def evaluate(
     ``weights_dir`` and ``weights_search`` (extra folders) say where weight files are
     looked for (``harness.weights``). Every setting is checked when its object is created;
     ``log`` receives progress lines.
+
+    ``workers``: processes for the CPU-bound stages (default: the cores available, shared
+    among this machine's ranks). Under torchrun every rank calls this with the same
+    arguments: the ranks share the work, rank 0 writes the runs, report, results and MLflow
+    runs, and every rank returns the same :class:`Results` (see :mod:`harness.parallel`).
+    The numbers do not depend on ``workers`` or on the number of ranks.
     """
-    from harness.cache import FeatureStore
-    from harness.runner import RunConfig, run_method
+    from harness import parallel
+
+    with parallel.joined() as w:
+        workers = parallel.default_workers(w) if workers is None else workers
+        with parallel.single_threaded(), parallel.worker_pool(workers) as pool_size:
+            result = _evaluate(protocol, methods, root=root, metrics=metrics, seed=seed, num_pairs=num_pairs,
+                               options=options, method_options=method_options, device=device, batch_size=batch_size,
+                               out=out, save_images=save_images, mlflow=mlflow, tracking_uri=tracking_uri,
+                               report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
+                               pool_size=pool_size,
+                               log=log if w.is_main else (lambda msg: None))
+        return parallel.broadcast(result)
+
+
+def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
+              device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
+              pool_size,
+              log) -> Results | None:
+    """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
+    from harness import parallel, timing
+    from harness.runner import RunConfig
     from harness.tracking import Tracker
 
+    w = parallel.world()
     set_weights_dir(weights_dir)
     set_search_roots(weights_search)
-    t0 = time.perf_counter()
+    t0, stages_before = time.perf_counter(), timing.snapshot()
     method_names = expand_methods(list(methods), log)
     metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
     method_options = dict(method_options or {})
@@ -161,8 +188,8 @@ def evaluate(
             missing = registry.resolve(name).missing_weights()
             if missing:
                 raise HarnessError(f"{kind} {name}: weights missing ({', '.join(missing)}); see `harness weights`")
-    cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=resolve_device(device), batch_size=batch_size,
-                    save_images=save_images, progress=progress)
+    cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
+                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main)
     # every setting is checked before any long work: pairs, swaps
     proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                              **dict(options or {}))
@@ -173,6 +200,8 @@ def evaluate(
     pairset = proto.build()
     log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
         f"manifest sha256 {pairset.manifest_sha256[:12]}")
+    if w.size > 1:
+        log(f"  {w.size} ranks x {pool_size} workers share the work; rank 0 writes the results")
     for note in pairset.notes:
         log(f"  note: {note}")
     settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
@@ -180,8 +209,8 @@ def evaluate(
                 "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
                 "save_images": save_images}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
-    features = FeatureStore(cfg.out_dir / "cache" / "features.sqlite")
-    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow)
+    features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
+    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main)
     try:
         with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
                             {"protocol": pairset.protocol, "methods": ",".join(method_names),
@@ -189,12 +218,9 @@ def evaluate(
                              "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
             for k, name in enumerate(method_names, 1):
                 log(f"method {k} of {len(method_names)}: {name}")
-                entry = METHODS.resolve(name)
-                missing = entry.missing_weights()
-                if missing:
-                    raise HarnessError(f"method {name}: weights missing ({', '.join(missing)}); see `harness weights`")
-                method = entry.load()(**method_settings[name])
-                summary = run_method(method, pairset, metric_objects, cfg, features)
+                summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
+                if summary is None:
+                    continue  # a rank other than 0: its share is in the caches
                 for note in summary["notes"][len(pairset.notes):]:
                     log(f"  note: {note}")
                 result.summaries.append(_plain(summary))
@@ -203,15 +229,72 @@ def evaluate(
                 t = summary["timing_s"]
                 log(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} "
                     f"cached; swap {t['swap']:.1f}s, score {t['score']:.1f}s)")
-            if report:
+            others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage
+            if report and w.is_main:
                 from reports.render import render_report
 
-                result.report_files = render_report(cfg.out_dir, log=log)
-                tracker.log_artifacts(cfg.out_dir / "report", "report")
+                with timing.stage("aggregate"):
+                    result.report_files = render_report(cfg.out_dir, log=log)
+                    tracker.log_artifacts(cfg.out_dir / "report", "report")
     finally:
         features.close()
+    if features.shard is not None and w.is_main:  # the others are done: fold in rank 0's last rows
+        from harness.cache import merge_feature_shards
+
+        merge_feature_shards(features.path)
+    if not w.is_main:
+        return None
     result.tracking_uri = tracker.uri if mlflow else None
     result.seconds = time.perf_counter() - t0
+    result.scale = {"ranks": w.size, "workers_per_rank": pool_size,
+                    "stage_s": timing.merged(timing.since(stages_before), *others)}
     path = write_results(result)
     log(f"done in {result.seconds:.1f}s; results: {path}")
     return result
+
+
+def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cfg, features) -> dict[str, Any] | None:
+    """One method: in one process, :func:`harness.runner.run_method`; under torchrun every
+    rank computes its share first, then rank 0 runs it on the whole, reading the caches.
+    Returns the summary (None on ranks other than 0)."""
+    from harness import parallel
+    from harness.cache import merge_feature_shards
+    from harness.runner import compute_shard, run_method
+
+    entry = METHODS.resolve(name)
+    missing = entry.missing_weights()
+    if missing:
+        raise HarnessError(f"method {name}: weights missing ({', '.join(missing)}); see `harness weights`")
+    method = entry.load()(**settings)
+    if parallel.world().size == 1:
+        return run_method(method, pairset, metric_objects, cfg, features)
+    mine = compute_shard(method, pairset, metric_objects, cfg, features)
+    if features.shard is not None:
+        features.close()  # this share's rows are on disk; rank 0 merges them while the others wait
+    shards = parallel.all_gather(mine)
+    if features.shard is not None:
+        if parallel.world().is_main:
+            merge_feature_shards(features.path)
+        parallel.barrier()
+        features.reopen()
+    if not parallel.world().is_main:
+        return None
+    return run_method(method, pairset, metric_objects, cfg, features, shards=shards)
+
+
+def _feature_store(path: Path):
+    """The run's feature store: one shared SQLite file, or, when the ranks span several
+    machines (or ``HARNESS_FEATURE_SHARDS=1``), one file per process merged by rank 0
+    (:class:`harness.cache.FeatureStore`). Leftovers of a killed sharded run are merged first."""
+    import socket
+
+    from harness import parallel
+    from harness.cache import SHARDS_ENV, FeatureStore, merge_feature_shards
+
+    w = parallel.world()
+    if w.size == 1 or not (w.multi_node or os.environ.get(SHARDS_ENV) == "1"):
+        return FeatureStore(path)
+    if w.is_main:
+        merge_feature_shards(path)
+    parallel.barrier()
+    return FeatureStore(path, shard=f"{socket.gethostname()}-{os.getpid()}")

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from harness.errors import HarnessError
+from harness.timing import stage
 
 
 #: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit
@@ -36,7 +37,7 @@ def load_rgb(path: Path) -> np.ndarray:
     16-bit and float greyscale images are scaled to 8 bits (not clipped); images over
     Pillow's decompression-bomb limit are refused with the same one-line error."""
     try:
-        with Image.open(path) as im:
+        with stage("decode"), Image.open(path) as im:
             im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF orientation
             return _to_rgb8(im)
     except FileNotFoundError:
@@ -84,9 +85,10 @@ def save_png(path: Path, image: np.ndarray) -> None:
     """Save uint8 (H, W, 3) as PNG, atomically."""
     import io
 
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=4)
-    atomic_write_bytes(path, buf.getvalue())
+    with stage("write"):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG", compress_level=4)
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def to_tensor(batch: np.ndarray, size: int | None = None, device: str = "cpu"):

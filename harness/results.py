@@ -53,6 +53,8 @@ class Results:
     tracking_uri: str | None = None  # the MLflow store, when logging was on
     seconds: float = 0.0
     path: Path | None = None  # the results file written for this run
+    #: how the work was spread: ranks, workers per rank, process-seconds per stage (harness.timing)
+    scale: dict[str, Any] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -141,6 +143,7 @@ class Results:
             "tracking_uri": self.tracking_uri,
             "report": {k: str(v) for k, v in self.report_files.items()},
             "seconds": round(self.seconds, 3),
+            "scale": self.scale,
             "summaries": self.summaries,
         })
 
@@ -181,4 +184,5 @@ def load_results(out_dir: Path | str) -> Results:
     return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out.resolve(),
                    summaries=data["summaries"], settings=data["settings"],
                    report_files={k: Path(v) for k, v in data.get("report", {}).items()},
-                   tracking_uri=data.get("tracking_uri"), seconds=data.get("seconds", 0.0), path=file.resolve())
+                   tracking_uri=data.get("tracking_uri"), seconds=data.get("seconds", 0.0), path=file.resolve(),
+                   scale=data.get("scale", {}))

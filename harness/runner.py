@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import time
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from harness import timing
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import FeatureStore, SwapStore, stable_hash
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
+from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from harness.provenance import environment
+from harness.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
 #   non_finite: the method returned NaN/Inf somewhere (stored with NaN->0, +Inf->1)
@@ -56,35 +60,67 @@ class RunConfig:
     progress: bool = True
 
 
+def _decode(path: Path) -> tuple[np.ndarray, str]:
+    """An image file -> (uint8 pixels, their sha256): a pool task."""
+    img = load_rgb(path)
+    return img, pixel_sha256(img)
+
+
+def _decoded_sha(path: Path) -> tuple[tuple[int, ...], str]:
+    """An image file -> (its shape, its pixels' sha256), without shipping the pixels back: a pool task."""
+    img = load_rgb(path)
+    return img.shape, pixel_sha256(img)
+
+
 @dataclass
 class ImageSource:
     """Loads a pair set's images, memoising pixels' sha256 (the cache keys) and keeping
-    the most recently used decoded images (``keep`` of them) in memory."""
+    the most recently used decoded images (``keep`` of them) in memory. :meth:`prefetch`
+    decodes many at once in the worker pool."""
 
     pairset: PairSet
     keep: int = 1024
     _sha: dict[str, str] = field(default_factory=dict)
     _pixels: OrderedDict[str, np.ndarray] = field(default_factory=OrderedDict)
 
+    def _check(self, rel: str, shape: tuple[int, ...]) -> None:
+        size = self.pairset.resolution
+        if shape[:2] != (size, size):
+            raise HarnessError(f"{rel}: expected a {size}x{size} aligned crop, got {shape[1]}x{shape[0]}")
+
+    def _keep(self, rel: str, img: np.ndarray, sha: str) -> None:
+        self._check(rel, img.shape)
+        img.setflags(write=False)  # shared between callers: nobody may change it in place
+        self._sha.setdefault(rel, sha)
+        self._pixels[rel] = img
+        if len(self._pixels) > self.keep:
+            self._pixels.popitem(last=False)
+
     def load(self, rel: str) -> np.ndarray:
         if rel in self._pixels:
             self._pixels.move_to_end(rel)
             return self._pixels[rel]
-        img = load_rgb(self.pairset.path(rel))
-        size = self.pairset.resolution
-        if img.shape[:2] != (size, size):
-            raise HarnessError(f"{rel}: expected a {size}x{size} aligned crop, got {img.shape[1]}x{img.shape[0]}")
-        img.setflags(write=False)  # shared between callers: nobody may change it in place
-        self._sha.setdefault(rel, pixel_sha256(img))
-        self._pixels[rel] = img
-        if len(self._pixels) > self.keep:
-            self._pixels.popitem(last=False)
-        return img
+        self._keep(rel, *_decode(self.pairset.path(rel)))
+        return self._pixels[rel]
 
     def sha(self, rel: str) -> str:
         if rel not in self._sha:
             self.load(rel)
         return self._sha[rel]
+
+    def prefetch(self, rels: list[str], pixels: bool = True) -> None:
+        """Decode ``rels`` not in memory (``pixels``) or without a known sha256 (not
+        ``pixels``) together, in the worker pool when there is one."""
+        rels = list(dict.fromkeys(r for r in rels if (r not in self._pixels if pixels else r not in self._sha)))
+        if not rels:
+            return
+        if pixels:
+            for rel, (img, sha) in zip(rels, pool_map(_decode, [self.pairset.path(r) for r in rels])):
+                self._keep(rel, img, sha)
+            return
+        for rel, (shape, sha) in zip(rels, pool_map(_decoded_sha, [self.pairset.path(r) for r in rels])):
+            self._check(rel, shape)
+            self._sha[rel] = sha
 
 
 def _batches(seq: list, size: int):
@@ -107,6 +143,7 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
     """Swap every pair not already cached. Returns ({pair_id: swap key}, store, #computed)."""
     store = SwapStore(cfg.out_dir / "cache", method.fingerprint())
     size = pairset.resolution
+    images.prefetch([rel for p in pairset.pairs for rel in (p.source, p.target)], pixels=False)
     keys = {p.pair_id: SwapStore.pair_key(images.sha(p.source), images.sha(p.target), size) for p in pairset.pairs}
     todo = [p for p in pairset.pairs if not store.has(keys[p.pair_id])]
     if not todo:
@@ -117,15 +154,18 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
     batches = list(_batches(todo, cfg.batch_size))
     with torch.inference_mode():
         for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
+            images.prefetch([rel for p in batch for rel in (p.source, p.target)])
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
-            out = method.swap_batch(batch, src, tgt)  # (B,3,S,S) [0,1]
+            with stage("swap"):
+                out = method.swap_batch(batch, src, tgt)  # (B,3,S,S) [0,1]
             if out.shape != src.shape:
                 raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
             finite = torch.isfinite(out).flatten(1).all(1).tolist()  # (B,) per-pair check before any rounding
             out = torch.nan_to_num(out.float(), nan=0.0, posinf=1.0, neginf=0.0)
-            for p, img, ok in zip(batch, to_uint8(out, size), finite):  # (S,S,3) uint8 at the protocol size
-                store.put(keys[p.pair_id], img, flag=None if ok else "non_finite")
+            # (S,S,3) uint8 at the protocol size, PNG-encoded in the worker pool
+            store.put_many([(keys[p.pair_id], img, None if ok else "non_finite")
+                            for p, img, ok in zip(batch, to_uint8(out, size), finite)])
     return keys, store, len(todo)
 
 
@@ -137,7 +177,8 @@ def _faces_found(images: list[np.ndarray]) -> np.ndarray:
     det = hog_detector()
     out = np.zeros((len(images), 1), np.float32)
     for i, img in enumerate(images):
-        rects = det(np.ascontiguousarray(img), 1 if img.shape[0] < 200 else 0)
+        with stage("detect"):
+            rects = det(np.ascontiguousarray(img), 1 if img.shape[0] < 200 else 0)
         out[i, 0] = float(len(rects) > 0)
     return out
 
@@ -149,7 +190,10 @@ def output_flags(swapped: np.ndarray, shas: list[str], stored: list[str | None],
 
     grey = swapped.astype(np.float32).mean(axis=3)  # (B, S, S)
     blank = grey.reshape(len(swapped), -1).std(axis=1) < BLANK_STD  # (B,)
-    found = cached_features(features, FACE_CHECK_NS, shas, list(swapped), _faces_found)[:, 0] > 0.5  # (B,)
+    def check(images: list[np.ndarray]) -> np.ndarray:  # (N, 1), in the worker pool if any
+        return np.stack(map_chunks(_faces_found, images)) if images else np.zeros((0, 1), np.float32)
+
+    found = cached_features(features, FACE_CHECK_NS, shas, list(swapped), check)[:, 0] > 0.5  # (B,)
     flags = []
     for flag, b, f in zip(stored, blank, found):
         flags.append(flag or ("blank" if b else "" if f else "no_face"))
@@ -174,8 +218,10 @@ def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: in
 
 
 def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapStore, metrics: list[Metric],
-          images: ImageSource, features: FeatureStore, cfg: RunConfig):
-    """Per-pair metric rows (a DataFrame) and dataset-level values."""
+          images: ImageSource, features: FeatureStore, cfg: RunConfig, shard_only: bool = False):
+    """Per-pair metric rows (a DataFrame) and dataset-level values. ``shard_only``: a
+    rank's share of the pairs under torchrun, scored for the caches it fills (dataset-level
+    values that a share is too small for are skipped: rank 0 computes them on the whole)."""
     ctx = EvalContext(pairset=pairset, device=cfg.device, feature_cache=features, load_image=images.load,
                       image_sha=images.sha)
     owners: dict[str, str] = {}
@@ -191,7 +237,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     values: dict[str, list[np.ndarray]] = {}
     pairs = list(pairset.pairs)
     for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}", unit="batch"):
-        swapped = np.stack([store.get(keys[p.pair_id]) for p in batch])  # (B,S,S,3) uint8
+        swapped = np.stack(store.get_many([keys[p.pair_id] for p in batch]))  # (B,S,S,3) uint8
+        images.prefetch([rel for p in batch for rel in (p.source, p.target)])
         eb = EvalBatch(
             pair_ids=[p.pair_id for p in batch],
             source=np.stack([images.load(p.source) for p in batch]),
@@ -216,6 +263,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                     if v.shape != (len(batch),):
                         raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, expected ({len(batch)},)")
                     values.setdefault(k.key, []).append(v)
+        if shard_only:
+            _exit_hook(len(batch))
     frame = pd.DataFrame(rows)
     flagged = (frame["output_flag"] != "").to_numpy()  # (N,) outputs that are not faces
     for key, parts in values.items():
@@ -224,41 +273,22 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
         frame[key] = v
     dataset_level: dict[str, float] = {}
     for m in metrics:
-        dataset_level.update(m.compute(ctx))
+        if not shard_only:
+            dataset_level.update(m.compute(ctx))
+            continue
+        try:  # for the features it caches (FID: the share's real images); the values are dropped
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m.compute(ctx)
+        except HarnessError:
+            pass  # e.g. FID on fewer than 2 images: rank 0's pass over every pair computes it
     return frame, dataset_level
 
 
-def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
-               features: FeatureStore) -> dict[str, Any]:
-    """Swap, score and aggregate one method on one pair set; writes its run folder."""
-    if not isinstance(method, SwapMethod):
-        raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
-                           "prepare, swap_batch, fingerprint and describe have defaults)")
-    t0 = time.perf_counter()
-    method_notes = [str(n) for n in (method.prepare(pairset) or [])]
-    images = ImageSource(pairset)
-    keys, store, computed = run_swaps(method, pairset, images, cfg)
-    t_swap = time.perf_counter() - t0
-    frame, dataset_level = score(method.name, pairset, keys, store, metrics, images, features, cfg)
-    t_score = time.perf_counter() - t0 - t_swap
-
-    metric_fps = {m.name: m.fingerprint() for m in metrics}
-    run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
-                          method.fingerprint(), metric_fps])
-    run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise HarnessError(f"{run_dir} exists and is not a folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pairset.write(run_dir)
-    import io
-
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    atomic_write_bytes(run_dir / "pairs.parquet", buf.getvalue())
-    if cfg.save_images:
-        for pid, key in keys.items():
-            save_png(run_dir / "images" / f"{pid}.png", store.get(key))
-
+def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics: list[Metric], cfg: RunConfig,
+                   seed: int) -> dict[str, dict[str, Any]]:
+    """Each metric key's summary entry: the mean over pairs with its bootstrap CI, or the
+    dataset-level value (clamped at its lower bound, the raw value kept)."""
     results: dict[str, Any] = {}
     for m in metrics:
         backend = m.backend()
@@ -267,7 +297,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                      "metric": m.name, "backend": backend.name}
             if k.per_pair:
                 v = frame[k.key].to_numpy()
-                lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, pairset.seed)
+                lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.isfinite(v).sum())  # every pair flagged or failed: no mean, n = 0
                 entry.update(value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi, n=n)
             else:
@@ -276,23 +306,116 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
                 entry.update(value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
                              lower_bound=k.lower_bound, feature_dim=k.feature_dim)
             results[k.key] = entry
-    checks = {f: int((frame["output_flag"] == f).sum()) for f in OUTPUT_FLAGS}
-    checks["flagged"] = sum(checks.values())
-    checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
-    notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
-             + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
-    if checks["flagged"]:
-        kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
-        notes.append(f"{method.name}: {checks['flagged']} of {len(frame)} outputs flagged ({kinds}; e.g. pairs "
-                     f"{', '.join(checks['examples'])}): left out of the per-pair means")
-    backends = {m.name: asdict(m.backend()) for m in metrics}
-    # The evaluator should not be the model the method optimised: flag it when it is.
-    training_model = method.identity_model
-    scored_by_training_model = sorted(k for k, b in backends.items()
-                                      if training_model and b["name"] == training_model)
-    for k in scored_by_training_model:
-        notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
-                     "the method trained with (the score favours it)")
+    return results
+
+
+def _write_run(run_dir: Path, pairset: PairSet, frame: pd.DataFrame, keys: dict[str, str], store: SwapStore,
+               cfg: RunConfig) -> None:
+    """The run folder's manifest, per-pair parquet and (``save_images``) swapped crops."""
+    import io
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HarnessError(f"{run_dir} exists and is not a folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pairset.write(run_dir)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(run_dir / "pairs.parquet", buf.getvalue())
+    if cfg.save_images:
+        for pid, key in keys.items():
+            save_png(run_dir / "images" / f"{pid}.png", store.get(key))
+
+
+def shard_pairset(pairset: PairSet, batch_size: int) -> PairSet:
+    """This rank's share: the pair batches ``k`` with ``k mod ranks == rank`` (each batch as
+    the one-process run forms it) and every ``ranks``-th gallery face (at least one)."""
+    w = world()
+    gallery = shard(pairset.gallery, w) or list(pairset.gallery[w.rank % max(1, len(pairset.gallery)):][:1])
+    return replace(pairset, pairs=tuple(shard_batches(pairset.pairs, batch_size, w)), gallery=tuple(gallery))
+
+
+def compute_shard(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
+                  features: FeatureStore) -> dict[str, Any]:
+    """This rank's share of one method under torchrun: its batches swapped and scored, its
+    gallery faces embedded, all into the shared caches (the values are dropped). Rank 0
+    then runs :func:`run_method` on the whole pair set, which finds everything cached.
+    Returns what the summary counts: swaps computed, seconds, seconds per stage."""
+    t0, before, misses = time.perf_counter(), timing.snapshot(), features.counts["misses"]
+    method.prepare(pairset)
+    part = shard_pairset(pairset, cfg.batch_size)
+    computed, t_swap = 0, 0.0
+    if part.pairs:
+        images = ImageSource(part)
+        keys, store, computed = run_swaps(method, part, images, cfg)
+        t_swap = time.perf_counter() - t0
+        score(method.name, part, keys, store, metrics, images, features, cfg, shard_only=True)
+    return {"rank": world().rank, "swaps_computed": computed, "features_computed": features.counts["misses"] - misses,
+            "swap_s": t_swap, "score_s": time.perf_counter() - t0 - t_swap, "stages": timing.since(before)}
+
+
+_scored_in_shards = [0]  # pairs this process scored in its shares (for the test hook below)
+
+
+def _exit_hook(pairs_done: int) -> None:
+    """Test hook: ``HARNESS_TEST_EXIT_AFTER=RANK:PAIRS`` makes rank RANK exit (code 17) once
+    it has scored PAIRS pairs of its shares (all methods), as a crashed machine would."""
+    spec = os.environ.get("HARNESS_TEST_EXIT_AFTER", "")
+    if not spec:
+        return
+    rank, _, pairs = spec.partition(":")
+    _scored_in_shards[0] += pairs_done
+    if int(rank) == world().rank and _scored_in_shards[0] >= int(pairs):
+        os._exit(17)
+
+
+def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
+               features: FeatureStore, shards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Swap, score and aggregate one method on one pair set; writes its run folder.
+
+    ``shards``: what :func:`compute_shard` returned on every rank (torchrun). This pass then
+    reads every swap and feature from the caches, and the summary counts the ranks' work."""
+    if not isinstance(method, SwapMethod):
+        raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
+                           "prepare, swap_batch, fingerprint and describe have defaults)")
+    t0, before, counts = time.perf_counter(), timing.snapshot(), dict(features.counts)
+    method_notes = [str(n) for n in (method.prepare(pairset) or [])]
+    images = ImageSource(pairset)
+    keys, store, computed = run_swaps(method, pairset, images, cfg)
+    t_swap = time.perf_counter() - t0
+    frame, dataset_level = score(method.name, pairset, keys, store, metrics, images, features, cfg)
+    t_score = time.perf_counter() - t0 - t_swap
+    hits, misses = (features.counts[k] - counts[k] for k in ("hits", "misses"))
+
+    t1 = time.perf_counter()
+    with stage("aggregate"):
+        metric_fps = {m.name: m.fingerprint() for m in metrics}
+        run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
+                              method.fingerprint(), metric_fps])
+        run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
+        _write_run(run_dir, pairset, frame, keys, store, cfg)
+        results = metric_entries(frame, dataset_level, metrics, cfg, pairset.seed)
+        checks = {f: int((frame["output_flag"] == f).sum()) for f in OUTPUT_FLAGS}
+        checks["flagged"] = sum(checks.values())
+        checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
+        notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
+                 + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
+        if checks["flagged"]:
+            kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
+            notes.append(f"{method.name}: {checks['flagged']} of {len(frame)} outputs flagged ({kinds}; e.g. pairs "
+                         f"{', '.join(checks['examples'])}): left out of the per-pair means")
+        backends = {m.name: asdict(m.backend()) for m in metrics}
+        # The evaluator should not be the model the method optimised: flag it when it is.
+        training_model = method.identity_model
+        scored_by_training_model = sorted(k for k, b in backends.items()
+                                          if training_model and b["name"] == training_model)
+        for k in scored_by_training_model:
+            notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
+                         "the method trained with (the score favours it)")
+    shards = shards or []
+    computed += sum(s["swaps_computed"] for s in shards)
+    # ranks work side by side: their slowest share, then this pass
+    t_swap += max((s["swap_s"] for s in shards), default=0.0)
+    t_score += max((s["score_s"] for s in shards), default=0.0)
     summary = {
         "run_id": run_id,
         "protocol": pairset.protocol,
@@ -314,8 +437,14 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "bootstrap_resamples": cfg.bootstrap_resamples,
         "notes": notes,
         "swaps": {"computed": computed, "cached": len(keys) - computed},
+        # feature vectors computed by the job (every rank), and lookups this pass found cached
+        "features": {"computed": misses + sum(s["features_computed"] for s in shards), "cached": hits},
         "output_checks": checks,
-        "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3)},
+        "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3),
+                     "aggregate": round(time.perf_counter() - t1, 3)},
+        # process-seconds per stage, summed over ranks and worker processes (harness.timing)
+        "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
+        "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
         "device": cfg.device,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": environment(),

@@ -111,14 +111,15 @@ SWAPPERS: dict[str, SwapperSpec] = {s.name: s for s in (
 
 
 def providers_for(device: str) -> list[str]:
-    """onnxruntime providers for a harness device string: CUDA first when asked and present."""
+    """onnxruntime providers for a harness device string: CUDA first when asked and present,
+    on the GPU the device names (``cuda:1`` under torchrun's rank 1 of a node)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in available:
             raise HarnessError(f"device {device}: onnxruntime has no CUDA provider (install onnxruntime-gpu)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -127,6 +128,8 @@ def _session(path, device: str):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # unused-initializer warnings are noise here
+    if not device.startswith("cuda"):
+        opts.intra_op_num_threads = 1  # results must not depend on the thread count (harness.parallel)
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
 
 

@@ -294,8 +294,19 @@ class FFppProtocol(FaceProtocol):
             atomic_write_bytes(record_path, json.dumps(record, indent=1, sort_keys=True).encode())
 
     def prepare(self, videos: list[FFppVideo]) -> list[FrameChoice]:
-        return [self.prepare_video(v) for v in tqdm(videos, desc="FF++ frames: decode + detect + align",
-                                                     unit="video", leave=False, disable=None)]
+        """:meth:`prepare_video` for every video: under torchrun each rank takes every
+        N-th video, in its worker pool (``harness.parallel.distribute``); every rank gets
+        every video's frame choice. Videos write only their own folder: no two processes
+        write one file."""
+        from harness.parallel import distribute, world
+
+        mine = len(range(world().rank, len(videos), world().size))
+        with tqdm(total=mine, desc="FF++ frames: decode + detect + align", unit="video", leave=False,
+                  disable=None if world().is_main else True) as bar:
+            return distribute(self.prepare_video, videos, on_result=lambda video, choice: bar.update())
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_detector": None}  # worker processes make their own (models load once there)
 
     # -- pairs -------------------------------------------------------------------------
 

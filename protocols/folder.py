@@ -30,6 +30,37 @@ from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import IMAGE_SUFFIXES, option_int, pair_images
 
 
+PART_FLUSH = 20  # photos between writes of a process's index part
+
+
+class PhotoCrop:
+    """Picklable task: (photo, crop name, its index entry or None) -> its index entry,
+    detecting and aligning only when the photo changed or its crop is gone."""
+
+    def __init__(self, source_root: Path, crop_root: Path, resolution: int) -> None:
+        self.source_root, self.crop_root, self.resolution = source_root, crop_root, resolution
+
+    def __call__(self, item: tuple[str, str, dict | None]) -> dict:
+        from harness.faces.crops import crop_largest
+        from harness.faces.detect import DlibDetector
+
+        rel, crop_rel, entry = item
+        src = self.source_root / rel
+        sha = file_sha256(src)
+        if (entry is not None and entry["sha256"] == sha and entry.get("crop", crop_rel) == crop_rel
+                and (entry["status"] != "ok" or (self.crop_root / crop_rel).is_file())):
+            return entry
+        try:
+            image = load_rgb(src)
+        except HarnessError as exc:
+            return {"sha256": sha, "status": "unreadable", "detail": str(exc)}
+        result = crop_largest(image, DlibDetector(upsample=1), self.resolution)
+        if result is None:
+            return {"sha256": sha, "status": "no_face", "detail": "no face detected"}
+        save_png(self.crop_root / crop_rel, result.aligned.crop)
+        return {"sha256": sha, "status": "ok", "faces": result.num_faces, "crop": crop_rel}
+
+
 class FolderProtocol(FaceProtocol):
     name = "folder"
     version = "1"
@@ -90,42 +121,63 @@ class FolderProtocol(FaceProtocol):
         return {rel: (f"{Path(rel).with_suffix('')}.png" if stems[str(Path(rel).with_suffix(""))] == 1 else f"{rel}.png")
                 for rel, _ in photos}
 
-    def build(self) -> PairSet:
-        from harness.faces.crops import crop_largest
-        from harness.faces.detect import DlibDetector
+    def _read_index(self) -> dict[str, dict]:
+        """The crop index: ``index.json`` plus the parts of runs that were killed before
+        merging theirs (``index.part-*.json``). A damaged file is ignored: its photos are
+        detected again, never trusted."""
+        index: dict[str, dict] = {}
+        for path in [self.crop_root / "index.json", *sorted(self.crop_root.glob("index.part-*.json"))]:
+            try:
+                index.update(json.loads(path.read_text()) if path.is_file() else {})
+            except (ValueError, OSError):
+                continue
+        return index
 
+    def _prepare(self, photos: list[tuple[str, str]], crop_names: dict[str, str]) -> dict[str, dict]:
+        """Every photo's index entry, detecting and aligning those not done yet: shared
+        out by rank and worker (``harness.parallel.distribute``). Each process keeps its
+        new entries in its own ``index.part-*.json`` (a kill loses nothing); rank 0 merges
+        them into ``index.json``."""
+        import os
+        import socket
+
+        from harness.parallel import barrier, distribute, world
+
+        index = self._read_index()
+        part = self.crop_root / f"index.part-{socket.gethostname()}-{os.getpid()}.json"
+        mine: dict[str, dict] = {}
+
+        def keep(item: tuple[str, str, dict | None], entry: dict) -> None:
+            if entry != item[2]:  # new: make it resumable
+                mine[item[0]] = entry
+                if len(mine) % PART_FLUSH == 0:
+                    atomic_write_bytes(part, json.dumps(mine, sort_keys=True).encode())
+            bar.update()
+
+        task = PhotoCrop(self.source_root, self.crop_root, self.resolution)
+        items = [(rel, crop_names[rel], index.get(rel)) for rel, _ in photos]
+        with tqdm(total=len(range(world().rank, len(items), world().size)), desc="detect + align", unit="photo",
+                  leave=False, disable=not (sys.stderr.isatty() and world().is_main)) as bar:
+            entries = distribute(task, items, on_result=keep)
+        if mine:
+            atomic_write_bytes(part, json.dumps(mine, sort_keys=True).encode())
+        barrier()  # every process's part is on disk
+        if world().is_main:
+            merged = {**index, **{rel: e for (rel, _, _), e in zip(items, entries)}}
+            atomic_write_bytes(self.crop_root / "index.json", json.dumps(merged, indent=1, sort_keys=True).encode())
+            for stale in self.crop_root.glob("index.part-*.json"):
+                stale.unlink(missing_ok=True)
+        return {rel: e for (rel, _, _), e in zip(items, entries)}
+
+    def build(self) -> PairSet:
         photos, skipped = self._photos()
         crop_names = self._crop_names(photos)
-        index_path = self.crop_root / "index.json"
-        try:
-            index: dict[str, dict] = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        except (ValueError, OSError):
-            index = {}  # a damaged crop index is rebuilt (crops are re-detected), never trusted
-        detector = DlibDetector(upsample=1)
+        entries = self._prepare(photos, crop_names)
         gallery, multi = [], 0
-        bar = tqdm(photos, desc="detect + align", unit="photo", leave=False, disable=not sys.stderr.isatty())
-        for rel, identity in bar:
-            src = self.source_root / rel
-            sha = file_sha256(src)
-            crop_rel = crop_names[rel]
-            entry = index.get(rel)
-            if (entry is None or entry["sha256"] != sha or entry.get("crop", crop_rel) != crop_rel
-                    or (entry["status"] == "ok" and not (self.crop_root / crop_rel).is_file())):
-                try:
-                    image = load_rgb(src)
-                except HarnessError as exc:
-                    entry = {"sha256": sha, "status": "unreadable", "detail": str(exc)}
-                else:
-                    result = crop_largest(image, detector, self.resolution)
-                    if result is None:
-                        entry = {"sha256": sha, "status": "no_face", "detail": "no face detected"}
-                    else:
-                        save_png(self.crop_root / crop_rel, result.aligned.crop)
-                        entry = {"sha256": sha, "status": "ok", "faces": result.num_faces, "crop": crop_rel}
-                index[rel] = entry
-                atomic_write_bytes(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
+        for rel, identity in photos:
+            entry = entries[rel]
             if entry["status"] == "ok":
-                gallery.append(GalleryItem(crop_rel, identity))
+                gallery.append(GalleryItem(crop_names[rel], identity))
                 multi += entry.get("faces", 1) > 1
             else:
                 skipped.append((rel, entry["status"], entry.get("detail", "")))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.timing import stage
+
 # The video fingerprint reads this many bytes from each end (plus the size): enough to
 # notice a replaced file without hashing gigabytes of c0 video on every run.
 _FINGERPRINT_BYTES = 1 << 18
@@ -35,8 +37,9 @@ def count_frames(path: Path) -> int:
         if not cap.isOpened():
             return 0
         n = 0
-        while cap.grab():
-            n += 1
+        with stage("decode"):
+            while cap.grab():
+                n += 1
         return n
     finally:
         cap.release()
@@ -53,13 +56,14 @@ def read_frames(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:
     last = max(wanted)
     cap = cv2.VideoCapture(str(path))
     try:
-        index = 0
-        while index <= last and cap.grab():
-            if index in wanted:
-                ok, bgr = cap.retrieve()
-                if ok and bgr is not None:
-                    out[index] = np.ascontiguousarray(bgr[:, :, ::-1])  # BGR -> RGB, (H, W, 3)
-            index += 1
+        with stage("decode"):
+            index = 0
+            while index <= last and cap.grab():
+                if index in wanted:
+                    ok, bgr = cap.retrieve()
+                    if ok and bgr is not None:
+                        out[index] = np.ascontiguousarray(bgr[:, :, ::-1])  # BGR -> RGB, (H, W, 3)
+                index += 1
     finally:
         cap.release()
     return out

@@ -25,7 +25,11 @@ def crop_faces(image: np.ndarray, detector: DlibDetector, size: int) -> list[Cro
 
 def crop_largest(image: np.ndarray, detector: DlibDetector, size: int) -> CropResult | None:
     """The largest face in ``image`` aligned, or None when no face is found."""
+    from harness.timing import stage
+
     faces = detector.detect(image)
     if not faces:
         return None
-    return CropResult(faces[0], align_ffhq(image, faces[0].landmarks, size), len(faces))
+    with stage("align"):
+        aligned = align_ffhq(image, faces[0].landmarks, size)
+    return CropResult(faces[0], aligned, len(faces))

