@@ -231,6 +231,10 @@ class TrainConfig:
     progress: bool = setting(True, "Show a progress bar on a terminal (in a log: a plain line every 30 s).")
 
 
+#: default face cells of the code teacher (SwapTrainConfig.teacher_cells): top, left, bottom, right
+TEACHER_CELLS = (0.25, 0.1875, 1.0, 0.875)
+
+
 @dataclass(frozen=True)
 class SwapLossWeights:
     """Weights of L_swap (paper Eq. 9)."""
@@ -283,7 +287,7 @@ class SwapTrainConfig:
     # a 16x16 grid: the box whose pasted stage-1 codes carry the source best on the demo
     # faces (dlib retrieval 84 % with the demo prior; the inner face alone, rows 5-13 and
     # columns 4-11, carries far less).
-    teacher_cells: tuple[float, float, float, float] = (0.25, 0.1875, 1.0, 0.875)
+    teacher_cells: tuple[float, float, float, float] = TEACHER_CELLS
     # learning-rate multiplier of the fusion's attention biases and position code (study setting)
     position_lr_mult: float = 1.0
     # "deep3d" with expression_checkpoint; none: L_exp is off

@@ -215,6 +215,7 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     differing only after stage 1 does not spend half an hour retraining it; None otherwise."""
     from codeswap.checkpoints import plain
     from codeswap.train.state import atomic_torch_save
+    from harness.images import file_sha256
 
     bundle = load_bundle()
     if bundle is None:
@@ -226,7 +227,7 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     ckpt = stage1_dir / "checkpoints" / "last.pt"
     atomic_torch_save({"stage": "stage1", "step": recipe.stage1_steps, "model_config": plain(recipe.autoencoder()),
                        "model": {k: t.float() for k, t in bundle["autoencoder"].items()}, "ema": None,
-                       "unpacked_from": {"bundle_sha256": _bundle_sha256(), "stage1_sha256": bundle["stage1_sha256"]}},
+                       "unpacked_from": {"bundle_sha256": file_sha256(BUNDLE), "stage1_sha256": bundle["stage1_sha256"]}},
                       ckpt)
     (stage1_dir / "DONE").write_text("the shipped demo model's prior (codeswap.demo.stage1_from_bundle)\n")
     return ckpt
@@ -236,12 +237,6 @@ def _faces_sha256() -> str:
     from harness.images import file_sha256
 
     return file_sha256(DEMO_FACES / "faces.json")
-
-
-def _bundle_sha256() -> str:
-    from harness.images import file_sha256
-
-    return file_sha256(BUNDLE)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

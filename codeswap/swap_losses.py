@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from codeswap.config import SwapLossWeights
+from codeswap.config import TEACHER_CELLS, SwapLossWeights
 
 Logs = dict[str, Tensor]
 
@@ -134,7 +134,7 @@ class SwapLoss(nn.Module):
 
     def __init__(self, weights: SwapLossWeights, identity: nn.Module | None, expression: nn.Module | None,
                  perceptual: nn.Module | None,
-                 teacher_cells: tuple[float, float, float, float] = (0.25, 0.1875, 1.0, 0.875)) -> None:
+                 teacher_cells: tuple[float, float, float, float] = TEACHER_CELLS) -> None:
         super().__init__()
         self.w = weights
         self.teacher_cells = teacher_cells
