@@ -60,7 +60,7 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
         shutil.copy(f, data / f.name)
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "benchmarks" / "codeswap_short_training.py"), "--data", str(data),
-           "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage1-steps", "2", "--stage2-steps", "2",
+           "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage2-batch-size", "2", "--stage1-steps", "2", "--stage2-steps", "2",
            "--stage3-steps", "2", "--stage3-supervised", "1", "--layers", "1", "--heads", "2",
            "--selector-hidden", "32", "--channels", "16,16,32", "--norm-groups", "8", "--num-codes", "32",
            "--code-dim", "16", "--variants", "full,wo_m", "--identity-net", "none"]
