@@ -185,9 +185,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     # are checked before any detection or swap
     for kind, registry, names in (("method", METHODS, method_names), ("metric", METRICS, list(metric_specs))):
         for name in names:
-            missing = registry.resolve(name).missing_weights()
-            if missing:
-                raise HarnessError(f"{kind} {name}: weights missing ({', '.join(missing)}); see `harness weights`")
+            _check_weights(kind, name, registry.resolve(name))
     cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
                     batch_size=batch_size, save_images=save_images, progress=progress and w.is_main)
     # every setting is checked before any long work: pairs, swaps
@@ -225,10 +223,9 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                     log(f"  note: {note}")
                 result.summaries.append(_plain(summary))
                 tracker.log_method(summary)
-                cells = ", ".join(f"{k}={e['value'] * e['scale']:.3g}" for k, e in summary["metrics"].items())
-                t = summary["timing_s"]
-                log(f"  {name}: {cells}  ({summary['swaps']['computed']} swapped, {summary['swaps']['cached']} "
-                    f"cached; swap {t['swap']:.1f}s, score {t['score']:.1f}s)")
+                t = summary["timing_s"]  # its figures are in the summary table at the end
+                log(f"  {name}: {summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
+                    f"swap {t['swap']:.1f}s, score {t['score']:.1f}s")
             others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage
             if report and w.is_main:
                 from reports.render import render_report
@@ -253,6 +250,15 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     return result
 
 
+def _check_weights(kind: str, name: str, entry) -> None:
+    """A one-line error naming each weight file ``entry`` cannot use and why (missing, or
+    refused for its checksum: a wrong file is not a missing one)."""
+    problems = entry.weight_problems()
+    if problems:
+        raise HarnessError(f"{kind} {name}: cannot use its weights: {'; '.join(problems.values())}; "
+                           "see `harness weights`")
+
+
 def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cfg, features) -> dict[str, Any] | None:
     """One method: in one process, :func:`harness.runner.run_method`; under torchrun every
     rank computes its share first, then rank 0 runs it on the whole, reading the caches.
@@ -262,9 +268,7 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
     from harness.runner import compute_shard, run_method
 
     entry = METHODS.resolve(name)
-    missing = entry.missing_weights()
-    if missing:
-        raise HarnessError(f"method {name}: weights missing ({', '.join(missing)}); see `harness weights`")
+    _check_weights("method", name, entry)
     method = entry.load()(**settings)
     if parallel.world().size == 1:
         return run_method(method, pairset, metric_objects, cfg, features)

@@ -40,17 +40,22 @@ class Entry:
     kind: str = "entry"  # "method", "protocol", "metric": used in messages
     base: str = ""  # "module:Class" every loaded object must subclass (the registry's interface)
 
-    def missing_weights(self) -> list[str]:
-        """Required weight files that cannot be found (checked without importing the entry)."""
+    def weight_problems(self) -> dict[str, str]:
+        """Required weight files that cannot be used -> why, one line each: not found (and
+        where it was looked for), or refused for its checksum (checked without importing the entry)."""
         from harness.weights import locate
 
-        missing = []
+        problems = {}
         for name in self.requires:
             try:
                 locate(name)
-            except HarnessError:
-                missing.append(name)
-        return missing
+            except HarnessError as exc:
+                problems[name] = str(exc)
+        return problems
+
+    def missing_weights(self) -> list[str]:
+        """Names of the required weight files that cannot be used (:meth:`weight_problems`)."""
+        return list(self.weight_problems())
 
     def skip_reason(self) -> str | None:
         """Why ``--method all`` skips this entry (missing weights, or its ``not_ready`` check)."""

@@ -141,6 +141,13 @@ def test_only_wrong_files_give_a_clear_error_and_wrong_sha_status(places, monkey
     from harness.registry import METHODS
 
     assert "w600k_r50.onnx" in METHODS.resolve("inswapper_128").missing_weights()
+    # and a run says why, on one line: a wrong file is not a missing one
+    res = CliRunner().invoke(app, ["run", "--protocol", "demo", "--method", "inswapper_128", "--out",
+                                   str(places / "out"), "--no-mlflow"])
+    assert res.exit_code != 0  # harness.cli.main turns the error into one stderr line and exit code 1
+    line = str(res.exception)
+    assert "\n" not in line and "inswapper_128: cannot use its weights" in line and "does not match the expected" in line
+    assert str(bad) in line and "missing" not in line
 
 
 def test_a_torch_hub_prefix_is_checked(places, monkeypatch):
