@@ -18,6 +18,7 @@ from harness.errors import HarnessError, LayoutError
 from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
 from harness.options import parse_pairs, suggest
 from harness.registry import METHODS, METRICS, PROTOCOLS
+from harness.weights import WeightMismatch
 
 app = typer.Typer(
     name="harness",
@@ -189,11 +190,13 @@ def list_cmd(
         typer.echo(json.dumps(rows, indent=1))
         return
     for e in registries[what].entries():
-        missing = e.missing_weights()
-        status = "ready" if not missing else f"weights missing: {', '.join(missing)}"
+        problems = e.weight_problems()
+        status = "ready" if not problems else f"{len(problems)} weight{'s' if len(problems) > 1 else ''} unusable"
         aliases = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         origin = "" if e.origin == "builtin" else f" [plugin: {e.origin}]"
-        typer.echo(f"{e.name:<24} {status:<10} {e.description}{aliases}{origin}")
+        typer.echo(f"{e.name:<24} {status:<19} {e.description}{aliases}{origin}")
+        for name, why in problems.items():  # one indented line per file: missing, or refused for its checksum
+            typer.echo(f"{'':<24}   {name}: {'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
 
 
 @app.command("weights")

@@ -255,7 +255,7 @@ def _check_weights(kind: str, name: str, entry) -> None:
     refused for its checksum: a wrong file is not a missing one)."""
     problems = entry.weight_problems()
     if problems:
-        raise HarnessError(f"{kind} {name}: cannot use its weights: {'; '.join(problems.values())}; "
+        raise HarnessError(f"{kind} {name}: cannot use its weights: {'; '.join(map(str, problems.values()))}; "
                            "see `harness weights`")
 
 

@@ -40,9 +40,10 @@ class Entry:
     kind: str = "entry"  # "method", "protocol", "metric": used in messages
     base: str = ""  # "module:Class" every loaded object must subclass (the registry's interface)
 
-    def weight_problems(self) -> dict[str, str]:
-        """Required weight files that cannot be used -> why, one line each: not found (and
-        where it was looked for), or refused for its checksum (checked without importing the entry)."""
+    def weight_problems(self) -> dict[str, HarnessError]:
+        """Required weight files that cannot be used -> why (a one-line error): not found
+        (``WeightNotFound``: where it was looked for) or refused for its checksum
+        (``WeightMismatch``); checked without importing the entry."""
         from harness.weights import locate
 
         problems = {}
@@ -50,7 +51,7 @@ class Entry:
             try:
                 locate(name)
             except HarnessError as exc:
-                problems[name] = str(exc)
+                problems[name] = exc
         return problems
 
     def missing_weights(self) -> list[str]:
