@@ -42,8 +42,9 @@ class DemoRecipe:
     reconstructions of the training faces lost who they were (dlib retrieval 8 %), and no
     swap can carry more identity than its prior keeps; this one keeps all of it (100 %).
     Stage 2 uses the paper's loss weights (without L_per and L_exp, whose networks are not
-    available offline) and the relative position bias. It does NOT yet swap identity: the
-    README's "Does CodeSwap learn to swap?" gives the study and what was tried.
+    available offline), the relative position bias and the code teacher (NOT in the paper:
+    ``SwapLossWeights.teacher``); with the paper's losses alone it returned the target. The
+    README's "Does CodeSwap learn to swap?" gives the study and the figures.
     """
 
     resolution: int = 64
