@@ -25,7 +25,27 @@ def _module_cache(cache, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE_DIR", str(cache))
 
 
-def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
+@pytest.fixture(scope="module")
+def trained(cache):
+    """RECIPE trained once into the module's cache by the method, as a run would: the training
+    log it printed and the folder it trained in (stage1/, stage2-full/, stage3-full/)."""
+    import contextlib
+    import io
+
+    from codeswap.demo import cache_root, recipe_key
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setenv("HARNESS_CACHE_DIR", str(cache))
+        method = CodeSwapMethod(demo_recipe=RECIPE)
+        method.swap(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))  # trains on first use
+        root = cache_root() / "codeswap-demo" / recipe_key(RECIPE)
+    return out.getvalue(), root
+
+
+def test_demo_model_trains_once_and_swaps_both_directions(trained, capsys):
+    log, _ = trained
+    assert "training stage 1" in log and "training stage 3" in log
     m = CodeSwapMethod(demo_recipe=RECIPE)
     a, b = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     ab, ba = m.swap_both_ways(a, b)
@@ -33,14 +53,13 @@ def test_demo_model_trains_once_and_swaps_both_directions(cache, capsys):
     torch.testing.assert_close(m.swap(a, b), ab)
     ba2, ab2 = m.swap_both_ways(b, a)  # symmetric: swapping inputs swaps outputs
     torch.testing.assert_close(ab, ab2, atol=1e-5, rtol=0)
-    assert "training stage 1" in capsys.readouterr().out
     again = CodeSwapMethod(demo_recipe=RECIPE)
     assert again.fingerprint() == m.fingerprint()  # cached checkpoint, same key
-    assert "training" not in capsys.readouterr().out
+    assert "training" not in capsys.readouterr().out  # trained once, by the fixture's first swap
     assert m.describe()["stage"] == "stage3" and m.resolution == 64
 
 
-def test_wo_m_shares_the_full_checkpoint_without_the_mask(cache):
+def test_wo_m_shares_the_full_checkpoint_without_the_mask(trained):
     full = CodeSwapMethod(demo_recipe=RECIPE)
     wo_m = CodeSwapMethod(variant="wo_m", demo_recipe=RECIPE)
     assert wo_m.name == "codeswap_wo_m" and wo_m._checkpoint_path == full._checkpoint_path
@@ -56,16 +75,17 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
 
 
-def test_shipped_bundle_unpacks_to_the_trained_model(tmp_path, monkeypatch):
+def test_shipped_bundle_unpacks_to_the_trained_model(trained, tmp_path, monkeypatch):
     """pack -> unpack round trip: the unpacked checkpoint swaps exactly like the trained one,
     and demo_checkpoint takes a bundle of its recipe instead of training."""
     import codeswap.demo as demo
 
-    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))  # empty: not the module's trained copy
+    _, root = trained  # the module's trained folder is packed; it is unpacked into an empty cache
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
 
-    recipe = RECIPE.__class__(**{**RECIPE.__dict__, "variants": ("full",)})
-    root = tmp_path / "trained"
-    trained = demo.train_recipe(root, "full", recipe, log=lambda m: None)
+    recipe = RECIPE
+    assert recipe.variants == ("full",)
+    trained_ckpt = root / "stage3-full" / "checkpoints" / "last.pt"
     bundle_path = tmp_path / "bundle.pt"
     demo.pack(recipe, root, bundle_path, {"faces": 28, "resolution": 64}, {"dlib_top1": 0.9, "facenet_top1": 0.8,
                                                                             "psnr": 25.0})
@@ -77,7 +97,7 @@ def test_shipped_bundle_unpacks_to_the_trained_model(tmp_path, monkeypatch):
 
     a, b = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
-        want = load_codeswap(trained)[0](a, b).ab
+        want = load_codeswap(trained_ckpt)[0](a, b).ab
         got = load_codeswap(ckpt)[0](a, b).ab
     torch.testing.assert_close(got, want)
     m = CodeSwapMethod(demo_recipe=recipe)
