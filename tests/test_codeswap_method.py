@@ -122,3 +122,17 @@ def test_shipped_bundle_unpacks_to_the_trained_model(trained, tmp_path, monkeypa
         bad = tmp_path / "bad.pt"
         torch.save({"format": "something else"}, bad)
         demo.load_bundle(bad)
+
+
+def test_the_shipped_bundle_holds_the_default_recipe():
+    """A change to DemoRecipe must come with a rebuilt bundle (scripts/build_demo_model.py):
+    otherwise the demo silently trains for an hour on first use instead of unpacking it."""
+    import json
+
+    from codeswap.demo import BUNDLE, DemoRecipe, demo_info, recipe_key
+    from harness.images import file_sha256
+
+    listing = json.loads(BUNDLE.with_suffix(".json").read_text())
+    assert listing["recipe_key"] == recipe_key(DemoRecipe()), "rebuild: python scripts/build_demo_model.py --from <run>"
+    assert listing["sha256"] == file_sha256(BUNDLE)  # the listing describes the file that ships
+    assert demo_info() is not None and demo_info()["ceiling"]["dlib_top1"] >= 0.9

@@ -94,6 +94,23 @@ def test_stage3_trains_only_the_mask_and_the_result_loads(stage1_ckpt, tmp_path)
     assert out.ab.shape == (2, 3, 64, 64) and out.mask_ab is not None
 
 
+def test_stage3_warns_when_no_term_keeps_the_targets_attributes_in_phase_2(tmp_path):
+    """Without L_per and L_exp, phase 2 lets L_id grow the mask over the whole image (README
+    study): the trainer says so when it is asked to run it, and is silent otherwise."""
+    import warnings
+
+    from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
+
+    bare = replace(_swap_cfg(tmp_path / "stage2.pt"), weights=SwapLossWeights(perceptual=0.0, expression=0.0))
+    with pytest.warns(UserWarning, match="only L_id acts on the mask"):
+        Stage3Trainer(_train_cfg(tmp_path / "a", 4), bare, MaskTrainConfig(supervised_steps=2))
+    with_per = replace(bare, weights=SwapLossWeights(expression=0.0), perceptual_net="mobilenet_v2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Stage3Trainer(_train_cfg(tmp_path / "b", 2), bare, MaskTrainConfig(supervised_steps=2))  # supervised only
+        Stage3Trainer(_train_cfg(tmp_path / "c", 4), with_per, MaskTrainConfig(supervised_steps=2))  # L_per on
+
+
 def test_stage2_resume_continues_exactly(stage1_ckpt, tmp_path):
     import json
 

@@ -14,6 +14,7 @@ Two phases, as in the paper:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +56,13 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
 
 _DETECTOR: dict[str, Any] = {}
 
+#: why phase 2 without L_per and L_exp is a bad idea (measured: README "Does CodeSwap learn to swap?")
+UNGUARDED_PHASE_2 = (
+    "stage 3's unsupervised phase runs with L_per and L_exp off: only L_id acts on the mask, and it grows "
+    "over the whole image (100 such steps took the demo mask from 13 % to 62 % outside the face and the "
+    "expression error above the source's); give --perceptual/--expression networks, or train the mask "
+    "supervised only (--supervised-steps >= --max-steps)")
+
 
 @torch.no_grad()
 def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
@@ -93,6 +101,8 @@ class Stage3Trainer(Stage2Trainer):
         ``mask_cfg.mask_source`` names (tests); None uses that source."""
         super().__init__(cfg, swap_cfg, dist_info, nets)
         self.mask_cfg = mask_cfg
+        if cfg.max_steps > mask_cfg.supervised_steps and not self._keeps_attributes(swap_cfg):
+            warnings.warn(UNGUARDED_PHASE_2, stacklevel=2)
         self.mask_fn = mask_fn
         self.parser_sha256: str | None = None
         if mask_fn is not None:
@@ -105,6 +115,13 @@ class Stage3Trainer(Stage2Trainer):
             self.mask_source = f"BiSeNet face parsing ({WEIGHTS}, sha256 {self.parser_sha256})"
         else:
             self.mask_source = "dlib-68 landmark hull"
+
+    @staticmethod
+    def _keeps_attributes(sc: SwapTrainConfig) -> bool:
+        """Whether a stage-2 term pulls the blended output towards the target's attributes
+        (L_per or L_exp on): without one, only L_id acts on the mask in phase 2."""
+        return (sc.weights.perceptual > 0 and sc.perceptual_net != "none") or \
+            (sc.weights.expression > 0 and sc.expression_net != "none")
 
     def build(self) -> None:
         super().build()
