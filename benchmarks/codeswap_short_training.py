@@ -19,6 +19,9 @@ own trainer (resumable: a re-run continues or only judges), then judges:
   is b; the dlib cosine of I_ab to a against that of b to a, each with a 95 % bootstrap CI
   of the mean over pairs; the same with FaceNet, the network L_id trains with (flagged);
   and how much I_ab changes when only the source changes (0: the source is ignored);
+* with ``--readouts``, where identity is lost between the codes and the pixels: the same
+  retrieval for the raw decoder output, for it blended by the target's landmark hull (what
+  the mask is trained towards) and for argmax codes instead of soft quantization;
 * grids of training and held-out swaps (rows: source, target, I_ab).
 
 dlib's ResNet is never used in training, so it is the judge; chance top-1 is 1 / identities.
@@ -90,13 +93,45 @@ def retrieval(judge: IdentityJudge, gallery: torch.Tensor, queries: torch.Tensor
 
 
 @torch.no_grad()
-def swaps(model, x: torch.Tensor, pairs: list[tuple[int, int]], device: str, raw: bool = False) -> torch.Tensor:
+def swaps(model, x: torch.Tensor, pairs: list[tuple[int, int]], device: str, readout: str = "model",
+          hulls: torch.Tensor | None = None) -> torch.Tensor:
+    """I_ab for each pair, read out as the model does ("model") or as a diagnosis: "raw" (the
+    decoder output, no mask), "hull" (the raw output blended by the target's landmark hull, the
+    mask's supervision target; ``hulls`` (N, 1, R, R)), "hard" (argmax codes, blended)."""
+    from dataclasses import replace as _replace
+
+    from codeswap.mask import blend
+
+    fusion_cfg = model.fusion.cfg
+    if readout == "hard":
+        model.fusion.cfg = _replace(fusion_cfg, quantize="hard")
     out = []
-    for k in range(0, len(pairs), 32):
-        p = pairs[k : k + 32]
-        a, b = x[[i for i, _ in p]].to(device), x[[j for _, j in p]].to(device)
-        out.append(model(a, b, blend_mask=not raw).ab.float().clamp(-1, 1).cpu())
+    try:
+        for k in range(0, len(pairs), 32):
+            p = pairs[k : k + 32]
+            a, b = x[[i for i, _ in p]].to(device), x[[j for _, j in p]].to(device)
+            if readout == "hull":
+                raw = model(a, b, blend_mask=False).ab
+                ab = blend(raw, b, hulls[[j for _, j in p]].to(device))
+            else:
+                ab = model(a, b, blend_mask=readout != "raw").ab
+            out.append(ab.float().clamp(-1, 1).cpu())
+    finally:
+        model.fusion.cfg = fusion_cfg
     return torch.cat(out)  # (P, 3, R, R)
+
+
+def judge_readouts(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], device: str) -> dict[str, object]:
+    """Where the identity goes between the codes and the pixels (``--readouts``): top-1 and
+    cosines of the raw, hull-blended and argmax-code read-outs over every ordered pair."""
+    from codeswap.train.stage3 import landmark_masks
+
+    pairs = [(i, j) for i in ids for j in ids if i != j]
+    pos = {face: k for k, face in enumerate(ids)}
+    hulls = landmark_masks(x)  # (N, 1, R, R)
+    return {readout: retrieval(judge, x[ids], swaps(model, x, pairs, device, readout, hulls),
+                               [pos[i] for i, _ in pairs], [pos[j] for _, j in pairs])
+            for readout in ("raw", "hull", "hard")}
 
 
 def judge_swaps(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], device: str,
@@ -124,6 +159,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEMO_FACES, help="folder of aligned faces (default: the demo faces)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--readouts", action="store_true",
+                    help="also judge the training pairs' raw, hull-blended and argmax-code read-outs (diagnosis)")
     for f in fields(DemoRecipe):  # every recipe field is a flag: --stage2-steps, --loss-weights 0,1,0,0,0 ...
         default = getattr(DemoRecipe(), f.name)
         ap.add_argument(f"--{f.name.replace('_', '-')}", default=None,
@@ -183,6 +220,8 @@ def main() -> None:
             model.mask = None
         summary[f"{variant}/train_pairs"] = judge_swaps(model, judge, x, train_ids, args.device,
                                                         args.out / f"grid_{variant}_train.png")
+        if args.readouts and model.mask is not None:
+            summary[f"{variant}/train_pairs_readouts"] = judge_readouts(model, judge, x, train_ids, args.device)
         if len(held_ids) >= 2:
             summary[f"{variant}/heldout_pairs"] = judge_swaps(model, judge, x, held_ids, args.device,
                                                               args.out / f"grid_{variant}_heldout.png")

@@ -57,7 +57,7 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
            "--stage3-steps", "2", "--stage3-supervised", "1", "--layers", "1", "--heads", "2",
            "--selector-hidden", "32", "--channels", "16,16,32", "--norm-groups", "8", "--num-codes", "32",
            "--code-dim", "16", "--variants", "full,wo_m", "--identity-net", "none"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    proc = subprocess.run([*cmd, "--readouts"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["train_faces"] == 5 and summary["heldout_faces"] == 3
@@ -70,6 +70,9 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
             mean, lo, hi = res[f"{backend}/cos_to_source"]
             assert -1.0 <= lo <= mean <= hi <= 1.0
         assert res["pixel_change_when_source_changes"] >= 0.0
+    readouts = summary["full/train_pairs_readouts"]  # the diagnosis: one retrieval per read-out
+    assert sorted(readouts) == ["hard", "hull", "raw"] and "wo_m/train_pairs_readouts" not in summary
+    assert all(0.0 <= r["dlib/top1"] <= 1.0 for r in readouts.values())
     # the target-to-source similarity does not depend on the model
     assert summary["full/train_pairs"]["dlib/target_cos_to_source"] == summary["wo_m/train_pairs"]["dlib/target_cos_to_source"]
     assert (out / "grid_full_heldout.png").is_file()
