@@ -59,8 +59,8 @@ _DETECTOR: dict[str, Any] = {}
 #: why phase 2 without L_per and L_exp is a bad idea (measured: README "Does CodeSwap learn to swap?")
 UNGUARDED_PHASE_2 = (
     "stage 3's unsupervised phase runs with L_per and L_exp off: only L_id acts on the mask, and it grows "
-    "over the whole image (100 such steps took the demo mask from 13 % to 62 % outside the face and the "
-    "expression error above the source's); give --perceptual/--expression networks, or train the mask "
+    "over the whole image (100 such steps took the demo mask from 14 % to 62 % outside the face and the "
+    "expression error above the source's); give a --perceptual or --expression-net network, or train the mask "
     "supervised only (--supervised-steps >= --max-steps)")
 
 
