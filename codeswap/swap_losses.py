@@ -140,15 +140,19 @@ class SwapLoss(nn.Module):
         self.teacher_cells = teacher_cells
         self.identity, self.expression, self.perceptual = identity, expression, perceptual
 
+    def runs(self, term: str) -> bool:
+        """Whether the network term ``term`` (identity, perceptual, expression) is computed:
+        it has a network and a weight above 0."""
+        return getattr(self, term) is not None and getattr(self.w, term) > 0
+
     def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out) -> tuple[Tensor, Logs]:
         swaps = (a, b, out.ab, out.ba)
         terms: list[tuple[float, Callable[[], tuple[Tensor, Logs]]]] = [
             (self.w.recon, lambda: reconstruction_loss(*swaps, same))]
-        for weight, net, loss_fn in ((self.w.identity, self.identity, identity_loss),
-                                     (self.w.perceptual, self.perceptual, perceptual_loss),
-                                     (self.w.expression, self.expression, expression_loss)):
-            if net is not None and weight > 0:
-                terms.append((weight, functools.partial(loss_fn, net, *swaps)))
+        for term, loss_fn in (("identity", identity_loss), ("perceptual", perceptual_loss),
+                              ("expression", expression_loss)):
+            if self.runs(term):
+                terms.append((getattr(self.w, term), functools.partial(loss_fn, getattr(self, term), *swaps)))
         if self.w.cycle > 0:
             terms.append((self.w.cycle, lambda: code_cycle_loss(*model.cycle_codes(out.fusion), out.za, out.zb)))
         if self.w.teacher > 0:

@@ -40,6 +40,13 @@ def stage1_ckpt(tmp_path_factory) -> Path:
     return out / "checkpoints" / "last.pt"
 
 
+@pytest.fixture(scope="module")
+def stage2_ckpt(stage1_ckpt, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("s2")
+    Stage2Trainer(_train_cfg(out, 2), _swap_cfg(stage1_ckpt), nets={"identity": MeanColourId()}).run()
+    return out / "checkpoints" / "last.pt"
+
+
 def _swap_cfg(stage1: Path, variant="full") -> SwapTrainConfig:
     return SwapTrainConfig(stage1=str(stage1), variant=variant, layers=1, heads=2, selector_hidden=32,
                            identity_net="none", perceptual_net="none", same_rate=0.5)
@@ -69,16 +76,15 @@ def test_each_variant_trains_a_few_steps_and_only_the_fusion_moves(stage1_ckpt, 
     assert (tmp_path / "checkpoints" / "last.pt").is_file()
 
 
-def test_stage3_trains_only_the_mask_and_the_result_loads(stage1_ckpt, tmp_path):
+def test_stage3_trains_only_the_mask_and_the_result_loads(stage2_ckpt, tmp_path):
     from codeswap.checkpoints import load_codeswap
     from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
 
-    s2 = Stage2Trainer(_train_cfg(tmp_path / "s2", 2), _swap_cfg(stage1_ckpt), nets={"identity": MeanColourId()})
-    s2.run()
-    ckpt2 = tmp_path / "s2" / "checkpoints" / "last.pt"
-    cfg3 = replace(_swap_cfg(ckpt2), weights=SwapLossWeights())
-    s3 = Stage3Trainer(_train_cfg(tmp_path / "s3", 4), cfg3, MaskTrainConfig(supervised_steps=2),
-                       nets={"identity": MeanColourId()}).setup()
+    cfg3 = replace(_swap_cfg(stage2_ckpt), weights=SwapLossWeights())
+    # phase 2 with L_per and L_exp weighted but no network for either: the trainer says what that does
+    with pytest.warns(UserWarning, match="only L_id acts on the mask"):
+        s3 = Stage3Trainer(_train_cfg(tmp_path / "s3", 4), cfg3, MaskTrainConfig(supervised_steps=2),
+                           nets={"identity": MeanColourId()}).setup()
     assert s3.trained_modules() == {"codeswap": s3.model}  # what the ranks must agree on (with DDP)
     fusion_before = {k: v.clone() for k, v in s3.model.fusion.state_dict().items()}
     mask_before = {k: v.clone() for k, v in s3.model.mask.state_dict().items()}
@@ -94,21 +100,20 @@ def test_stage3_trains_only_the_mask_and_the_result_loads(stage1_ckpt, tmp_path)
     assert out.ab.shape == (2, 3, 64, 64) and out.mask_ab is not None
 
 
-def test_stage3_warns_when_no_term_keeps_the_targets_attributes_in_phase_2(tmp_path):
-    """Without L_per and L_exp, phase 2 lets L_id grow the mask over the whole image (README
-    study): the trainer says so when it is asked to run it, and is silent otherwise."""
+def test_stage3_is_silent_when_phase_2_is_off_or_a_term_keeps_the_targets_attributes(stage2_ckpt, tmp_path):
+    """The warning above (phase 2 with only L_id acting on the mask) is for that case alone."""
     import warnings
 
     from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
 
-    bare = replace(_swap_cfg(tmp_path / "stage2.pt"), weights=SwapLossWeights(perceptual=0.0, expression=0.0))
-    with pytest.warns(UserWarning, match="only L_id acts on the mask"):
-        Stage3Trainer(_train_cfg(tmp_path / "a", 4), bare, MaskTrainConfig(supervised_steps=2))
-    with_per = replace(bare, weights=SwapLossWeights(expression=0.0), perceptual_net="mobilenet_v2")
+    cfg3 = replace(_swap_cfg(stage2_ckpt), weights=SwapLossWeights())
+    nets = {"identity": MeanColourId()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Stage3Trainer(_train_cfg(tmp_path / "b", 2), bare, MaskTrainConfig(supervised_steps=2))  # supervised only
-        Stage3Trainer(_train_cfg(tmp_path / "c", 4), with_per, MaskTrainConfig(supervised_steps=2))  # L_per on
+        Stage3Trainer(_train_cfg(tmp_path / "a", 2), cfg3, MaskTrainConfig(supervised_steps=2),
+                      nets=nets).setup()  # supervised only
+        Stage3Trainer(_train_cfg(tmp_path / "b", 4), cfg3, MaskTrainConfig(supervised_steps=2),
+                      nets={**nets, "perceptual": MeanColourId()}).setup()  # L_per runs in phase 2
 
 
 def test_stage2_resume_continues_exactly(stage1_ckpt, tmp_path):

@@ -101,8 +101,6 @@ class Stage3Trainer(Stage2Trainer):
         ``mask_cfg.mask_source`` names (tests); None uses that source."""
         super().__init__(cfg, swap_cfg, dist_info, nets)
         self.mask_cfg = mask_cfg
-        if cfg.max_steps > mask_cfg.supervised_steps and not self._keeps_attributes(swap_cfg):
-            warnings.warn(UNGUARDED_PHASE_2, stacklevel=2)
         self.mask_fn = mask_fn
         self.parser_sha256: str | None = None
         if mask_fn is not None:
@@ -116,15 +114,12 @@ class Stage3Trainer(Stage2Trainer):
         else:
             self.mask_source = "dlib-68 landmark hull"
 
-    @staticmethod
-    def _keeps_attributes(sc: SwapTrainConfig) -> bool:
-        """Whether a stage-2 term pulls the blended output towards the target's attributes
-        (L_per or L_exp on): without one, only L_id acts on the mask in phase 2."""
-        return (sc.weights.perceptual > 0 and sc.perceptual_net != "none") or \
-            (sc.weights.expression > 0 and sc.expression_net != "none")
-
     def build(self) -> None:
         super().build()
+        # phase 2 with no term pulling the blend towards the target's attributes: only L_id acts on the mask
+        if self.cfg.max_steps > self.mask_cfg.supervised_steps and not (
+                self.loss.runs("perceptual") or self.loss.runs("expression")):
+            warnings.warn(UNGUARDED_PHASE_2, stacklevel=2)
         if self.mask_fn is None and self.mask_cfg.mask_source == "parsing":
             from harness.models.bisenet import load_bisenet
 
