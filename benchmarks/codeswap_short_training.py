@@ -98,13 +98,11 @@ def swaps(model, x: torch.Tensor, pairs: list[tuple[int, int]], device: str, rea
     """I_ab for each pair, read out as the model does ("model") or as a diagnosis: "raw" (the
     decoder output, no mask), "hull" (the raw output blended by the target's landmark hull, the
     mask's supervision target; ``hulls`` (N, 1, R, R)), "hard" (argmax codes, blended)."""
-    from dataclasses import replace as _replace
-
     from codeswap.mask import blend
 
     fusion_cfg = model.fusion.cfg
     if readout == "hard":
-        model.fusion.cfg = _replace(fusion_cfg, quantize="hard")
+        model.fusion.cfg = replace(fusion_cfg, quantize="hard")
     out = []
     try:
         for k in range(0, len(pairs), 32):
@@ -121,29 +119,34 @@ def swaps(model, x: torch.Tensor, pairs: list[tuple[int, int]], device: str, rea
     return torch.cat(out)  # (P, 3, R, R)
 
 
+def ordered_pairs(ids: list[int]) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Every ordered pair of distinct faces among ``ids`` (indices into x), and each pair's
+    source and target as positions in ``ids`` (the retrieval gallery's order)."""
+    pairs = [(i, j) for i in ids for j in ids if i != j]
+    pos = {face: k for k, face in enumerate(ids)}
+    return pairs, [pos[i] for i, _ in pairs], [pos[j] for _, j in pairs]
+
+
 def judge_readouts(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], device: str) -> dict[str, object]:
     """Where the identity goes between the codes and the pixels (``--readouts``): top-1 and
     cosines of the raw, hull-blended and argmax-code read-outs over every ordered pair."""
     from codeswap.train.stage3 import landmark_masks
 
-    pairs = [(i, j) for i in ids for j in ids if i != j]
-    pos = {face: k for k, face in enumerate(ids)}
+    pairs, src, tgt = ordered_pairs(ids)
     hulls = landmark_masks(x)  # (N, 1, R, R)
-    return {readout: retrieval(judge, x[ids], swaps(model, x, pairs, device, readout, hulls),
-                               [pos[i] for i, _ in pairs], [pos[j] for _, j in pairs])
+    return {readout: retrieval(judge, x[ids], swaps(model, x, pairs, device, readout, hulls), src, tgt)
             for readout in ("raw", "hull", "hard")}
 
 
 def judge_swaps(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], device: str,
                 png: Path) -> dict[str, object]:
     """Every ordered pair of distinct faces among ``ids`` (indices into x)."""
-    pairs = [(i, j) for i in ids for j in ids if i != j]
-    pos = {face: k for k, face in enumerate(ids)}
+    pairs, src, tgt = ordered_pairs(ids)
     ab = swaps(model, x, pairs, device)
-    res = retrieval(judge, x[ids], ab, [pos[i] for i, _ in pairs], [pos[j] for _, j in pairs])
+    res = retrieval(judge, x[ids], ab, src, tgt)
     # does I_ab depend on the source? the same targets with the next source in the set
-    alt = [(ids[(pos[i] + 1) % len(ids)] if ids[(pos[i] + 1) % len(ids)] != j else ids[(pos[i] + 2) % len(ids)], j)
-           for i, j in pairs]
+    alt = [(ids[(k + 1) % len(ids)] if ids[(k + 1) % len(ids)] != j else ids[(k + 2) % len(ids)], j)
+           for k, (_, j) in zip(src, pairs)]
     res["pixel_change_when_source_changes"] = float((swaps(model, x, alt, device) - ab).abs().mean() / 2)
     res["pairs"], res["identities"], res["chance_top1"] = len(pairs), len(ids), 1 / len(ids)
     show = np.linspace(0, len(pairs) - 1, min(8, len(pairs))).round().astype(int)
