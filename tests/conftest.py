@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist, give each worker its own slice of the cores (affinity, inherited by
+    every subprocess a test starts) and as many threads per library. Without it every worker
+    and each of its subprocesses sizes torch's, OpenMP's and BLAS's thread pools (and the
+    harness its ``--workers`` default) to the whole machine: on 2 cores with 2 workers the
+    spinning threads made a test three times slower (measured, tests/test_benchmarks.py's
+    recipe smoke run twice at once: 69 s with the defaults, 22 s with one thread each).
+    Runs at import, before any test module imports torch; a thread count the caller set is kept."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, n = sorted(os.sched_getaffinity(0)), int(count)
+    i = int(worker.removeprefix("gw"))
+    mine = cores[i::n] or [cores[i % len(cores)]]  # more workers than cores: one core each, shared
+    os.sched_setaffinity(0, mine)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(len(mine)))
+
+
+_share_the_cores_among_workers()
 
 
 @pytest.fixture(autouse=True)
