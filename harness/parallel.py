@@ -109,11 +109,19 @@ def joined() -> Iterator[World]:
         minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
         dist.init_process_group("gloo", timeout=_dt.timedelta(minutes=minutes))
     previous, _world = _world, w
+    finished = False
     try:
         yield w
+        finished = True
     finally:
         _world = previous
         if created and dist.is_initialized():
+            if finished:
+                # every rank leaves together: a rank that tore the group down while its peer
+                # was still finishing the last broadcast was seen to abort at exit (SIGABRT,
+                # "terminate called without an active exception"); after an error the peers
+                # may never arrive, so the group is only torn down
+                dist.barrier()
             dist.destroy_process_group()
 
 
