@@ -194,11 +194,34 @@ _in_worker = False
 
 
 def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    """CPU cores this process may use: its affinity mask (not the machine's count), capped by
+    the container's CPU quota (``docker --cpus 2`` on a 64-core host: 2, as the quota throttles
+    any more threads than that)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, quota)) if quota else cores
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> int | None:
+    """CPUs a cgroup quota allows, rounded up (cgroup v2 ``cpu.max``, v1 ``cpu/cpu.cfs_quota_us``
+    over ``cpu.cfs_period_us``, as a container sees its own at the root); None without a quota."""
+    from pathlib import Path
+
+    base = Path(root)
+    try:
+        if (base / "cpu.max").is_file():
+            quota, period = (base / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (base / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (base / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):  # no cgroup file system (not Linux), or a format not known
+        return None
 
 
 def default_workers(w: World | None = None) -> int:

@@ -115,6 +115,26 @@ def test_fixed_batches_make_a_row_independent_of_its_neighbours():
     assert fixed_batches(lambda x: x * 2, np.arange(5.0)[:, None], 4).ravel().tolist() == [0, 2, 4, 6, 8]
 
 
+def test_a_container_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
+    import harness.parallel as parallel
+
+    v2, v1, none, odd = (tmp_path / n for n in ("v2", "v1", "none", "odd"))
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # docker --cpus 1.5
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    none.mkdir()
+    (none / "cpu.max").write_text("max 100000\n")
+    odd.mkdir()
+    (odd / "cpu.max").write_text("garbage\n")
+    assert [parallel.cgroup_cpu_quota(r) for r in (v2, v1, none, odd, tmp_path / "absent")] == [2, 2, None, None, None]
+    monkeypatch.setattr(parallel, "cgroup_cpu_quota", lambda: 1)
+    assert parallel.available_cores() == 1  # a quota below the affinity mask wins
+    monkeypatch.setattr(parallel, "cgroup_cpu_quota", lambda: 10_000)
+    assert parallel.available_cores() == len(os.sched_getaffinity(0))  # one above it does not
+
+
 def _square(x: int) -> int:
     return x * x
 
