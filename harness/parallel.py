@@ -188,6 +188,10 @@ def distribute(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T,
 # The worker pool
 # ---------------------------------------------------------------------------------------
 
+#: the environment variables that size OpenMP's and the BLAS libraries' thread pools (read when
+#: a library loads, so they must be set before torch or numpy is imported)
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 1
 _in_worker = False
@@ -238,7 +242,7 @@ def _init_worker() -> None:
     global _in_worker
     _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in THREAD_ENV_VARS:
         os.environ[var] = "1"
     _limit_threads()
 

@@ -18,17 +18,18 @@ def _share_the_cores_among_workers() -> None:
     spinning threads made a test three times slower (measured, tests/test_benchmarks.py's
     recipe smoke run twice at once: 69 s with the defaults, 22 s with one thread each).
     Runs at import, before any test module imports torch; a thread count the caller set is kept."""
-    from harness.parallel import available_cores
-
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
+    from harness.parallel import THREAD_ENV_VARS, available_cores
+
     cores, n = sorted(os.sched_getaffinity(0)), int(count)
+    budget = available_cores()  # before pinning: the whole mask, capped by a container's CPU quota
     i = int(worker.removeprefix("gw"))
     mine = cores[i::n] or [cores[i % len(cores)]]  # more workers than cores: one core each, shared
     os.sched_setaffinity(0, mine)
-    threads = max(1, min(len(mine), available_cores() // n))  # a container's CPU quota counts too
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    threads = max(1, min(len(mine), budget // n))
+    for var in THREAD_ENV_VARS:
         os.environ.setdefault(var, str(threads))
 
 
