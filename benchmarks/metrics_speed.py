@@ -10,8 +10,13 @@ and prints pairs/s for both and the speed-up. Landmark detection is not included
 detector such as SCRFD runs before this; dlib landmarks are a CPU stage and are timed
 separately with --dlib). Nothing is downloaded: weights are random (timing only).
 
+With ``--suite default`` it instead scores demo pairs with the harness's own default suite
+(SFace, WHENet, MediaPipe blendshapes, Inception FID, RetinaFace; the fetched weights), every
+swapped face a new content, from an empty feature store, and prints pairs/s of the score stage.
+
 Usage (on a GPU machine):
     python benchmarks/metrics_speed.py --device cuda --pairs 1000 --sizes 256 512
+    python benchmarks/metrics_speed.py --suite default --device cuda --pairs 756 --batch 64
     python benchmarks/metrics_speed.py --device cpu --pairs 16 --naive-pairs 4   # smoke run
 """
 
@@ -136,15 +141,64 @@ def run_naive(s: Suite, src, tgt, swp, pts) -> None:
     fid_from_features(fa, fb)
 
 
+def run_default_suite(device: str, pairs: int, batch: int, out: Path) -> None:
+    """The harness's default suite (SFace, WHENet, MediaPipe blendshapes, Inception FID, with
+    RetinaFace; the fetched weights) through ``harness.runner.run_method`` on ``pairs`` demo
+    pairs whose swapped faces are all new contents (the target with one pixel changed), from
+    an empty feature store: detection, alignment, every network and FID, as a run scores them."""
+    from harness.api import SwapMethod
+    from harness.cache import FeatureStore
+    from harness.evaluation import DEFAULT_METRICS
+    from harness.registry import METRICS
+    from harness.runner import RunConfig, run_method
+    from protocols.demo import DemoProtocol
+
+    class MarkedTarget(SwapMethod):
+        """The target with one pixel set from the pair's index: a new image content per pair."""
+
+        name = "marked_target"
+        calls = 0
+
+        def swap(self, source, target):
+            out = target.clone()  # (B, 3, H, W) float in [0, 1]
+            self.calls += 1  # a new seed per batch: pairs that share a target still differ
+            out[:, :, 0, 0] = torch.rand(out.shape[0], 3, generator=torch.Generator().manual_seed(self.calls))
+            return out
+
+    pairset = DemoProtocol(num_pairs=pairs, seed=0).build()
+    cfg = RunConfig(out_dir=out, device=device, batch_size=batch, bootstrap_resamples=100, progress=False)
+    metrics = [METRICS.create(m, device=device) for m in DEFAULT_METRICS]
+    features = FeatureStore(out / "cache" / "features.sqlite")
+    try:
+        t = time.perf_counter()
+        summary = run_method(MarkedTarget(), pairset, metrics, cfg, features)
+        wall = time.perf_counter() - t
+    finally:
+        features.close()
+    n = len(pairset.pairs)
+    print(f"default suite ({', '.join(DEFAULT_METRICS)}) on {device}: {n} pairs, score {summary['timing_s']['score']:.1f}s "
+          f"= {n / summary['timing_s']['score']:.2f} pairs/s (wall incl. swaps and model builds {wall:.1f}s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--suite", choices=["papers-random", "default"], default="papers-random",
+                    help="papers-random: the papers' architectures with random weights (below); default: the "
+                         "harness's default suite with its fetched weights (`harness weights fetch all`), on demo pairs")
+    ap.add_argument("--out", type=Path, default=None, help="--suite default: output folder (default: a temporary one)")
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--naive-pairs", type=int, default=200, help="pairs timed for the naive path (rate extrapolates)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convs on Ampere+")
     args = ap.parse_args()
+    if args.suite == "default":
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="metrics-speed-") as tmp:
+            run_default_suite(args.device, args.pairs, args.batch, Path(args.out or tmp))
+        return
     if args.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

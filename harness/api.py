@@ -264,6 +264,9 @@ class Metric(ABC):
 
     name: str
     keys: tuple[MetricKey, ...]
+    #: extra per-pair columns that :meth:`update` also returns: written to ``pairs.parquet``
+    #: beside the keys, never summarised or ranked (e.g. each pose angle's error)
+    pair_columns: tuple[str, ...] = ()
 
     @abstractmethod
     def backend(self) -> Backend:

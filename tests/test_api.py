@@ -41,7 +41,7 @@ def test_to_pandas_has_one_row_per_method_and_metric_key(api_run):
             np.testing.assert_equal(row["value"], e["value"])
             assert row["n"] == e["n"] and bool(row["higher_is_better"]) == e["higher_is_better"]
     # the source image as the swap retrieves its own identity every time
-    src = frame[(frame["method"] == "source") & (frame["metric"] == "id_retrieval_top1_dlib")]
+    src = frame[(frame["method"] == "source") & (frame["metric"] == "id_retrieval_top1_sface")]
     assert src["value"].iloc[0] == 1.0
 
 
@@ -49,7 +49,7 @@ def test_pairs_is_the_per_pair_frame(api_run):
     _, res, _ = api_run
     pairs = res.pairs("source")
     assert len(pairs) == 28 and pairs["pair_id"].is_unique
-    key = "id_retrieval_top1_dlib"
+    key = "id_retrieval_top1_sface"
     np.testing.assert_allclose(np.nanmean(pairs[key]), res.summary("source")["metrics"][key]["value"])
     with pytest.raises(Exception, match="no method 'simswap'"):
         res.pairs("simswap")

@@ -36,7 +36,8 @@ def test_demo_run_writes_report_runs_and_mlflow(demo_run):
     for name in ("table1.md", "table1.tex", "table1.csv", "grid_demo.png"):
         assert (out / "report" / name).stat().st_size > 0
     md = (out / "report" / "table1.md").read_text()
-    assert "ID retrieval top-1 [dlib] (%) ↑" in md and "dlib_resnet_v1" in md and "NON-STANDARD" in md
+    assert "ID retrieval top-1 [sface] (%) ↑" in md and "sface_2021dec" in md and "NON-STANDARD" in md
+    assert "inception_v3_tf2015" in md and "whenet_effnetb0" in md and "mediapipe_blendshapes_52" in md
     tex = (out / "report" / "table1.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"$\uparrow$" in tex
 
@@ -47,9 +48,10 @@ def test_demo_run_writes_report_runs_and_mlflow(demo_run):
     runs = client.search_runs([exp.experiment_id], filter_string="tags.method = 'source'")
     assert len(runs) == 1
     r = runs[0]
-    assert r.data.metrics["id_retrieval_top1_dlib"] == 1.0
+    assert r.data.metrics["id_retrieval_top1_sface"] == 1.0
     assert r.data.params["protocol"] == "demo" and len(r.data.params["manifest_sha256"]) == 64
-    assert r.data.params["weights.dlib_face_recognition_resnet_model_v1.dat"].startswith("55533b28")
+    assert r.data.params["weights.face_recognition_sface_2021dec_int8bq.onnx"].startswith("fb143eea")
+    assert r.data.params["weights.WHENet.h5"].startswith("8f8bcf92")
     assert "pkg.torch" in r.data.params and "git_commit" in r.data.params
     artifacts = [a.path for a in client.list_artifacts(r.info.run_id, "run")]
     assert "run/pairs.parquet" in artifacts and "run/summary.json" in artifacts
@@ -104,8 +106,8 @@ def test_folder_protocol_on_photos_the_demo_never_saw(demo_photos: Path, tmp_pat
     assert "6 photos: 4 aligned, 2 skipped" in proc.stderr
     summary_rows = pd.read_csv(tmp_path / "report" / "table1.csv")
     top1 = summary_rows.set_index(["method", "metric"])["value"]
-    assert top1[("source", "id_retrieval_top1_dlib")] == 1.0
-    assert top1[("target", "id_retrieval_top1_dlib")] == 0.0
+    assert top1[("source", "id_retrieval_top1_sface")] == 1.0
+    assert top1[("target", "id_retrieval_top1_sface")] == 0.0
     skipped = next((tmp_path / "cache" / "crops").glob("folder-*/skipped.csv")).read_text()
     assert "broken.jpg,unreadable" in skipped and "noise.png,no_face" in skipped
     md = (tmp_path / "report" / "table1.md").read_text()

@@ -90,8 +90,8 @@ def test_run_writes_the_report_and_names_it(demo_report):
         for part in doc.split(attr)[1:]:
             assert not part[1:].startswith(("http:", "https:", "//")), part[:80]
     # FID of a method against its own inputs is ~0; below 0 only by rounding: clamped, raw kept
-    fid = summaries["target"]["metrics"]["fid_facenet"]
-    assert fid["value"] == max(fid["raw_value"], 0.0) and fid["lower_bound"] == 0.0 and fid["feature_dim"] == 512
+    fid = summaries["target"]["metrics"]["fid"]
+    assert fid["value"] == max(fid["raw_value"], 0.0) and fid["lower_bound"] == 0.0 and fid["feature_dim"] == 2048
 
 
 def test_page_loads_offline_without_errors(page):
@@ -105,10 +105,10 @@ def test_table_has_one_row_per_method_and_warns_about_small_fid(page, demo_repor
     rows = page.eval_on_selector_all('table.results[data-protocol="demo"] tbody tr', "rs => rs.map(r => r.dataset.method)")
     assert sorted(rows) == sorted(summaries) and len(rows) == 3
     warning = page.inner_text(".warning")
-    assert "28 samples with 512-d features" in warning
+    assert "28 samples with 2048-d features" in warning
     fid_cells = page.eval_on_selector_all('table.results tbody tr td:last-child', "cs => cs.map(c => c.innerText)")
     for text, method in zip(fid_cells, rows):
-        value = summaries[method]["metrics"]["fid_facenet"]["value"]
+        value = summaries[method]["metrics"]["fid"]["value"]
         assert text.startswith(f"{value:.2f}") and not text.startswith("-")
 
 
@@ -151,7 +151,7 @@ def test_pair_browser_shows_the_chosen_pairs_images(page, demo_report):
 def test_pair_browser_sorts_worst_first_and_by_difference(page, demo_report):
     _, _, summaries = demo_report
     browser = '.browser[data-protocol="demo"]'
-    key = "id_similarity_dlib"
+    key = "id_similarity_sface"
     page.select_option(f'{browser} select[data-role="metric"]', key)
     page.select_option(f'{browser} select[data-role="a"]', "classical")
     page.select_option(f'{browser} select[data-role="order"]', "worst")
@@ -167,7 +167,7 @@ def test_pair_browser_sorts_worst_first_and_by_difference(page, demo_report):
 
 
 def test_distributions_are_drawn_and_screenshot_is_not_blank(page, tmp_path):
-    assert page.locator('.dists[data-protocol="demo"] canvas').count() == 8  # every per-pair metric
+    assert page.locator('.dists[data-protocol="demo"] canvas').count() == 5  # every per-pair metric: 3 identity, pose, expression
     path = tmp_path / "shot.png"
     page.screenshot(path=str(path), full_page=True)
     from PIL import Image

@@ -57,4 +57,4 @@ def test_plugin_runs_with_option(plugin_env, tmp_path):
     summary = json.loads(next((tmp_path / "runs" / "demo").glob("mirror_blend-*/summary.json")).read_text())
     assert summary["method_info"] == {"name": "mirror_blend", "weight": 1.0}
     # weight 1.0 returns the source: identity similarity to the source is (numerically) 1
-    assert summary["metrics"]["id_similarity_dlib"]["value"] > 0.999
+    assert summary["metrics"]["id_similarity_sface"]["value"] > 0.999

@@ -101,7 +101,7 @@ def test_export_then_score_round_trip(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(next((tmp_path / "h" / "runs" / "demo").glob("ext_source-*/summary.json")).read_text())
     assert summary["method"] == "ext_source"
-    assert summary["metrics"]["id_retrieval_top1_dlib"]["value"] == 1.0  # the sources themselves came back
+    assert summary["metrics"]["id_retrieval_top1_sface"]["value"] == 1.0  # the sources themselves came back
 
 
 def test_export_refuses_a_different_pair_set(tmp_path):

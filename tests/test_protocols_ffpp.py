@@ -234,7 +234,7 @@ def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):
     assert "celebahq: ID retrieval top-1" in header and "ffpp: ID retrieval top-1" in header
     assert header.index("celebahq:") < header.index("ffpp:")
     summary = json.loads(next((out / "runs" / "ffpp").glob("source-*/summary.json")).read_text())
-    assert summary["num_pairs"] == 16 and summary["metrics"]["id_retrieval_top1_dlib"]["value"] == 1.0
+    assert summary["num_pairs"] == 16 and summary["metrics"]["id_retrieval_top1_sface"]["value"] == 1.0
     pairs_csv = next((out / "runs" / "ffpp").glob("source-*/pairs.csv")).read_bytes()
     assert hashlib.sha256(pairs_csv).hexdigest() == summary["manifest_sha256"]
 

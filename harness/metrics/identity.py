@@ -52,7 +52,9 @@ class IdentityMetric(Metric):
             self.keys = tuple(MetricKey(f"{k.key}_{backend}", f"{k.label} [{backend}]", k.higher_is_better, k.unit,
                                         k.per_pair, k.scale) for k in IdentityMetric.keys)
         self.backend_setting = backend
-        self.detector = detector
+        self.device = device
+        # the default suite's recogniser aligns on RetinaFace's points (harness.faces.retina)
+        self.detector = "retinaface_mnet025" if getattr(self.embedder, "finder", None) == "retinaface" else detector
         self._landmarks = None
         self._gallery: np.ndarray | None = None
         self._gallery_ids: list[str] = []
@@ -83,9 +85,14 @@ class IdentityMetric(Metric):
         if not self.embedder.uses_landmarks:
             return cached_features(ctx.feature_cache, self._ns(), shas, images, self.embedder, load,
                                    weights=self.backend().weights)
-        from harness.faces.landmarks import shared_landmarks
+        if self.detector == "retinaface_mnet025":
+            from harness.faces.retina import shared_faces
 
-        self._landmarks = shared_landmarks(ctx, self.detector)
+            self._landmarks = shared_faces(ctx, self.device)
+        else:
+            from harness.faces.landmarks import shared_landmarks
+
+            self._landmarks = shared_landmarks(ctx, self.detector)
         _, five, _ = self._landmarks(ctx, shas, images, load)  # (N, 5, 2), cached
         pairs = None if images is None else list(zip(images, five))
         pair_load = None if load is None else (lambda i: (load(i), five[i]))

@@ -7,6 +7,11 @@ Backends (``backend=``):
   fed the whole FFHQ-aligned crop resized to 224 (a loose face crop, as Hopenet's own
   test pipeline uses a box enlarged around the face). Key ``pose_error``.
 
+* ``whenet`` (the default suite, key ``pose_error_whenet``): WHENet (EfficientNet-B0 on timm's
+  ``tf_efficientnet_b0`` + Hopenet-style bins: yaw 120 x 3 deg, pitch and roll 66 x 3 deg),
+  fed RetinaFace's face box padded as WHENet's own code pads it (:mod:`harness.models.whenet`).
+  The per-pair data also holds each angle's absolute error (``pose_yaw_error_whenet``, ...).
+
 ``unit=`` ``deg`` (default; what MegaFS/FaceDancer report, ~2-4) or ``rad`` (CodeSwap's
 Table 1 scale looks like radians); the key's unit is shown in every table.
 """
@@ -24,24 +29,68 @@ from harness.weights import DLIB_68, verified
 
 
 
+ANGLES = ("yaw", "pitch", "roll")
+#: backend setting -> (key, label, metric name)
+BACKENDS = {
+    "pnp": ("pose_error_pnp", "Pose error [PnP]", "pose"),
+    "hopenet": ("pose_error", "Pose error", "pose_hopenet"),
+    "whenet": ("pose_error_whenet", "Pose error [WHENet]", "pose_whenet"),
+}
+WHENET_LOADER = "harness.models.whenet:load_whenet"
+
+
+class WhenetAngles:
+    """Picklable task: (image, face box) items -> (N, 3) (yaw, pitch, roll) degrees by WHENet."""
+
+    def __init__(self, path, sha: str, device: str) -> None:
+        self.path, self.sha, self.device = path, sha, device
+
+    def __call__(self, items: list) -> np.ndarray:
+        import torch
+
+        from harness.models.shared import shared_model
+        from harness.models.whenet import whenet_crop, whenet_input
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
+
+        model = shared_model(WHENET_LOADER, self.path, self.sha, self.device)
+        with stage("align"):
+            crops = np.stack([whenet_crop(img, box) for img, box in items])  # (N, 224, 224, 3) uint8
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 3) degrees
+            return model(whenet_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
+
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(forward, crops, feature_batch(self.device))
+
+
 class PoseMetric(Metric):
     name = "pose"
 
     def __init__(self, device: str = "cpu", backend: str = "pnp", unit: str = "deg", detector: str = "dlib") -> None:
-        if backend not in ("pnp", "hopenet"):
-            raise HarnessError(f"unknown pose backend {backend!r} (choose pnp or hopenet)")
+        if backend not in BACKENDS:
+            raise HarnessError(f"unknown pose backend {backend!r} (choose {', '.join(BACKENDS)})")
         if unit not in ("deg", "rad"):
             raise HarnessError(f"unknown pose unit {unit!r} (choose deg or rad)")
         self.device, self.backend_setting, self.unit, self.detector = device, backend, unit, detector
-        key = "pose_error" if backend == "hopenet" else "pose_error_pnp"
-        label = "Pose error" if backend == "hopenet" else "Pose error [PnP]"
-        self.name = "pose" if backend == "pnp" else "pose_hopenet"
+        if backend == "whenet":
+            self.detector = "retinaface_mnet025"  # WHENet's box (harness.faces.retina)
+        key, label, self.name = BACKENDS[backend]
         self.keys = (MetricKey(key, label, False, unit),)
+        #: per-pair columns beside the key (pairs.parquet), not summarised: each angle's |error|
+        self.pair_columns = tuple(f"pose_{a}_error_whenet" for a in ANGLES) if backend == "whenet" else ()
         self._landmarks = None
         self._failed: set[str] = set()
         self._no_face: set[str] = set()  # method outputs without a detected face
 
     def backend(self) -> Backend:
+        if self.backend_setting == "whenet":
+            from harness.fetch import ASSETS
+
+            weights = tuple((ASSETS[n].source_file, ASSETS[n].sha256) for n in ("whenet", "retinaface"))
+            return Backend("whenet_effnetb0", "WHENet EfficientNet-B0 (timm tf_efficientnet_b0) + Hopenet-style "
+                           "bins, RetinaFace box; L2 of (yaw, pitch, roll) in degrees (not the papers' Hopenet "
+                           "ResNet-50 weights)", False, weights)
         if self.backend_setting == "hopenet":
             self.model  # noqa: B018
             return Backend("hopenet_robust_alpha1", "Hopenet ResNet-50 (300W-LP, alpha 1), 66-bin expectation",
@@ -99,8 +148,26 @@ class PoseMetric(Metric):
         with torch.inference_mode(), stage("embed"):
             return fixed_batches(forward, np.stack(images), feature_batch(self.device))  # (N, 3) degrees
 
+    def _whenet(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+        from harness.faces.retina import shared_faces
+        from harness.fetch import ensure
+        from harness.parallel import map_rows
+        from harness.weights import sha256_of
+
+        self._landmarks = shared_faces(ctx, self.device)
+        boxes, _, _ = self._landmarks(ctx, shas, images)  # (N, 4), cached
+
+        def compute(items):
+            path = ensure("whenet")
+            return np.stack(map_rows(WhenetAngles(path, sha256_of(path), self.device), items, self.device))
+
+        return cached_features(ctx.feature_cache, f"whenet:{self._landmarks.namespace}:v1", shas,
+                               list(zip(images, boxes)), compute, weights=self.backend().weights)
+
     def angles(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) (yaw, pitch, roll) in degrees, cached per image content."""
+        if self.backend_setting == "whenet":
+            return self._whenet(ctx, shas, images)
         if self.backend_setting == "hopenet":
             return cached_features(ctx.feature_cache, "hopenet_robust_alpha1:v2", shas, images, self._hopenet,
                                    weights=self.backend().weights)
@@ -119,7 +186,8 @@ class PoseMetric(Metric):
         target = self.angles(ctx, batch.target_sha, list(batch.target))
         for shas, ang in ((batch.swapped_sha, swapped), (batch.target_sha, target)):
             self._failed.update(s for s, a in zip(shas, ang) if not np.all(np.isfinite(a)))
-        err = np.linalg.norm(swapped - target, axis=1)  # (B,) degrees
+        diff = np.abs(swapped - target)  # (B, 3) degrees
+        err = np.linalg.norm(diff, axis=1)  # (B,) degrees
         if self._landmarks is not None:
             # a method output without a detected face has no landmarks to pose: NaN, never the
             # expected box's fallback points (which score a blank image as a frontal face)
@@ -127,5 +195,8 @@ class PoseMetric(Metric):
             err = np.where(found, err, np.nan)
             self._no_face.update(s for s, f in zip(batch.swapped_sha, found) if not f)
         if self.unit == "rad":
-            err = np.deg2rad(err)
-        return {self.keys[0].key: err.astype(np.float64)}
+            err, diff = np.deg2rad(err), np.deg2rad(diff)
+        out = {self.keys[0].key: err.astype(np.float64)}
+        for j, col in enumerate(self.pair_columns):
+            out[col] = np.where(np.isfinite(err), diff[:, j], np.nan).astype(np.float64)
+        return out

@@ -1,0 +1,132 @@
+"""Faces in aligned crops by RetinaFace (mobilenet0.25, torch): a box and 5 points per image,
+found once per image content and shared by the default suite's identity (5-point ArcFace
+alignment), pose (WHENet's padded box) and expression (MediaPipe's landmark ROI).
+
+Stored row per image (float32, :data:`ROW` values): box x0, y0, x1, y1 (pixels); the 5
+points in ArcFace order (eye on the image's left, eye on the image's right, nose tip, mouth
+corner left, mouth corner right); the detector's score; 1.0 / 0.0 face found.
+
+Faces not found: the crops are FFHQ-aligned, so a face sits at a known place. For *input*
+crops without a detection the row holds the expected FFHQ face box and the FFHQ template's
+5 points, and the image is counted (:class:`LandmarkStats`, shown in the run's notes);
+metrics score a *method output* without a face as NaN, never with the fallback.
+
+On the CPU the detector runs in the worker pool (each worker builds it once); on a GPU in
+the main process, batched, with decoding and NMS on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from harness.constants import FFHQ_FACE_BOX
+from harness.faces.landmarks import LandmarkStats
+from harness.faces.templates import WARP_TEMPLATES
+
+ASSET = "retinaface"  # harness.fetch
+LOADER = "harness.models.retinaface:load_retinaface"
+VERSION = "1"
+SCORE_THRESHOLD = 0.5  # RetinaFace's usual confidence threshold
+ROW = 4 + 10 + 1 + 1  # box, 5 points, score, found
+
+
+def fallback_row(h: int, w: int) -> np.ndarray:
+    """The row of an aligned crop without a detection: expected box and template points, found 0."""
+    x0, y0, x1, y1 = FFHQ_FACE_BOX
+    row = np.zeros(ROW, np.float32)
+    row[:4] = (x0 * w, y0 * h, x1 * w, y1 * h)
+    row[4:14] = (WARP_TEMPLATES["ffhq_512"] * np.array([w, h])).reshape(-1)
+    return row
+
+
+class RetinaRows:
+    """Picklable task: uint8 (H, W, 3) RGB crops -> (N, ROW) rows, the largest face of each."""
+
+    def __init__(self, path: Path, sha256: str, device: str, threshold: float = SCORE_THRESHOLD) -> None:
+        self.path, self.sha256, self.device, self.threshold = path, sha256, device, threshold
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from harness.models.retinaface import detect
+        from harness.models.shared import shared_model
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
+
+        model = shared_model(LOADER, self.path, self.sha256, self.device)
+        out = np.zeros((len(images), ROW), np.float32)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            by_shape.setdefault(img.shape, []).append(i)
+
+        def forward(batch: np.ndarray) -> np.ndarray:  # (B, H, W, 3) uint8 -> (B, ROW)
+            x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            rows = np.zeros((len(batch), ROW), np.float32)
+            for j, (boxes, scores, five) in enumerate(detect(model, x, score_threshold=self.threshold)):
+                if len(boxes) == 0:
+                    rows[j] = fallback_row(*batch.shape[1:3])
+                    continue
+                areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+                k = int(torch.argmax(areas))  # crops hold one main face: the largest
+                rows[j, :4] = boxes[k].float().cpu().numpy()
+                rows[j, 4:14] = five[k].float().cpu().numpy().reshape(-1)
+                rows[j, 14] = float(scores[k])
+                rows[j, 15] = 1.0
+            return rows
+
+        with torch.inference_mode(), stage("detect"):
+            for idx in by_shape.values():
+                out[idx] = fixed_batches(forward, np.stack([images[i] for i in idx]), feature_batch(self.device))
+        return out
+
+
+class FaceFinder:
+    """Cached RetinaFace rows of images, by content sha256, in the run's feature store."""
+
+    def __init__(self, device: str = "cpu", threshold: float = SCORE_THRESHOLD) -> None:
+        self.device, self.threshold = device, threshold
+        self.stats = LandmarkStats()
+
+    @property
+    def namespace(self) -> str:
+        return f"retinaface_mnet025:t{self.threshold:g}:v{VERSION}"
+
+    def weight_files(self) -> tuple[tuple[str, str], ...]:
+        """(file, sha256) of the detector's weights as shipped; loads nothing."""
+        from harness.fetch import ASSETS
+
+        a = ASSETS[ASSET]
+        return ((a.source_file, a.sha256),)
+
+    def compute(self, images: list[np.ndarray]) -> np.ndarray:
+        from harness.fetch import ensure
+        from harness.parallel import map_rows
+        from harness.weights import sha256_of
+
+        if not images:
+            return np.zeros((0, ROW), np.float32)
+        path = ensure(ASSET)
+        task = RetinaRows(path, sha256_of(path), self.device, self.threshold)
+        return np.stack(map_rows(task, images, self.device))
+
+    def __call__(self, ctx, shas: list[str], images: list[np.ndarray] | None = None, load=None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """((N, 4) boxes, (N, 5, 2) points, (N,) bool found), computed only for new contents."""
+        from harness.cache import cached_features
+
+        rows = cached_features(ctx.feature_cache, self.namespace, shas, images, self.compute, load,
+                               weights=self.weight_files())
+        found = rows[:, 15] > 0.5
+        self.stats.seen.update(shas)
+        self.stats.not_found.update(s for s, f in zip(shas, found) if not f)
+        return rows[:, :4], rows[:, 4:14].reshape(len(shas), 5, 2), found
+
+
+def shared_faces(ctx, device: str) -> FaceFinder:
+    """One face finder per run, kept in ``ctx.extras`` so the metrics share it (and its counts)."""
+    key = "faces:retinaface_mnet025"
+    if key not in ctx.extras:
+        ctx.extras[key] = FaceFinder(device)
+    return ctx.extras[key]
