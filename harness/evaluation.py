@@ -62,7 +62,7 @@ def expand_methods(names: Sequence[str], log: Callable[[str], None] = _stderr) -
         if e.missing_weights():
             skipped.append(e.name)
             continue
-        reason = e.skip_reason()
+        reason = e.broken() or e.skip_reason()
         (not_ready if reason else chosen).append(e.name if not reason else f"{e.name} ({reason})")
     if skipped:
         log(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
@@ -130,6 +130,7 @@ def evaluate(
     weights_dir: Path | str | None = None,
     weights_search: Sequence[Path | str] = (),
     workers: int | None = None,
+    on_error: str = "stop",
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
@@ -147,6 +148,11 @@ def evaluate(
     arguments: the ranks share the work, rank 0 writes the runs, report, results and MLflow
     runs, and every rank returns the same :class:`Results` (see :mod:`harness.parallel`).
     The numbers do not depend on ``workers`` or on the number of ranks.
+
+    ``on_error``: what a method's failure on one pair (it raises, or returns None, a numpy
+    array, a wrong dtype or values outside [0, 1]) does: ``"stop"`` the run with one line
+    naming method, pair and error (finished swaps stay cached), or ``"skip"`` the pair
+    (counted and listed in the summary, left out of every number).
     """
     from harness import parallel
 
@@ -157,14 +163,14 @@ def evaluate(
                                options=options, method_options=method_options, device=device, batch_size=batch_size,
                                out=out, save_images=save_images, mlflow=mlflow, tracking_uri=tracking_uri,
                                report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
-                               pool_size=pool_size,
+                               pool_size=pool_size, on_error=on_error,
                                log=log if w.is_main else (lambda msg: None))
         return parallel.broadcast(result)
 
 
 def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
               device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
-              pool_size,
+              pool_size, on_error,
               log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from harness import parallel, timing
@@ -187,7 +193,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         for name in names:
             _check_weights(kind, name, registry.resolve(name))
     cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
-                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main)
+                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main,
+                    on_error=on_error)
     # every setting is checked before any long work: pairs, swaps
     proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                              **dict(options or {}))
@@ -205,7 +212,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
                 "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
                 "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
-                "save_images": save_images}
+                "save_images": save_images, "on_error": on_error}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main)
@@ -269,7 +276,12 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
 
     entry = METHODS.resolve(name)
     _check_weights("method", name, entry)
-    method = entry.load()(**settings)
+    try:
+        method = entry.load()(**settings)
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's constructor bug: one line naming it
+        raise HarnessError(f"method {name}: could not be created: {type(exc).__name__}: {exc}") from exc
     if parallel.world().size == 1:
         return run_method(method, pairset, metric_objects, cfg, features)
     mine = compute_shard(method, pairset, metric_objects, cfg, features)

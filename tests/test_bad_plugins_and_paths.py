@@ -1,0 +1,131 @@
+"""Issue 28 (items 1, 2, 3, 9, 10, 12): method outputs against the interface, plugins that
+fail, names that would lead outside --out, output folders that move, option collisions,
+grouped notes. Bad inputs are built by tests/bad_inputs.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bad_inputs as bi
+from harness.errors import HarnessError
+from test_bad_inputs import cli, one_line_error
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(method, out: Path, metrics=(), num_pairs: int = 4, on_error: str = "stop", batch_size: int = 4):
+    from harness.cache import FeatureStore
+    from harness.runner import RunConfig, run_method
+    from protocols.demo import DemoProtocol
+
+    pairset = DemoProtocol(num_pairs=num_pairs).build()
+    cfg = RunConfig(out_dir=out, batch_size=batch_size, progress=False, bootstrap_resamples=100, on_error=on_error)
+    features = FeatureStore(out / "cache" / "features.sqlite")
+    try:
+        return run_method(method, pairset, list(metrics), cfg, features)
+    finally:
+        features.close()
+
+
+# -- item 1: outputs checked against the interface, never clamped --------------------------
+@pytest.mark.parametrize(("cls", "fragment"), [
+    (bi.MinusOneMethod, "looks like [-1, 1]"),
+    (bi.Times255Method, "looks like 0..255"),
+    (bi.Uint8Method, "dtype torch.uint8"),
+    (bi.NumpyMethod, "numpy.ndarray instead of a torch float tensor"),
+    (bi.NoneMethod, "returned None"),
+])
+def test_outputs_breaking_the_interface_are_one_line_errors(tmp_path, cls, fragment):
+    from protocols.demo import DemoProtocol
+
+    first = DemoProtocol(num_pairs=4).build().pairs[0]
+    with pytest.raises(HarnessError) as info:
+        _run(cls(), tmp_path)
+    msg = str(info.value)
+    assert "\n" not in msg and fragment in msg
+    assert f"method {cls.name} failed on pair {first.pair_id} ({first.source} -> {first.target})" in msg
+    assert not (tmp_path / "runs").exists()  # nothing scored
+    assert not list((tmp_path / "cache" / "swaps").rglob("*.png"))  # nothing clamped into the cache
+
+
+def test_values_within_half_a_grey_level_are_not_an_error(tmp_path):
+    class Overshoot(bi._Bad):
+        name = "overshoot_method"
+
+        def swap(self, source, target):
+            return target * (1 + 1e-4) - 1e-4  # float noise around [0, 1]: rounds exactly as in range
+
+    s = _run(Overshoot(), tmp_path, num_pairs=2)
+    assert s["swaps"]["computed"] == 2 and s["swap_errors"] == []
+
+
+def test_output_problems_per_row():
+    import torch
+
+    from harness.runner import output_problems
+
+    x = torch.rand(3, 3, 8, 8)
+    x[1] = x[1] * 2 - 1
+    x[2, 0, 0, 0] = float("nan")  # non-finite: flagged later per output, not a contract breach
+    rows = output_problems(x, (3, 3, 8, 8))
+    assert rows[0] is None and "[-1, 1]" in rows[1] and rows[2] is None
+    assert "shape (3, 3, 8, 8), expected (3, 3, 4, 4)" in output_problems(x, (3, 3, 4, 4))
+
+
+# -- item 9: a plugin that raises on a pair ------------------------------------------------
+def test_a_pair_the_method_raises_on_stops_with_its_name_and_keeps_finished_work(tmp_path):
+    with pytest.raises(HarnessError) as info:
+        _run(bi.RaisingMethod(), tmp_path)
+    msg = str(info.value)
+    assert "method raising_method failed on pair 00001" in msg and "ValueError: cannot swap this face" in msg
+    assert "--on-error skip" in msg and "\n" not in msg
+    assert len(list((tmp_path / "cache" / "swaps").rglob("*.png"))) == 3  # the other pairs of the batch are kept
+    skipped = _run(bi.RaisingMethod(), tmp_path, on_error="skip")
+    assert skipped["swaps"] == {"computed": 0, "cached": 3, "failed": 1}
+    assert [e["pair_id"] for e in skipped["swap_errors"]] == ["00001"]
+    assert "ValueError" in skipped["swap_errors"][0]["error"]
+    assert any("1 of 4 pairs failed to swap and were skipped" in n for n in skipped["notes"])
+    import pandas as pd
+
+    rows = pd.read_parquet(Path(skipped["run_dir"]) / "pairs.parquet")
+    assert sorted(rows["pair_id"]) == ["00000", "00002", "00003"]  # scored without it
+
+
+def test_plugin_errors_through_the_cli(tmp_path):
+    args = ("run", "-p", "demo", "--num-pairs", "4", "-m", "raising_method", "--out", str(tmp_path / "o"),
+            "--no-mlflow", "--no-report", "--device", "cpu", "--metric", "pose", "--batch-size", "2", "--workers", "1")
+    one_line_error(cli(*args, bad_methods=True), "raising_method", "pair 00001", "ValueError")
+    debug = cli(*args, bad_methods=True, env={"HARNESS_DEBUG": "1"})
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "ValueError: cannot swap" in debug.stderr
+    one_line_error(cli(*args, "--on-error", "ignore", bad_methods=True), "--on-error must be stop or skip")
+
+
+def test_plugin_failing_at_import_is_listed_broken_and_skipped_by_all(tmp_path):
+    listing = cli("list", "methods", bad_methods=True)
+    assert listing.returncode == 0, listing.stderr
+    line = next(ln for ln in listing.stdout.splitlines() if ln.startswith("broken_plugin"))
+    assert "broken" in line and "ready" not in line
+    assert "RuntimeError: this plugin needs a library" in listing.stdout
+    one_line_error(cli("run", "-p", "demo", "-m", "broken_plugin", "--out", str(tmp_path / "o"), "--no-mlflow",
+                       "--device", "cpu", bad_methods=True), "cannot import broken_plugin", "RuntimeError")
+    from harness.evaluation import expand_methods
+    from harness.registry import METHODS
+
+    METHODS.register(*bi.BROKEN_PLUGIN[:2], origin=bi.BROKEN_PLUGIN[2])
+    try:
+        said: list[str] = []
+        chosen = expand_methods(["all"], said.append)
+    finally:
+        METHODS._entries.pop(bi.BROKEN_PLUGIN[0])
+    assert "broken_plugin" not in chosen and "source" in chosen
+    assert any(ln.startswith("skipping broken_plugin (broken:") for ln in said), said
+
+
