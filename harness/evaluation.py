@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.checks import check_out_dir, resolve_device
+from harness.checks import check_name, check_out_dir, resolve_device
 from harness.errors import HarnessError
 from harness.options import parse_pairs
 from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
@@ -202,6 +202,9 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     method_settings = {name: METHODS.resolve(name).bind(device=cfg.device,
                                                         **options_for(METHODS.resolve(name), method_options))
                        for name in method_names}
+    for name, bound in method_settings.items():  # a label names the run folder: a name, checked before any work
+        if bound.get("label"):
+            check_name(f"method {name}: label", str(bound["label"]))
     pairset = proto.build()
     log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
         f"manifest sha256 {pairset.manifest_sha256[:12]}")

@@ -31,6 +31,7 @@ import pandas as pd
 from harness import timing
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import FeatureStore, SwapStore, stable_hash
+from harness.checks import check_name
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
@@ -497,6 +498,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     if not isinstance(method, SwapMethod):
         raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
                            "prepare, swap_batch, fingerprint and describe have defaults)")
+    check_name("method", method.name)  # it names the run folder and the swap cache
+    check_name("protocol", pairset.protocol)
     t0, before, counts = time.perf_counter(), timing.snapshot(), dict(features.counts)
     try:
         method_notes = [str(n) for n in (method.prepare(pairset) or [])]
@@ -589,8 +592,70 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "environment": environment(),
         "run_dir": str(run_dir),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    atomic_write_text(run_dir / "summary.json",
+                      json.dumps(portable_summary(summary, cfg.out_dir), indent=1, default=str) + "\n")
     return summary
+
+
+def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``summary`` as it is stored inside the output folder: paths inside ``out_dir`` (the
+    run folder; a dataset root under ``cache/``, such as prepared photo crops) relative to
+    it, so the folder can be moved or copied. :func:`local_summary` reverses it."""
+    out = dict(summary)
+    base = Path(out_dir).resolve()
+    for key in ("run_dir", "root"):
+        value = out.get(key)
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_absolute() and path.resolve().is_relative_to(base):
+            out[key] = path.resolve().relative_to(base).as_posix()
+            out[f"{key}_in_out"] = True
+    return out
+
+
+def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """A stored summary with its paths re-derived from where the output folder is now:
+    ``run_dir`` is the folder the summary was found in (``run_dir``) or
+    ``out_dir/runs/<protocol>/<its name>``, whatever the file says (it may have been moved,
+    copied or edited: nothing outside ``out_dir`` is read through it); a root stored
+    relative to the folder is joined to ``out_dir``."""
+    out = dict(summary)
+    base = Path(out_dir).resolve()
+    if run_dir is None:
+        name = Path(str(out.get("run_dir") or "")).name
+        check_name("run folder", name)
+        run_dir = base / "runs" / str(out.get("protocol")) / name
+    out["run_dir"] = str(Path(run_dir).resolve())
+    out.pop("run_dir_in_out", None)
+    if out.pop("root_in_out", False):
+        rel = Path(str(out.get("root")))
+        full = (base / rel).resolve()
+        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base) else base / "cache" / "missing-root")
+    return out
+
+
+def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
+    """One line per fact per method: notes that say the same thing for several metrics
+    (``codeswap: pose (dlib): detector found no face in 6 of 56 images``, the same for
+    identity_facenet and expression) become one line naming the metrics in brackets, in
+    the order first seen. The full list stays in the summary and the report."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for note in notes:
+        method, sep, rest = note.partition(": ")
+        fact, who = note, ""
+        if sep:
+            for name in sorted(metric_names, key=len, reverse=True):  # identity_facenet before identity
+                for head in (f"{name}: ", f"{name} ("):
+                    if rest.startswith(head):
+                        backend, _, tail = rest[len(name):].partition(": ") if head.endswith("(") else ("", "", rest[len(head):])
+                        if tail:
+                            fact, who = f"{method}: {backend.strip() + ' ' if backend.strip() else ''}{tail}", name
+                        break
+                if who:
+                    break
+        grouped.setdefault((fact, ""), []).extend([who] if who else [])
+    return [fact if not whos else f"{fact} [{', '.join(dict.fromkeys(whos))}]" for (fact, _), whos in grouped.items()]
 
 
 def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
@@ -607,5 +672,5 @@ def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[
             if unreadable is not None:
                 unreadable.append(p)
             continue
-        found.append(s)
+        found.append(local_summary(s, out_dir, p.parent))
     return sorted(found, key=lambda s: s["finished"])

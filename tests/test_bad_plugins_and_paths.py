@@ -129,3 +129,73 @@ def test_plugin_failing_at_import_is_listed_broken_and_skipped_by_all(tmp_path):
     assert any(ln.startswith("skipping broken_plugin (broken:") for ln in said), said
 
 
+# -- item 2: labels are names; files inside --out are not trusted with paths ---------------
+@pytest.mark.parametrize("label", bi.ESCAPING_LABELS)
+def test_precomputed_label_must_be_a_name(tmp_path, label):
+    from methods.precomputed import PrecomputedMethod
+
+    (tmp_path / "outs").mkdir()
+    with pytest.raises(HarnessError, match="precomputed label .* is not a name"):
+        PrecomputedMethod(dir=tmp_path / "outs", label=label)
+
+
+def test_escaping_label_writes_nothing_outside_out(tmp_path):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    (work / "outs").mkdir()
+    proc = cli("run", "-p", "demo", "--num-pairs", "2", "-m", "precomputed", "--method-option",
+               f"precomputed.dir={work / 'outs'}", "--method-option", "precomputed.label=../../x",
+               "--out", str(work / "o"), "--no-mlflow", "--device", "cpu", "--metric", "pose")
+    one_line_error(proc, "is not a name")
+    outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(work / "o")]
+    assert sorted(p.name for p in outside) == ["a", "b", "outs"]  # nothing outside --out
+    assert not (work / "o" / "runs").exists() and not (work / "o" / "cache" / "swaps").exists()  # refused up front
+
+
+def test_report_reads_the_run_folder_it_found_not_the_path_in_summary(tmp_path):
+    from harness.runner import load_summaries
+    from reports.render import render_report
+
+    s = _run(bi.HalfBadMethod(), tmp_path, num_pairs=2)
+    path = Path(s["run_dir"]) / "summary.json"
+    assert json.loads(path.read_text())["run_dir"] == Path(s["run_dir"]).relative_to(tmp_path).as_posix()
+    bi.point_summary_elsewhere(path, "/etc")
+    (loaded,) = load_summaries(tmp_path)
+    assert loaded["run_dir"] == str(path.parent.resolve())
+    assert render_report(tmp_path, log=lambda m: None)["html"].is_file()
+
+
+# -- item 3: a moved or copied output folder -----------------------------------------------
+def test_moved_and_copied_output_folders(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from harness import evaluate, load_results
+
+    def run(out: Path):
+        return evaluate("demo", ["source"], num_pairs=2, metrics=["pose"], out=out, device="cpu", progress=False,
+                        workers=1, log=lambda m: None)
+
+    run(tmp_path / "first")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    (tmp_path / "first").write_text("a file where the folder was")
+    res = run(tmp_path / "moved")  # was NotADirectoryError: MLflow logged into the old path
+    client = MlflowClient(tracking_uri=res.tracking_uri)
+    exp = client.get_experiment_by_name("codeswap-harness")
+    assert exp.artifact_location == (tmp_path / "moved" / "mlartifacts").resolve().as_uri()
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith(exp.artifact_location) for r in runs)
+    assert (tmp_path / "first").is_file()
+
+    shutil.copytree(tmp_path / "moved", tmp_path / "copy")
+    before = sorted(p.relative_to(tmp_path / "moved") for p in (tmp_path / "moved").rglob("*"))
+    run(tmp_path / "copy")
+    assert sorted(p.relative_to(tmp_path / "moved") for p in (tmp_path / "moved").rglob("*")) == before
+    shutil.rmtree(tmp_path / "moved")  # the copy must not need its original any more
+    report = cli("report", "--out", str(tmp_path / "copy"))
+    assert report.returncode == 0, report.stderr
+    loaded = load_results(tmp_path / "copy")
+    assert loaded.pairs("source").shape[0] == 2
+    assert all(str(p).startswith(str((tmp_path / "copy").resolve())) for p in loaded.report_files.values())
+    assert loaded.tracking_uri == f"sqlite:///{(tmp_path / 'copy' / 'mlflow.db').resolve()}"
+
+
