@@ -52,8 +52,12 @@ def _echo(msg: str) -> None:
 
 def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[int], options: list[str],
               cache: Path):
+    from harness.evaluation import check_collisions
+
+    settings = parse_pairs(options, "--option")
+    check_collisions("protocol", name, settings, "--option")
     return PROTOCOLS.create(name, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cache.resolve() / "cache",
-                            **parse_pairs(options, "--option"))
+                            **settings)
 
 
 @app.command()

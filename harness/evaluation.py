@@ -99,6 +99,21 @@ def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+#: settings every run sets itself: a protocol, method or metric option of the same name would
+#: collide with them (``--option seed=3`` next to ``--seed``): the flag to use instead
+RUN_SETTINGS = {"protocol": {"root": "--root", "seed": "--seed", "num_pairs": "--num-pairs",
+                             "cache_dir": "--out (the cache is OUT/cache)"},
+                "method": {"device": "--device"}, "metric": {"device": "--device"}}
+
+
+def check_collisions(kind: str, name: str, settings: Mapping[str, Any], flag: str) -> None:
+    """One line when a ``flag`` setting for ``kind`` ``name`` is one the run sets itself."""
+    for key in settings:
+        if key in RUN_SETTINGS[kind]:
+            raise HarnessError(f"{flag} {key}=... for {kind} {name!r} collides with a run setting: "
+                               f"use {RUN_SETTINGS[kind][key]} instead")
+
+
 def options_for(entry: Entry, method_options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The settings ``method_options`` gives ``entry``: those for every method, then its own
     (by name or alias)."""
@@ -196,6 +211,11 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                     batch_size=batch_size, save_images=save_images, progress=progress and w.is_main,
                     on_error=on_error)
     # every setting is checked before any long work: pairs, swaps
+    check_collisions("protocol", protocol, dict(options or {}), "--option")
+    for m, m_settings in metric_specs.items():
+        check_collisions("metric", m, m_settings, f"--metric {m}:")
+    for name in method_names:
+        check_collisions("method", name, options_for(METHODS.resolve(name), method_options), "--method-option")
     proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                              **dict(options or {}))
     metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]

@@ -199,3 +199,24 @@ def test_moved_and_copied_output_folders(tmp_path):
     assert loaded.tracking_uri == f"sqlite:///{(tmp_path / 'copy' / 'mlflow.db').resolve()}"
 
 
+# -- item 10: settings the run sets itself --------------------------------------------------
+@pytest.mark.parametrize(("option", "flag"), [("cache_dir=x", "--out"), ("root=x", "--root"), ("seed=3", "--seed"),
+                                              ("num_pairs=2", "--num-pairs")])
+def test_options_colliding_with_run_settings(tmp_path, option, flag):
+    from harness import evaluate
+
+    key, _, value = option.partition("=")
+    with pytest.raises(HarnessError, match=f"--option {key}=... for protocol 'demo' collides .* use {flag}"):
+        evaluate("demo", ["source"], options={key: value}, out=tmp_path, mlflow=False, device="cpu", workers=1,
+                 log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_option_collision_through_the_cli(tmp_path):
+    one_line_error(cli("run", "-p", "demo", "-m", "source", "--option", "cache_dir=x", "--method-option",
+                       "source.device=cpu", "--out", str(tmp_path / "o"), "--no-mlflow", "--device", "cpu"),
+                   "collides with a run setting")
+    one_line_error(cli("export-pairs", "-p", "demo", "--option", "seed=2", "--out", str(tmp_path / "e")),
+                   "use --seed")
+
+
