@@ -189,7 +189,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
               log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from harness import parallel, timing
-    from harness.runner import RunConfig
+    from harness.runner import RunConfig, group_notes
     from harness.tracking import Tracker
 
     w = parallel.world()
@@ -249,8 +249,12 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                 summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
                 if summary is None:
                     continue  # a rank other than 0: its share is in the caches
-                for note in summary["notes"][len(pairset.notes):]:
+                own = summary["notes"][len(pairset.notes):]
+                grouped = group_notes(own, list(metric_specs))
+                for note in grouped:
                     log(f"  note: {note}")
+                if len(grouped) < len(own):
+                    log(f"  ({len(own)} notes in full in the run's summary.json and the report)")
                 result.summaries.append(_plain(summary))
                 tracker.log_method(summary)
                 t = summary["timing_s"]  # its figures are in the summary table at the end

@@ -220,3 +220,48 @@ def test_option_collision_through_the_cli(tmp_path):
                    "use --seed")
 
 
+# -- item 12: notes grouped ----------------------------------------------------------------
+def test_notes_are_grouped_one_line_per_fact():
+    from harness.runner import group_notes
+
+    fact = "detector found no face in 6 of 56 images (distinct contents)"
+    notes = ["codeswap: trained on the demo faces",
+             f"codeswap: identity_facenet (dlib): {fact}", f"codeswap: pose (dlib): {fact}",
+             f"codeswap: expression (dlib): {fact}",
+             "codeswap: pose: no face detected in 6 distinct method outputs",
+             "codeswap: expression: no face detected in 6 distinct method outputs",
+             "classical: pose: no face detected in 6 distinct method outputs"]
+    grouped = group_notes(notes, ["identity", "identity_facenet", "pose", "expression"])
+    assert grouped == ["codeswap: trained on the demo faces",
+                       f"codeswap: (dlib) {fact} [identity_facenet, pose, expression]",
+                       "codeswap: no face detected in 6 distinct method outputs [pose, expression]",
+                       "classical: no face detected in 6 distinct method outputs [pose]"]
+
+
+def test_gpu_figures_script_caps_every_step_and_keeps_going(tmp_path):
+    """benchmarks/gpu_figures.sh with stand-ins for nvidia-smi and python: a step that hangs
+    is stopped at its cap, recorded, and the next steps still run and write their files;
+    the caps add up to under 8 minutes."""
+    import re
+
+    script = (REPO / "benchmarks" / "gpu_figures.sh").read_text()
+    caps = [int(c) for c in re.findall(r"^step \S+ (\d+) ", script, flags=re.M)]
+    assert len(caps) == 7 and sum(caps) <= 8 * 60, caps
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total'\n")
+    (fake / "python").write_text('#!/bin/sh\ncase "$*" in *metrics_speed*) exec sleep 60;; esac\n'
+                                 'for a; do [ "$prev" = --json ] && echo "{}" > "$a"; prev=$a; done\necho figures\n')
+    for f in fake.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(fake / "python"),
+           "OUT": str(tmp_path / "figs"), "STEP_CAP_S": "2"}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_figures.sh")], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    steps = [ln.split("\t") for ln in (tmp_path / "figs" / "steps.tsv").read_text().splitlines()]
+    assert [s[0] for s in steps] == ["gpu", "metrics_speed", "stage1_plain", "stage1_tf32", "stage1_bf16",
+                                     "stage1_engineered", "stage2"]
+    assert steps[1][1:2] == ["124"] and steps[1][3] == "TIMED OUT" and int(steps[1][2]) <= 8
+    assert all(s[3] == "ok" for s in steps if s[0] != "metrics_speed"), steps
+    assert (tmp_path / "figs" / "stage2.json").is_file() and (tmp_path / "figs" / "stage1_bf16.log").is_file()
