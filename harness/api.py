@@ -174,7 +174,16 @@ class SwapMethod(ABC):
 
     @abstractmethod
     def swap(self, source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
-        """(B,3,H,W) float [0,1] x2 -> (B,3,H,W) float [0,1]; identity of source on target."""
+        """(B,3,H,W) float [0,1] x2 -> (B,3,H,W) float [0,1]; identity of source on target.
+
+        The contract the runner checks on every output before it is stored or scored
+        (``harness.runner.output_problems``): a ``torch.Tensor`` (not numpy, not None) of a
+        floating dtype, the input's shape, every finite value within [0, 1] (half a grey
+        level of slack, which rounds exactly as in-range values do). A network's [-1, 1]
+        output must be mapped with ``(x + 1) / 2``; [0, 255] divided by 255. A breach, or an
+        exception, stops the run with one line naming the method and the pair (or, with
+        ``--on-error skip``, leaves that pair out, counted). Nothing is clamped. NaN/Inf are
+        kept apart: such outputs are flagged ``non_finite`` and left out of the means."""
 
     # Optional hooks: the runner always calls them; the defaults do nothing special.
     def prepare(self, pairset: PairSet) -> list[str]:

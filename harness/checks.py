@@ -48,3 +48,30 @@ def check_out_dir(out: Path) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise HarnessError(f"--out {out}: {parent} is not writable")
     return out
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """A name that becomes part of a path inside ``--out`` (a method's name or label, a
+    protocol's name): letters, digits, ``_``, ``-`` and ``.``, not starting with ``.``, at
+    most 100 characters. So ``../x``, ``a/b`` or an absolute path can never lead a file
+    outside its folder. Returns ``name``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise HarnessError(f"{kind} {name!r} is not a name: use letters, digits, '_', '-' and '.' "
+                           "(not starting with '.', at most 100 characters)")
+    return name
+
+
+def inside(base: Path, rel: str) -> Path:
+    """``base / rel`` when ``rel`` is relative and has no ``..`` that climbs out of ``base``,
+    else a HarnessError: a relative path read from a file inside ``--out`` (pairs.parquet,
+    summary.json) never leads a read outside the folder it is relative to. Checked on the
+    text, so a dataset whose images are symlinks to another disk still reads."""
+    import os
+
+    norm = os.path.normpath(str(rel))
+    if os.path.isabs(norm) or norm == ".." or norm.startswith(".." + os.sep):
+        raise HarnessError(f"{rel!r} points outside {base}: not read")
+    return Path(base) / norm

@@ -52,8 +52,12 @@ def _echo(msg: str) -> None:
 
 def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[int], options: list[str],
               cache: Path):
+    from harness.evaluation import check_collisions
+
+    settings = parse_pairs(options, "--option")
+    check_collisions("protocol", name, settings, "--option")
     return PROTOCOLS.create(name, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cache.resolve() / "cache",
-                            **parse_pairs(options, "--option"))
+                            **settings)
 
 
 @app.command()
@@ -79,6 +83,10 @@ def run(
     weights_dir: WeightsDirOpt = None,
     weights_search: WeightsSearchOpt = [],  # noqa: B006
     workers: WorkersOpt = None,
+    on_error: Annotated[str, typer.Option(
+        "--on-error", help="A method failing on a pair (it raises, or its output is None, numpy, not float or "
+        "outside [0, 1]): 'stop' the run with one line naming method, pair and error (finished swaps stay cached), "
+        "or 'skip' the pair (counted, listed in the summary, left out of every number).")] = "stop",
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
@@ -89,7 +97,8 @@ def run(
                       options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
                       device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                      weights_dir=weights_dir, weights_search=weights_search, workers=workers, log=_echo)
+                      weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
+                      log=_echo)
     if not World.from_env().is_main:
         return  # rank 0 says where everything is
     from harness.console import print_summary
@@ -184,17 +193,22 @@ def list_cmd(
     if what not in registries:
         raise HarnessError(f"cannot list {what!r}{suggest(what, registries)} (choose methods, protocols or metrics)")
     if as_json:
-        rows = [{"name": e.name, "ready": not e.missing_weights(), "weights_missing": e.missing_weights(),
+        rows = [{"name": e.name, "ready": not e.missing_weights() and not e.broken(),
+                 "weights_missing": e.missing_weights(), "broken": e.broken(),
                  "requires": list(e.requires), "description": e.description, "aliases": list(e.aliases),
                  "origin": e.origin, "target": e.target} for e in registries[what].entries()]
         typer.echo(json.dumps(rows, indent=1))
         return
     for e in registries[what].entries():
         problems = e.weight_problems()
-        status = "ready" if not problems else f"{len(problems)} weight{'s' if len(problems) > 1 else ''} unusable"
+        broken = e.broken()  # a plugin that fails at import: never "ready"
+        status = ("broken" if broken else "ready" if not problems
+                  else f"{len(problems)} weight{'s' if len(problems) > 1 else ''} unusable")
         aliases = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         origin = "" if e.origin == "builtin" else f" [plugin: {e.origin}]"
         typer.echo(f"{e.name:<24} {status:<19} {e.description}{aliases}{origin}")
+        if broken:
+            typer.echo(f"{'':<24}   {broken}")
         for name, why in problems.items():  # one indented line per file: missing, or refused for its checksum
             typer.echo(f"{'':<24}   {name}: {'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.checks import check_out_dir, resolve_device
+from harness.checks import check_name, check_out_dir, resolve_device
 from harness.errors import HarnessError
 from harness.options import parse_pairs
 from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
@@ -64,7 +64,7 @@ def expand_methods(names: Sequence[str], log: Callable[[str], None] = _stderr) -
         if e.missing_weights():
             skipped.append(e.name)
             continue
-        reason = e.skip_reason()
+        reason = e.broken() or e.skip_reason()
         (not_ready if reason else chosen).append(e.name if not reason else f"{e.name} ({reason})")
     if skipped:
         log(f"skipping {len(skipped)} methods whose weights are missing ({', '.join(skipped)}); "
@@ -101,6 +101,21 @@ def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+#: settings every run sets itself: a protocol, method or metric option of the same name would
+#: collide with them (``--option seed=3`` next to ``--seed``): the flag to use instead
+RUN_SETTINGS = {"protocol": {"root": "--root", "seed": "--seed", "num_pairs": "--num-pairs",
+                             "cache_dir": "--out (the cache is OUT/cache)"},
+                "method": {"device": "--device"}, "metric": {"device": "--device"}}
+
+
+def check_collisions(kind: str, name: str, settings: Mapping[str, Any], flag: str) -> None:
+    """One line when a ``flag`` setting for ``kind`` ``name`` is one the run sets itself."""
+    for key in settings:
+        if key in RUN_SETTINGS[kind]:
+            raise HarnessError(f"{flag} {key}=... for {kind} {name!r} collides with a run setting: "
+                               f"use {RUN_SETTINGS[kind][key]} instead")
+
+
 def options_for(entry: Entry, method_options: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The settings ``method_options`` gives ``entry``: those for every method, then its own
     (by name or alias)."""
@@ -132,6 +147,7 @@ def evaluate(
     weights_dir: Path | str | None = None,
     weights_search: Sequence[Path | str] = (),
     workers: int | None = None,
+    on_error: str = "stop",
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
@@ -149,6 +165,11 @@ def evaluate(
     arguments: the ranks share the work, rank 0 writes the runs, report, results and MLflow
     runs, and every rank returns the same :class:`Results` (see :mod:`harness.parallel`).
     The numbers do not depend on ``workers`` or on the number of ranks.
+
+    ``on_error``: what a method's failure on one pair (it raises, or returns None, a numpy
+    array, a wrong dtype or values outside [0, 1]) does: ``"stop"`` the run with one line
+    naming method, pair and error (finished swaps stay cached), or ``"skip"`` the pair
+    (counted and listed in the summary, left out of every number).
     """
     from harness import parallel
 
@@ -159,18 +180,18 @@ def evaluate(
                                options=options, method_options=method_options, device=device, batch_size=batch_size,
                                out=out, save_images=save_images, mlflow=mlflow, tracking_uri=tracking_uri,
                                report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
-                               pool_size=pool_size,
+                               pool_size=pool_size, on_error=on_error,
                                log=log if w.is_main else (lambda msg: None))
         return parallel.broadcast(result)
 
 
 def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
               device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
-              pool_size,
+              pool_size, on_error,
               log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from harness import parallel, timing
-    from harness.runner import RunConfig
+    from harness.runner import RunConfig, group_notes
     from harness.tracking import Tracker
 
     w = parallel.world()
@@ -189,14 +210,23 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         for name in names:
             _check_weights(kind, name, registry.resolve(name))
     cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
-                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main)
+                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main,
+                    on_error=on_error)
     # every setting is checked before any long work: pairs, swaps
+    check_collisions("protocol", protocol, dict(options or {}), "--option")
+    for m, m_settings in metric_specs.items():
+        check_collisions("metric", m, m_settings, f"--metric {m}:")
+    for name in method_names:
+        check_collisions("method", name, options_for(METHODS.resolve(name), method_options), "--method-option")
     proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
                              **dict(options or {}))
     metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]
     method_settings = {name: METHODS.resolve(name).bind(device=cfg.device,
                                                         **options_for(METHODS.resolve(name), method_options))
                        for name in method_names}
+    for name, bound in method_settings.items():  # a label names the run folder: a name, checked before any work
+        if bound.get("label"):
+            check_name(f"method {name}: label", str(bound["label"]))
     pairset = proto.build()
     log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
         f"manifest sha256 {pairset.manifest_sha256[:12]}")
@@ -207,7 +237,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
                 "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
                 "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
-                "save_images": save_images}
+                "save_images": save_images, "on_error": on_error}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
     tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main)
@@ -221,8 +251,12 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                 summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
                 if summary is None:
                     continue  # a rank other than 0: its share is in the caches
-                for note in summary["notes"][len(pairset.notes):]:
+                own = summary["notes"][len(pairset.notes):]
+                grouped = group_notes(own, list(metric_specs))
+                for note in grouped:
                     log(f"  note: {note}")
+                if len(grouped) < len(own):
+                    log(f"  ({len(own)} notes in full in the run's summary.json and the report)")
                 result.summaries.append(_plain(summary))
                 tracker.log_method(summary)
                 t = summary["timing_s"]  # its figures are in the summary table at the end
@@ -271,7 +305,12 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
 
     entry = METHODS.resolve(name)
     _check_weights("method", name, entry)
-    method = entry.load()(**settings)
+    try:
+        method = entry.load()(**settings)
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's constructor bug: one line naming it
+        raise HarnessError(f"method {name}: could not be created: {type(exc).__name__}: {exc}") from exc
     if parallel.world().size == 1:
         return run_method(method, pairset, metric_objects, cfg, features)
     mine = compute_shard(method, pairset, metric_objects, cfg, features)

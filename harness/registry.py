@@ -77,8 +77,10 @@ class Entry:
         module_name, _, attr = self.target.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise HarnessError(f"{self.name}: cannot import {module_name} ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail at import in any way (SyntaxError, RuntimeError...)
+            text = " ".join(str(exc).split())[:300]
+            raise HarnessError(f"{self.kind} {self.name}: cannot import {module_name} "
+                               f"({type(exc).__name__}: {text})") from exc
         try:
             obj = getattr(module, attr)
         except AttributeError as exc:
@@ -90,6 +92,18 @@ class Entry:
                 raise HarnessError(f"{self.kind} {self.name!r}: {self.target} is not a subclass of "
                                    f"{base.__module__}.{base.__name__}, the interface every {self.kind} implements")
         return obj
+
+    def broken(self) -> str | None:
+        """Why a plugin (an entry-point entry) cannot be used: it fails at import or is not
+        a subclass of its interface; None when it loads. Built-ins are not imported here
+        (listing them must not load a model backend); their import errors surface when run."""
+        if self.origin == "builtin":
+            return None
+        try:
+            self.load()
+        except HarnessError as exc:
+            return f"broken: {exc}"
+        return None
 
     def bind(self, **kwargs: Any) -> dict[str, Any]:
         """The entry's bound options overridden by ``kwargs``, checked against the class's

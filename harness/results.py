@@ -141,11 +141,45 @@ class Results:
             "backends": {s["method"]: s["backends"] for s in self.summaries},
             "environment": environment(),
             "tracking_uri": self.tracking_uri,
-            "report": {k: str(v) for k, v in self.report_files.items()},
+            # paths inside the output folder are stored relative to it: the folder may be moved or copied
+            "report": {k: _relative(v, self.out_dir) for k, v in self.report_files.items()},
             "seconds": round(self.seconds, 3),
             "scale": self.scale,
-            "summaries": self.summaries,
+            "summaries": [_runner().portable_summary(s, self.out_dir) for s in self.summaries],
         })
+
+
+def _runner():
+    """harness.runner, imported when needed (it pulls in pandas; `harness list` should not)."""
+    from harness import runner
+
+    return runner
+
+
+def _tracking_uri(stored: str | None, out_dir: Path) -> str | None:
+    """The MLflow store of a results file: the SQLite store inside ``out_dir`` where the
+    file named one (its path as it is now, the folder may have moved), else as stored."""
+    if stored and stored.startswith("sqlite:///") and stored.endswith("/mlflow.db") and (out_dir / "mlflow.db").is_file():
+        from harness.tracking import default_uri
+
+        return default_uri(out_dir)
+    return stored
+
+
+def _relative(path: Path | str, out_dir: Path) -> str:
+    """``path`` relative to ``out_dir`` (posix) when inside it, else as it is."""
+    p, base = Path(path).resolve(), Path(out_dir).resolve()
+    return p.relative_to(base).as_posix() if p.is_relative_to(base) else str(path)
+
+
+def _inside(out_dir: Path, stored: str) -> Path:
+    """A stored report path under ``out_dir`` as it is now: relative ones joined to it, an
+    absolute one (an older results file) re-rooted at its ``report/`` part."""
+    p = Path(stored)
+    if not p.is_absolute():
+        return out_dir / p
+    parts = p.parts
+    return out_dir / Path(*parts[parts.index("report"):]) if "report" in parts else out_dir / "report" / p.name
 
 
 def write_results(results: Results) -> Path:
@@ -181,8 +215,13 @@ def load_results(out_dir: Path | str) -> Results:
         raise HarnessError(f"{file} has format version {data.get('format_version')}, this harness reads "
                            f"{FORMAT_VERSION}")
     out = p if p.is_dir() else (file.parent.parent if file.parent.name == "results" else file.parent)
-    return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out.resolve(),
-                   summaries=data["summaries"], settings=data["settings"],
-                   report_files={k: Path(v) for k, v in data.get("report", {}).items()},
-                   tracking_uri=data.get("tracking_uri"), seconds=data.get("seconds", 0.0), path=file.resolve(),
+    out = out.resolve()
+    try:  # paths re-derived from where the folder is now (it may have been moved or copied)
+        summaries = [_runner().local_summary(s, out) for s in data["summaries"]]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise HarnessError(f"{file} is not a readable results file ({type(exc).__name__}: {exc})") from None
+    return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out,
+                   summaries=summaries, settings=data["settings"],
+                   report_files={k: _inside(out, v) for k, v in data.get("report", {}).items()},
+                   tracking_uri=_tracking_uri(data.get("tracking_uri"), out), seconds=data.get("seconds", 0.0), path=file.resolve(),
                    scale=data.get("scale", {}))

@@ -31,6 +31,7 @@ import pandas as pd
 from harness import timing
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import FeatureStore, SwapStore, stable_hash
+from harness.checks import check_name
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
@@ -49,6 +50,14 @@ BLANK_STD = 2.0  # on 0..255 grey levels
 FACE_CHECK_NS = "output_face_check:dlib_hog:v1"
 
 
+#: what a method's failure on a pair does (``--on-error``): stop the run with one line
+#: naming method, pair and error, or skip the pair (counted, listed, left out of every number)
+ON_ERROR = ("stop", "skip")
+#: how far outside [0, 1] an output value may be: half a grey level, which rounds to 0 or
+#: 255 exactly as an in-range value would (so nothing is clamped); anything further is an error
+RANGE_SLACK = 0.5 / 255.0
+
+
 @dataclass(frozen=True)
 class RunConfig:
     out_dir: Path
@@ -58,6 +67,26 @@ class RunConfig:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     progress: bool = True
+    on_error: str = "stop"  # one of ON_ERROR
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise HarnessError(f"--on-error must be {' or '.join(ON_ERROR)}, got {self.on_error!r}")
+
+
+@dataclass(frozen=True)
+class SwapFailure:
+    """A pair the method could not swap: it raised, or broke the output contract
+    (:class:`harness.api.SwapMethod`: a float tensor (B, 3, H, W) in [0, 1])."""
+
+    pair_id: str
+    source: str
+    target: str
+    error: str  # one line: the exception type and message, or what was wrong with the output
+    exc: BaseException | None = field(default=None, compare=False, repr=False)  # for HARNESS_DEBUG's traceback
+
+    def line(self, method: str) -> str:
+        return f"method {method} failed on pair {self.pair_id} ({self.source} -> {self.target}): {self.error}"
 
 
 def _decode(path: Path) -> tuple[np.ndarray, str]:
@@ -139,34 +168,124 @@ def _progress(iterable, enabled: bool, **kw):
     return tqdm(iterable, leave=False, dynamic_ncols=True, **kw)
 
 
-def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: RunConfig) -> tuple[dict[str, str], SwapStore, int]:
-    """Swap every pair not already cached. Returns ({pair_id: swap key}, store, #computed)."""
+def _one_line(exc: BaseException) -> str:
+    """``TypeName: message`` on one line (a plugin's exception, for the error or the skip list)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def output_problems(out: Any, expected: tuple[int, ...]) -> str | list[str | None]:
+    """What is wrong with a method's output for a batch of shape ``expected`` (B, 3, S, S).
+
+    Returns one string when the whole output is unusable (None, a numpy array, a tensor of
+    another dtype or shape), else one entry per row: None when the row keeps the contract
+    (float, every finite value within [0, 1] up to :data:`RANGE_SLACK`), else what is wrong,
+    with the likely convention ([-1, 1], [0, 255]). Non-finite values are not a contract
+    breach here: they are flagged per output and kept out of the means (``non_finite``).
+    Nothing is ever clamped: an out-of-range output is an error, not a darker face."""
+    import torch
+
+    if out is None:
+        return "returned None instead of a float tensor (B, 3, H, W) in [0, 1]"
+    if not isinstance(out, torch.Tensor):
+        return (f"returned a {type(out).__module__}.{type(out).__name__} instead of a torch float tensor "
+                "(B, 3, H, W) in [0, 1] (convert with torch.from_numpy(...).float())")
+    if not out.is_floating_point():
+        hint = " (looks like 0..255: divide by 255)" if out.numel() and int(out.max()) > 1 else ""
+        return f"returned dtype {out.dtype}, expected a float tensor in [0, 1]{hint}"
+    if tuple(out.shape) != tuple(expected):
+        return f"returned shape {tuple(out.shape)}, expected {tuple(expected)}"
+    x = out.detach().float()
+    finite = torch.isfinite(x)
+    big = torch.where(finite, x, torch.zeros_like(x)).flatten(1)  # (B, 3*H*W) non-finite -> 0
+    lo, hi = big.min(1).values.tolist(), big.max(1).values.tolist()
+    rows: list[str | None] = []
+    for a, b in zip(lo, hi):
+        if a >= -RANGE_SLACK and b <= 1.0 + RANGE_SLACK:
+            rows.append(None)
+            continue
+        hint = ""
+        if b > 2.0:
+            hint = " (looks like 0..255: divide by 255)"
+        elif a < -RANGE_SLACK and a >= -1.0 - RANGE_SLACK and b <= 1.0 + RANGE_SLACK:
+            hint = " (looks like [-1, 1]: map with (x + 1) / 2)"
+        rows.append(f"output values from {a:.4g} to {b:.4g}, outside [0, 1]{hint}; never clamped: fix the method")
+    return rows
+
+
+def _swap_checked(method: SwapMethod, batch: list, src, tgt) -> tuple[list, list[SwapFailure]]:
+    """Swap one batch and check every row against the output contract.
+
+    Returns (outputs, failures): ``outputs[i]`` is row i's (3, S, S) tensor, or None when
+    pair i failed. When the batch call raises or returns something unusable as a whole,
+    each pair is swapped alone, so the failure is pinned on its pair(s) and the others'
+    work is kept."""
+    def attempt(pairs, s, t):
+        try:
+            with stage("swap"):
+                out = method.swap_batch(pairs, s, t)  # (B,3,S,S) float [0,1]
+        except Exception as exc:  # noqa: BLE001 - a method's (plugin's) error, named with its pair below
+            return _one_line(exc), exc
+        return output_problems(out, tuple(s.shape)), out
+
+    problems, out = attempt(batch, src, tgt)
+    if isinstance(problems, list):
+        rows = [None if pr else out[i] for i, pr in enumerate(problems)]
+        return rows, [SwapFailure(p.pair_id, p.source, p.target, pr) for p, pr in zip(batch, problems) if pr]
+    if len(batch) == 1:
+        p = batch[0]
+        return [None], [SwapFailure(p.pair_id, p.source, p.target, problems,
+                                    out if isinstance(out, BaseException) else None)]
+    rows, failures = [], []
+    for i, p in enumerate(batch):
+        r, f = _swap_checked(method, [p], src[i : i + 1], tgt[i : i + 1])
+        rows.extend(r)
+        failures.extend(f)
+    return rows, failures
+
+
+def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: RunConfig
+              ) -> tuple[dict[str, str], SwapStore, int, list[SwapFailure]]:
+    """Swap every pair not already cached. Returns ({pair_id: swap key}, store, #computed,
+    failures). Every output is checked before it is stored (:func:`output_problems`); a
+    pair the method fails on stops the run with one line naming method, pair and error
+    (``cfg.on_error == "stop"``; the swaps finished before it stay cached), or is left out
+    and returned in ``failures`` (``"skip"``; not cached, so a re-run tries it again)."""
     store = SwapStore(cfg.out_dir / "cache", method.fingerprint())
     size = pairset.resolution
     images.prefetch([rel for p in pairset.pairs for rel in (p.source, p.target)], pixels=False)
     keys = {p.pair_id: SwapStore.pair_key(images.sha(p.source), images.sha(p.target), size) for p in pairset.pairs}
     todo = [p for p in pairset.pairs if not store.has(keys[p.pair_id])]
     if not todo:
-        return keys, store, 0
+        return keys, store, 0, []
     import torch  # only when there is work: a fully cached run never needs it here
 
     in_size = method.resolution or size
     batches = list(_batches(todo, cfg.batch_size))
+    computed, failures = 0, []
     with torch.inference_mode():
         for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
             images.prefetch([rel for p in batch for rel in (p.source, p.target)])
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
-            with stage("swap"):
-                out = method.swap_batch(batch, src, tgt)  # (B,3,S,S) [0,1]
-            if out.shape != src.shape:
-                raise HarnessError(f"method {method.name} returned {tuple(out.shape)}, expected {tuple(src.shape)}")
-            finite = torch.isfinite(out).flatten(1).all(1).tolist()  # (B,) per-pair check before any rounding
-            out = torch.nan_to_num(out.float(), nan=0.0, posinf=1.0, neginf=0.0)
-            # (S,S,3) uint8 at the protocol size, PNG-encoded in the worker pool
-            store.put_many([(keys[p.pair_id], img, None if ok else "non_finite")
-                            for p, img, ok in zip(batch, to_uint8(out, size), finite)])
-    return keys, store, len(todo)
+            rows, failed = _swap_checked(method, batch, src, tgt)
+            good = [(p, r) for p, r in zip(batch, rows) if r is not None]
+            if good:
+                out = torch.stack([r for _, r in good])  # (G,3,S,S)
+                finite = torch.isfinite(out).flatten(1).all(1).tolist()  # (G,) per-pair check before any rounding
+                out = torch.nan_to_num(out.float(), nan=0.0, posinf=1.0, neginf=0.0)
+                # (S,S,3) uint8 at the protocol size, PNG-encoded in the worker pool
+                store.put_many([(keys[p.pair_id], img, None if ok else "non_finite")
+                                for (p, _), img, ok in zip(good, to_uint8(out, size), finite)])
+                computed += len(good)
+            if failed and cfg.on_error == "stop":
+                raise HarnessError(
+                    f"{failed[0].line(method.name)}"
+                    + (f" (and {len(failed) - 1} more pairs of its batch)" if len(failed) > 1 else "")
+                    + f"; the {computed} swaps finished so far are cached (the same command resumes); "
+                    "pass --on-error skip to score the other pairs without the failing ones") from failed[0].exc
+            failures.extend(failed)
+    return keys, store, computed, failures
 
 
 def _faces_found(images: list[np.ndarray]) -> np.ndarray:
@@ -325,6 +444,8 @@ def _write_run(run_dir: Path, pairset: PairSet, frame: pd.DataFrame, keys: dict[
     atomic_write_bytes(run_dir / "pairs.parquet", buf.getvalue())
     if cfg.save_images:
         for pid, key in keys.items():
+            if not store.has(key):
+                continue  # a pair skipped by --on-error skip: listed in the summary
             save_png(run_dir / "images" / f"{pid}.png", store.get(key))
 
 
@@ -348,7 +469,7 @@ def compute_shard(method: SwapMethod, pairset: PairSet, metrics: list[Metric], c
     computed, t_swap = 0, 0.0
     if part.pairs:
         images = ImageSource(part)
-        keys, store, computed = run_swaps(method, part, images, cfg)
+        keys, store, computed, _ = run_swaps(method, part, images, cfg)  # failures: rank 0's pass meets them again
         t_swap = time.perf_counter() - t0
         score(method.name, part, keys, store, metrics, images, features, cfg, shard_only=True)
     return {"rank": world().rank, "swaps_computed": computed, "features_computed": features.counts["misses"] - misses,
@@ -379,12 +500,24 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     if not isinstance(method, SwapMethod):
         raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
                            "prepare, swap_batch, fingerprint and describe have defaults)")
+    check_name("method", method.name)  # it names the run folder and the swap cache
+    check_name("protocol", pairset.protocol)
     t0, before, counts = time.perf_counter(), timing.snapshot(), dict(features.counts)
-    method_notes = [str(n) for n in (method.prepare(pairset) or [])]
+    try:
+        method_notes = [str(n) for n in (method.prepare(pairset) or [])]
+    except HarnessError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug: one line naming it
+        raise HarnessError(f"method {method.name} failed in prepare(pair set): {_one_line(exc)}") from exc
     images = ImageSource(pairset)
-    keys, store, computed = run_swaps(method, pairset, images, cfg)
+    keys, store, computed, failures = run_swaps(method, pairset, images, cfg)
     t_swap = time.perf_counter() - t0
-    frame, dataset_level = score(method.name, pairset, keys, store, metrics, images, features, cfg)
+    failed_ids = {f.pair_id for f in failures}
+    scored = replace(pairset, pairs=tuple(p for p in pairset.pairs if p.pair_id not in failed_ids))
+    if not scored.pairs:
+        raise HarnessError(f"method {method.name} failed on every one of the {len(pairset.pairs)} pairs; first: "
+                           f"{failures[0].line(method.name)}")
+    frame, dataset_level = score(method.name, scored, keys, store, metrics, images, features, cfg)
     t_score = time.perf_counter() - t0 - t_swap
     hits, misses = (features.counts[k] - counts[k] for k in ("hits", "misses"))
 
@@ -401,6 +534,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
         notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
                  + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
+        if failures:
+            shown = "; ".join(f"{f.pair_id} ({f.error})" for f in failures[:3])
+            more = f"; ... and {len(failures) - 3} more (summary.json: swap_errors)" if len(failures) > 3 else ""
+            notes.append(f"{method.name}: {len(failures)} of {len(pairset.pairs)} pairs failed to swap and were "
+                         f"skipped (--on-error skip), left out of every number including FID: {shown}{more}")
         if checks["flagged"]:
             kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
             notes.append(f"{method.name}: {checks['flagged']} of {len(frame)} outputs flagged ({kinds}; e.g. pairs "
@@ -442,7 +580,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "confidence": cfg.confidence,
         "bootstrap_resamples": cfg.bootstrap_resamples,
         "notes": notes,
-        "swaps": {"computed": computed, "cached": len(keys) - computed},
+        "swaps": {"computed": computed, "cached": len(keys) - computed - len(failures),
+                  **({"failed": len(failures)} if failures else {})},
+        # pairs the method failed on, skipped under --on-error skip (not cached: a re-run tries them again)
+        "swap_errors": [{"pair_id": f.pair_id, "source": f.source, "target": f.target, "error": f.error}
+                        for f in failures],
         # feature vectors computed by the job (every rank), and lookups this pass found cached
         "features": {"computed": misses + sum(s["features_computed"] for s in shards), "cached": hits},
         "output_checks": checks,
@@ -456,8 +598,70 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "environment": environment(),
         "run_dir": str(run_dir),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    atomic_write_text(run_dir / "summary.json",
+                      json.dumps(portable_summary(summary, cfg.out_dir), indent=1, default=str) + "\n")
     return summary
+
+
+def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``summary`` as it is stored inside the output folder: paths inside ``out_dir`` (the
+    run folder; a dataset root under ``cache/``, such as prepared photo crops) relative to
+    it, so the folder can be moved or copied. :func:`local_summary` reverses it."""
+    out = dict(summary)
+    base = Path(out_dir).resolve()
+    for key in ("run_dir", "root"):
+        value = out.get(key)
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_absolute() and path.resolve().is_relative_to(base):
+            out[key] = path.resolve().relative_to(base).as_posix()
+            out[f"{key}_in_out"] = True
+    return out
+
+
+def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None = None) -> dict[str, Any]:
+    """A stored summary with its paths re-derived from where the output folder is now:
+    ``run_dir`` is the folder the summary was found in (``run_dir``) or
+    ``out_dir/runs/<protocol>/<its name>``, whatever the file says (it may have been moved,
+    copied or edited: nothing outside ``out_dir`` is read through it); a root stored
+    relative to the folder is joined to ``out_dir``."""
+    out = dict(summary)
+    base = Path(out_dir).resolve()
+    if run_dir is None:
+        name = Path(str(out.get("run_dir") or "")).name
+        check_name("run folder", name)
+        run_dir = base / "runs" / str(out.get("protocol")) / name
+    out["run_dir"] = str(Path(run_dir).resolve())
+    out.pop("run_dir_in_out", None)
+    if out.pop("root_in_out", False):
+        rel = Path(str(out.get("root")))
+        full = (base / rel).resolve()
+        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base) else base / "cache" / "missing-root")
+    return out
+
+
+def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
+    """One line per fact per method: notes that say the same thing for several metrics
+    (``codeswap: pose (dlib): detector found no face in 6 of 56 images``, the same for
+    identity_facenet and expression) become one line naming the metrics in brackets, in
+    the order first seen. The full list stays in the summary and the report."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for note in notes:
+        method, sep, rest = note.partition(": ")
+        fact, who = note, ""
+        if sep:
+            for name in sorted(metric_names, key=len, reverse=True):  # identity_facenet before identity
+                for head in (f"{name}: ", f"{name} ("):
+                    if rest.startswith(head):
+                        backend, _, tail = rest[len(name):].partition(": ") if head.endswith("(") else ("", "", rest[len(head):])
+                        if tail:
+                            fact, who = f"{method}: {backend.strip() + ' ' if backend.strip() else ''}{tail}", name
+                        break
+                if who:
+                    break
+        grouped.setdefault((fact, ""), []).extend([who] if who else [])
+    return [fact if not whos else f"{fact} [{', '.join(dict.fromkeys(whos))}]" for (fact, _), whos in grouped.items()]
 
 
 def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
@@ -474,5 +678,5 @@ def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[
             if unreadable is not None:
                 unreadable.append(p)
             continue
-        found.append(s)
+        found.append(local_summary(s, out_dir, p.parent))
     return sorted(found, key=lambda s: s["finished"])

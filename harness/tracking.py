@@ -112,10 +112,14 @@ class Tracker:
                 logging.getLogger(name).setLevel(logging.WARNING)
 
             mlflow.set_tracking_uri(self.uri)
+            local = self.uri == default_uri(self.out_dir)  # the store inside --out (not --tracking-uri)
+            artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if local else None
             with self._store_lock():  # first use creates and migrates the store: one process at a time
-                if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-                    artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if self.uri.startswith("sqlite") else None
+                experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+                if experiment is None:
                     mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+                elif local and experiment.artifact_location != artifacts:
+                    relocate_artifacts(Path(self.uri[len("sqlite:///"):]), experiment.artifact_location, artifacts)
                 self._experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
             self._mlflow = mlflow
         return self._mlflow
@@ -204,6 +208,26 @@ class Tracker:
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         if self.enabled and folder.is_dir():
             self._client().log_artifacts(str(folder), artifact_path=artifact_path)
+
+
+def relocate_artifacts(db: Path, old: str, new: str) -> None:
+    """Point the store's artifact locations at ``new`` (``<out>/mlartifacts`` where the
+    output folder is now) after the folder was moved, renamed or copied: MLflow keeps
+    absolute URIs, so without this a moved folder's runs would log into the old path
+    (recreating it, or failing on a file there) and a copy's into its original. Rewrites
+    the experiment's location and the ``old`` prefix of every run's artifact URI (the
+    files themselves moved with the folder). MLflow has no API for it; the schema's two
+    columns are plain text. Called under the store lock."""
+    import sqlite3
+
+    con = sqlite3.connect(str(db), timeout=600)
+    try:
+        with con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE name = ?", (new, EXPERIMENT))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+                        (new, len(old) + 1, len(old), old))
+    finally:
+        con.close()
 
 
 def git_tags() -> dict[str, str]:

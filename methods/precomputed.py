@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import FacePair, PairSet, SwapMethod
+from harness.checks import check_name
 from harness.errors import HarnessError
 from harness.images import file_sha256, load_rgb, to_tensor
 from harness.options import parse_bool
@@ -74,7 +75,8 @@ class PrecomputedMethod(SwapMethod):
             raise HarnessError(f"precomputed key must be auto, pair_id or names, got {key!r}")
         self.key = key
         if label:
-            self.name = str(label)
+            # the label names the run folder and the swap cache: a name, never a path
+            self.name = check_name("precomputed label", str(label))
         self.allow_missing = parse_bool(allow_missing, "allow_missing")
         self._files = self._scan()
         self._by_pair: dict[str, Path] = {}

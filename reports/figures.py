@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.checks import inside
 from harness.images import load_rgb
 from reports.tables import REFERENCE_METHODS, select_runs
 
@@ -29,10 +30,11 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
     cols = ["Source (input)", "Target (input)"] + list(frames)
     fig, axes = plt.subplots(len(first), len(cols), figsize=(1.6 * len(cols), 1.6 * len(first)), squeeze=False)
     for i, (_, pair) in enumerate(first.iterrows()):
-        images = [load_rgb(root / pair["source"]), load_rgb(root / pair["target"])]
+        # paths from the run files, read only inside the dataset root and the output folder
+        images = [load_rgb(inside(root, pair["source"])), load_rgb(inside(root, pair["target"]))]
         for m, frame in frames.items():
             row = frame.loc[frame["pair_id"] == pair["pair_id"]]
-            images.append(load_rgb(out_dir / row["swap_file"].iloc[0]) if len(row) else np.zeros_like(images[0]))
+            images.append(load_rgb(inside(out_dir, row["swap_file"].iloc[0])) if len(row) else np.zeros_like(images[0]))
         for j, img in enumerate(images):
             ax = axes[i, j]
             ax.imshow(img)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.checks import inside
 from harness.errors import HarnessError
 from reports.ranking import load_pair_frames
 from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
@@ -118,16 +119,16 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
     root = Path(next(iter(rs.values()))["root"])
     missing = 0
 
-    def thumb(path: Path, key: str | None = None) -> int:  # -1 (counted, shown as "no image") when gone
+    def thumb(path: tuple[Path, str], key: str | None = None) -> int:  # -1 (counted, shown as "no image") when gone
         nonlocal missing
         try:
-            return thumbs.add(path, key)
+            return thumbs.add(inside(*path), key)  # (folder, relative path from a run file): never outside it
         except HarnessError:
             missing += 1
             return -1
 
-    src_idx = [thumb(root / inputs[p][0]) for p in order]
-    tgt_idx = [thumb(root / inputs[p][1]) for p in order]
+    src_idx = [thumb((root, inputs[p][0])) for p in order]
+    tgt_idx = [thumb((root, inputs[p][1])) for p in order]
     values: dict[str, dict[str, list]] = {}
     swaps: dict[str, list[int]] = {}
     for m in with_frames:
@@ -135,7 +136,7 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
         rows = np.array([position[p] for p in f["pair_id"].tolist()])  # (n,) row of each frame line in `order`
         idx = [-1] * len(order)
         for r, rel, sha in zip(rows.tolist(), f["swap_file"].tolist(), f["swap_sha256"].tolist()):
-            idx[r] = thumb(out_dir / rel, sha)
+            idx[r] = thumb((out_dir, rel), sha)
         swaps[m] = idx
         values[m] = {}
         for key in columns:

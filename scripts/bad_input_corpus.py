@@ -9,7 +9,7 @@ offline pose metric, ``--no-mlflow`` except for the MLflow case. Each case gets 
     handled         exit 0, the input is now read correctly (16-bit PNG, same-stem photos, ...)
     FAIL            a traceback, a silent drop, or anything else
 
-Usage:  PYTHONPATH=. python scripts/bad_input_corpus.py [--keep DIR]
+Usage:  PYTHONPATH=. python scripts/bad_input_corpus.py [--keep DIR] [--only TEXT ...]
 """
 
 from __future__ import annotations
@@ -117,7 +117,38 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
         return [["run", "-p", "celebahq", "--root", str(work / "celeb"), "--option", "identity_file=/etc/passwd",
                  "-m", "source", "--out", str(work / "celeb" / "out"), "--no-mlflow", *CHEAP]]
 
+    def label(value: str) -> Callable[[], list]:
+        def setup():
+            (work / "label" / "outs").mkdir(parents=True, exist_ok=True)
+            return demo("label", "-m", "precomputed", "--method-option", f"precomputed.dir={work / 'label' / 'outs'}",
+                        "--method-option", f"precomputed.label={value}")
+        return setup
+
+    def moved():
+        first = demo("moved1", "-m", "source")[0]
+        first = [a for a in first if a != "--no-mlflow"]
+        proc = harness(first)
+        finish(proc)
+        (work / "moved1" / "out").rename(work / "moved1" / "elsewhere")
+        (work / "moved1" / "out").write_text("a file where the folder was")
+        return [[str(work / "moved1" / "elsewhere") if a == str(work / "moved1" / "out") else a for a in first]]
+
     return [
+        ("output: [-1, 1] values", "clear error", lambda: demo("m1", "-m", "minus_one_method"), None),
+        ("output: [0, 255] values", "clear error", lambda: demo("m255", "-m", "times255_method"), None),
+        ("output: uint8 tensor", "clear error", lambda: demo("u8", "-m", "uint8_method"), None),
+        ("output: numpy array", "clear error", lambda: demo("np", "-m", "numpy_method"), None),
+        ("output: None", "clear error", lambda: demo("none", "-m", "none_method"), None),
+        ("plugin raises on one pair", "clear error", lambda: demo("raise", "-m", "raising_method"), None),
+        ("plugin raises, --on-error skip", "counted skip",
+         lambda: demo("raise_skip", "-m", "raising_method", "--on-error", "skip"), "failed to swap and were skipped"),
+        ("plugin fails at import", "clear error", lambda: demo("broken", "-m", "broken_plugin"), None),
+        ("precomputed.label=../../x", "clear error", label("../../x"), None),
+        ("precomputed.label=/abs", "clear error", label("/tmp/abs-label"), None),
+        ("precomputed.label=a/b", "clear error", label("a/b"), None),
+        ("--option cache_dir=x", "clear error", lambda: demo("cdir", "-m", "source", "--option", "cache_dir=x"), None),
+        ("--option seed=3", "clear error", lambda: demo("oseed", "-m", "source", "--option", "seed=3"), None),
+        ("moved --out, file at the old path", "handled", moved, "done in"),
         ("folder: unreadable file", "counted skip", folder("unreadable", lambda r: with_bad(r, lambda r: bi.not_an_image(r / "x.jpg"))), "skipped"),
         ("folder: truncated PNG", "counted skip", folder("truncated", lambda r: with_bad(r, lambda r: bi.truncated_png(r / "t.png", 4))), "skipped"),
         ("folder: decompression bomb", "counted skip", folder("bomb", lambda r: with_bad(r, lambda r: bi.decompression_bomb(r / "b.png"))), "skipped"),
@@ -158,13 +189,17 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the cases whose name contains TEXT (repeat)")
     args = ap.parse_args()
     tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="bad-corpus-")
     work = args.keep or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0
     for name, expect, setup, evidence in cases(work):
-        bad_methods = "output:" in name
+        if args.only and not any(t in name for t in args.only):
+            continue
+        bad_methods = "output:" in name or "plugin" in name
         procs = [harness(a, bad_methods=bad_methods) for a in setup()]
         results = [finish(p) for p in procs]
         for rc, err in results:

@@ -217,3 +217,98 @@ def training_folder(root: Path, n: int = 8, bad: bool = True) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+# -- method outputs that break the interface (issue 28 item 1) and plugins that fail (item 9)
+class MinusOneMethod(_Bad):
+    """The target in [-1, 1], a common network convention the interface does not accept."""
+
+    name = "minus_one_method"
+
+    def swap(self, source, target):
+        return target * 2.0 - 1.0
+
+
+class Times255Method(_Bad):
+    """The target in [0, 255] as floats."""
+
+    name = "times255_method"
+
+    def swap(self, source, target):
+        return target * 255.0
+
+
+class Uint8Method(_Bad):
+    """The target as a uint8 tensor (0..255)."""
+
+    name = "uint8_method"
+
+    def swap(self, source, target):
+        import torch
+
+        return (target * 255).round().to(torch.uint8)
+
+
+class NumpyMethod(_Bad):
+    """The target as a numpy array instead of a tensor."""
+
+    name = "numpy_method"
+
+    def swap(self, source, target):
+        return target.cpu().numpy()
+
+
+class NoneMethod(_Bad):
+    """Returns None (a forgotten ``return``)."""
+
+    name = "none_method"
+
+    def swap(self, source, target):
+        return None
+
+
+class RaisingMethod(_Bad):
+    """Returns the target, but raises ValueError on the pair set's second pair (the
+    whole batch call fails whenever that pair is in it)."""
+
+    name = "raising_method"
+    bad_pair = ""
+
+    def prepare(self, pairset):
+        self.bad_pair = pairset.pairs[1].pair_id
+        return []
+
+    def swap_batch(self, pairs, source, target):
+        if any(p.pair_id == self.bad_pair for p in pairs):
+            raise ValueError(f"cannot swap this face (plugin bug on {self.bad_pair})")
+        return self.swap(source, target)
+
+    def swap(self, source, target):
+        return target.clone()
+
+
+CONTRACT_METHODS = {"minus_one_method": "bad_inputs:MinusOneMethod", "times255_method": "bad_inputs:Times255Method",
+                    "uint8_method": "bad_inputs:Uint8Method", "numpy_method": "bad_inputs:NumpyMethod",
+                    "none_method": "bad_inputs:NoneMethod", "raising_method": "bad_inputs:RaisingMethod"}
+BAD_METHODS.update(CONTRACT_METHODS)
+#: a plugin (entry point of another distribution) whose module raises at import
+BROKEN_PLUGIN = ("broken_plugin", "broken_plugin:Swapper", "broken-plugin-dist")
+CLI_WITH_BAD_METHODS = (
+    "from harness.registry import METHODS\n"
+    + "".join(f"METHODS.register({n!r}, {t!r}, description='bad-output test method')\n" for n, t in BAD_METHODS.items())
+    + f"METHODS.register({BROKEN_PLUGIN[0]!r}, {BROKEN_PLUGIN[1]!r}, description='fails at import', "
+    f"origin={BROKEN_PLUGIN[2]!r})\n"
+    + "from harness.cli import main\nmain()\n"
+)
+
+
+# -- labels and files inside --out that point elsewhere (item 2), moved folders (item 3)
+ESCAPING_LABELS = ("../../x", "/tmp/abs-label", "a/b", ".hidden")
+
+
+def point_summary_elsewhere(summary_path: Path, where: str = "/etc") -> Path:
+    """Edit a run's summary.json so that its run_dir (and root) name another folder."""
+    data = json.loads(summary_path.read_text())
+    data["run_dir"] = where
+    summary_path.write_text(json.dumps(data))
+    return summary_path

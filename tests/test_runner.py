@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.errors import HarnessError
+
 from harness.cache import FeatureStore
 from harness.metrics.identity import IdentityMetric
 from harness.runner import RunConfig, bootstrap_ci, run_method
@@ -73,8 +75,9 @@ class FlakyTarget(TargetMethod):
 
 
 def test_a_killed_run_resumes_without_recomputing(demo_pairset, tmp_path):
-    with pytest.raises(_Interrupted):
-        _run(FlakyTarget(), demo_pairset, tmp_path, batch_size=4)
+    with pytest.raises(HarnessError, match="method target failed on pair .*_Interrupted") as info:
+        _run(FlakyTarget(), demo_pairset, tmp_path, batch_size=4)  # a method's exception: one line naming the pair
+    assert isinstance(info.value.__cause__, _Interrupted)  # chained, for HARNESS_DEBUG=1's traceback
     resumed = _run(TargetMethod(), demo_pairset, tmp_path, batch_size=4)
     assert resumed["swaps"]["cached"] == 8
     assert resumed["swaps"]["computed"] == len(demo_pairset.pairs) - 8
