@@ -182,8 +182,16 @@ class FIDMetric(Metric):
         ext, self._weights = load_extractor(self.backend_setting, self.device)
         return ext
 
+    def _weight_files(self) -> tuple[tuple[str, str], ...]:
+        """((file name, sha256),) of the extractor's weights, without building the network
+        (a run whose features are all cached never loads it)."""
+        if not self._weights:
+            path, sha = verified(INCEPTION_WEIGHTS if self.backend_setting == "inception" else "graph_final.pb")
+            self._weights = ((path.name, sha),)
+        return self._weights
+
     def backend(self) -> Backend:
-        self.extractor  # noqa: B018
+        self._weight_files()
         if self.backend_setting == "inception":
             return Backend("inception_v3_tf2015", "Inception-v3 pool3 2048-d (torch-fidelity), real set = targets",
                            True, self._weights)
