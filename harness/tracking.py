@@ -131,13 +131,22 @@ class Tracker:
         saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail now, not after minutes of retries
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(CONNECT_TIMEOUT_S * 2))
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow  # noqa: F401 - configures its loggers, then quietened here
+
+        quiet = logging.getLogger("mlflow")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its warnings would come before our one line
         try:
             self._client()
         except HarnessError:
             raise
         except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
-            raise self._error(_first_sentence(exc)) from None
+            hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
+                    if scheme.startswith("databricks") else "")
+            raise self._error(_first_sentence(exc) + hint) from None
         finally:
+            quiet.setLevel(level)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -211,7 +220,8 @@ class Tracker:
 
             # MLflow configures its loggers on import; quiet its schema-migration chatter.
             for name in ("mlflow", "alembic"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+                if logging.getLogger(name).level < logging.WARNING:  # check() may have raised it further
+                    logging.getLogger(name).setLevel(logging.WARNING)
 
             mlflow.set_tracking_uri(self.uri)
             db = self._sqlite_path()
