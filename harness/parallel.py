@@ -265,17 +265,45 @@ def _limit_threads() -> dict[str, Any]:
 @contextmanager
 def single_threaded() -> Iterator[None]:
     """Every library computes with one thread inside the block (then the numbers do not
-    depend on the thread count); the worker pool and the ranks provide the parallelism."""
-    before = _limit_threads()
+    depend on the thread count); the worker pool and the ranks provide the parallelism.
+
+    When torch is not imported yet it is not imported here (a fully cached run never needs
+    it): the thread variables are set to 1 for the block, so torch, if something imports
+    it inside, starts with one thread; after the block it gets the cores available."""
+    import sys
+
+    if "torch" in sys.modules:
+        before = _limit_threads()
+        try:
+            yield
+        finally:
+            import cv2
+            import torch
+
+            before["blas"].restore_original_limits()
+            torch.set_num_threads(before["torch"])
+            cv2.setNumThreads(before["cv2"])
+        return
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+    os.environ.update({var: "1" for var in THREAD_ENV_VARS})
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    blas = threadpool_limits(limits=1)
     try:
         yield
     finally:
-        import cv2
-        import torch
-
-        before["blas"].restore_original_limits()
-        torch.set_num_threads(before["torch"])
-        cv2.setNumThreads(before["cv2"])
+        blas.restore_original_limits()
+        cv2.setNumThreads(cv2_threads)
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if "torch" in sys.modules:  # imported inside with one thread: the cores again
+            sys.modules["torch"].set_num_threads(available_cores())
 
 
 # The pool's processes start from a fork server of their own that never imports the caller's
