@@ -80,6 +80,7 @@ def handling() -> Iterator[None]:
         finally:
             _depth[0] -= 1
         return
+    _received.clear()  # a signal that stopped an earlier run in this process is not this run's
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
     _depth[0] = 1
     try:
