@@ -313,6 +313,7 @@ def test_a_signal_prints_the_interrupted_line_ends_the_workers_and_marks_the_run
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception itself
 def test_a_swallowed_signal_still_stops_the_run():
     """Python ignores an exception raised in a __del__ ("Exception ignored in: ..."); a
     signal landing there is remembered and the next check raises it."""
