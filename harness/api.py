@@ -279,7 +279,8 @@ class Metric(ABC):
 
     @abstractmethod
     def backend(self) -> Backend:
-        """The model behind the numbers (named in every table)."""
+        """The model behind the numbers (named in every table). Must not load the network
+        (hash its weight files instead): a run whose features are all cached loads none."""
 
     def fingerprint(self) -> dict[str, Any]:
         b = self.backend()

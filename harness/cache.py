@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from harness.errors import HarnessError, is_no_space, no_space
 from harness.images import atomic_write_bytes, load_rgb, save_png
 
 
@@ -59,10 +61,19 @@ class SwapStore:
         pool_map(_put_swap, [(self.path(key), image, flag) for key, image, flag in items])
 
     def get_many(self, keys: list[str]) -> list[np.ndarray]:
-        """:meth:`get` for many keys, decoded in the worker pool when there is one."""
+        """:meth:`get` for many keys, decoded in the worker pool when it runs already. A
+        stored crop that does not decode (truncated, damaged) is deleted and
+        :class:`DamagedSwaps` names them: the runner swaps those pairs again."""
         from harness.parallel import pool_map
 
-        return pool_map(load_rgb, [self.path(k) for k in keys])
+        images = pool_map(_load_or_none, [self.path(k) for k in keys], light=True)
+        bad = [k for k, img in zip(keys, images) if img is None]
+        if bad:
+            for k in bad:
+                self.path(k).unlink(missing_ok=True)
+                self.path(k).with_suffix(".flag").unlink(missing_ok=True)
+            raise DamagedSwaps(bad, self.path(bad[0]))
+        return images
 
     def flag(self, key: str) -> str | None:
         """The flag stored with a swap (None for a clean output)."""
@@ -71,6 +82,24 @@ class SwapStore:
 
     def get(self, key: str) -> np.ndarray:
         return load_rgb(self.path(key))
+
+
+class DamagedSwaps(HarnessError):
+    """Cached swapped crops that did not decode (now deleted); ``keys`` says which."""
+
+    def __init__(self, keys: list[str], example: Path) -> None:
+        super().__init__(f"{len(keys)} cached swapped crops did not decode (e.g. {example}); deleted, to be swapped again")
+        self.keys = keys
+
+
+def _load_or_none(path: Path) -> np.ndarray | None:
+    """A cached crop's pixels, or None when the file is there but does not decode (a pool task)."""
+    try:
+        return load_rgb(path)
+    except HarnessError:
+        if not path.is_file():
+            raise
+        return None
 
 
 def _put_swap(item: tuple[Path, np.ndarray, str | None]) -> None:
@@ -134,14 +163,69 @@ class FeatureStore:
     files into the main one (:func:`merge_feature_shards`) while the others wait.
     """
 
-    def __init__(self, path: Path, shard: str | None = None) -> None:
+    def __init__(self, path: Path, shard: str | None = None, log=None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.shard = path, shard
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.counts = {"hits": 0, "misses": 0}  # lookups served / vectors computed (cached_features)
         self._main: sqlite3.Connection | None = None
         self._db: sqlite3.Connection | None = None
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._damaged: set[tuple[str, str]] = set()  # rows found damaged: rewritten when recomputed
+        self._said: set[str] = set()
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if self.shard is not None or "malformed" not in str(exc).lower():
+                raise self._unreadable(exc) from None
+            self._recover(exc)  # damaged pages: a new file with what still reads
+
+    def _unreadable(self, exc: BaseException) -> HarnessError:
+        """The one-line error for a store that cannot be used at all."""
+        if is_no_space(exc):
+            return no_space(self.path.parent)
+        return HarnessError(f"the feature cache {self.path} cannot be read ({exc}): delete it (rm {self.path}*) "
+                            "and run again; its features are recomputed")
+
+    def _note(self, msg: str) -> None:
+        if msg not in self._said:
+            self._said.add(msg)
+            self._log(f"  note: {msg}")
+
+    def _recover(self, exc: sqlite3.DatabaseError) -> None:
+        """A page of the store is damaged ("malformed"): move the file aside, start a new
+        one with every row that still reads, say so once. The rest is recomputed."""
+        if self.shard is not None or "malformed" not in str(exc).lower():
+            raise self._unreadable(exc) from None
+        aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                src.replace(aside.with_name(aside.name + suffix))
         self._open()
+        kept = 0
+        try:
+            old = _connect(aside)
+            try:
+                last = old.execute("SELECT MAX(rowid) FROM features").fetchone()[0] or 0
+            except sqlite3.DatabaseError:
+                last = 0
+            for start in range(0, last + 1, 500):
+                try:
+                    rows = old.execute("SELECT ns, sha, dtype, shape, data FROM features WHERE rowid BETWEEN ? AND ?",
+                                       (start, start + 499)).fetchall()
+                except sqlite3.DatabaseError:
+                    continue  # a damaged page: these rows are recomputed
+                self._db.executemany("INSERT OR IGNORE INTO features VALUES (?,?,?,?,?)", rows)
+                kept += len(rows)
+            self._db.commit()
+            old.close()
+        except sqlite3.DatabaseError:
+            pass
+        self._note(f"the feature cache {self.path} was damaged ({exc}); {kept} readable rows kept, the rest "
+                   f"is recomputed; the damaged file is {aside.name}")
 
     def _open(self) -> None:
         if self.shard is None:
@@ -168,21 +252,38 @@ class FeatureStore:
         self._open()
 
     def get_many(self, ns: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``shas`` under ``ns`` (absent ones left out). A row whose
+        bytes do not fit its shape is left out too, named once, and rewritten when recomputed."""
+        with self._lock:
+            try:
+                return self._get_many(ns, shas)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc).lower():
+                    raise
+                self._recover(exc)
+                return self._get_many(ns, shas)
+
+    def _get_many(self, ns: str, shas: Iterable[str]) -> dict[str, np.ndarray]:
         shas = list(dict.fromkeys(shas))
         out: dict[str, np.ndarray] = {}
-        with self._lock:
-            for db in (self._main, self._db):
-                if db is None:
-                    continue
-                todo = [s for s in shas if s not in out]
-                for i in range(0, len(todo), 500):
-                    chunk = todo[i : i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    rows = _retry(lambda: db.execute(
-                        f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
-                        [ns, *chunk]).fetchall())
-                    for sha, dtype, shape, data in rows:
-                        out[sha] = np.frombuffer(data, dtype=dtype).reshape(json.loads(shape))
+        for db in (self._main, self._db):
+            if db is None:
+                continue
+            todo = [s for s in shas if s not in out]
+            for i in range(0, len(todo), 500):
+                chunk = todo[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = _retry(lambda: db.execute(
+                    f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
+                    [ns, *chunk]).fetchall())
+                for sha, dtype, shape, data in rows:
+                    vec = _decode_row(dtype, shape, data)
+                    if vec is None:
+                        self._damaged.add((ns, sha))
+                        self._note(f"the feature cache {self.path} holds damaged rows (e.g. {ns} {sha[:12]}); "
+                                   "they are recomputed")
+                        continue
+                    out[sha] = vec
         return out
 
     def put_many(self, ns: str, items: dict[str, np.ndarray]) -> None:
@@ -191,17 +292,28 @@ class FeatureStore:
             for sha, v in items.items()
         ]
         with self._lock:
-            db = self._db
-
             def write() -> None:
+                db = self._db
                 try:
-                    db.executemany("INSERT OR IGNORE INTO features VALUES (?,?,?,?,?)", rows)
+                    fresh = [r for r in rows if (r[0], r[1]) not in self._damaged]
+                    repaired = [r for r in rows if (r[0], r[1]) in self._damaged]
+                    db.executemany("INSERT OR IGNORE INTO features VALUES (?,?,?,?,?)", fresh)
+                    db.executemany("INSERT OR REPLACE INTO features VALUES (?,?,?,?,?)", repaired)
                     db.commit()
-                except sqlite3.OperationalError:
+                except sqlite3.DatabaseError:
                     db.rollback()
                     raise
+                self._damaged.difference_update((r[0], r[1]) for r in repaired)
 
-            _retry(write)
+            try:
+                _retry(write)
+            except sqlite3.DatabaseError as exc:
+                if is_no_space(exc):
+                    raise no_space(self.path.parent) from None
+                if "malformed" not in str(exc).lower():
+                    raise
+                self._recover(exc)
+                _retry(write)
 
     def close(self) -> None:
         with self._lock:
@@ -209,6 +321,18 @@ class FeatureStore:
                 if db is not None:
                     db.close()
             self._main = self._db = None
+
+
+def _decode_row(dtype: str, shape: str, data: bytes) -> np.ndarray | None:
+    """A stored vector, or None when its bytes, dtype or shape are damaged."""
+    try:
+        dims = json.loads(shape)
+        dt = np.dtype(dtype)
+        if not isinstance(dims, list) or len(data) != int(np.prod(dims, dtype=np.int64)) * dt.itemsize:
+            return None
+        return np.frombuffer(data, dtype=dt).reshape(dims)
+    except (ValueError, TypeError):
+        return None
 
 
 def shard_folder(path: Path) -> Path:

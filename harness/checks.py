@@ -15,6 +15,8 @@ def resolve_device(name: str) -> str:
     """``auto`` -> cuda when available, else cpu; any other name must be a device this
     machine has (cpu, cuda, cuda:N, mps)."""
     name = name.strip().lower()
+    if name == "cpu":
+        return name  # every machine has one; torch is not imported for it (a cached run may never need torch)
     import torch
 
     if name == "auto":

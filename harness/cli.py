@@ -291,17 +291,34 @@ app.add_typer(figure_app, name="figure")
 
 
 def main() -> None:
-    """Console entry point: domain errors become one line and exit code 1."""
+    """Console entry point: domain errors become one line and exit code 1; Ctrl-C and
+    SIGTERM print the interrupted line and exit 130 / 143 (:mod:`harness.stops`)."""
+    from harness import stops
+
     try:
-        app()
+        with stops.handling():
+            try:
+                app()
+            finally:
+                stops.check()  # a signal whose exception Python swallowed still stops the command
     except HarnessError as exc:
         if os.environ.get("HARNESS_DEBUG"):
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished work is cached; the same command resumes", err=True)
-        sys.exit(130)
+        _interrupted()
+    except SystemExit as exc:
+        if stops.received() or exc.code == 130:  # Typer turns Ctrl-C into a silent exit 130
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    from harness import stops
+
+    typer.echo(stops.MESSAGE, err=True)
+    sys.exit(stops.exit_code(stops.received()))
 
 
 if __name__ == "__main__":

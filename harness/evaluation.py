@@ -171,9 +171,9 @@ def evaluate(
     naming method, pair and error (finished swaps stay cached), or ``"skip"`` the pair
     (counted and listed in the summary, left out of every number).
     """
-    from harness import parallel
+    from harness import parallel, stops
 
-    with parallel.joined() as w:
+    with stops.handling(), parallel.joined() as w:
         workers = parallel.default_workers(w) if workers is None else workers
         with parallel.single_threaded(), parallel.worker_pool(workers) as pool_size:
             result = _evaluate(protocol, methods, root=root, metrics=metrics, seed=seed, num_pairs=num_pairs,
@@ -190,7 +190,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
               pool_size, on_error,
               log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
-    from harness import parallel, timing
+    from harness import parallel, stops, timing
     from harness.runner import RunConfig, group_notes
     from harness.tracking import Tracker
 
@@ -227,6 +227,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     for name, bound in method_settings.items():  # a label names the run folder: a name, checked before any work
         if bound.get("label"):
             check_name(f"method {name}: label", str(bound["label"]))
+    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main, log=log)
+    tracker.check()  # an unusable tracking URI fails now, not after the work
     pairset = proto.build()
     log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
         f"manifest sha256 {pairset.manifest_sha256[:12]}")
@@ -240,7 +242,6 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                 "save_images": save_images, "on_error": on_error}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
-    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main)
     try:
         with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
                             {"protocol": pairset.protocol, "methods": ",".join(method_names),
@@ -262,6 +263,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
                 t = summary["timing_s"]  # its figures are in the summary table at the end
                 log(f"  {name}: {summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
                     f"swap {t['swap']:.1f}s, score {t['score']:.1f}s")
+            stops.check()  # a signal whose exception was swallowed: the parent run ends KILLED, not FINISHED
             others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage
             if report and w.is_main:
                 from reports.render import render_report
@@ -277,7 +279,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         merge_feature_shards(features.path)
     if not w.is_main:
         return None
-    result.tracking_uri = tracker.uri if mlflow else None
+    result.tracking_uri = tracker.uri if mlflow and tracker.failure is None else None
     result.seconds = time.perf_counter() - t0
     result.scale = {"ranks": w.size, "workers_per_rank": pool_size,
                     "stage_s": timing.merged(timing.since(stages_before), *others)}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, is_no_space, no_space
 from harness.timing import stage
 
 
@@ -64,15 +64,23 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    """Write via a temporary file and rename, so a killed run never leaves half a file. A
+    full disk is a one-line error naming the folder (the previous file, if any, is intact)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    except OSError as exc:
+        if is_no_space(exc):
+            raise no_space(path.parent) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_no_space(exc):
+            raise no_space(path.parent) from None
         raise
 
 

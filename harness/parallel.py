@@ -169,12 +169,13 @@ def shard_batches(items: Sequence[T], batch_size: int, w: World | None = None) -
 
 
 def distribute(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T, R], None] | None = None,
-               ) -> list[R]:
+               light: bool = False) -> list[R]:
     """``fn(item)`` for every item: this rank computes items ``rank, rank + size, ...`` in
     its worker pool, then every rank gets every result, in item order. ``on_result`` sees
-    this rank's results as they arrive (progress, resumable indexes)."""
+    this rank's results as they arrive (progress, resumable indexes). ``light``: cheap work
+    (e.g. every item is cached) that does not start the pool (:func:`map_chunks`)."""
     mine = list(range(_world.rank, len(items), _world.size))
-    results = pool_map(fn, [items[i] for i in mine], on_result=on_result)
+    results = pool_map(fn, [items[i] for i in mine], on_result=on_result, light=light)
     if _world.size == 1:
         return results
     out: list[Any] = [None] * len(items)
@@ -192,9 +193,10 @@ def distribute(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T,
 #: a library loads, so they must be set before torch or numpy is imported)
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
-_pool: ProcessPoolExecutor | None = None
-_pool_size = 1
+_pool: ProcessPoolExecutor | None = None  # the running pool (started by the first task that needs it)
+_pool_size = 1  # workers of the active worker_pool() block (1: none, or no block)
 _in_worker = False
+_launched: list = []  # the pool's worker processes (their Popen objects), to name a dead one and end them all
 
 
 def available_cores() -> int:
@@ -263,46 +265,161 @@ def _limit_threads() -> dict[str, Any]:
 @contextmanager
 def single_threaded() -> Iterator[None]:
     """Every library computes with one thread inside the block (then the numbers do not
-    depend on the thread count); the worker pool and the ranks provide the parallelism."""
-    before = _limit_threads()
+    depend on the thread count); the worker pool and the ranks provide the parallelism.
+
+    When torch is not imported yet it is not imported here (a fully cached run never needs
+    it): the thread variables are set to 1 for the block, so torch, if something imports
+    it inside, starts with one thread; after the block it gets the cores available."""
+    import sys
+
+    if "torch" in sys.modules:
+        before = _limit_threads()
+        try:
+            yield
+        finally:
+            import cv2
+            import torch
+
+            before["blas"].restore_original_limits()
+            torch.set_num_threads(before["torch"])
+            cv2.setNumThreads(before["cv2"])
+        return
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+    os.environ.update({var: "1" for var in THREAD_ENV_VARS})
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    blas = threadpool_limits(limits=1)
     try:
         yield
     finally:
-        import cv2
-        import torch
+        blas.restore_original_limits()
+        cv2.setNumThreads(cv2_threads)
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if "torch" in sys.modules:  # imported inside with one thread: the cores again
+            sys.modules["torch"].set_num_threads(available_cores())
 
-        before["blas"].restore_original_limits()
-        torch.set_num_threads(before["torch"])
-        cv2.setNumThreads(before["cv2"])
+
+# The pool's processes start from a fork server of their own that never imports the caller's
+# __main__: the standard forkserver/spawn contexts run the main script again in every worker
+# (a script without `if __name__ == "__main__":` would start its evaluation again there) and
+# cannot start at all from `python -` or `python -c`. Workers only ever run harness functions.
+try:
+    import io as _io
+    from multiprocessing import context as _mp_context
+    from multiprocessing import forkserver as _forkserver
+    from multiprocessing import popen_forkserver as _popen_forkserver
+    from multiprocessing import reduction as _reduction
+    from multiprocessing import spawn as _spawn
+    from multiprocessing import util as _mp_util
+
+    _SERVER = _forkserver.ForkServer()
+    _SERVER.set_forkserver_preload(["harness.parallel"])  # never "__main__"
+
+    class _Popen(_popen_forkserver.Popen):
+        """multiprocessing's forkserver Popen (3.11-3.13), with our server and without the
+        main module in the data a new process prepares itself from."""
+
+        def _launch(self, process_obj):
+            prep_data = _spawn.get_preparation_data(process_obj._name)
+            prep_data.pop("init_main_from_path", None)
+            prep_data.pop("init_main_from_name", None)
+            buf = _io.BytesIO()
+            _mp_context.set_spawning_popen(self)
+            try:
+                _reduction.dump(prep_data, buf)
+                _reduction.dump(process_obj, buf)
+            finally:
+                _mp_context.set_spawning_popen(None)
+            self.sentinel, w = _SERVER.connect_to_new_process(self._fds)
+            _parent_w = os.dup(w)
+            self.finalizer = _mp_util.Finalize(self, _mp_util.close_fds, (_parent_w, self.sentinel))
+            with open(w, "wb", closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = _forkserver.read_signed(self.sentinel)
+            _launched.append(self)
+
+    class _Process(_mp_context.ForkServerProcess):
+        @staticmethod
+        def _Popen(process_obj):
+            return _Popen(process_obj)
+
+    class _Context(_mp_context.ForkServerContext):
+        Process = _Process
+
+    def _context():
+        return _Context()
+
+    def _stop_server() -> None:
+        _SERVER._stop()
+except (ImportError, AttributeError):  # another Python's multiprocessing: the standard context
+    def _context():
+        import multiprocessing
+
+        return multiprocessing.get_context("forkserver")
+
+    def _stop_server() -> None:
+        pass
 
 
 @contextmanager
 def worker_pool(workers: int) -> Iterator[int]:
-    """Run :func:`pool_map` work in ``workers`` processes inside the block (1: in this
-    process). Nested pools keep the outer one. Yields the number of workers."""
+    """Run heavy :func:`map_chunks`/:func:`pool_map` work in ``workers`` processes inside
+    the block (1: in this process). The processes start with the first task that needs
+    them: a run whose work is all cached starts none. Nested pools keep the outer one.
+    On leaving the block every worker process has ended (after an error or Ctrl-C they
+    are terminated, not awaited). Yields the number of workers."""
     global _pool, _pool_size
     if workers < 1:
         raise HarnessError(f"--workers must be at least 1, got {workers}")
-    if _pool is not None or _in_worker or workers == 1:
-        yield _pool_size if _pool is not None else 1
+    if _pool_size > 1 or _in_worker or workers == 1:
+        yield _pool_size
         return
-    import multiprocessing
-
-    # forkserver: workers start from a clean process, never from a copy of one whose
-    # OpenMP or OpenCV threads are running (a fork of those can hang)
-    _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"),
-                                initializer=_init_worker)
     _pool_size = workers
+    ok = False
     try:
         yield workers
+        ok = True
     finally:
         pool, _pool, _pool_size = _pool, None, 1
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            _end_pool(pool, wait=ok)
+
+
+def _end_pool(pool: ProcessPoolExecutor, wait: bool) -> None:
+    """Shut the pool down; ``wait``: let the workers finish (normal end), else terminate
+    them (an error, a signal). Either way no worker process is left running."""
+    procs = list(_launched)
+    _launched.clear()
+    try:
+        pool.shutdown(wait=wait, cancel_futures=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            if p.wait(5) is None:
+                p.kill()
+                p.wait(5)
+        _stop_server()
+
+
+def _get_pool() -> ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(_pool_size, mp_context=_context(), initializer=_init_worker)
+    return _pool
 
 
 def pool_workers() -> int:
-    """Workers of the active pool (1 when there is none)."""
-    return _pool_size if _pool is not None else 1
+    """Workers of the active pool block (1 when there is none)."""
+    return _pool_size
 
 
 def _run_chunk(fn: Callable[[list], Sequence], chunk: list) -> tuple[list, dict[str, float]]:
@@ -323,14 +440,41 @@ class _Each:
         return [self.fn(item) for item in chunk]
 
 
+def _task_name(fn: Callable) -> str:
+    fn = fn.fn if isinstance(fn, _Each) else fn
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+def _death(fn: Callable) -> HarnessError:
+    """The one-line error for a worker that died: which task, how, what to try."""
+    import signal
+
+    codes = [p.returncode for p in _launched if p.returncode not in (None, 0)]
+    # the pool terminates the others (SIGTERM) once one died: name the first other cause
+    cause = next((c for c in codes if c != -signal.SIGTERM), codes[0] if codes else None)
+    if cause is None:
+        how = "ended unexpectedly"
+    elif cause < 0:
+        name = signal.Signals(-cause).name if -cause in signal.Signals._value2member_map_ else str(-cause)
+        how = f"was killed by {name}" + (" (the kernel's out-of-memory killer sends it)" if -cause == 9 else "")
+    else:
+        how = f"exited with code {cause}"
+    return HarnessError(f"a worker process {how} while running {_task_name(fn)}; rerun with fewer --workers "
+                        "(--workers 1 runs everything in this process): finished work is cached")
+
+
 def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Callable | None = None,
-               multiple: int = 1) -> list:
+               multiple: int = 1, light: bool = False) -> list:
     """``fn`` over chunks of ``items`` (fn: list -> one result per item), in the pool when
     there is one; results flattened, in item order. ``fn`` must be picklable (a module-level
     function or a small object) and a pure function of each item. Chunks hold a multiple of
-    ``multiple`` items (a network's fixed batch: no chunk pads a batch another could fill)."""
+    ``multiple`` items (a network's fixed batch: no chunk pads a batch another could fill).
+    ``light``: cheap work (decoding a crop) that uses the pool if it runs already but never
+    starts it."""
+    from harness import stops
+
     items = list(items)
-    if _pool is None or len(items) <= 1:
+    if _pool_size == 1 or len(items) <= 1 or (light and _pool is None):
         out = list(fn(items)) if items else []
         if on_result is not None:
             for item, r in zip(items, out):
@@ -340,10 +484,12 @@ def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Calla
     size = math.ceil(size / multiple) * multiple
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     out: list = []
+    pool = _get_pool()
     with timing.stage("wait"):
         try:
-            futures = [_pool.submit(_run_chunk, fn, c) for c in chunks]
+            futures = [pool.submit(_run_chunk, fn, c) for c in chunks]
             for chunk, fut in zip(chunks, futures):
+                stops.check()
                 results, times = fut.result()
                 timing.add(times)
                 out.extend(results)
@@ -351,8 +497,9 @@ def map_chunks(fn: Callable[[list], Sequence], items: Sequence, on_result: Calla
                     for item, r in zip(chunk, results):
                         on_result(item, r)
         except BrokenProcessPool:
-            raise HarnessError("a worker process died (out of memory?); rerun with fewer --workers: "
-                               "finished work is cached") from None
+            for p in _launched:
+                p.wait(5)
+            raise _death(fn) from None
     return out
 
 
@@ -364,10 +511,11 @@ def map_rows(fn: Callable[[list], Sequence], rows: Sequence, device: str) -> lis
     return map_chunks(fn, rows, multiple=feature_batch(device))
 
 
-def pool_map(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T, R], None] | None = None) -> list[R]:
+def pool_map(fn: Callable[[T], R], items: Sequence[T], on_result: Callable[[T, R], None] | None = None,
+             light: bool = False) -> list[R]:
     """``[fn(item) for item in items]``, in the pool when there is one; ``on_result`` sees
-    each (item, result) in item order as soon as it is there."""
-    if _pool is None:
+    each (item, result) in item order as soon as it is there. ``light``: see :func:`map_chunks`."""
+    if _pool_size == 1 or (light and _pool is None):
         out = []
         for item in items:
             out.append(fn(item))

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import timing
+from harness import stops, timing
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
-from harness.cache import FeatureStore, SwapStore, stable_hash
+from harness.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
 from harness.checks import check_name
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
@@ -144,10 +144,10 @@ class ImageSource:
         if not rels:
             return
         if pixels:
-            for rel, (img, sha) in zip(rels, pool_map(_decode, [self.pairset.path(r) for r in rels])):
+            for rel, (img, sha) in zip(rels, pool_map(_decode, [self.pairset.path(r) for r in rels], light=True)):
                 self._keep(rel, img, sha)
             return
-        for rel, (shape, sha) in zip(rels, pool_map(_decoded_sha, [self.pairset.path(r) for r in rels])):
+        for rel, (shape, sha) in zip(rels, pool_map(_decoded_sha, [self.pairset.path(r) for r in rels], light=True)):
             self._check(rel, shape)
             self._sha[rel] = sha
 
@@ -265,6 +265,7 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
     computed, failures = 0, []
     with torch.inference_mode():
         for batch in _progress(batches, cfg.progress, desc=f"swap {method.name}", unit="batch"):
+            stops.check()
             images.prefetch([rel for p in batch for rel in (p.source, p.target)])
             src = to_tensor(np.stack([images.load(p.source) for p in batch]), in_size, cfg.device)  # (B,3,S,S)
             tgt = to_tensor(np.stack([images.load(p.target) for p in batch]), in_size, cfg.device)
@@ -356,6 +357,7 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     values: dict[str, list[np.ndarray]] = {}
     pairs = list(pairset.pairs)
     for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}", unit="batch"):
+        stops.check()
         swapped = np.stack(store.get_many([keys[p.pair_id] for p in batch]))  # (B,S,S,3) uint8
         images.prefetch([rel for p in batch for rel in (p.source, p.target)])
         eb = EvalBatch(
@@ -393,9 +395,12 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
         v[flagged] = np.nan  # never scored as if they were faces: out of the means and of n
         frame[key] = v
     dataset_level: dict[str, float] = {}
+    # what dataset-level values are a function of: every pair's three images and the gallery
+    inputs = [[images.sha(p.source), images.sha(p.target), sha] for p, sha in zip(pairs, frame["swap_sha256"])]
+    gallery = [images.sha(g.path) for g in pairset.gallery] if any(not k.per_pair for m in metrics for k in m.keys) else []
     for m in metrics:
         if not shard_only:
-            dataset_level.update(m.compute(ctx))
+            dataset_level.update(_dataset_level(m, ctx, features, inputs, gallery))
             continue
         try:  # for the features it caches (FID: the share's real images); the values are dropped
             with warnings.catch_warnings():
@@ -404,6 +409,26 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
         except HarnessError:
             pass  # e.g. FID on fewer than 2 images: rank 0's pass over every pair computes it
     return frame, dataset_level
+
+
+DATASET_LEVEL_NS = "dataset_level:v1"
+
+
+def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: list, gallery: list) -> dict[str, float]:
+    """``m.compute(ctx)``, cached: the values depend only on the metric (its fingerprint: backend,
+    weights, settings) and the images scored, so a re-run over cached swaps and features
+    needs neither the computation nor its libraries (FID: torch-fidelity)."""
+    keys = [k.key for k in m.keys if not k.per_pair]
+    if not keys:
+        return m.compute(ctx)
+    sha = stable_hash({"metric": m.fingerprint(), "keys": keys, "pairs": inputs, "gallery": gallery}, n=64)
+    found = features.get_many(DATASET_LEVEL_NS, [sha])
+    if sha in found and found[sha].shape == (len(keys),):
+        return {k: float(v) for k, v in zip(keys, found[sha])}
+    values = m.compute(ctx)
+    if all(k in values for k in keys):
+        features.put_many(DATASET_LEVEL_NS, {sha: np.array([values[k] for k in keys], np.float64)})
+    return values
 
 
 def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics: list[Metric], cfg: RunConfig,
@@ -510,14 +535,23 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     except Exception as exc:  # noqa: BLE001 - a plugin's bug: one line naming it
         raise HarnessError(f"method {method.name} failed in prepare(pair set): {_one_line(exc)}") from exc
     images = ImageSource(pairset)
-    keys, store, computed, failures = run_swaps(method, pairset, images, cfg)
-    t_swap = time.perf_counter() - t0
-    failed_ids = {f.pair_id for f in failures}
-    scored = replace(pairset, pairs=tuple(p for p in pairset.pairs if p.pair_id not in failed_ids))
-    if not scored.pairs:
-        raise HarnessError(f"method {method.name} failed on every one of the {len(pairset.pairs)} pairs; first: "
-                           f"{failures[0].line(method.name)}")
-    frame, dataset_level = score(method.name, scored, keys, store, metrics, images, features, cfg)
+    computed, t_swap, repaired = 0, 0.0, []
+    for attempt in range(3):
+        t1 = time.perf_counter()
+        keys, store, done, failures = run_swaps(method, pairset, images, cfg)
+        computed, t_swap = computed + done, t_swap + time.perf_counter() - t1
+        failed_ids = {f.pair_id for f in failures}
+        scored = replace(pairset, pairs=tuple(p for p in pairset.pairs if p.pair_id not in failed_ids))
+        if not scored.pairs:
+            raise HarnessError(f"method {method.name} failed on every one of the {len(pairset.pairs)} pairs; first: "
+                               f"{failures[0].line(method.name)}")
+        try:
+            frame, dataset_level = score(method.name, scored, keys, store, metrics, images, features, cfg)
+            break
+        except DamagedSwaps as exc:  # deleted by the store: swap those pairs again, score again
+            if attempt == 2:
+                raise
+            repaired.append(str(exc))
     t_score = time.perf_counter() - t0 - t_swap
     hits, misses = (features.counts[k] - counts[k] for k in ("hits", "misses"))
 
@@ -533,6 +567,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         checks["flagged"] = sum(checks.values())
         checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
         notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
+                 + [f"{method.name}: cache: {n}" for n in repaired]
                  + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
         if failures:
             shown = "; ".join(f"{f.pair_id} ({f.error})" for f in failures[:3])

@@ -8,7 +8,10 @@ Safe under kills and concurrent runs:
 * the SQLite store is created and migrated by one process at a time (a file lock,
   ``mlflow.db.lock``), so two runs started at once on a new ``--out`` both work;
 * a run that ends by an error is marked FAILED, by Ctrl-C or SIGTERM KILLED; a run left
-  RUNNING by a process that no longer exists (kill -9) is marked KILLED by the next run;
+  RUNNING by a process that no longer exists (kill -9) is marked KILLED by the next run
+  (runs are created with their owner's pid and host as tags, so there is no moment when a
+  kill leaves a run without an owner; an ownerless RUNNING run of an older version is
+  marked too);
 * the same command after a kill resumes its unfinished parent run, and a method whose
   child run exists under it is logged into that child again, not into a duplicate.
 """
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import threading
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness import stops
 from harness.cache import stable_hash
+from harness.errors import HarnessError, is_no_space, no_space
 
 EXPERIMENT = "codeswap-harness"
 
@@ -78,14 +82,121 @@ def _metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-class Tracker:
-    """Thin wrapper so the runner never imports MLflow itself."""
+#: schemes MLflow's tracking stores accept (a database URI may name its driver: postgresql+psycopg2)
+SCHEMES = ("sqlite", "http", "https", "databricks", "databricks-uc", "uc", "postgresql", "mysql", "mssql", "file")
+#: seconds the tracking server gets to answer the check before any work
+CONNECT_TIMEOUT_S = 5.0
 
-    def __init__(self, out_dir: Path, tracking_uri: str | None = None, enabled: bool = True) -> None:
+
+class Tracker:
+    """Thin wrapper so the runner never imports MLflow itself.
+
+    :meth:`check` tries the store before any work (one-line :class:`HarnessError` naming the
+    URI and ``--no-mlflow``); a failure while logging after the work only ends the logging,
+    with a warning (``log``): results, runs and report on disk are never lost to it."""
+
+    def __init__(self, out_dir: Path, tracking_uri: str | None = None, enabled: bool = True,
+                 log=None) -> None:
         self.enabled = enabled
         self.out_dir = out_dir
         self.uri = tracking_uri or default_uri(out_dir)
+        self.explicit = tracking_uri is not None
         self._mlflow = None
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.failure: str | None = None  # why logging stopped after the work began
+
+    def _error(self, reason: str) -> HarnessError:
+        return HarnessError(f"MLflow tracking URI {self.uri}: {reason}; fix --tracking-uri or pass --no-mlflow")
+
+    def check(self) -> None:
+        """Make sure the tracking store works before any work is done: the scheme is one
+        MLflow knows, an SQLite file's folder exists (it is created only inside ``--out``),
+        a server answers within :data:`CONNECT_TIMEOUT_S` as MLflow and accepts the
+        credentials, Databricks credentials are configured. Raises a one-line HarnessError."""
+        if not self.enabled:
+            return
+        from urllib.parse import urlparse
+
+        scheme = urlparse(self.uri).scheme.split("+")[0] if "://" in self.uri else self.uri.split(":")[0]
+        if scheme not in SCHEMES:
+            raise self._error(f"unsupported scheme {scheme + '://' if scheme else repr(self.uri)} "
+                              f"(MLflow stores: {', '.join(s + '://' for s in SCHEMES[:3])}, databricks, "
+                              "postgresql://, mysql://, mssql://)")
+        if scheme == "sqlite" and self.explicit:
+            db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+            if db is not None and db != Path() and not db.parent.is_dir():
+                raise self._error(f"the folder {db.parent} does not exist (create it first: mkdir -p {db.parent})")
+        if scheme in ("http", "https"):
+            self._probe_server()
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail now, not after minutes of retries
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(CONNECT_TIMEOUT_S * 2))
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow  # noqa: F401 - configures its loggers, then quietened here
+
+        quiet = logging.getLogger("mlflow")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its warnings would come before our one line
+        try:
+            self._client()
+        except HarnessError:
+            raise
+        except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
+            hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
+                    if scheme.startswith("databricks") else "")
+            raise self._error(_first_sentence(exc) + hint) from None
+        finally:
+            quiet.setLevel(level)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _probe_server(self) -> None:
+        """One GET to the server's REST API with a short timeout: reachable, MLflow, credentials accepted."""
+        import base64
+        import json
+        import urllib.error
+        import urllib.request
+        from urllib.parse import quote
+
+        url = f"{self.uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name={quote(EXPERIMENT)}"
+        headers = {}
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=CONNECT_TIMEOUT_S) as r:
+                status, body = r.status, r.read(1 << 16)
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read(1 << 16)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise self._error(f"cannot reach the server ({reason}; waited at most {CONNECT_TIMEOUT_S:g}s)") from None
+        if status in (401, 403):
+            raise self._error(f"the server refused the credentials (HTTP {status}); set MLFLOW_TRACKING_TOKEN "
+                              "or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict) or not ("experiment" in data or "error_code" in data):
+            raise self._error(f"the server answered HTTP {status} but is not an MLflow tracking server")
+
+    def _safely(self, what: str, fn, *args) -> None:
+        """Log to MLflow; a failure stops the logging with one warning line instead of failing
+        a run whose results are already on disk."""
+        if self.failure is not None:
+            return
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any tracking failure after the work
+            self.failure = _first_sentence(exc)
+            self._log(f"warning: MLflow logging to {self.uri} failed while {what} ({self.failure}); the results "
+                      f"are on disk in {self.out_dir}; MLflow logging stops for this run")
 
     @contextmanager
     def _store_lock(self) -> Iterator[None]:
@@ -109,20 +220,33 @@ class Tracker:
 
             # MLflow configures its loggers on import; quiet its schema-migration chatter.
             for name in ("mlflow", "alembic"):
-                logging.getLogger(name).setLevel(logging.WARNING)
+                if logging.getLogger(name).level < logging.WARNING:  # check() may have raised it further
+                    logging.getLogger(name).setLevel(logging.WARNING)
 
             mlflow.set_tracking_uri(self.uri)
+            db = self._sqlite_path()
             local = self.uri == default_uri(self.out_dir)  # the store inside --out (not --tracking-uri)
-            artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if local else None
-            with self._store_lock():  # first use creates and migrates the store: one process at a time
-                experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-                if experiment is None:
-                    mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-                elif local and experiment.artifact_location != artifacts:
-                    relocate_artifacts(Path(self.uri[len("sqlite:///"):]), experiment.artifact_location, artifacts)
-                self._experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+            artifacts = (self.out_dir / "mlartifacts").resolve().as_uri() if db is not None else None
+            try:
+                with self._store_lock():  # first use creates and migrates the store: one process at a time
+                    if db is not None:
+                        _ensure_sqlite_store(db, self._log)
+                    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+                    if experiment is None:
+                        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+                    elif local and experiment.artifact_location != artifacts:
+                        relocate_artifacts(db, experiment.artifact_location, artifacts)
+                    self._experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+            except Exception as exc:
+                if is_no_space(exc):
+                    raise no_space(db.parent if db is not None else self.out_dir) from None
+                raise
             self._mlflow = mlflow
         return self._mlflow
+
+    def _sqlite_path(self) -> Path | None:
+        prefix = "sqlite:///"
+        return Path(self.uri[len(prefix):]) if self.uri.startswith(prefix) and len(self.uri) > len(prefix) else None
 
     def _search(self, filter_string: str) -> list:
         client = self._client().MlflowClient()
@@ -136,6 +260,11 @@ class Tracker:
         stale = []
         for run in self._search("attributes.status = 'RUNNING'"):
             tags = run.data.tags
+            ours = "harness_parent_key" in tags or "harness_run_id" in tags
+            if ours and "harness_pid" not in tags:  # started by a version that tagged its owner later, then killed
+                client.set_terminated(run.info.run_id, status="KILLED")
+                stale.append(run.info.run_id)
+                continue
             if tags.get("harness_host") != socket.gethostname() or not tags.get("harness_pid", "").isdigit():
                 continue
             pid = int(tags["harness_pid"])
@@ -166,24 +295,36 @@ class Tracker:
         if unfinished:
             run = mlflow.start_run(run_id=unfinished[0].info.run_id)
         else:
-            run = mlflow.start_run(run_name=name, tags={"harness_parent_key": key})
+            run = mlflow.start_run(run_name=name, tags={"harness_parent_key": key, **self._owner_tags()})
             mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
             if manifest is not None:
                 mlflow.log_input(manifest_dataset(manifest), context="evaluation")
         mlflow.set_tags({**self._owner_tags(), **git_tags()})
-        with _sigterm_as_interrupt():
+        with stops.handling():
             try:
                 yield run.info.run_id
             except BaseException as exc:
-                mlflow.end_run(status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+                try:
+                    mlflow.end_run(status="KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED")
+                except Exception:  # noqa: BLE001 - the store failing too: the first error is the one to see
+                    pass
                 raise
-            mlflow.end_run(status="FINISHED")
+            if self.failure is None:
+                self._safely("ending the parent run", mlflow.end_run, "FINISHED")
+            else:
+                try:
+                    mlflow.end_run(status="FAILED")
+                except Exception:  # noqa: BLE001 - said once already
+                    pass
 
     def log_method(self, summary: dict[str, Any]) -> None:
         """One child run per method; a child of this parent with the same harness run id
-        (left unfinished by a kill) is reused, one that finished is left as it is."""
-        if not self.enabled:
-            return
+        (left unfinished by a kill) is reused, one that finished is left as it is. A failure
+        is a warning (see :meth:`_safely`)."""
+        if self.enabled:
+            self._safely(f"logging method {summary['method']}", self._log_method, summary)
+
+    def _log_method(self, summary: dict[str, Any]) -> None:
         mlflow = self._client()
         active = mlflow.active_run()
         existing = [] if active is None else self._search(
@@ -197,7 +338,7 @@ class Tracker:
             ctx = mlflow.start_run(run_id=existing[0].info.run_id, nested=True)
         else:
             ctx = mlflow.start_run(run_name=f"{summary['protocol']}/{summary['method']}", nested=True,
-                                   tags={"harness_run_id": summary["run_id"]})
+                                   tags={"harness_run_id": summary["run_id"], **self._owner_tags()})
         with ctx:
             mlflow.set_tags({"protocol": summary["protocol"], "method": summary["method"], **self._owner_tags()})
             if params:
@@ -207,7 +348,60 @@ class Tracker:
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         if self.enabled and folder.is_dir():
-            self._client().log_artifacts(str(folder), artifact_path=artifact_path)
+            self._safely(f"logging {artifact_path}", lambda: self._client().log_artifacts(str(folder),
+                                                                                          artifact_path=artifact_path))
+
+
+def _ensure_sqlite_store(db: Path, log) -> None:
+    """Create the SQLite store atomically: MLflow's migrations run on a temporary file in the
+    same folder, renamed to ``db`` once complete, so a full disk or a kill midway leaves no
+    half-migrated store (that one made every later run fail with "table ... already
+    exists"). A store left half-created by an older version (it holds no run) is rebuilt;
+    one that holds runs is left alone. Call with the store lock held."""
+    import sqlite3
+
+    for stale in db.parent.glob(f".{db.name}.creating-*"):  # leftovers of a killed creation
+        stale.unlink(missing_ok=True)
+    if db.is_file() and db.stat().st_size > 0:
+        try:
+            con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                half = any(t.startswith("_alembic_tmp_") for t in tables)
+                runs = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as exc:
+            raise HarnessError(f"the MLflow store {db} cannot be read ({exc}): move it away or delete it, or pass "
+                               "--no-mlflow") from None
+        if not half:
+            return
+        if runs:
+            raise HarnessError(f"the MLflow store {db} was left half-migrated but holds {runs} runs: back it up, then "
+                               f"run `mlflow db upgrade sqlite:///{db}` or move it away; or pass --no-mlflow")
+        log(f"  note: the MLflow store {db} was left half-created (no runs in it); creating it again")
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    import uuid
+
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # new name: MLflow caches engines by URI
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / "mlartifacts").resolve().as_uri())
+        store.engine.dispose()
+        os.replace(tmp, db)
+    except BaseException as exc:
+        for extra in ("", "-journal", "-wal", "-shm"):
+            Path(str(tmp) + extra).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and is_no_space(exc):
+            raise no_space(db.parent) from None
+        raise
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """An exception's message cut to one line (MLflow's run to paragraphs)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    cut = text.find(". ")
+    return (text[:cut] if 0 < cut < 300 else text[:300]).rstrip(".")
 
 
 def relocate_artifacts(db: Path, old: str, new: str) -> None:
@@ -265,21 +459,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While logging, SIGTERM raises KeyboardInterrupt, so the runs end as KILLED instead
-    of staying RUNNING (only in the main thread, where Python delivers signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -158,7 +158,8 @@ class FolderProtocol(FaceProtocol):
         items = [(rel, crop_names[rel], index.get(rel)) for rel, _ in photos]
         with tqdm(total=len(range(world().rank, len(items), world().size)), desc="detect + align", unit="photo",
                   leave=False, disable=not (sys.stderr.isatty() and world().is_main)) as bar:
-            entries = distribute(task, items, on_result=keep)
+            # every photo indexed before: (almost) nothing to detect, so no worker pool is started for it
+            entries = distribute(task, items, on_result=keep, light=all(entry is not None for _, _, entry in items))
         if mine:
             atomic_write_bytes(part, json.dumps(mine, sort_keys=True).encode())
         barrier()  # every process's part is on disk

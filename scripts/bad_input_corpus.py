@@ -133,6 +133,15 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
         (work / "moved1" / "out").write_text("a file where the folder was")
         return [[str(work / "moved1" / "elsewhere") if a == str(work / "moved1" / "out") else a for a in first]]
 
+    def garbage_features():
+        bi.garbage_feature_store(work / "feat" / "out" / "cache" / "features.sqlite")
+        return demo("feat", "-m", "source")
+
+    def half_migrated():
+        bi.half_migrated_mlflow_store(work / "halfdb" / "out" / "mlflow.db")
+        return [["run", "-p", "demo", "--num-pairs", "2", "-m", "source", "--out", str(work / "halfdb" / "out"),
+                 *CHEAP]]
+
     return [
         ("output: [-1, 1] values", "clear error", lambda: demo("m1", "-m", "minus_one_method"), None),
         ("output: [0, 255] values", "clear error", lambda: demo("m255", "-m", "times255_method"), None),
@@ -149,6 +158,14 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
         ("--option cache_dir=x", "clear error", lambda: demo("cdir", "-m", "source", "--option", "cache_dir=x"), None),
         ("--option seed=3", "clear error", lambda: demo("oseed", "-m", "source", "--option", "seed=3"), None),
         ("moved --out, file at the old path", "handled", moved, "done in"),
+        ("mlflow: dead tracking server", "clear error",
+         lambda: [["run", "-p", "demo", "-m", "source", "--out", str(work / "dead" / "out"), "--tracking-uri",
+                   "http://127.0.0.1:9", *CHEAP]], None),
+        ("mlflow: unsupported scheme", "clear error",
+         lambda: [["run", "-p", "demo", "-m", "source", "--out", str(work / "scheme" / "out"), "--tracking-uri",
+                   "foo://bar", *CHEAP]], None),
+        ("mlflow: half-migrated store", "handled", half_migrated, "half-created"),
+        ("cache: features.sqlite not a database", "clear error", garbage_features, None),
         ("folder: unreadable file", "counted skip", folder("unreadable", lambda r: with_bad(r, lambda r: bi.not_an_image(r / "x.jpg"))), "skipped"),
         ("folder: truncated PNG", "counted skip", folder("truncated", lambda r: with_bad(r, lambda r: bi.truncated_png(r / "t.png", 4))), "skipped"),
         ("folder: decompression bomb", "counted skip", folder("bomb", lambda r: with_bad(r, lambda r: bi.decompression_bomb(r / "b.png"))), "skipped"),

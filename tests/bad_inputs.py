@@ -312,3 +312,99 @@ def point_summary_elsewhere(summary_path: Path, where: str = "/etc") -> Path:
     data["run_dir"] = where
     summary_path.write_text(json.dumps(data))
     return summary_path
+
+
+# -- a full disk (simulated: the writes fail with ENOSPC, as they do on a full device) ---------
+def full_disk_code(after_writes: int = 0) -> str:
+    """Python source that makes every atomic file write after the first ``after_writes``
+    fail with ENOSPC (run it before the harness; in-process work only, ``--workers 1``)."""
+    return (
+        "import errno, os, types\n"
+        "import harness.images as _hi\n"
+        f"_left = [{after_writes}]\n"
+        "def _fdopen(fd, *a, **k):\n"
+        "    f = os.fdopen(fd, *a, **k)\n"
+        "    if _left[0] > 0:\n"
+        "        _left[0] -= 1\n"
+        "        return f\n"
+        "    return _Full(f)\n"
+        "class _Full:\n"
+        "    def __init__(self, f):\n"
+        "        self.f = f\n"
+        "    def __enter__(self):\n"
+        "        return self\n"
+        "    def __exit__(self, *exc):\n"
+        "        self.f.close()\n"
+        "    def write(self, data):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "_hi.os = types.SimpleNamespace(**{n: getattr(os, n) for n in dir(os) if not n.startswith('__')})\n"
+        "_hi.os.fdopen = _fdopen\n"
+    )
+
+
+def half_migrated_mlflow_store(db: Path) -> Path:
+    """What a full disk during MLflow's first migration used to leave: a store with
+    ``_alembic_tmp_latest_metrics`` and no runs (every later run failed: table ... already exists)."""
+    import sqlite3
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL);"
+                      "INSERT INTO alembic_version VALUES ('867495a8f9d4');"
+                      "CREATE TABLE runs (run_uuid VARCHAR(32) PRIMARY KEY);"
+                      "CREATE TABLE _alembic_tmp_latest_metrics (key VARCHAR(250));")
+    con.commit()
+    con.close()
+    return db
+
+
+# -- damaged caches -----------------------------------------------------------------------------
+def garbage_feature_store(path: Path) -> Path:
+    """A features.sqlite that is not a database at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a database, just bytes\n" * 400)
+    return path
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to ``keep`` of its bytes (a copy interrupted, a disk that filled up)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def truncate_feature_row(path: Path) -> tuple[str, str]:
+    """Cut one stored feature vector's bytes in half; returns its (namespace, sha)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    ns, sha, data = con.execute("SELECT ns, sha, data FROM features ORDER BY rowid LIMIT 1").fetchone()
+    con.execute("UPDATE features SET data=? WHERE ns=? AND sha=?", (data[: len(data) // 2], ns, sha))
+    con.commit()
+    con.close()
+    return ns, sha
+
+
+# -- worker processes ---------------------------------------------------------------------------
+def die_in_worker(chunk: list) -> list:
+    """A pool task that kills its own process with SIGKILL (as the out-of-memory killer does)."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+    return chunk
+
+
+#: a script that calls evaluate() at its top level, without ``if __name__ == "__main__":``
+#: (argv: OUT); it prints TOPLEVEL each time its top level runs
+NO_MAIN_GUARD_SCRIPT = """
+import sys, threading
+print("TOPLEVEL", flush=True)
+from harness import evaluate
+def go():
+    res = evaluate("demo", ["classical"], num_pairs=2, metrics=["pose"], out=sys.argv[1], mlflow=False,
+                   report=False, workers=2, progress=False, device="cpu", log=lambda m: None)
+    print("SWAPPED", res.summaries[0]["swaps"]["computed"], flush=True)
+t = threading.Thread(target=go) if "thread" in sys.argv else None
+go() if t is None else (t.start(), t.join())
+"""

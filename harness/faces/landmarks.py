@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -83,23 +84,10 @@ class CropLandmarks:
         from insightface.model_zoo import get_model
         from insightface.model_zoo.retinaface import RetinaFace
 
+        path, sha = self._onnx_file()
         if self.detector == "retinaface":
-            path, sha = verified("retinaface_r50_v1.onnx")
             model = RetinaFace(model_file=str(path))  # the model zoo's router only picks SCRFD
         else:
-            # buffalo_l's name for SCRFD-10GF, else antelopev2's name for the same file; only
-            # a missing file falls back (a wrong checksum is an error about that file)
-            names = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")
-            for name in names:
-                try:
-                    locate(name)
-                    break
-                except WeightNotFound:
-                    continue
-            else:
-                raise HarnessError(f"SCRFD detector not found: put {' or '.join(names)} in {weights_dir()} "
-                                   f"(from {KNOWN[names[0]].source})")
-            path, sha = verified(name)
             model = get_model(str(path), providers=["CPUExecutionProvider"])
         outs = [] if model is None else model.session.get_outputs()
         if len(outs) not in (6, 9, 10, 15) or any(len(o.shape) not in (2, 3) for o in outs):
@@ -110,11 +98,34 @@ class CropLandmarks:
         self._weights_onnx = [(path.name, sha)]
         return model
 
+    def _onnx_file(self) -> tuple[Path, str]:
+        """The SCRFD/RetinaFace detector's file and sha256 (checked; nothing loaded)."""
+        if self.detector == "retinaface":
+            return verified("retinaface_r50_v1.onnx")
+        # buffalo_l's name for SCRFD-10GF, else antelopev2's name for the same file; only
+        # a missing file falls back (a wrong checksum is an error about that file)
+        names = ("det_10g.onnx", "scrfd_10g_bnkps.onnx")
+        for name in names:
+            try:
+                locate(name)
+                break
+            except WeightNotFound:
+                continue
+        else:
+            raise HarnessError(f"SCRFD detector not found: put {' or '.join(names)} in {weights_dir()} "
+                               f"(from {KNOWN[names[0]].source})")
+        return verified(name)
+
     def weight_files(self) -> tuple[tuple[str, str], ...]:
-        self._dlib  # noqa: B018 - resolves and checks the file
+        """The files the landmarks come from, resolved and checked without loading any model
+        (a run whose landmarks are all cached loads none)."""
+        if not hasattr(self, "_weights"):
+            self._weights = [(DLIB_68, verified(DLIB_68)[1])]
         extra = []
         if self.detector != "dlib":
-            self._onnx_detector  # noqa: B018
+            if not hasattr(self, "_weights_onnx"):
+                path, sha = self._onnx_file()
+                self._weights_onnx = [(path.name, sha)]
             extra = self._weights_onnx
         return tuple(self._weights + extra)
 

@@ -235,9 +235,15 @@ class FIDMetric(Metric):
         ext, self._weights = load_extractor(self.backend_setting, self.device)
         return ext
 
-    def backend(self) -> Backend:
-        if not self._weights:  # resolves and checks the file; builds no network
+    def _weight_files(self) -> tuple[tuple[str, str], ...]:
+        """((file name, sha256),) of the extractor's weights, without building the network
+        (a run whose features are all cached never loads it)."""
+        if not self._weights:
             self._weights = weight_file(self.backend_setting)[1]
+        return self._weights
+
+    def backend(self) -> Backend:
+        self._weight_files()
         if self.backend_setting == "inception":
             return Backend("inception_v3_tf2015", "Inception-v3 (TF 2015-12-05 graph) pool3 2048-d at 299 px "
                            "(torch-fidelity), real set = targets", True, self._weights)

@@ -146,7 +146,9 @@ class FaceNetTorchEmbedder(Embedder):
         return shared_facenet(path, sha, self.device)
 
     def weight_files(self):
-        self.model  # noqa: B018
+        if not hasattr(self, "_weights"):  # named without loading the network (cached runs never load it)
+            path, sha = verified(FACENET_GRAPH)
+            self._weights = ((path.name, sha),)
         return self._weights
 
     def __call__(self, images, five):
