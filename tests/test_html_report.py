@@ -115,7 +115,7 @@ def test_table_has_one_row_per_method_and_warns_about_small_fid(page, demo_repor
 def test_sorting_by_a_column_reorders_rows(page, demo_report):
     _, _, summaries = demo_report
     table = 'table.results[data-protocol="demo"]'
-    key = "id_similarity_facenet"
+    key = "id_similarity_sface"
     header = page.locator(f'{table} thead th[title^="{key}:"]')
     by_value = sorted(summaries, key=lambda m: summaries[m]["metrics"][key]["value"], reverse=True)
     header.click()  # higher is better: best first
@@ -126,7 +126,7 @@ def test_sorting_by_a_column_reorders_rows(page, demo_report):
 
 def test_pair_browser_shows_the_chosen_pairs_images(page, demo_report):
     out, _, summaries = demo_report
-    frame = pd.read_parquet(Path(summaries["classical"]["run_dir"]) / "pairs.parquet")
+    frame = pd.read_parquet(out / summaries["classical"]["run_dir"] / "pairs.parquet")  # run_dir: relative to --out
     chosen = frame.iloc[len(frame) // 2]
     browser = '.browser[data-protocol="demo"]'
     page.fill(f'{browser} input[data-role="filter"]', chosen["pair_id"])
@@ -149,13 +149,13 @@ def test_pair_browser_shows_the_chosen_pairs_images(page, demo_report):
 
 
 def test_pair_browser_sorts_worst_first_and_by_difference(page, demo_report):
-    _, _, summaries = demo_report
+    out, _, summaries = demo_report
     browser = '.browser[data-protocol="demo"]'
     key = "id_similarity_sface"
     page.select_option(f'{browser} select[data-role="metric"]', key)
     page.select_option(f'{browser} select[data-role="a"]', "classical")
     page.select_option(f'{browser} select[data-role="order"]', "worst")
-    frames = {m: pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet").set_index("pair_id") for m, s in summaries.items()}
+    frames = {m: pd.read_parquet(out / s["run_dir"] / "pairs.parquet").set_index("pair_id") for m, s in summaries.items()}
     first = page.locator(f"{browser} .pair").first.get_attribute("data-pair")
     assert first == frames["classical"][key].idxmin()
     page.select_option(f'{browser} select[data-role="b"]', "target")
