@@ -29,6 +29,7 @@ import numpy as np
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
 from harness.errors import HarnessError
+from harness.models.shared import NetworkTask
 from harness.weights import DLIB_68, verified
 
 INNER = slice(17, 68)  # brows, nose, eyes, mouth
@@ -52,38 +53,30 @@ def procrustes_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(fitted - cb, axis=1).mean() / max(iod, 1e-6))
 
 
-BLENDSHAPES_LOADER = "harness.models.blendshapes:load_blendshapes"
 
 
-class BlendshapeScores:
-    """Picklable task: (image, box, 5 points) items -> (N, 52) MediaPipe blendshape scores."""
+class BlendshapeScores(NetworkTask):
+    """(image, box, 5 points) items -> (N, 52) MediaPipe blendshape scores (a worker-pool task)."""
 
-    def __init__(self, path, sha: str, device: str) -> None:
-        self.path, self.sha, self.device = path, sha, device
+    loader = "harness.models.blendshapes:load_blendshapes"
 
-    def __call__(self, items: list) -> np.ndarray:
+    def rows(self, items: list) -> np.ndarray:
+        from harness.models.blendshapes import roi_crop
+
+        rois = [roi_crop(img, box, five) for img, box, five in items]
+        self._crops = np.stack([c for c, _ in rois])  # (N, 256, 256, 3) uint8
+        self._inverse = np.stack([m for _, m in rois])  # (N, 2, 3) crop -> image pixels
+        return np.arange(len(items))  # rows are indices; padding rows repeat row 0 and are dropped
+
+    def forward(self, model, idx: np.ndarray) -> np.ndarray:  # (B,) row indices -> (B, 52)
         import torch
 
-        from harness.models.blendshapes import blendshapes, roi_crop
-        from harness.models.shared import shared_model
-        from harness.parallel import feature_batch, fixed_batches
-        from harness.timing import stage
+        from harness.models.blendshapes import blendshapes
 
-        model = shared_model(BLENDSHAPES_LOADER, self.path, self.sha, self.device)
-        with stage("align"):
-            rois = [roi_crop(img, box, five) for img, box, five in items]
-        crops = np.stack([c for c, _ in rois])  # (N, 256, 256, 3) uint8
-        inverse = np.stack([m for _, m in rois])  # (N, 2, 3) crop -> image pixels
-
-        def forward(idx: np.ndarray) -> np.ndarray:  # (B,) row indices -> (B, 52)
-            # the landmarks go back to image pixels before the blendshape head, as MediaPipe does
-            x = torch.from_numpy(crops[idx]).to(self.device)
-            m = torch.from_numpy(inverse[idx]).to(self.device)
-            return blendshapes(model, x, m).float().cpu().numpy()
-
-        with torch.inference_mode(), stage("embed"):
-            # padding rows of the last batch repeat row 0; their outputs are dropped
-            return fixed_batches(forward, np.arange(len(items)), feature_batch(self.device))
+        # the landmarks go back to image pixels before the blendshape head, as MediaPipe does
+        x = torch.from_numpy(self._crops[idx]).to(self.device)
+        m = torch.from_numpy(self._inverse[idx]).to(self.device)
+        return blendshapes(model, x, m).float().cpu().numpy()
 
 
 class ExpressionMetric(Metric):

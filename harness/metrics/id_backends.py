@@ -25,6 +25,7 @@ from harness.constants import FFHQ_FACE_BOX
 from harness.errors import HarnessError
 from harness.fetch import requires
 from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from harness.models.shared import NetworkTask
 from harness.parallel import feature_batch, fixed_batches
 from harness.timing import stage
 from harness.weights import verified
@@ -331,25 +332,20 @@ def arcface_crop_rgb(image: np.ndarray, five: np.ndarray) -> np.ndarray:
     return arcface_crop(image, five)
 
 
-class SFaceForward:
-    """Picklable task: aligned 112 px RGB crops -> (N, 128) SFace outputs in fixed batches."""
+class SFaceForward(NetworkTask):
+    """Aligned 112 px RGB crops -> (N, 128) SFace outputs (a worker-pool task)."""
 
-    def __init__(self, path, sha: str, device: str) -> None:
-        self.path, self.sha, self.device = path, sha, device
+    loader = "harness.models.sface:load_sface"
 
-    def __call__(self, crops: list[np.ndarray]) -> np.ndarray:
+    def rows(self, crops: list[np.ndarray]) -> np.ndarray:
+        return np.stack(crops)  # (N, 112, 112, 3) uint8
+
+    def forward(self, model, batch: np.ndarray) -> np.ndarray:  # (B, 112, 112, 3) uint8 -> (B, 128)
         import torch
 
         from harness.models.sface import sface_input
-        from harness.models.shared import shared_model
 
-        model = shared_model("harness.models.sface:load_sface", self.path, self.sha, self.device)
-
-        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 112, 112, 3) uint8 -> (B, 128)
-            return model(sface_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
-
-        with torch.inference_mode(), stage("embed"):
-            return fixed_batches(forward, np.stack(crops), feature_batch(self.device))
+        return model(sface_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
 
 
 #: backend setting -> (weight file, embedder name, description) of insightface ONNX files

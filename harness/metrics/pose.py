@@ -25,6 +25,7 @@ import numpy as np
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
 from harness.errors import HarnessError
+from harness.models.shared import NetworkTask
 from harness.weights import DLIB_68, verified
 
 
@@ -36,32 +37,24 @@ BACKENDS = {
     "hopenet": ("pose_error", "Pose error", "pose_hopenet"),
     "whenet": ("pose_error_whenet", "Pose error [WHENet]", "pose_whenet"),
 }
-WHENET_LOADER = "harness.models.whenet:load_whenet"
 
 
-class WhenetAngles:
-    """Picklable task: (image, face box) items -> (N, 3) (yaw, pitch, roll) degrees by WHENet."""
+class WhenetAngles(NetworkTask):
+    """(image, face box) items -> (N, 3) (yaw, pitch, roll) degrees by WHENet (a worker-pool task)."""
 
-    def __init__(self, path, sha: str, device: str) -> None:
-        self.path, self.sha, self.device = path, sha, device
+    loader = "harness.models.whenet:load_whenet"
 
-    def __call__(self, items: list) -> np.ndarray:
+    def rows(self, items: list) -> np.ndarray:
+        from harness.models.whenet import whenet_crop
+
+        return np.stack([whenet_crop(img, box) for img, box in items])  # (N, 224, 224, 3) uint8
+
+    def forward(self, model, batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 3) degrees
         import torch
 
-        from harness.models.shared import shared_model
-        from harness.models.whenet import whenet_crop, whenet_input
-        from harness.parallel import feature_batch, fixed_batches
-        from harness.timing import stage
+        from harness.models.whenet import whenet_input
 
-        model = shared_model(WHENET_LOADER, self.path, self.sha, self.device)
-        with stage("align"):
-            crops = np.stack([whenet_crop(img, box) for img, box in items])  # (N, 224, 224, 3) uint8
-
-        def forward(batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 3) degrees
-            return model(whenet_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
-
-        with torch.inference_mode(), stage("embed"):
-            return fixed_batches(forward, crops, feature_batch(self.device))
+        return model(whenet_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
 
 
 class PoseMetric(Metric):

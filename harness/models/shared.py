@@ -27,3 +27,37 @@ def shared_model(loader: str, path: Path, sha256: str, device: str) -> Any:
             model = getattr(importlib.import_module(mod), fn)(Path(path))
             _MODELS[key] = model.to(device).requires_grad_(False).eval()
     return _MODELS[key]
+
+
+class NetworkTask:
+    """A picklable pool task over one shared network: ``items`` -> (N, D) float32 outputs.
+
+    Subclasses name the network's ``loader`` and give :meth:`rows` (items -> an array whose
+    first axis is the items: crops, or row indices) and :meth:`forward` (the network on a
+    batch of those rows). The network is built once per process (:func:`shared_model`) and
+    run in fixed batches (:func:`harness.parallel.fixed_batches`), so a row's output never
+    depends on its neighbours. On the CPU the task runs in the worker pool; on a GPU in the
+    main process (:func:`harness.parallel.map_rows`)."""
+
+    loader: str  # "module:function", path -> nn.Module
+
+    def __init__(self, path: Path, sha256: str, device: str) -> None:
+        self.path, self.sha256, self.device = path, sha256, device
+
+    def rows(self, items: list) -> Any:
+        return items
+
+    def forward(self, model: Any, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, items: list) -> Any:
+        import torch
+
+        from harness.parallel import feature_batch, fixed_batches
+        from harness.timing import stage
+
+        model = shared_model(self.loader, self.path, self.sha256, self.device)
+        with stage("align"):
+            rows = self.rows(items)
+        with torch.inference_mode(), stage("embed"):
+            return fixed_batches(lambda batch: self.forward(model, batch), rows, feature_batch(self.device))
