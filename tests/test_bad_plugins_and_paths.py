@@ -246,7 +246,7 @@ def test_gpu_figures_script_caps_every_step_and_keeps_going(tmp_path):
 
     script = (REPO / "benchmarks" / "gpu_figures.sh").read_text()
     caps = [int(c) for c in re.findall(r"^step \S+ (\d+) ", script, flags=re.M)]
-    assert len(caps) == 7 and sum(caps) <= 8 * 60, caps
+    assert len(caps) == 8 and sum(caps) <= 8 * 60, caps
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "nvidia-smi").write_text("#!/bin/sh\necho 'name, memory.total'\n")
@@ -260,8 +260,9 @@ def test_gpu_figures_script_caps_every_step_and_keeps_going(tmp_path):
                           env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     steps = [ln.split("\t") for ln in (tmp_path / "figs" / "steps.tsv").read_text().splitlines()]
-    assert [s[0] for s in steps] == ["gpu", "metrics_speed", "stage1_plain", "stage1_tf32", "stage1_bf16",
-                                     "stage1_engineered", "stage2"]
-    assert steps[1][1:2] == ["124"] and steps[1][3] == "TIMED OUT" and int(steps[1][2]) <= 8
-    assert all(s[3] == "ok" for s in steps if s[0] != "metrics_speed"), steps
+    assert [s[0] for s in steps] == ["gpu", "metrics_speed", "metrics_speed_default", "stage1_plain", "stage1_tf32",
+                                     "stage1_bf16", "stage1_engineered", "stage2"]
+    for hung in steps[1:3]:  # both metrics_speed steps hang in the stand-in python
+        assert hung[1:2] == ["124"] and hung[3] == "TIMED OUT" and int(hung[2]) <= 8
+    assert all(s[3] == "ok" for s in steps if not s[0].startswith("metrics_speed")), steps
     assert (tmp_path / "figs" / "stage2.json").is_file() and (tmp_path / "figs" / "stage1_bf16.log").is_file()

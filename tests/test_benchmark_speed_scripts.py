@@ -24,6 +24,15 @@ def test_metrics_speed_smoke_on_cpu():
     assert "64px: suite 2 pairs" in proc.stdout and "speed-up" in proc.stdout
 
 
+def test_metrics_speed_default_suite_smoke_on_cpu(default_suite_weights):
+    """--suite default scores demo pairs with the harness's own networks (fetched weights)."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "metrics_speed.py"), "--suite", "default",
+                           "--device", "cpu", "--pairs", "4", "--batch", "4"],
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == 0, proc.stderr
+    assert "default suite (identity_sface, pose_whenet, expression_blendshapes, fid) on cpu: 4 pairs" in proc.stdout
+
+
 @pytest.mark.parametrize("script, args, expect", [
     ("stage1_speed.py", ["--configs", "tiny,fast", "--resolution", "64", "--perceptual", "none"], "fast"),
     ("stage2_speed.py", ["--config", "tiny", "--resolution", "64", "--layers", "1", "--heads", "2",
