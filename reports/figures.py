@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks import inside
+from harness.checks import input_root, inside
 from harness.images import load_rgb
 from reports.tables import REFERENCE_METHODS, select_runs
 
@@ -26,7 +26,7 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
         return None
     frames = {s["method"]: pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet") for s in runs}
     first = next(iter(frames.values())).head(rows)
-    root = Path(runs[0]["root"])
+    root = input_root(runs[0], out_dir)
     cols = ["Source (input)", "Target (input)"] + list(frames)
     fig, axes = plt.subplots(len(first), len(cols), figsize=(1.6 * len(cols), 1.6 * len(first)), squeeze=False)
     for i, (_, pair) in enumerate(first.iterrows()):

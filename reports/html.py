@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks import inside
+from harness.checks import input_root, inside
 from harness.errors import HarnessError
 from reports.ranking import load_pair_frames
 from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
@@ -116,7 +116,7 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
                 inputs[pid] = (src, tgt, sid, tid)
                 order.append(pid)
     position = {pid: i for i, pid in enumerate(order)}
-    root = Path(next(iter(rs.values()))["root"])
+    root = input_root(next(iter(rs.values())), out_dir)
     missing = 0
 
     def thumb(path: tuple[Path, str], key: str | None = None) -> int:  # -1 (counted, shown as "no image") when gone

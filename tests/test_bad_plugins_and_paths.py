@@ -163,6 +163,11 @@ def test_report_reads_the_run_folder_it_found_not_the_path_in_summary(tmp_path):
     (loaded,) = load_summaries(tmp_path)
     assert loaded["run_dir"] == str(path.parent.resolve())
     assert render_report(tmp_path, log=lambda m: None)["html"].is_file()
+    # the dataset root is not followed out of the folder either (the demo's shipped faces aside)
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "root": "/etc"}))
+    with pytest.raises(HarnessError, match=r"names the dataset root /etc, outside .*: not read"):
+        render_report(tmp_path, log=lambda m: None)
 
 
 # -- item 3: a moved or copied output folder -----------------------------------------------
