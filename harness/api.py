@@ -237,7 +237,7 @@ class Backend:
     """The model that produced a metric's numbers, as a report must name it."""
 
     name: str  # e.g. "dlib_resnet_v1"
-    description: str  # e.g. "dlib ResNet-29 face descriptor, 128-d (offline default)"
+    description: str  # e.g. "dlib ResNet-29 face descriptor, 128-d (offline stand-in)"
     standard: bool  # True only for the model the papers use for this column
     weights: tuple[tuple[str, str], ...] = ()  # (file name, sha256)
 

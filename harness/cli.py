@@ -64,7 +64,7 @@ def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[in
 def run(
     protocol: ProtocolOpt,
     method: Annotated[list[str], typer.Option("--method", "-m", help="Method name; repeat, or 'all'.")] = [],  # noqa: B006
-    metric: Annotated[list[str], typer.Option("--metric", help="Metric name, optionally with settings (pose:unit=rad, identity_arcface:detector=scrfd); repeat. Default: the offline suite.")] = [],  # noqa: B006
+    metric: Annotated[list[str], typer.Option("--metric", help="Metric name, optionally with settings (pose:unit=rad, identity_arcface:detector=scrfd); repeat. Default: identity_sface, pose_whenet, expression_blendshapes, fid (`harness weights fetch all`).")] = [],  # noqa: B006
     root: RootOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for the pair set and the bootstrap.")] = 0,
     num_pairs: NumPairsOpt = None,

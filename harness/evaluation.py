@@ -150,8 +150,8 @@ def evaluate(
     on_error: str = "stop",
     log: Callable[[str], None] = _stderr,
 ) -> Results:
-    """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default: the
-    offline suite), write the runs under ``out``, render the report and log to MLflow.
+    """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default:
+    :data:`DEFAULT_METRICS`), write the runs under ``out``, render the report and log to MLflow.
 
     ``options`` are the protocol's settings, ``metrics`` names with optional settings
     (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
