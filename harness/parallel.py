@@ -263,6 +263,21 @@ def _limit_threads() -> dict[str, Any]:
 
 
 @contextmanager
+def environ(values: dict[str, str]) -> Iterator[None]:
+    """Environment variables set for the block, then restored (or unset if they were unset)."""
+    saved = {var: os.environ.get(var) for var in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+@contextmanager
 def single_threaded() -> Iterator[None]:
     """Every library computes with one thread inside the block (then the numbers do not
     depend on the thread count); the worker pool and the ranks provide the parallelism.
@@ -287,23 +302,17 @@ def single_threaded() -> Iterator[None]:
     import cv2
     from threadpoolctl import threadpool_limits
 
-    saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
-    os.environ.update({var: "1" for var in THREAD_ENV_VARS})
-    cv2_threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    blas = threadpool_limits(limits=1)
-    try:
-        yield
-    finally:
-        blas.restore_original_limits()
-        cv2.setNumThreads(cv2_threads)
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
-        if "torch" in sys.modules:  # imported inside with one thread: the cores again
-            sys.modules["torch"].set_num_threads(available_cores())
+    with environ({var: "1" for var in THREAD_ENV_VARS}):
+        cv2_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        blas = threadpool_limits(limits=1)
+        try:
+            yield
+        finally:
+            blas.restore_original_limits()
+            cv2.setNumThreads(cv2_threads)
+    if "torch" in sys.modules:  # imported inside with one thread: the cores again
+        sys.modules["torch"].set_num_threads(available_cores())
 
 
 # The pool's processes start from a fork server of their own that never imports the caller's

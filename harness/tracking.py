@@ -128,30 +128,27 @@ class Tracker:
                 raise self._error(f"the folder {db.parent} does not exist (create it first: mkdir -p {db.parent})")
         if scheme in ("http", "https"):
             self._probe_server()
-        saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # fail now, not after minutes of retries
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(CONNECT_TIMEOUT_S * 2))
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow  # noqa: F401 - configures its loggers, then quietened here
+        from harness.parallel import environ
 
-        quiet = logging.getLogger("mlflow")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # its warnings would come before our one line
-        try:
-            self._client()
-        except HarnessError:
-            raise
-        except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
-            hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
-                    if scheme.startswith("databricks") else "")
-            raise self._error(_first_sentence(exc) + hint) from None
-        finally:
-            quiet.setLevel(level)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # fail now, not after minutes of retries
+        fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(CONNECT_TIMEOUT_S * 2))}
+        with environ(fast):
+            import mlflow  # noqa: F401 - configures its loggers, then quietened here
+
+            quiet = logging.getLogger("mlflow")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # its warnings would come before our one line
+            try:
+                self._client()
+            except HarnessError:
+                raise
+            except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
+                hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
+                        if scheme.startswith("databricks") else "")
+                raise self._error(_first_sentence(exc) + hint) from None
+            finally:
+                quiet.setLevel(level)
 
     def _probe_server(self) -> None:
         """One GET to the server's REST API with a short timeout: reachable, MLflow, credentials accepted."""
