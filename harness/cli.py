@@ -262,11 +262,13 @@ def weights_cmd(ctx: typer.Context, weights_dir: WeightsDirOpt = None,
         + [f"{place} {', '.join(str(r) for r in roots())}" for place, roots in weights.PLACES.items() if roots()]
         + ["Python packages"]))
     for w, st in statuses:
+        rec = _conversion_record(st)
         if st.path is None:
             typer.echo(f"missing   {st.name:<44} {w.purpose}; get it from: {w.source}")
         else:
-            typer.echo(f"{st.state:<9} {st.name:<44} [{st.place}] {st.path} sha256 {st.sha256[:12]}")
-        rec = _conversion_record(st)
+            # a converted file is checked against its record (its sha256 and the source's pinned one)
+            state = "converted" if rec and rec.get("sha256") == st.sha256 else st.state
+            typer.echo(f"{state:<9} {st.name:<44} [{st.place}] {st.path} sha256 {st.sha256[:12]}")
         if rec:
             typer.echo(f"{'':<9} {'':<44} converted from {rec['package']}=={rec['version']} {rec['member']} "
                        f"(sha256 {rec['source_sha256'][:12]}), licence: {rec['licence']}")

@@ -146,3 +146,19 @@ def test_every_packaged_asset_is_a_known_weight_file():
         assert w.sha256 == a.sha256 and f"harness weights fetch {a.name}" in w.source
         assert a.converted is None or a.converted in KNOWN
         assert len(a.wheel_sha256) == 64 and "==" in a.spec
+
+
+def test_harness_weights_shows_the_conversion_record(tiny):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    fetch.fetch("tiny", log=lambda m: None)
+    res = CliRunner().invoke(app, ["weights"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if " net_upper.bin " in ln)
+    assert line.startswith("converted ")
+    assert "converted from tinyeval==1.0 tinyeval/models/net.bin" in res.output and "licence: MIT" in res.output
+    (fetch.weights_dir() / "net_upper.bin").write_bytes(b"edited")  # no longer the file its record names
+    res = CliRunner().invoke(app, ["weights"])
+    assert next(ln for ln in res.output.splitlines() if " net_upper.bin " in ln).startswith("present ")
