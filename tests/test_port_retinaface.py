@@ -201,3 +201,56 @@ def test_nms_uses_pixel_inclusive_areas_within_each_image():
     torch.testing.assert_close(found[1][0], torch.tensor([[5.0, 5.0, 15.0, 15.0], [-45.0, -45.0, -35.0, -35.0]]))
     torch.testing.assert_close(found[1][2], torch.tensor([[10.0, 10.0]] * 5 + [[-40.0, -40.0]] * 5).view(2, 5, 2))
     assert len(detect(heads, blank, 0.5, 0.3)[0][0]) == 2  # 0.294 < 0.3: both stay
+
+
+# -- dlib's HOG detector as the fallback (harness.faces.retina) ---------------------------------
+#: dlib's eye centres (means of its eye contours), nose tip and mouth corners against RetinaFace's
+#: 5 points on the same demo faces: within this fraction of RetinaFace's box width (measured on
+#: all 28 demo faces: mean 0.043, max 0.100; the two place the nose tip and mouth corners differently)
+FALLBACK_POINT_TOL = 0.12
+
+
+@pytest.fixture(scope="module")
+def retina_rows(evaluator_file):
+    from harness.faces.retina import RetinaRows
+    from harness.weights import sha256_of
+
+    path = evaluator_file("retinaface")
+    return lambda **kw: RetinaRows(path, sha256_of(path), "cpu", **kw)
+
+
+def test_dlib_finds_the_faces_retinaface_misses(retina_rows, demo_batch):
+    from harness.faces.retina import BY, BY_DLIB, BY_RETINAFACE, FOUND, fallback_row
+
+    images = [im.numpy() for im in demo_batch[1][:6]]
+    blank = np.full_like(images[0], 128)
+    main = retina_rows()(images + [blank])
+    assert (main[:6, BY] == BY_RETINAFACE).all() and (main[:6, FOUND] == 1).all()
+    assert main[6, FOUND] == 0 and main[6, BY] == 0  # a blank image: neither detector finds a face
+    np.testing.assert_array_equal(main[6], fallback_row(*blank.shape[:2]))
+    # a threshold RetinaFace never reaches: every face comes from dlib
+    fb = retina_rows(threshold=1.01)(images + [blank])
+    assert (fb[:6, BY] == BY_DLIB).all() and (fb[:6, FOUND] == 1).all() and fb[6, FOUND] == 0
+    width = main[:6, 2] - main[:6, 0]  # (6,)
+    err = np.abs(fb[:6, 4:14] - main[:6, 4:14]).reshape(6, 5, 2).max(axis=(1, 2))  # (6,) px
+    assert (err <= FALLBACK_POINT_TOL * width).all(), err / width
+    eye_l, eye_r = fb[:6, 4:6], fb[:6, 6:8]
+    assert (eye_l[:, 0] < eye_r[:, 0]).all()  # ArcFace order: the eye on the image's left first
+    # the fallback off: the template row, counted as not found
+    off = retina_rows(threshold=1.01, fallback=False)(images[:1])
+    np.testing.assert_array_equal(off[0], fallback_row(*images[0].shape[:2]))
+
+
+def test_the_fallback_is_counted_in_one_grouped_note():
+    from harness.faces.landmarks import LandmarkStats
+    from harness.runner import group_notes
+
+    stats = LandmarkStats(seen={"a", "b", "c", "d"}, not_found={"d"}, by_fallback={"b", "c"},
+                          fallback_name="dlib's HOG detector")
+    note = stats.note("pose (retinaface_mnet025)")
+    assert "found no face in 2 of 4 images (distinct contents), dlib's HOG detector did" in note
+    assert "no detector found a face in 1 of 4 images" in note
+    grouped = group_notes([f"codeswap: {note}", f"codeswap: {stats.note('expression (retinaface_mnet025)')}"],
+                          ["pose", "expression"])
+    assert len(grouped) == 1 and grouped[0].endswith("[pose, expression]")
+    assert LandmarkStats(seen={"a"}).note("pose") is None

@@ -42,13 +42,20 @@ class LandmarkStats:
 
     seen: set[str] = field(default_factory=set)
     not_found: set[str] = field(default_factory=set)
+    by_fallback: set[str] = field(default_factory=set)  # found only by the fallback detector
+    fallback_name: str | None = None  # the fallback detector, where there is one
 
     def note(self, who: str) -> str | None:
-        if not self.not_found:
-            return None
-        return (f"{who}: detector found no face in {len(self.not_found)} of {len(self.seen)} images (distinct contents); "
-                "for input crops the landmarks were predicted inside the expected box of the aligned crop "
-                "(method outputs without a face are not scored)")
+        facts = []
+        if self.by_fallback:
+            facts.append(f"the main detector found no face in {len(self.by_fallback)} of {len(self.seen)} images "
+                         f"(distinct contents), {self.fallback_name} did (its box and points used)")
+        if self.not_found:
+            facts.append(f"{'no detector' if self.fallback_name else 'detector'} found "
+                         f"{'a face' if self.fallback_name else 'no face'} in {len(self.not_found)} of {len(self.seen)} "
+                         "images (distinct contents); for input crops the landmarks were predicted inside the "
+                         "expected box of the aligned crop (method outputs without a face are not scored)")
+        return f"{who}: {'; '.join(facts)}" if facts else None
 
 
 class CropLandmarks:
