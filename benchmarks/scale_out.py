@@ -11,6 +11,8 @@ aggregate; "wait" is a process waiting for its worker pool) summed over every pr
 
     python benchmarks/scale_out.py --pairs 1000                  # the issue's run
     python benchmarks/scale_out.py --pairs 200 --settings 1x1 2x1
+    python benchmarks/scale_out.py --settings 1x2 --metric identity --metric pose \
+        --metric expression --metric fid_facenet                 # the stand-in suite, same photos
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def write_photos(folder: Path, count: int) -> None:
         save_png(folder / face["identity"] / f"{v:04d}.png", np.ascontiguousarray(out))
 
 
-def command(setting: str, photos: Path, out: Path, pairs: int, batch_size: int, report: bool) -> list[str]:
+def command(setting: str, photos: Path, out: Path, pairs: int, batch_size: int, report: bool,
+            metrics: list[str] | None = None) -> list[str]:
     ranks, workers = (int(x) for x in setting.split("x"))
     args = ["run", "--protocol", "folder", "--root", str(photos), "--num-pairs", str(pairs), "--device", "cpu",
             "--batch-size", str(batch_size), "--out", str(out), "--workers", str(workers), "--no-mlflow",
-            *(a for m in METHODS for a in ("--method", m))]
+            *(a for m in METHODS for a in ("--method", m)), *(a for m in metrics or () for a in ("--metric", m))]
     if not report:
         args.append("--no-report")
     if ranks == 1:
@@ -80,6 +83,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--report", action="store_true", help="also render the report (rank 0, serial)")
     p.add_argument("--keep", type=Path, default=None, help="keep the photos and outputs in this folder")
+    p.add_argument("--metric", action="append", default=None,
+                   help="a metric to run (repeat; default: the default suite)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = a.keep or Path(tmp)
@@ -90,14 +95,15 @@ def main() -> None:
         for setting in a.settings:
             out = base / f"out-{setting}"
             t0 = time.perf_counter()
-            proc = subprocess.run(command(setting, photos, out, a.pairs, a.batch_size, a.report),
+            proc = subprocess.run(command(setting, photos, out, a.pairs, a.batch_size, a.report, a.metric),
                                   capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 sys.exit(f"{setting} failed:\n{proc.stderr[-3000:]}")
             scale = json.loads((out / "results.json").read_text())["scale"]
             rows.append((setting, wall, numbers(out), scale["stage_s"]))
-        print(f"{a.pairs} pairs (folder of demo-face photos), methods {', '.join(METHODS)}, default metric suite, "
+        suite = f"metrics {', '.join(a.metric)}" if a.metric else "default metric suite"
+        print(f"{a.pairs} pairs (folder of demo-face photos), methods {', '.join(METHODS)}, {suite}, "
               f"--batch-size {a.batch_size}, {'with' if a.report else 'without'} report, no MLflow")
         print(f"{'ranks x workers':>15} {'wall s':>8} {'pairs/s':>8} {'speed-up':>8}  same numbers")
         for setting, wall, nums, _ in rows:
