@@ -290,9 +290,10 @@ class SwapTrainConfig:
     teacher_cells: tuple[float, float, float, float] = TEACHER_CELLS
     # learning-rate multiplier of the fusion's attention biases and position code (study setting)
     position_lr_mult: float = 1.0
-    # "deep3d" with expression_checkpoint; none: L_exp is off
-    expression_net: str = setting("none", "Expression network for L_exp: deep3d (with --expression-checkpoint) "
-                                          "or none.")
+    # "deep3d" with expression_checkpoint; blendshapes / whenet / blendshapes+whenet: the default
+    # suite's networks (harness weights fetch); none: L_exp is off
+    expression_net: str = setting("none", "Expression network for L_exp: deep3d (with --expression-checkpoint), "
+                                          "blendshapes, whenet, blendshapes+whenet (harness weights fetch) or none.")
     expression_checkpoint: str | None = setting(None, "Deep3DFaceRecon checkpoint (epoch_20.pth).", path=True)
     perceptual_net: str = setting("vgg16", "vgg16 (paper; local file), mobilenet_v2 (offline) or none.",
                                   flag="--perceptual")

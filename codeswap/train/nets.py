@@ -108,8 +108,15 @@ def load_identity_net(name: str, size: int | None = None, augment: float = 0.0) 
     raise HarnessError(f"unknown identity network {name!r}; choose facenet or none")
 
 
+#: expression networks for L_exp (``--expression-net``); "a+b" concatenates codes
+EXPRESSION_NETS = ("deep3d", "blendshapes", "whenet", "blendshapes+whenet", "none")
+
+
 def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
-    """``deep3d``: Deep3DFaceRecon's regressor from the user's checkpoint (coefficients 80:144)."""
+    """``deep3d``: Deep3DFaceRecon's regressor from the user's checkpoint (coefficients 80:144);
+    ``blendshapes``: MediaPipe's 52 blendshape scores; ``whenet``: WHENet's head pose;
+    ``blendshapes+whenet``: both codes side by side (the default suite's expression and pose
+    networks, from ``harness weights fetch face_landmarker whenet``)."""
     if name == "none":
         return None
     if name == "deep3d":
@@ -120,7 +127,140 @@ def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
         from harness.models.deep3d import load_deep3d
 
         return Deep3DExpression(load_deep3d(Path(path)))
-    raise HarnessError(f"unknown expression network {name!r}; choose deep3d or none")
+    parts = {"blendshapes": BlendshapeExpression, "whenet": WhenetPose}
+    names = name.split("+")
+    if name in EXPRESSION_NETS and all(n in parts for n in names):
+        nets = [parts[n]() for n in names]
+        return nets[0] if len(nets) == 1 else ConcatCodes(nets)
+    from harness.options import suggest
+
+    raise HarnessError(f"unknown expression network {name!r}{suggest(name, EXPRESSION_NETS)}; "
+                       f"choose {', '.join(EXPRESSION_NETS)}")
+
+
+def _frozen(net: nn.Module) -> nn.Module:
+    return net.float().eval().requires_grad_(False)
+
+
+def template_face(r: int) -> tuple[tuple[float, float, float, float], "np.ndarray"]:
+    """The face box (x0, y0, x1, y1) and the 5 points (ArcFace order) of an FFHQ-aligned crop
+    of side ``r``, in pixels: where the metrics' detector puts a face it cannot find
+    (``harness.faces.retina.fallback_row``), here the fixed place every training crop has."""
+    import numpy as np
+
+    from harness.faces.templates import WARP_TEMPLATES
+
+    x0, y0, x1, y1 = FFHQ_FACE_BOX
+    return (x0 * r, y0 * r, x1 * r, y1 * r), WARP_TEMPLATES["ffhq_512"] * np.array([r, r])  # (5, 2)
+
+
+def _pixel_affine_to_theta(inverse: "np.ndarray", out_side: int, in_side: int) -> Tensor:
+    """(2, 3) crop pixel -> image pixel affine as ``F.affine_grid``'s theta (1, 2, 3), in
+    normalised coordinates of each side (align_corners=False: pixel centre i at (2i + 1) / n - 1)."""
+    import numpy as np
+
+    to_px = np.array([[out_side / 2, 0, out_side / 2 - 0.5], [0, out_side / 2, out_side / 2 - 0.5], [0, 0, 1]])
+    to_norm = np.array([[2 / in_side, 0, 1 / in_side - 1], [0, 2 / in_side, 1 / in_side - 1], [0, 0, 1]])
+    m = to_norm @ np.vstack([inverse, [0, 0, 1]]) @ to_px  # normalised crop -> normalised image
+    return torch.tensor(m[:2], dtype=torch.float32)[None]
+
+
+class BlendshapeExpression(nn.Module):
+    """[-1, 1] FFHQ-aligned crops -> (B, 52) MediaPipe blendshape scores in [0, 1], differentiably.
+
+    The landmark ROI is MediaPipe's (``harness.models.blendshapes.roi_matrix``) built from the
+    aligned crop's template face box and eyes (:func:`template_face`) instead of a detection,
+    sampled bilinearly to 256 px (``F.grid_sample``, border replicated as MediaPipe does).
+    """
+
+    name = "blendshapes"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from harness.fetch import ensure
+        from harness.models.blendshapes import load_blendshapes
+        from harness.weights import sha256_of
+
+        path = ensure("face_landmarker")
+        self.weights_sha256 = sha256_of(path)
+        self.net = _frozen(load_blendshapes(path))
+        self._grids: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+    def train(self, mode: bool = True) -> "BlendshapeExpression":
+        return super().train(False)
+
+    def _grid(self, r: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(1, 256, 256, 2) sampling grid and (1, 2, 3) crop -> image affine for crops of side r."""
+        key = (r, str(x.device))
+        if key not in self._grids:
+            from harness.models.blendshapes import INPUT_SIZE, invert_affine, roi_matrix
+
+            box, five = template_face(r)
+            inverse = invert_affine(roi_matrix(box, five, INPUT_SIZE))  # crop px -> image px
+            theta = _pixel_affine_to_theta(inverse, INPUT_SIZE, r).to(x.device)
+            grid = F.affine_grid(theta, [1, 3, INPUT_SIZE, INPUT_SIZE], align_corners=False)
+            self._grids[key] = grid, torch.tensor(inverse, dtype=torch.float32, device=x.device)[None]
+        return self._grids[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, r = x.shape[0], x.shape[-1]
+        grid, inverse = self._grid(r, x)
+        img = (x.float() + 1.0) * 0.5  # (B, 3, R, R) in [0, 1]
+        roi = F.grid_sample(img, grid.expand(b, -1, -1, -1), mode="bilinear", padding_mode="border",
+                            align_corners=False)  # (B, 3, 256, 256)
+        return self.net(roi, inverse.expand(b, -1, -1))  # (B, 52)
+
+
+#: degrees per unit of the pose code: 10 deg of yaw weigh in L_exp's squared L2 as a
+#: blendshape moving over its whole [0, 1] range. NOTE: the paper has no pose term in L_exp
+#: (Deep3D's expression coefficients are pose-free); this weight is the recipe's choice.
+POSE_CODE_DEG = 10.0
+
+
+class WhenetPose(nn.Module):
+    """[-1, 1] FFHQ-aligned crops -> (B, 3) head pose (yaw, pitch, roll) / :data:`POSE_CODE_DEG`,
+    differentiably: the template face box padded as WHENet pads a detection
+    (``harness.models.whenet.whenet_crop``), resized to 224, ImageNet-normalised."""
+
+    name = "whenet"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from harness.fetch import ensure
+        from harness.models.whenet import load_whenet
+        from harness.weights import sha256_of
+
+        path = ensure("whenet")
+        self.weights_sha256 = sha256_of(path)
+        self.net = _frozen(load_whenet(path))
+
+    def train(self, mode: bool = True) -> "WhenetPose":
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        from harness.models.whenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, padded_box
+
+        r = x.shape[-1]
+        x0, y0, x1, y1 = padded_box(template_face(r)[0], r, r)
+        face = x.float()[..., y0:y1, x0:x1]
+        face = F.interpolate((face + 1.0) * 0.5, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                             align_corners=False)  # (B, 3, 224, 224) in [0, 1]
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return self.net((face - mean) / std) / POSE_CODE_DEG  # (B, 3)
+
+
+class ConcatCodes(nn.Module):
+    """Several attribute networks' codes side by side: (B, sum of their widths)."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.name = "+".join(n.name for n in nets)
+        self.weights_sha256 = "+".join(n.weights_sha256 for n in nets)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([n(x) for n in self.nets], dim=1)
 
 
 class Deep3DExpression(nn.Module):

@@ -177,6 +177,17 @@ def load_whenet(path: Path) -> WHENet:
     return model.to(memory_format=torch.channels_last).eval()
 
 
+def padded_box(box: tuple[float, float, float, float], h: int, w: int) -> tuple[int, int, int, int]:
+    """A face box ``(x0, y0, x1, y1)`` padded and clipped as :func:`whenet_crop` cuts it
+    (integer pixel bounds of the slice)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    y0 = max(0.0, y0 - abs(y0 - y1) * PAD_Y_FRACTION)
+    y1 = min(float(h), y1 + abs(y0 - y1) * PAD_Y_FRACTION)
+    x0 = max(0.0, x0 - abs(x0 - x1) * PAD_X_FRACTION)
+    x1 = min(float(w), x1 + abs(x0 - x1) * PAD_X_FRACTION)
+    return int(x0), int(y0), int(x1), int(y1)
+
+
 def whenet_crop(image: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """(H, W, 3) uint8 RGB image + face box ``(x0, y0, x1, y1)`` in pixels -> (224, 224, 3)
     uint8 crop, as the original ``_pad_bbox`` + ``detect_headpose`` cut it:
@@ -193,12 +204,8 @@ def whenet_crop(image: np.ndarray, box: tuple[float, float, float, float]) -> np
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise HarnessError(f"whenet_crop needs an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
     h, w = image.shape[:2]
-    x0, y0, x1, y1 = (float(v) for v in box)
-    y0 = max(0.0, y0 - abs(y0 - y1) * PAD_Y_FRACTION)
-    y1 = min(float(h), y1 + abs(y0 - y1) * PAD_Y_FRACTION)
-    x0 = max(0.0, x0 - abs(x0 - x1) * PAD_X_FRACTION)
-    x1 = min(float(w), x1 + abs(x0 - x1) * PAD_X_FRACTION)
-    patch = image[int(y0):int(y1), int(x0):int(x1)]
+    x0, y0, x1, y1 = padded_box(box, h, w)
+    patch = image[y0:y1, x0:x1]
     if patch.shape[0] < 1 or patch.shape[1] < 1:
         raise HarnessError(f"whenet_crop: box {tuple(box)} leaves nothing of a {w}x{h} image")
     return cv2.resize(np.ascontiguousarray(patch), (INPUT_SIZE, INPUT_SIZE))  # (224, 224, 3)
