@@ -22,7 +22,12 @@ own trainer (resumable: a re-run continues or only judges), then judges:
 * with ``--readouts``, where identity is lost between the codes and the pixels: the same
   retrieval for the raw decoder output, for it blended by the target's landmark hull (what
   the mask is trained towards) and for argmax codes instead of soft quantization;
-* grids of training and held-out swaps (rows: source, target, I_ab).
+* grids of training and held-out swaps (rows: source, target, I_ab);
+* unless ``--no-demo-run``, the harness itself on the demo protocol (28 pairs of these faces)
+  with each trained variant beside ``classical``, ``source`` and ``target``: identity by dlib
+  and SFace, pose by WHENet and PnP, expression by blendshapes and landmarks, Inception FID,
+  and each attribute error as a multiple of classical's (the bar: at most 2x) - whatever
+  networks the recipe trained with, two of each pair never took part in training.
 
 dlib's ResNet is never used in training, so it is the judge; chance top-1 is 1 / identities.
 Figures go to stdout and ``<out>/summary.json``.
@@ -156,6 +161,31 @@ def judge_swaps(model, judge: IdentityJudge, x: torch.Tensor, ids: list[int], de
     return res
 
 
+#: the demo-protocol judges: the default suite and the stand-ins beside it
+DEMO_METRICS = ("identity", "identity_sface", "pose_whenet", "pose", "expression_blendshapes", "expression", "fid")
+#: attribute errors reported as a multiple of classical's (lower is better for each)
+ATTRIBUTE_KEYS = ("pose_error_whenet", "pose_error_pnp", "expression_error_blendshapes", "expression_error_lmk")
+
+
+def judge_demo_protocol(ckpts: dict[str, Path], out: Path, device: str) -> dict[str, object]:
+    """The harness's own run of the demo protocol with each trained variant (as ``codeswap`` /
+    ``codeswap_wo_m``), ``classical``, ``source`` and ``target``: every metric key's mean per
+    method, and each attribute error of each variant divided by classical's."""
+    from harness import evaluate
+
+    methods = {"full": "codeswap", "wo_m": "codeswap_wo_m"}
+    runs = {methods[v]: ck for v, ck in ckpts.items() if v in methods}
+    if "full" in ckpts and "wo_m" not in runs:  # the raw output of the full model: w/o M reads it too
+        runs["codeswap_wo_m"] = ckpts["full"]
+    res = evaluate("demo", ["source", "target", "classical", *runs], metrics=DEMO_METRICS,
+                   method_options={m: {"checkpoint": str(ck)} for m, ck in runs.items()}, device=device,
+                   out=out / "demo-run", mlflow=False, progress=False, log=lambda _: None)
+    table = {s["method"]: {k: e["value"] for k, e in s["metrics"].items()} for s in res.summaries}
+    ratios = {m: {k: table[m][k] / table["classical"][k] for k in ATTRIBUTE_KEYS
+                  if k in table[m] and table["classical"].get(k)} for m in runs}
+    return {"means": table, "attribute_error_x_classical": ratios, "report": str(out / "demo-run" / "report")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/codeswap-recipe"))
@@ -164,6 +194,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--readouts", action="store_true",
                     help="also judge the training pairs' raw, hull-blended and argmax-code read-outs (diagnosis)")
+    ap.add_argument("--no-demo-run", action="store_true",
+                    help="skip the harness run of the demo protocol (pose, expression, FID beside classical)")
     for f in fields(DemoRecipe):  # every recipe field is a flag: --stage2-steps, --loss-weights 0,1,0,0,0 ...
         default = getattr(DemoRecipe(), f.name)
         ap.add_argument(f"--{f.name.replace('_', '-')}", default=None,
@@ -228,6 +260,8 @@ def main() -> None:
         if len(held_ids) >= 2:
             summary[f"{variant}/heldout_pairs"] = judge_swaps(model, judge, x, held_ids, args.device,
                                                               args.out / f"grid_{variant}_heldout.png")
+    if not args.no_demo_run and args.data.resolve() == DEMO_FACES.resolve():
+        summary["demo_protocol"] = judge_demo_protocol(ckpts, args.out, args.device)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     print(json.dumps(summary, indent=1, default=str))
 
