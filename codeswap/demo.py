@@ -84,6 +84,9 @@ class DemoRecipe:
     paste_rate: float = 0.0
     position_lr_mult: float = 1.0
     identity_size: int = 96  # FaceNet at 96 px: a 64 px face gains nothing from 160, and it costs 2.8x less
+    # L_exp's network (codeswap.train.nets.EXPRESSION_NETS; its weight is loss_weights[3]): none in
+    # the shipped recipe; blendshapes+whenet are the default suite's networks (issue 27's study)
+    expression_net: str = "none"
     holdout: int = 0  # train on every demo face
     seed: int = 0
     # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
@@ -106,8 +109,17 @@ def cache_root() -> Path:
     return Path(base) if base else default_root()
 
 
+#: recipe fields added after the shipped bundle was built: they enter the key only when set
+#: away from their default, so the bundle of a recipe that leaves them alone keeps its key
+LATER_FIELDS = ("expression_net",)
+
+
 def recipe_key(recipe: DemoRecipe) -> str:
-    h = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    fields = asdict(recipe)
+    for name in LATER_FIELDS:
+        if fields[name] == getattr(DemoRecipe, name):
+            del fields[name]
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update((DEMO_FACES / "faces.json").read_bytes())
     return h.hexdigest()[:16]
 
@@ -306,7 +318,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
                        same_rate=recipe.same_rate, identity_net=recipe.identity_net,
                        identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
                        paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,
-                       perceptual_net="none")
+                       expression_net=recipe.expression_net, perceptual_net="none")
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
             cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),

@@ -134,5 +134,9 @@ def test_the_shipped_bundle_holds_the_default_recipe():
 
     listing = json.loads(BUNDLE.with_suffix(".json").read_text())
     assert listing["recipe_key"] == recipe_key(DemoRecipe()), "rebuild: python scripts/build_demo_model.py --from <run>"
+    from dataclasses import replace
+
+    from codeswap.demo import LATER_FIELDS  # added later: in the key only when set
+    assert all(recipe_key(replace(DemoRecipe(), **{f: "whenet"})) != listing["recipe_key"] for f in LATER_FIELDS)
     assert listing["sha256"] == file_sha256(BUNDLE)  # the listing describes the file that ships
     assert demo_info() is not None and demo_info()["ceiling"]["dlib_top1"] >= 0.9
