@@ -87,6 +87,12 @@ def run(
         "--on-error", help="A method failing on a pair (it raises, or its output is None, numpy, not float or "
         "outside [0, 1]): 'stop' the run with one line naming method, pair and error (finished swaps stay cached), "
         "or 'skip' the pair (counted, listed in the summary, left out of every number).")] = "stop",
+    convention: Annotated[Optional[str], typer.Option(
+        "--convention", help="Evaluate as one codebase does, every choice at once: reliableswap, reface, facedancer, "
+        "codeswap (docs/conventions.md). --metric adds metrics; a contradicting --option is an error.")] = None,
+    allow_substitute: Annotated[bool, typer.Option(
+        "--allow-substitute", help="With --convention: run the default suite's network of the same kind for one "
+        "whose weights are not here (every table says so).")] = False,
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
@@ -98,7 +104,7 @@ def run(
                       device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
                       tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
                       weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
-                      log=_echo)
+                      convention=convention, allow_substitute=allow_substitute, log=_echo)
     if not World.from_env().is_main:
         return  # rank 0 says where everything is
     from harness.console import print_summary
