@@ -176,10 +176,26 @@ def export_pairs_cmd(
 def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
+    conventions: Annotated[Optional[str], typer.Option(
+        "--conventions", help="Comma-separated presets (e.g. codeswap,reliableswap): score the newest run's cached "
+        "swaps under each (nothing swapped again) and show each method's numbers and ranks per preset, with "
+        "Kendall tau between presets (report/conventions.md).")] = None,
+    allow_substitute: Annotated[bool, typer.Option(
+        "--allow-substitute", help="With --conventions: the default suite's network of the same kind where a "
+        "preset's is not here.")] = False,
 ) -> None:
     """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
     from harness.checks import check_out_dir
     from reports.render import render_report
+
+    if conventions is not None:
+        from reports.sensitivity import write_sensitivity
+
+        path = write_sensitivity(check_out_dir(out), [c.strip() for c in conventions.split(",") if c.strip()],
+                                 allow_substitute, log=_echo)
+        typer.echo(path.read_text())
+        typer.echo(f"conventions: {path}")
+        return
 
     paths = render_report(check_out_dir(out), grid_rows, log=_echo)
     typer.echo(paths["markdown"].read_text())

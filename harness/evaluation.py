@@ -151,6 +151,7 @@ def evaluate(
     convention: str | None = None,
     allow_substitute: bool = False,
     cached_swaps_only: bool = False,
+    preset_protocol: bool = True,
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default:
@@ -179,6 +180,8 @@ def evaluate(
     adds further ones) and its protocol settings (an ``options`` value that contradicts one is an
     error). Its networks must be present, or ``allow_substitute`` runs the default suite's of the
     same kind, said in every table. ``cached_swaps_only``: score only, a swap not cached is an error.
+    ``preset_protocol=False``: the preset's protocol settings are not applied (rescoring cached
+    swaps of other pairs; said in every table).
     """
     from harness import parallel, stops
 
@@ -191,14 +194,14 @@ def evaluate(
                                report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
                                pool_size=pool_size, on_error=on_error, convention=convention,
                                allow_substitute=allow_substitute, cached_swaps_only=cached_swaps_only,
-                               log=log if w.is_main else (lambda msg: None))
+                               preset_protocol=preset_protocol, log=log if w.is_main else (lambda msg: None))
         return parallel.broadcast(result)
 
 
 def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
               device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
               pool_size, on_error, convention=None, allow_substitute=False, cached_swaps_only=False,
-              log) -> Results | None:
+              preset_protocol=True, log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from harness import parallel, stops, timing
     from harness.runner import RunConfig, group_notes
@@ -216,7 +219,15 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         preset = resolve(convention, allow_substitute)
         for line in preset.substitutions:
             log(f"convention {convention}: {line}")
-        options = _preset_options(convention, preset.options.get(PROTOCOLS.resolve(protocol).name, {}), options)
+        own = preset.options.get(PROTOCOLS.resolve(protocol).name, {})
+        if preset_protocol:
+            options = _preset_options(convention, own, options)
+        elif own:
+            from dataclasses import replace
+
+            preset = replace(preset, substitutions=preset.substitutions + (
+                "protocol settings not applied (the cached swaps' pairs were rescored): "
+                + ", ".join(f"{k}={v}" for k, v in own.items()),))
         metric_specs = {**preset.metrics, **(parse_metric_specs(metrics) if metrics else {})}
     else:
         metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)

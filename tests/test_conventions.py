@@ -226,3 +226,44 @@ def test_runs_under_two_conventions_are_never_one_table(tmp_path):
     assert table.methods == ["source"]  # target's run was under the other convention: left out
     evaluate("demo", ["source"], metrics=["identity_sface"], convention="codeswap", **kw)
     assert build_table(load_summaries(out)).methods == ["source"]
+
+
+# --- harness report --conventions ------------------------------------------------------------
+
+
+def test_kendall_tau_and_ranks_of_constructed_values():
+    from reports.sensitivity import kendall_tau, ranks
+
+    a = {"m1": 0.9, "m2": 0.5, "m3": 0.1}
+    assert ranks(a, higher_is_better=True) == {"m1": 1, "m2": 2, "m3": 3}
+    assert ranks(a, higher_is_better=False) == {"m1": 3, "m2": 2, "m3": 1}
+    assert kendall_tau(a, a) == pytest.approx(1.0)
+    assert kendall_tau(a, {"m1": 0.1, "m2": 0.5, "m3": 0.9}) == pytest.approx(-1.0)
+
+
+def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
+    from harness.evaluation import evaluate
+    from harness.runner import load_summaries
+    from reports.sensitivity import write_sensitivity
+
+    out = tmp_path / "out"
+    evaluate("demo", ["source", "target", "classical"], metrics=["identity_sface", "pose_whenet"], out=out,
+             mlflow=False, report=False, progress=False, workers=1, log=lambda m: None)
+    path = write_sensitivity(out, ["codeswap", "reliableswap"], allow_substitute=True, log=lambda m: None)
+    text = path.read_text()
+    assert "| classical |" in text and "Kendall τ" in text and "SUBSTITUTED" in text
+    rescored = [s for s in load_summaries(out) if s.get("convention")]
+    assert {s["convention"] for s in rescored} == {"codeswap", "reliableswap"}
+    assert all(s["swaps"]["computed"] == 0 for s in rescored)  # nothing swapped again
+    bins = next(s for s in rescored if s["convention"] == "reliableswap" and s["method"] == "classical")
+    assert "pose_error_bins_whenet" in bins["metrics"]
+    with pytest.raises(HarnessError, match="did you mean 'reface'"):
+        write_sensitivity(out, ["refac"])
+
+
+def test_rescoring_never_swaps(tmp_path):
+    from harness.evaluation import evaluate
+
+    with pytest.raises(HarnessError, match="rescoring never swaps"):
+        evaluate("demo", ["target"], metrics=["identity_sface"], out=tmp_path / "o", mlflow=False, report=False,
+                 progress=False, workers=1, cached_swaps_only=True, log=lambda m: None)
