@@ -99,12 +99,18 @@ def run(
     from harness.evaluation import evaluate, parse_method_options
     from harness.parallel import World
 
-    result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
-                      options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
-                      device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
-                      tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                      weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
-                      convention=convention, allow_substitute=allow_substitute, log=_echo)
+    try:
+        result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
+                          options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
+                          device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
+                          tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
+                          weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
+                          convention=convention, allow_substitute=allow_substitute, log=_echo)
+    except LayoutError as exc:  # every problem on its own line (the error line names the first few)
+        if World.from_env().is_main:
+            for problem in exc.problems:
+                _echo(f"  - {problem}")
+        raise
     if not World.from_env().is_main:
         return  # rank 0 says where everything is
     from harness.console import print_summary
@@ -121,11 +127,27 @@ def prepare(
     option: OptionOpt = [],  # noqa: B006
     out: OutOpt = DEFAULT_OUT,
     workers: WorkersOpt = None,
+    suggest_identity_map: Annotated[bool, typer.Option(
+        "--suggest-identity-map", help="ffpp: propose which videos show the same person (mean SFace embeddings of "
+        "each video's frames, pairs at or above --identity-threshold, joined transitively): writes "
+        "identity-maps/ffpp-identity-map.proposed.csv and a self-contained .html page with thumbnails under --out. "
+        "Confirm it by hand, then run with --option identity_map=PATH.")] = False,
+    identity_threshold: Annotated[float, typer.Option(
+        "--identity-threshold", help="With --suggest-identity-map: the cosine between two videos' mean embeddings "
+        "at or above which a merge is proposed.")] = 0.5,
+    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = "auto",
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
     ranks share the videos/photos; --workers processes per rank decode, detect and align."""
     from harness import parallel
+
+    if suggest_identity_map:
+        if PROTOCOLS.resolve(protocol).name != "ffpp":
+            raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
+        from harness.evaluation import _check_weights
+
+        _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
 
     with parallel.joined() as world, parallel.single_threaded(), \
             parallel.worker_pool(workers or parallel.default_workers(world)):
@@ -149,6 +171,17 @@ def prepare(
                f"manifest sha256 {pairset.manifest_sha256}")
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
+    if suggest_identity_map:
+        from protocols.identity_map import suggest_identity_map as suggest_map
+
+        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), threshold=identity_threshold,
+                                                  device=resolve_device(device))
+        merged = sum(len(g.videos) for g in groups)
+        plural = "s" if len(groups) != 1 else ""
+        typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
+                   f"{identity_threshold:g}; a proposal to confirm by hand:")
+        typer.echo(f"  page:     {html_path}")
+        typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
 
 
 @app.command("export-pairs")

@@ -596,7 +596,9 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         metric_fps = {m.name: m.fingerprint() for m in metrics}
         run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
                               method.fingerprint(), metric_fps]
-                             + ([cfg.convention] if cfg.convention else []))  # a preset's runs stay apart
+                             + ([cfg.convention] if cfg.convention else [])  # a preset's runs stay apart
+                             # and so do runs under two identity maps (protocols.identity_map)
+                             + [f"{k}={v}" for k, v in pairset.settings if k == "identity_map_sha256"])
         run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
         _write_run(run_dir, pairset, frame, keys, store, cfg)
         results = metric_entries(frame, dataset_level, metrics, cfg, pairset.seed)

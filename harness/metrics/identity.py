@@ -181,13 +181,17 @@ class IdentityMetric(Metric):
                                                                               for p in ctx.pairset.pairs]
         return list(dict.fromkeys(items))
 
+    def embed_paths(self, ctx: EvalContext, paths: list[str]) -> np.ndarray:
+        """Embeddings (N, D) of the pair set's images at ``paths`` (relative to its root), as the
+        recogniser is fed under the convention; cached in the feature store."""
+        shas = [ctx.image_sha(p) for p in paths]
+        return self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))
+
     def prepare(self, ctx: EvalContext) -> None:
         items = self.gallery_items(ctx)
         if not items:
             raise ValueError(f"protocol {ctx.pairset.protocol} supplies no gallery: ID retrieval needs one")
-        paths = [p for p, _ in items]
-        shas = [ctx.image_sha(p) for p in paths]
-        vectors = self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))  # (M, D)
+        vectors = self.embed_paths(ctx, [p for p, _ in items])  # (M, D)
         self._gallery, self._gallery_ids = gallery_vectors(vectors, [i for _, i in items], self.conv.gallery)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
