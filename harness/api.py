@@ -222,6 +222,10 @@ class MetricKey:
     scale: float = 1.0  # multiply the stored value by this for display (0.93 -> 93 %)
     lower_bound: float | None = None  # values below it are rounding error: summaries clamp (raw kept)
     feature_dim: int | None = None  # dataset-level statistics over features of this size (FID)
+    #: how the per-pair values become the summary value: "mean", or "rms" (per column of ``parts``,
+    #: the root of the mean square over pairs, then the mean of the columns; harness.conventions.aggregate)
+    aggregate: str = "mean"
+    parts: tuple[str, ...] = ()  # per-pair columns (Metric.pair_columns) the aggregate runs over; () = the key
 
     def __post_init__(self) -> None:
         if not self.key or not all(c.islower() or c.isdigit() or c == "_" for c in self.key):
@@ -296,6 +300,12 @@ class Metric(ABC):
     def compute(self, ctx: EvalContext) -> dict[str, float]:
         """Dataset-level values for keys with ``per_pair=False``."""
         return {}
+
+    def convention(self) -> dict[str, str]:
+        """The evaluation convention the numbers were computed under (:mod:`harness.conventions`):
+        recorded in every summary and MLflow run; empty for a metric without such settings."""
+        conv = getattr(self, "conv", None)
+        return conv.as_dict() if conv is not None else {}
 
     def notes(self) -> list[str]:
         """Counted facts a report must show (e.g. faces the detector did not find)."""

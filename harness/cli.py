@@ -87,18 +87,30 @@ def run(
         "--on-error", help="A method failing on a pair (it raises, or its output is None, numpy, not float or "
         "outside [0, 1]): 'stop' the run with one line naming method, pair and error (finished swaps stay cached), "
         "or 'skip' the pair (counted, listed in the summary, left out of every number).")] = "stop",
+    convention: Annotated[Optional[str], typer.Option(
+        "--convention", help="Evaluate as one codebase does, every choice at once: reliableswap, reface, facedancer, "
+        "codeswap (docs/conventions.md). --metric adds metrics; a contradicting --option is an error.")] = None,
+    allow_substitute: Annotated[bool, typer.Option(
+        "--allow-substitute", help="With --convention: run the default suite's network of the same kind for one "
+        "whose weights are not here (every table says so).")] = False,
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
     from harness.evaluation import evaluate, parse_method_options
     from harness.parallel import World
 
-    result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
-                      options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
-                      device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
-                      tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                      weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
-                      log=_echo)
+    try:
+        result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
+                          options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
+                          device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
+                          tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
+                          weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
+                          convention=convention, allow_substitute=allow_substitute, log=_echo)
+    except LayoutError as exc:  # every problem on its own line (the error line names the first few)
+        if World.from_env().is_main:
+            for problem in exc.problems:
+                _echo(f"  - {problem}")
+        raise
     if not World.from_env().is_main:
         return  # rank 0 says where everything is
     from harness.console import print_summary
@@ -115,11 +127,27 @@ def prepare(
     option: OptionOpt = [],  # noqa: B006
     out: OutOpt = DEFAULT_OUT,
     workers: WorkersOpt = None,
+    suggest_identity_map: Annotated[bool, typer.Option(
+        "--suggest-identity-map", help="ffpp: propose which videos show the same person (mean SFace embeddings of "
+        "each video's frames, pairs at or above --identity-threshold, joined transitively): writes "
+        "identity-maps/ffpp-identity-map.proposed.csv and a self-contained .html page with thumbnails under --out. "
+        "Confirm it by hand, then run with --option identity_map=PATH.")] = False,
+    identity_threshold: Annotated[float, typer.Option(
+        "--identity-threshold", help="With --suggest-identity-map: the cosine between two videos' mean embeddings "
+        "at or above which a merge is proposed.")] = 0.5,
+    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = "auto",
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
     ranks share the videos/photos; --workers processes per rank decode, detect and align."""
     from harness import parallel
+
+    if suggest_identity_map:
+        if PROTOCOLS.resolve(protocol).name != "ffpp":
+            raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
+        from harness.evaluation import _check_weights
+
+        _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
 
     with parallel.joined() as world, parallel.single_threaded(), \
             parallel.worker_pool(workers or parallel.default_workers(world)):
@@ -143,6 +171,17 @@ def prepare(
                f"manifest sha256 {pairset.manifest_sha256}")
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
+    if suggest_identity_map:
+        from protocols.identity_map import suggest_identity_map as suggest_map
+
+        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), threshold=identity_threshold,
+                                                  device=resolve_device(device))
+        merged = sum(len(g.videos) for g in groups)
+        plural = "s" if len(groups) != 1 else ""
+        typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
+                   f"{identity_threshold:g}; a proposal to confirm by hand:")
+        typer.echo(f"  page:     {html_path}")
+        typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
 
 
 @app.command("export-pairs")
@@ -170,10 +209,26 @@ def export_pairs_cmd(
 def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
+    conventions: Annotated[Optional[str], typer.Option(
+        "--conventions", help="Comma-separated presets (e.g. codeswap,reliableswap): score the newest run's cached "
+        "swaps under each (nothing swapped again) and show each method's numbers and ranks per preset, with "
+        "Kendall tau between presets (report/conventions.md).")] = None,
+    allow_substitute: Annotated[bool, typer.Option(
+        "--allow-substitute", help="With --conventions: the default suite's network of the same kind where a "
+        "preset's is not here.")] = False,
 ) -> None:
     """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
     from harness.checks import check_out_dir
     from reports.render import render_report
+
+    if conventions is not None:
+        from reports.sensitivity import write_sensitivity
+
+        path = write_sensitivity(check_out_dir(out), [c.strip() for c in conventions.split(",") if c.strip()],
+                                 allow_substitute, log=_echo)
+        typer.echo(path.read_text())
+        typer.echo(f"conventions: {path}")
+        return
 
     paths = render_report(check_out_dir(out), grid_rows, log=_echo)
     typer.echo(paths["markdown"].read_text())

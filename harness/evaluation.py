@@ -148,6 +148,10 @@ def evaluate(
     weights_search: Sequence[Path | str] = (),
     workers: int | None = None,
     on_error: str = "stop",
+    convention: str | None = None,
+    allow_substitute: bool = False,
+    cached_swaps_only: bool = False,
+    preset_protocol: bool = True,
     log: Callable[[str], None] = _stderr,
 ) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default:
@@ -170,6 +174,14 @@ def evaluate(
     array, a wrong dtype or values outside [0, 1]) does: ``"stop"`` the run with one line
     naming method, pair and error (finished swaps stay cached), or ``"skip"`` the pair
     (counted and listed in the summary, left out of every number).
+
+    ``convention``: a preset (:mod:`harness.presets`: reliableswap, reface, facedancer, codeswap)
+    that sets every evaluation choice at once: its metrics with their settings (``metrics``
+    adds further ones) and its protocol settings (an ``options`` value that contradicts one is an
+    error). Its networks must be present, or ``allow_substitute`` runs the default suite's of the
+    same kind, said in every table. ``cached_swaps_only``: score only, a swap not cached is an error.
+    ``preset_protocol=False``: the preset's protocol settings are not applied (rescoring cached
+    swaps of other pairs; said in every table).
     """
     from harness import parallel, stops
 
@@ -180,15 +192,16 @@ def evaluate(
                                options=options, method_options=method_options, device=device, batch_size=batch_size,
                                out=out, save_images=save_images, mlflow=mlflow, tracking_uri=tracking_uri,
                                report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
-                               pool_size=pool_size, on_error=on_error,
-                               log=log if w.is_main else (lambda msg: None))
+                               pool_size=pool_size, on_error=on_error, convention=convention,
+                               allow_substitute=allow_substitute, cached_swaps_only=cached_swaps_only,
+                               preset_protocol=preset_protocol, log=log if w.is_main else (lambda msg: None))
         return parallel.broadcast(result)
 
 
 def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
               device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
-              pool_size, on_error,
-              log) -> Results | None:
+              pool_size, on_error, convention=None, allow_substitute=False, cached_swaps_only=False,
+              preset_protocol=True, log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from harness import parallel, stops, timing
     from harness.runner import RunConfig, group_notes
@@ -199,7 +212,25 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     set_search_roots(weights_search)
     t0, stages_before = time.perf_counter(), timing.snapshot()
     method_names = expand_methods(list(methods), log)
-    metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
+    preset = None
+    if convention:
+        from harness.presets import resolve
+
+        preset = resolve(convention, allow_substitute)
+        for line in preset.substitutions:
+            log(f"convention {convention}: {line}")
+        own = preset.options.get(PROTOCOLS.resolve(protocol).name, {})
+        if preset_protocol:
+            options = _preset_options(convention, own, options)
+        elif own:
+            from dataclasses import replace
+
+            preset = replace(preset, substitutions=preset.substitutions + (
+                "protocol settings not applied (the cached swaps' pairs were rescored): "
+                + ", ".join(f"{k}={v}" for k, v in own.items()),))
+        metric_specs = {**preset.metrics, **(parse_metric_specs(metrics) if metrics else {})}
+    else:
+        metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
     method_options = dict(method_options or {})
     for scope in method_options:
         if scope != EVERY_METHOD:
@@ -211,7 +242,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
             _check_weights(kind, name, registry.resolve(name))
     cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
                     batch_size=batch_size, save_images=save_images, progress=progress and w.is_main,
-                    on_error=on_error)
+                    on_error=on_error, convention=convention or "",
+                    substitutions=preset.substitutions if preset else (), cached_swaps_only=cached_swaps_only)
     # every setting is checked before any long work: pairs, swaps
     check_collisions("protocol", protocol, dict(options or {}), "--option")
     for m, m_settings in metric_specs.items():
@@ -239,7 +271,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
                 "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
                 "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
-                "save_images": save_images, "on_error": on_error}
+                "save_images": save_images, "on_error": on_error, "convention": convention,
+                "allow_substitute": allow_substitute}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
     try:
@@ -286,6 +319,19 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     path = write_results(result)
     log(f"done in {result.seconds:.1f}s; results: {path}")
     return result
+
+
+def _preset_options(convention: str, preset_options: Mapping[str, str], options: Mapping[str, Any] | None
+                    ) -> dict[str, Any]:
+    """The protocol settings of a run under ``convention``: the preset's, then the user's; a user
+    value that contradicts the preset's is an error (nothing is scored under a mixed convention)."""
+    merged = dict(preset_options)
+    for key, value in (options or {}).items():
+        if key in merged and str(value).strip().lower() != merged[key]:
+            raise HarnessError(f"--option {key}={value} contradicts --convention {convention} ({key}={merged[key]}): "
+                               "leave it out, or run without --convention")
+        merged[key] = value
+    return merged
 
 
 def _check_weights(kind: str, name: str, entry) -> None:

@@ -32,6 +32,7 @@ from harness import stops, timing
 from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from harness.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
 from harness.checks import check_name
+from harness.conventions import aggregate
 from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
@@ -68,6 +69,11 @@ class RunConfig:
     confidence: float = 0.95
     progress: bool = True
     on_error: str = "stop"  # one of ON_ERROR
+    #: the preset the run's settings came from (harness.presets; "" when none) and what it substituted
+    convention: str = ""
+    substitutions: tuple[str, ...] = ()
+    #: swap nothing: a pair whose swap is not cached is an error (``harness report --conventions``)
+    cached_swaps_only: bool = False
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -258,6 +264,9 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
     todo = [p for p in pairset.pairs if not store.has(keys[p.pair_id])]
     if not todo:
         return keys, store, 0, []
+    if cfg.cached_swaps_only:
+        raise HarnessError(f"method {method.name}: {len(todo)} of {len(pairset.pairs)} swaps are not in the cache "
+                           f"(first: pair {todo[0].pair_id}); rescoring never swaps: run `harness run` for it first")
     import torch  # only when there is work: a fully cached run never needs it here
 
     in_size = method.resolution or size
@@ -334,6 +343,27 @@ def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: in
         warnings.simplefilter("ignore")
         res = bootstrap((values,), np.mean, confidence_level=confidence, n_resamples=resamples,
                         method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def bootstrap_aggregate_ci(parts: np.ndarray, how: str, resamples: int, confidence: float,
+                           seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`harness.conventions.aggregate` over pairs (rows of
+    ``parts`` (N, P) resampled together); NaN when fewer than 2 rows are finite."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(parts, np.float64)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    if np.all(x == x[0]):
+        value = aggregate(x, how)
+        return value, value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = bootstrap((np.arange(len(x)),), lambda idx: aggregate(x[idx.astype(int)], how), vectorized=False,
+                        confidence_level=confidence, n_resamples=resamples, method="percentile",
+                        rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -441,7 +471,13 @@ def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics
         for k in m.keys:
             entry = {"label": k.label, "higher_is_better": k.higher_is_better, "unit": k.unit, "scale": k.scale,
                      "metric": m.name, "backend": backend.name}
-            if k.per_pair:
+            if k.per_pair and k.aggregate != "mean":
+                parts = frame[list(k.parts or (k.key,))].to_numpy(dtype=np.float64, copy=True)  # (N, P)
+                parts[~np.isfinite(frame[k.key].to_numpy())] = np.nan  # flagged outputs: out, as for the key
+                lo, hi = bootstrap_aggregate_ci(parts, k.aggregate, cfg.bootstrap_resamples, cfg.confidence, seed)
+                n = int(np.all(np.isfinite(parts), axis=1).sum())
+                entry.update(value=aggregate(parts, k.aggregate), ci_low=lo, ci_high=hi, n=n, aggregate=k.aggregate)
+            elif k.per_pair:
                 v = frame[k.key].to_numpy()
                 lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.isfinite(v).sum())  # every pair flagged or failed: no mean, n = 0
@@ -559,7 +595,10 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     with stage("aggregate"):
         metric_fps = {m.name: m.fingerprint() for m in metrics}
         run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
-                              method.fingerprint(), metric_fps])
+                              method.fingerprint(), metric_fps]
+                             + ([cfg.convention] if cfg.convention else [])  # a preset's runs stay apart
+                             # and so do runs under two identity maps (protocols.identity_map)
+                             + [f"{k}={v}" for k, v in pairset.settings if k == "identity_map_sha256"])
         run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
         _write_run(run_dir, pairset, frame, keys, store, cfg)
         results = metric_entries(frame, dataset_level, metrics, cfg, pairset.seed)
@@ -611,6 +650,11 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "method_key": store.method_key,
         "metrics": results,
         "backends": backends,
+        # every choice that moves a number (harness.conventions): the preset, each metric's settings,
+        # the protocol's (protocol_settings) and what a preset substituted
+        "convention": cfg.convention,
+        "conventions": {m.name: m.convention() for m in metrics if m.convention()},
+        "substitutions": list(cfg.substitutions),
         "scored_by_training_model": scored_by_training_model,
         "confidence": cfg.confidence,
         "bootstrap_resamples": cfg.bootstrap_resamples,

@@ -63,6 +63,12 @@ def _flat_params(summary: dict[str, Any]) -> dict[str, str]:
         params[f"backend.{metric}.standard"] = b["standard"]
         for name, sha in b["weights"]:
             params[f"weights.{name}"] = sha
+    params["convention"] = summary.get("convention") or "none"
+    for metric, settings in summary.get("conventions", {}).items():
+        for k, v in settings.items():
+            params[f"convention.{metric}.{k}"] = v
+    for i, line in enumerate(summary.get("substitutions", [])):
+        params[f"substituted.{i}"] = line
     for pkg, ver in env["packages"].items():
         params[f"pkg.{pkg}"] = ver
     return {k: str(v)[:6000] for k, v in params.items()}

@@ -85,9 +85,11 @@ def option_int(value: object, name: str, *, minimum: int | None = None, allow_no
 
 def option_choice(value: object, name: str, choices: Sequence[str]) -> str:
     """A string option restricted to ``choices`` (case-insensitive)."""
+    from harness.options import suggest
+
     text = str(value).strip().lower()
     if text not in choices:
-        raise HarnessError(f"option {name} must be one of {', '.join(choices)}; got {value!r}")
+        raise HarnessError(f"option {name} must be one of {', '.join(choices)}; got {value!r}{suggest(text, choices)}")
     return text
 
 

@@ -35,6 +35,16 @@ of its own video (10,000 pairs on the full set).
 (``split=all`` joins train, val and test in that order), both directions A->B and B->A,
 evaluation slot N of A onto slot N of B (MegaFS's protocol; 10,000 pairs on the full set).
 
+Identities. Without ``identity_map`` every video is its own identity. ``identity_map=PATH``
+(a CSV ``video,person``, :mod:`protocols.identity_map`; ``harness prepare ffpp
+--suggest-identity-map`` proposes one) labels each frame with its video's person: the gallery
+stays one frame per video, but a retrieval that lands on another video of the source's person is
+a hit, ``pairing=random`` pairs frames of different people (not only of different videos), and
+``pairing=split`` keeps the official pairs and counts those of one person. The map is checked with
+the tree (every bad row listed, one line each, before any video is decoded) and its sha256 is a protocol
+setting (``identity_map_sha256``): it is in every summary, results.json, the MLflow params and the
+report, and in the run id, so runs under two maps are never one table.
+
 Crops. Each used frame is detected (dlib HOG + 68 landmarks, largest face; frames with a
 longer side above ``detect_max_side`` = 960 are searched downscaled, landmarks and
 alignment use full resolution) and FFHQ-aligned to ``resolution`` (256), saved as
@@ -61,6 +71,7 @@ from harness.errors import HarnessError
 from harness.images import atomic_write_bytes, save_png
 from protocols.base import LayoutError, option_choice, option_int, path_inside_root, seeded_key
 from protocols.ffpp_frames import FrameChoice, frames_needed, pair_frames, resolve_frames
+from protocols.identity_map import IdentityMap, read_identity_map
 from protocols.video import count_frames, read_frames, video_fingerprint
 
 COMPRESSIONS = ("c0", "c23", "c40")
@@ -81,7 +92,7 @@ def video_dir(compression: str) -> str:
 
 @dataclass(frozen=True)
 class FFppVideo:
-    video_id: str  # file stem, e.g. "000": the identity label
+    video_id: str  # file stem, e.g. "000": the identity label, unless an identity map names its person
     file: str  # relative to the dataset root
 
 
@@ -90,6 +101,11 @@ class FFppLayout:
     root: Path
     videos: tuple[FFppVideo, ...]  # sorted by id
     split_pairs: tuple[tuple[str, str], ...]  # official pairs of the chosen split(s); () for random pairing
+    identities: IdentityMap | None = None  # video -> person (option identity_map); None: each video its own
+
+    def person(self, video_id: str) -> str:
+        """The identity label of a video's frames: its person under the map, else the video id."""
+        return self.identities.person(video_id) if self.identities else video_id
 
 
 class FFppProtocol(FaceProtocol):
@@ -101,7 +117,8 @@ class FFppProtocol(FaceProtocol):
                  cache_dir: Path | None = None, compression: str = "c23", sampling: str = "random",
                  pairing: str = "random", split: str = "all", frames_per_video: int = DEFAULT_FRAMES,
                  resolution: int = DEFAULT_RESOLUTION, upsample: int = 1,
-                 detect_max_side: int = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None) -> None:
+                 detect_max_side: int = DEFAULT_DETECT_MAX_SIDE, splits_dir: str | None = None,
+                 identity_map: str | None = None) -> None:
         if root is None:
             raise HarnessError("protocol 'ffpp' needs --root: the FaceForensics++ folder holding "
                                "original_sequences/youtube/<c0|c23|c40>/videos/")
@@ -117,6 +134,8 @@ class FFppProtocol(FaceProtocol):
         self.upsample = option_int(upsample, "upsample", minimum=0)
         self.detect_max_side = option_int(detect_max_side, "detect_max_side", minimum=64)
         self.splits_dir = splits_dir
+        #: the user's own confirmed file (not part of the dataset, which may be read-only): read where it is
+        self.identity_map = None if identity_map in (None, "", "none") else Path(str(identity_map)).expanduser()
         base = Path(cache_dir) if cache_dir else cache_root()
         key = stable_hash([str(self.root), self.compression, self.resolution, "dlib_hog_68", self.upsample,
                            self.detect_max_side])
@@ -201,6 +220,11 @@ class FFppProtocol(FaceProtocol):
             videos.append(FFppVideo(p.stem, rel))
         if not videos:
             problems.append(f"{video_dir(self.compression)}/ holds no .mp4 videos")
+        identities = None
+        if self.identity_map is not None:  # checked against the file names, before any video is decoded
+            identities, bad = read_identity_map(self.identity_map, [v.video_id for v in videos],
+                                                f"{video_dir(self.compression)}/")
+            problems.extend(bad)
         for v in tqdm(videos, desc="check FF++ videos", unit="video", leave=False, disable=None):
             path = self.root / v.file
             cap = cv2.VideoCapture(str(path))
@@ -227,7 +251,7 @@ class FFppProtocol(FaceProtocol):
                 problems.append("the split files list no pairs")
         if problems:
             raise LayoutError(self.name, self.root, problems)
-        self._layout = FFppLayout(self.root, tuple(videos), tuple(split_pairs))
+        self._layout = FFppLayout(self.root, tuple(videos), tuple(split_pairs), identities)
         return self._layout
 
     # -- frame choice ------------------------------------------------------------------
@@ -323,7 +347,8 @@ class FFppProtocol(FaceProtocol):
             for slot in range(self.frames_per_video):
                 pid = f"{len(pairs):0{width}d}"
                 pairs.append(FacePair(pid, self.crop_name(a, usable[a].evaluation[slot]),
-                                      self.crop_name(b, usable[b].evaluation[slot]), a, b))
+                                      self.crop_name(b, usable[b].evaluation[slot]), layout.person(a),
+                                      layout.person(b)))
         if self.num_pairs is not None:
             if self.num_pairs > len(pairs):
                 raise HarnessError(f"ffpp: num_pairs={self.num_pairs} but the split gives only {len(pairs)} pairs")
@@ -358,7 +383,8 @@ class FFppProtocol(FaceProtocol):
             raise HarnessError(f"ffpp: fewer than 2 videos give {self.frames_needed} frames with a face "
                                f"({'; '.join(left_out)})")
         if self.pairing == "random":
-            frames = [GalleryItem(self.crop_name(v, f), v) for v in sorted(usable) for f in usable[v].evaluation]
+            frames = [GalleryItem(self.crop_name(v, f), layout.person(v)) for v in sorted(usable)
+                      for f in usable[v].evaluation]
             pairs = pair_frames(frames, self.seed, self.num_pairs or len(frames))
         else:
             pairs, dropped = self._split_pairs(layout, usable)
@@ -366,12 +392,19 @@ class FFppProtocol(FaceProtocol):
                 notes.append(f"{dropped} split pairs dropped because a video was left out")
             if not pairs:
                 raise HarnessError("ffpp: no split pair has both videos usable")
-        gallery = tuple(GalleryItem(self.crop_name(v, usable[v].gallery), v) for v in sorted(usable))
+            same = sum(p.source_id == p.target_id for p in pairs)
+            if same:
+                notes.append(f"{same} of {len(pairs)} split pairs join two videos of one person (identity map): "
+                             "kept, as the official splits list them")
+        gallery = tuple(GalleryItem(self.crop_name(v, usable[v].gallery), layout.person(v)) for v in sorted(usable))
         settings = (("compression", self.compression), ("sampling", self.sampling), ("pairing", self.pairing),
                     ("frames_per_video", self.frames_per_video), ("num_pairs", len(pairs)),
                     ("resolution", self.resolution))
         if self.pairing == "split":
             settings += (("split", self.split),)
+        if layout.identities is not None:
+            settings += (("identity_map_sha256", layout.identities.sha256),)
+            notes.append(layout.identities.describe(sorted(usable)))
         return PairSet(
             protocol=self.name, version=self.version, root=self.crop_root, resolution=self.resolution,
             seed=self.seed, pairs=tuple(pairs), gallery=gallery, settings=settings, notes=tuple(notes),

@@ -31,7 +31,8 @@ class FrameChoice:
 
 
 def pair_frames(frames: list[GalleryItem], seed: int, num_pairs: int) -> list[FacePair]:
-    """Random (source, target) pairs of frames from different videos (``identity`` = video).
+    """Random (source, target) pairs of frames of different identities (``identity``: the video,
+    or its person under an identity map).
 
     Each round of ``len(frames)`` pairs uses every frame once as a source and once as a
     target: sources and targets are two seeded orders of the frames, and a position whose
@@ -41,8 +42,8 @@ def pair_frames(frames: list[GalleryItem], seed: int, num_pairs: int) -> list[Fa
     """
     videos = Counter(f.identity for f in frames)
     if len(videos) < 2 or max(videos.values()) * 2 > len(frames):
-        raise HarnessError(f"ffpp: cannot pair {len(frames)} frames across videos "
-                           f"(one video holds {max(videos.values(), default=0)} of them)")
+        raise HarnessError(f"ffpp: cannot pair {len(frames)} frames across identities "
+                           f"(one identity holds {max(videos.values(), default=0)} of them)")
     by_path = {f.path: f for f in frames}
     width = max(5, len(str(num_pairs - 1)))
     pairs: list[FacePair] = []
@@ -59,7 +60,7 @@ def pair_frames(frames: list[GalleryItem], seed: int, num_pairs: int) -> list[Fa
                     tgt[i], tgt[j] = tgt[j], tgt[i]
                     break
             else:  # cannot happen while no video holds more than half the frames
-                raise HarnessError(f"ffpp: no cross-video target for {src[i].path}")
+                raise HarnessError(f"ffpp: no cross-identity target for {src[i].path}")
         for a, b in zip(src, tgt):
             if len(pairs) == num_pairs:
                 break

@@ -271,6 +271,12 @@ def _provenance_html(runs: list[dict], protocol: str, report_dir: Path) -> str:
     parts.append('<h4>Backends (each once)</h4><table class="plain"><thead><tr><th>Backend</th><th>Metrics</th>'
                  '<th>Status</th><th>Description</th><th>Weight files (sha256)</th></tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')
+    preset = next((s.get("convention") for s in rs if s.get("convention")), "") or "none (defaults and settings given)"
+    conv = {m: c for s in rs for m, c in s.get("conventions", {}).items()}
+    subs = list(dict.fromkeys(x for s in rs for x in s.get("substitutions", [])))
+    parts.append(f"<h4>Convention: {ESC(preset)}</h4><ul>"
+                 + "".join(f"<li>{ESC(m)}: {ESC(', '.join(f'{k}={v}' for k, v in c.items()))}</li>" for m, c in conv.items())
+                 + "".join(f"<li><strong>SUBSTITUTED</strong>: {ESC(x)}</li>" for x in subs) + "</ul>")
     parts.append(f"<h4>Notes</h4>{_notes_html(rs)}")
     rows = []
     for s in rs:

@@ -21,16 +21,35 @@ from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_met
 REFERENCE_METHODS = ("source", "target")
 
 
-def select_runs(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per protocol, the manifest of the newest run; per method, its newest run on that
-    manifest. Runs on other manifests (another seed, older pairs) are left out."""
+def convention_of(summary: dict[str, Any]) -> tuple[str, str]:
+    """(preset, protocol settings) a run was made under: runs that differ in either are never one table."""
+    settings = ",".join(f"{k}={v}" for k, v in sorted(summary.get("protocol_settings", {}).items()) if k != "num_pairs")
+    return str(summary.get("convention") or ""), settings
+
+
+def _agrees(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Every metric the two runs share was scored under the same settings (harness.conventions)."""
+    ca, cb = a.get("conventions", {}), b.get("conventions", {})
+    return all(ca[m] == cb[m] for m in ca.keys() & cb.keys())
+
+
+def select_runs(summaries: list[dict[str, Any]], convention: str | None = None) -> list[dict[str, Any]]:
+    """Per protocol, the manifest and convention of the newest run; per method, its newest run on
+    that manifest under that convention (preset, protocol settings and the settings of every
+    metric it shares with the newest run). Runs on other manifests (another seed, older pairs) or
+    under another convention are left out: one table never mixes conventions. ``convention``:
+    only runs under that preset ("" for runs without one)."""
     summaries = sorted(summaries, key=lambda s: s["finished"])  # oldest first
-    newest: dict[str, tuple[str, str]] = {}
+    if convention is not None:
+        summaries = [s for s in summaries if str(s.get("convention") or "") == convention]
+    newest: dict[str, dict[str, Any]] = {}
     for s in summaries:
-        newest[s["protocol"]] = (s["manifest_sha256"], s["gallery_sha256"])
+        newest[s["protocol"]] = s
     chosen: dict[tuple[str, str], dict[str, Any]] = {}
     for s in summaries:
-        if (s["manifest_sha256"], s["gallery_sha256"]) == newest[s["protocol"]]:
+        n = newest[s["protocol"]]
+        if ((s["manifest_sha256"], s["gallery_sha256"]) == (n["manifest_sha256"], n["gallery_sha256"])
+                and convention_of(s) == convention_of(n) and _agrees(s, n)):
             chosen[(s["protocol"], s["method"])] = s
     return list(chosen.values())
 
@@ -142,6 +161,12 @@ def _footer(runs, protocols, rule: RankRule) -> list[str]:
                      f"gallery sha256 {s0['gallery_sha256'][:12]}, {s0['resolution']}px crops, "
                      f"± = half-width of the {round(100 * s0['confidence'])}% bootstrap CI "
                      f"({s0['bootstrap_resamples']} resamples)")
+        preset = s0.get("convention") or "none (the harness's defaults and the settings given)"
+        settings = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in c.items())}"
+                             for m, c in {m: c for s in rs for m, c in s.get("conventions", {}).items()}.items())
+        lines.append(f"  convention: {preset}" + (f" ({settings})" if settings else ""))
+        for line in dict.fromkeys(x for s in rs for x in s.get("substitutions", [])):
+            lines.append(f"  SUBSTITUTED: {line}")
         backends = {}
         for s in rs:
             backends.update(s["backends"])

@@ -261,7 +261,7 @@ def test_pair_frames_is_balanced_across_videos_for_any_seed():
             first = pairs[: len(frames)]
             assert sorted(p.source for p in first) == sorted(p.target for p in first) == sorted(f.path for f in frames)
     lopsided = [GalleryItem(f"a/{i}.png", "a") for i in range(5)] + [GalleryItem("b/0.png", "b")]
-    with pytest.raises(HarnessError, match="cannot pair 6 frames across videos"):
+    with pytest.raises(HarnessError, match="cannot pair 6 frames across identities"):
         pair_frames(lopsided, 0, 6)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.conventions import ExpressionConvention
 from harness.errors import HarnessError
 from harness.models.shared import NetworkTask
 from harness.weights import DLIB_68, verified
@@ -80,9 +81,14 @@ class BlendshapeScores(NetworkTask):
 
 
 class ExpressionMetric(Metric):
-    def __init__(self, device: str = "cpu", backend: str = "landmarks", detector: str = "dlib") -> None:
+    def __init__(self, device: str = "cpu", backend: str = "landmarks", detector: str = "dlib",
+                 formula: str = "l2") -> None:
         if backend not in ("landmarks", "deep3d", "blendshapes"):
             raise HarnessError(f"unknown expression backend {backend!r} (choose blendshapes, landmarks or deep3d)")
+        self.conv = ExpressionConvention(formula=formula)
+        if self.conv.formula != "l2" and backend == "landmarks":
+            raise HarnessError("expression formula sqrt_mse_dim needs an expression code (blendshapes or deep3d); "
+                               "the landmarks backend is a Procrustes distance")
         self.device, self.backend_setting, self.detector = device, backend, detector
         if backend == "blendshapes":
             self.name = "expression_blendshapes"
@@ -95,6 +101,10 @@ class ExpressionMetric(Metric):
             self.name = "expression"
             self.keys = (MetricKey("expression_error_lmk", "Expression error [landmarks]", False, "% IOD",
                                    scale=100.0),)
+        if self.conv.formula == "sqrt_mse_dim":  # √(MSE·dim) over the whole set: the rms of the per-pair L2
+            k = self.keys[0]
+            self.keys = (MetricKey(k.key, f"{k.label} (√(MSE·dim))", k.higher_is_better, k.unit, scale=k.scale,
+                                   aggregate="rms"),)
         self._landmarks = None
         self._no_face: set[str] = set()  # method outputs without a detected face
 
@@ -125,8 +135,11 @@ class ExpressionMetric(Metric):
                        "(offline; not a 3DMM expression)", False, landmarks)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1",
-                "weights": list(self.backend().weights)}
+        fp = {"metric": self.name, "backend": self.backend_setting, "detector": self.detector, "version": "1",
+              "weights": list(self.backend().weights)}
+        if not self.conv.is_default():  # today's runs keep their fingerprint
+            fp["convention"] = self.conv.as_dict()
+        return fp
 
     def notes(self) -> list[str]:
         note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None

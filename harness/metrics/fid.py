@@ -29,6 +29,7 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.conventions import FIDConvention
 from harness.errors import HarnessError
 from harness.weights import verified
 
@@ -216,9 +217,10 @@ class ExtractorForward:
 
 
 class FIDMetric(Metric):
-    def __init__(self, device: str = "cpu", backend: str = "facenet") -> None:
+    def __init__(self, device: str = "cpu", backend: str = "facenet", reference: str = "targets") -> None:
         if backend not in ("inception", "facenet"):
             raise HarnessError(f"unknown FID backend {backend!r} (choose inception or facenet)")
+        self.conv = FIDConvention(reference=reference)
         self.device, self.backend_setting = device, backend
         if backend == "inception":
             self.name = "fid"
@@ -246,12 +248,12 @@ class FIDMetric(Metric):
         self._weight_files()
         if self.backend_setting == "inception":
             return Backend("inception_v3_tf2015", "Inception-v3 (TF 2015-12-05 graph) pool3 2048-d at 299 px "
-                           "(torch-fidelity), real set = targets", True, self._weights)
+                           f"(torch-fidelity), real set = {self.conv.reference}", True, self._weights)
         return Backend("facenet_casia_512", "FaceNet CASIA bottleneck 512-d via torch-fidelity extractor "
-                       "(offline; not Inception FID), real set = targets", False, self._weights)
+                       f"(offline; not Inception FID), real set = {self.conv.reference}", False, self._weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "real_set": "targets", "version": "2",
+        return {"metric": self.name, "backend": self.backend_setting, "real_set": self.conv.reference, "version": "2",
                 "weights": list(self.backend().weights)}
 
     def features(self, images: list[np.ndarray]) -> np.ndarray:
@@ -278,7 +280,8 @@ class FIDMetric(Metric):
         return {}
 
     def real_features(self, ctx: EvalContext) -> np.ndarray:
-        paths = list(dict.fromkeys(p.target for p in ctx.pairset.pairs))
+        paths = list(dict.fromkeys(p.source if self.conv.reference == "sources" else p.target
+                                   for p in ctx.pairset.pairs))  # (the FID reference set, a convention)
         shas = [ctx.image_sha(p) for p in paths]
         return cached_features(ctx.feature_cache, self._ns(), shas, None, self.features,
                                load=lambda i: ctx.load_image(paths[i]), weights=self.backend().weights)

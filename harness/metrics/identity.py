@@ -18,19 +18,44 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.conventions import ID_INPUT, PSP_COLS, PSP_ROWS, IdentityConvention, gallery_vectors, retrieval_scores
+from harness.errors import HarnessError
 
 
 
 def retrieval_hits(query: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], true_ids: list[str],
-                   ks: tuple[int, ...] = (1, 5)) -> dict[int, np.ndarray]:
-    """For each query (N, D) unit vector: is ``true_ids[i]`` among the identities of the
-    k nearest gallery vectors (M, D)? Returns {k: bool array (N,)}. Ties break by
-    gallery order (stable sort), so results do not depend on batch composition."""
-    sims = query @ gallery.T  # (N, M) cosine
+                   ks: tuple[int, ...] = (1, 5), score: str = "cosine") -> dict[int, np.ndarray]:
+    """For each query (N, D): is ``true_ids[i]`` among the identities of the k best-scoring
+    gallery vectors (M, D) (``score``: cosine or dot, :func:`harness.conventions.retrieval_scores`)?
+    Returns {k: bool array (N,)}. Ties break by gallery order (stable sort), so results do not
+    depend on batch composition."""
+    sims = retrieval_scores(query, gallery, score)  # (N, M)
     order = np.argsort(-sims, axis=1, kind="stable")  # (N, M)
     ids = np.asarray(gallery_ids)[order]  # (N, M) identities by rank
     truth = np.asarray(true_ids)[:, None]
     return {k: (ids[:, :k] == truth).any(axis=1) for k in ks}
+
+
+def convention_crops(images: list[np.ndarray], conv: IdentityConvention, masks: np.ndarray | None = None
+                     ) -> list[np.ndarray]:
+    """Aligned crops -> what the recogniser is fed under ``conv``: masked (``masks`` (N, H, W) bool,
+    outside black), then the whole crop resized to 112 (``resize``) or REFace's pSp region
+    (``psp``: resized to 256, rows 35:223, cols 32:220, resized to 112). ``crop=model`` keeps the
+    crop for the recogniser's own 5-point alignment."""
+    import cv2
+
+    out = []
+    for i, img in enumerate(images):
+        x = np.asarray(img)
+        if masks is not None:
+            x = np.where(masks[i][..., None], x, 0).astype(np.uint8)
+        if conv.crop == "psp":
+            x = cv2.resize(x, (256, 256), interpolation=cv2.INTER_AREA if x.shape[0] > 256 else cv2.INTER_LINEAR)
+            x = x[PSP_ROWS[0]:PSP_ROWS[1], PSP_COLS[0]:PSP_COLS[1]]  # (188, 188, 3)
+        if conv.crop != "model":
+            x = cv2.resize(np.ascontiguousarray(x), (ID_INPUT, ID_INPUT), interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(x))
+    return out
 
 
 class IdentityMetric(Metric):
@@ -41,10 +66,20 @@ class IdentityMetric(Metric):
         MetricKey("id_similarity", "ID similarity", True, "cosine"),
     )
 
-    def __init__(self, device: str = "cpu", backend: str = "dlib", detector: str = "dlib") -> None:
+    def __init__(self, device: str = "cpu", backend: str = "dlib", detector: str = "dlib", crop: str = "model",
+                 mask: str = "none", gallery: str = "one_per_identity", score: str = "cosine") -> None:
         from harness.metrics.id_backends import make_embedder
 
+        self.conv = IdentityConvention(crop=crop, mask=mask, gallery=gallery, score=score)
         self.embedder = make_embedder(backend, device)
+        if self.conv.crop != "model" and not self.embedder.uses_landmarks:
+            raise HarnessError(f"identity backend {backend!r} aligns with its own predictor: crop={self.conv.crop} "
+                               "needs a 5-point recogniser (sface, facenet, arcface*, cosface*)")
+        if self.conv.mask == "parsing":
+            from harness.models.bisenet import WEIGHTS
+            from harness.weights import verified
+
+            verified(WEIGHTS)  # a missing face parser fails now, with where to get it
         if backend != "dlib":
             self.name = f"identity_{backend}"
         if not self.embedder.standard:
@@ -67,18 +102,45 @@ class IdentityMetric(Metric):
                        standard=self.embedder.standard, weights=weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.embedder.name, "version": self.embedder.version,
-                "detector": self.detector if self.embedder.uses_landmarks else None,
-                "weights": list(self.backend().weights)}
+        fp = {"metric": self.name, "backend": self.embedder.name, "version": self.embedder.version,
+              "detector": self.detector if self.embedder.uses_landmarks else None,
+              "weights": list(self.backend().weights)}
+        if not self.conv.is_default():  # today's runs keep their fingerprint (and their cached values)
+            fp["convention"] = self.conv.as_dict()
+        return fp
 
     def notes(self) -> list[str]:
         note = self._landmarks.stats.note(f"{self.name} ({self.detector})") if self._landmarks else None
         return [note] if note else []
 
     def _ns(self) -> str:
+        # features depend on what the recogniser is fed: the crop and mask settings (not the gallery or score)
+        extra = "" if (self.conv.crop, self.conv.mask) == ("model", "none") else f":{self.conv.crop}:{self.conv.mask}"
         if self.embedder.uses_landmarks:  # the crop depends on the landmarks' detector
-            return f"{self.embedder.name}:v{self.embedder.version}:{self.detector}"
-        return f"{self.embedder.name}:v{self.embedder.version}"
+            return f"{self.embedder.name}:v{self.embedder.version}:{self.detector}{extra}"
+        return f"{self.embedder.name}:v{self.embedder.version}{extra}"
+
+    def _parser(self):
+        """BiSeNet for ``mask=parsing`` (loaded once; its weight file is checked when the metric is made)."""
+        if getattr(self, "_bisenet", None) is None:
+            from harness.models.bisenet import WEIGHTS, load_bisenet
+            from harness.weights import verified
+
+            path, _ = verified(WEIGHTS)
+            self._bisenet = load_bisenet(path).to(self.device)
+        return self._bisenet
+
+    def _fed(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """The images as the convention feeds them to the recogniser (:func:`convention_crops`)."""
+        masks = None
+        if self.conv.mask == "parsing":
+            import torch
+
+            from codeswap.train.stage3 import parsing_masks
+
+            x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1.0
+            masks = parsing_masks(x, self._parser())[:, 0].cpu().numpy() > 0.5  # (N, H, W)
+        return convention_crops(images, self.conv, masks)
 
     def _embed(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray] | None = None, load=None):
         """Embeddings (N, D), computed only for image contents not in the feature store."""
@@ -98,18 +160,39 @@ class IdentityMetric(Metric):
         pair_load = None if load is None else (lambda i: (load(i), five[i]))
 
         def compute(items):
-            return self.embedder([it[0] for it in items], np.stack([it[1] for it in items]))
+            imgs, points = [it[0] for it in items], np.stack([it[1] for it in items])  # (N, 5, 2)
+            if self.conv.crop != "model":  # already 112 px: the template's points make the alignment the identity
+                from harness.faces.arcface import ARCFACE_TEMPLATE_112
+
+                points = np.repeat(ARCFACE_TEMPLATE_112[None].astype(np.float32), len(imgs), axis=0)
+            if (self.conv.crop, self.conv.mask) != ("model", "none"):
+                imgs = self._fed(imgs)
+            return self.embedder(imgs, points)
 
         return cached_features(ctx.feature_cache, self._ns(), shas, pairs, compute, pair_load,
                                weights=self.backend().weights)
 
-    def prepare(self, ctx: EvalContext) -> None:
-        paths = [g.path for g in ctx.pairset.gallery]
-        if not paths:
-            raise ValueError(f"protocol {ctx.pairset.protocol} supplies no gallery: ID retrieval needs one")
+    def gallery_items(self, ctx: EvalContext) -> list[tuple[str, str]]:
+        """(path, identity) of every gallery image under the convention: the protocol's gallery,
+        plus (``every_frame``) every distinct source and target image of the pairs."""
+        items = [(g.path, g.identity) for g in ctx.pairset.gallery]
+        if self.conv.gallery == "every_frame":
+            items += [(p.source, p.source_id) for p in ctx.pairset.pairs] + [(p.target, p.target_id)
+                                                                              for p in ctx.pairset.pairs]
+        return list(dict.fromkeys(items))
+
+    def embed_paths(self, ctx: EvalContext, paths: list[str]) -> np.ndarray:
+        """Embeddings (N, D) of the pair set's images at ``paths`` (relative to its root), as the
+        recogniser is fed under the convention; cached in the feature store."""
         shas = [ctx.image_sha(p) for p in paths]
-        self._gallery = self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))  # (M, D)
-        self._gallery_ids = [g.identity for g in ctx.pairset.gallery]
+        return self._embed(ctx, shas, load=lambda i: ctx.load_image(paths[i]))
+
+    def prepare(self, ctx: EvalContext) -> None:
+        items = self.gallery_items(ctx)
+        if not items:
+            raise ValueError(f"protocol {ctx.pairset.protocol} supplies no gallery: ID retrieval needs one")
+        vectors = self.embed_paths(ctx, [p for p, _ in items])  # (M, D)
+        self._gallery, self._gallery_ids = gallery_vectors(vectors, [i for _, i in items], self.conv.gallery)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
         assert self._gallery is not None, "prepare() must run first"
@@ -117,7 +200,7 @@ class IdentityMetric(Metric):
         source = self._embed(ctx, batch.source_sha, list(batch.source))  # (B, D)
         by_id = {p.pair_id: p for p in ctx.pairset.pairs}
         true_ids = [by_id[i].source_id for i in batch.pair_ids]
-        hits = retrieval_hits(swapped, self._gallery, self._gallery_ids, true_ids)
+        hits = retrieval_hits(swapped, self._gallery, self._gallery_ids, true_ids, score=self.conv.score)
         values = (hits[1].astype(np.float64), hits[5].astype(np.float64),
                   np.sum(swapped * source, axis=1).astype(np.float64))
         return {k.key: v for k, v in zip(self.keys, values)}

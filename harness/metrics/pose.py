@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from harness.cache import cached_features
+from harness.conventions import PoseConvention, angle_error, bin_errors
 from harness.errors import HarnessError
 from harness.models.shared import NetworkTask
 from harness.weights import DLIB_68, verified
@@ -57,21 +58,49 @@ class WhenetAngles(NetworkTask):
         return model(whenet_input(torch.from_numpy(batch).to(self.device))).float().cpu().numpy()
 
 
+class WhenetLogits(WhenetAngles):
+    """(image, face box) items -> (N, 252) WHENet's raw bin logits: yaw 120, pitch 66, roll 66."""
+
+    def forward(self, model, batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 252)
+        import torch
+
+        from harness.models.whenet import whenet_input
+
+        return torch.cat(model.logits(whenet_input(torch.from_numpy(batch).to(self.device))), 1).float().cpu().numpy()
+
+
+#: backend -> bins of its yaw, pitch and roll heads (the ``hopenet_bins`` formula needs raw logits)
+LOGIT_BINS = {"hopenet": (66, 66, 66), "whenet": (120, 66, 66)}
+
+
 class PoseMetric(Metric):
     name = "pose"
 
-    def __init__(self, device: str = "cpu", backend: str = "pnp", unit: str = "deg", detector: str = "dlib") -> None:
+    def __init__(self, device: str = "cpu", backend: str = "pnp", unit: str = "deg", detector: str = "dlib",
+                 formula: str = "l2_3angles") -> None:
         if backend not in BACKENDS:
             raise HarnessError(f"unknown pose backend {backend!r} (choose {', '.join(BACKENDS)})")
         if unit not in ("deg", "rad"):
             raise HarnessError(f"unknown pose unit {unit!r} (choose deg or rad)")
+        self.conv = PoseConvention(formula=formula)
+        if self.conv.formula == "hopenet_bins" and backend not in LOGIT_BINS:
+            raise HarnessError(f"pose formula hopenet_bins needs a bin classifier's logits: backend hopenet or "
+                               f"whenet, not {backend!r}")
         self.device, self.backend_setting, self.unit, self.detector = device, backend, unit, detector
         if backend == "whenet":
             self.detector = "retinaface_mnet025"  # WHENet's box (harness.faces.retina)
         key, label, self.name = BACKENDS[backend]
-        self.keys = (MetricKey(key, label, False, unit),)
-        #: per-pair columns beside the key (pairs.parquet), not summarised: each angle's |error|
-        self.pair_columns = tuple(f"pose_{a}_error_whenet" for a in ANGLES) if backend == "whenet" else ()
+        if self.conv.formula == "hopenet_bins":  # not degrees: its own key, never a column of angles
+            tag = f"_{backend}" if backend == "whenet" else ""
+            key, label = f"pose_error_bins{tag}", f"{label} (Hopenet bins, √(MSE·dim)/2)"
+            self.pair_columns = tuple(f"pose_{a}_bins{tag}" for a in ANGLES)
+            self.keys = (MetricKey(key, label, False, "logits", aggregate="rms", parts=self.pair_columns),)
+        else:
+            if self.conv.formula == "l2_2angles":
+                label = f"{label} (yaw, pitch)"
+            self.keys = (MetricKey(key, label, False, unit),)
+            #: per-pair columns beside the key (pairs.parquet), not summarised: each angle's |error|
+            self.pair_columns = tuple(f"pose_{a}_error_whenet" for a in ANGLES) if backend == "whenet" else ()
         self._landmarks = None
         self._failed: set[str] = set()
         self._no_face: set[str] = set()  # method outputs without a detected face
@@ -99,8 +128,11 @@ class PoseMetric(Metric):
                        "(offline; not Hopenet)", False, weights)
 
     def fingerprint(self) -> dict:
-        return {"metric": self.name, "backend": self.backend_setting, "unit": self.unit, "detector": self.detector,
-                "version": "1", "weights": list(self.backend().weights)}
+        fp = {"metric": self.name, "backend": self.backend_setting, "unit": self.unit, "detector": self.detector,
+              "version": "1", "weights": list(self.backend().weights)}
+        if not self.conv.is_default():  # today's runs keep their fingerprint
+            fp["convention"] = self.conv.as_dict()
+        return fp
 
     def notes(self) -> list[str]:
         notes = [self._landmarks.stats.note(f"{self.name} ({self.detector})")] if self._landmarks else []
@@ -120,7 +152,7 @@ class PoseMetric(Metric):
         self._weights = ((path.name, sha),)
         return load_hopenet(path).to(self.device)
 
-    def _hopenet(self, images: list[np.ndarray]) -> np.ndarray:
+    def _hopenet(self, images: list[np.ndarray], logits: bool = False) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
@@ -136,12 +168,15 @@ class PoseMetric(Metric):
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, H, W)
             x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False,
                               antialias=True)
-            return self.model((x - mean) / std).float().cpu().numpy()
+            x = (x - mean) / std
+            if logits:  # (B, 198): yaw, pitch, roll bins
+                return torch.cat(self.model.logits(x), 1).float().cpu().numpy()
+            return self.model(x).float().cpu().numpy()
 
         with torch.inference_mode(), stage("embed"):
             return fixed_batches(forward, np.stack(images), feature_batch(self.device))  # (N, 3) degrees
 
-    def _whenet(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+    def _whenet(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray], logits: bool = False) -> np.ndarray:
         from harness.faces.retina import shared_faces
         from harness.fetch import ensure
         from harness.parallel import map_rows
@@ -150,12 +185,22 @@ class PoseMetric(Metric):
         self._landmarks = shared_faces(ctx, self.device)
         boxes, _, _ = self._landmarks(ctx, shas, images)  # (N, 4), cached
 
+        task = WhenetLogits if logits else WhenetAngles
+
         def compute(items):
             path = ensure("whenet")
-            return np.stack(map_rows(WhenetAngles(path, sha256_of(path), self.device), items, self.device))
+            return np.stack(map_rows(task(path, sha256_of(path), self.device), items, self.device))
 
-        return cached_features(ctx.feature_cache, f"whenet:{self._landmarks.namespace}:v1", shas,
-                               list(zip(images, boxes)), compute, weights=self.backend().weights)
+        ns = f"whenet{'_logits' if logits else ''}:{self._landmarks.namespace}:v1"
+        return cached_features(ctx.feature_cache, ns, shas, list(zip(images, boxes)), compute,
+                               weights=self.backend().weights)
+
+    def logits(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
+        """(N, yaw + pitch + roll bins) raw logits of the bin classifier, cached per image content."""
+        if self.backend_setting == "whenet":
+            return self._whenet(ctx, shas, images, logits=True)
+        return cached_features(ctx.feature_cache, "hopenet_robust_alpha1_logits:v1", shas, images,
+                               lambda imgs: self._hopenet(imgs, logits=True), weights=self.backend().weights)
 
     def angles(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray]) -> np.ndarray:
         """(N, 3) (yaw, pitch, roll) in degrees, cached per image content."""
@@ -175,12 +220,14 @@ class PoseMetric(Metric):
                                lambda its: np.stack([pnp_pose(*it) for it in its]), weights=self.backend().weights)
 
     def update(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
+        if self.conv.formula == "hopenet_bins":
+            return self._update_bins(batch, ctx)
         swapped = self.angles(ctx, batch.swapped_sha, list(batch.swapped))  # (B, 3)
         target = self.angles(ctx, batch.target_sha, list(batch.target))
         for shas, ang in ((batch.swapped_sha, swapped), (batch.target_sha, target)):
             self._failed.update(s for s, a in zip(shas, ang) if not np.all(np.isfinite(a)))
         diff = np.abs(swapped - target)  # (B, 3) degrees
-        err = np.linalg.norm(diff, axis=1)  # (B,) degrees
+        err = angle_error(swapped, target, self.conv.formula)  # (B,) degrees
         if self._landmarks is not None:
             # a method output without a detected face has no landmarks to pose: NaN, never the
             # expected box's fallback points (which score a blank image as a frontal face)
@@ -192,4 +239,18 @@ class PoseMetric(Metric):
         out = {self.keys[0].key: err.astype(np.float64)}
         for j, col in enumerate(self.pair_columns):
             out[col] = np.where(np.isfinite(err), diff[:, j], np.nan).astype(np.float64)
+        return out
+
+    def _update_bins(self, batch: EvalBatch, ctx: EvalContext) -> dict[str, np.ndarray]:
+        """ReliableSwap's pose: per angle ‖Δ logits‖/2 (√(MSE·dim)/2 of one pair); the key is their
+        mean for the pair browser, the summary the rms aggregate over the three angle columns."""
+        swapped = self.logits(ctx, batch.swapped_sha, list(batch.swapped))  # (B, bins)
+        target = self.logits(ctx, batch.target_sha, list(batch.target))
+        per_angle = bin_errors(swapped, target, LOGIT_BINS[self.backend_setting])  # (B, 3)
+        if self._landmarks is not None:  # an output without a face: NaN, as for the angles
+            _, _, found = self._landmarks(ctx, batch.swapped_sha, list(batch.swapped))
+            per_angle = np.where(np.asarray(found)[:, None], per_angle, np.nan)
+            self._no_face.update(s for s, f in zip(batch.swapped_sha, found) if not f)
+        out = {self.keys[0].key: per_angle.mean(axis=1)}
+        out.update({col: per_angle[:, j] for j, col in enumerate(self.pair_columns)})
         return out

@@ -1,0 +1,113 @@
+"""How much the evaluation convention moves a ranking: ``harness report --conventions A,B,...``.
+
+The newest ``harness run`` in the output folder (its ``results.json``: protocol, methods, seed,
+options) is scored again under each preset (:mod:`harness.presets`) from the swap cache, nothing
+swapped again (a missing swap is an error); a preset's protocol settings (frame sampling,
+compression) would need other pairs and are not applied, which every table says. Then, per
+quantity (ID retrieval top-1, ID similarity, pose, expression, FID), each method's number and
+rank under each preset, and Kendall's τ between every two presets' rankings of the methods
+(the ``source``/``target`` bounds are not ranked).
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.errors import HarnessError
+
+#: quantities compared across presets: metric key prefix -> label
+QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID similarity",
+              "pose_error": "pose error", "expression_error": "expression error", "fid": "FID"}
+REFERENCE = ("source", "target")
+
+
+def _entry(summary: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    return next((e for k, e in summary["metrics"].items() if k == prefix or k.startswith(prefix + "_")), None)
+
+
+def ranks(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
+    """Competition ranks (1 = best; equal values share a rank)."""
+    ordered = sorted(values.values(), reverse=higher_is_better)
+    return {m: 1 + ordered.index(v) for m, v in values.items()}
+
+
+def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float:
+    """Kendall's τ-b of two presets' values over the methods both scored (NaN under 2 methods)."""
+    from scipy.stats import kendalltau
+
+    common = [m for m in a if m in b]
+    if len(common) < 2:
+        return float("nan")
+    return float(kendalltau([a[m] for m in common], [b[m] for m in common]).statistic)
+
+
+def rescore(out: Path, presets: list[str], allow_substitute: bool, log: Callable[[str], None]) -> dict[str, list]:
+    """Each preset's summaries of the newest run's methods, scored from the caches."""
+    from harness.evaluation import evaluate
+    from harness.results import load_results
+
+    last = load_results(out).settings
+    found = {}
+    for name in presets:
+        log(f"convention {name}: scoring {', '.join(last['methods'])} from the cache")
+        res = evaluate(last["protocol"], last["methods"], root=last.get("root"), seed=last["seed"],
+                       num_pairs=last.get("num_pairs"), options=last.get("options") or {},
+                       method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", 16),
+                       out=out, mlflow=False, report=False, progress=False, convention=name,
+                       allow_substitute=allow_substitute, cached_swaps_only=True, preset_protocol=False, log=log)
+        found[name] = res.summaries
+    return found
+
+
+def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
+    """The comparison: per quantity a table of methods x presets (value, rank), then τ per preset pair."""
+    presets = list(by_preset)
+    methods = list(dict.fromkeys(s["method"] for runs in by_preset.values() for s in runs))
+    lines = [f"# Sensitivity to the evaluation convention ({', '.join(presets)})", ""]
+    for prefix, label in QUANTITIES.items():
+        values: dict[str, dict[str, float]] = {}
+        direction = None
+        for p, runs in by_preset.items():
+            for s in runs:
+                e = _entry(s, prefix)
+                if e is None or e["value"] is None:
+                    continue
+                direction = e["higher_is_better"]
+                values.setdefault(p, {})[s["method"]] = float(e["value"]) * float(e.get("scale", 1.0))
+        if not values:
+            continue
+        ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE}, bool(direction))
+                  for p, vs in values.items()}
+        lines += [f"## {label} ({'higher' if direction else 'lower'} is better)", "",
+                  "| method | " + " | ".join(presets) + " |", "|---" * (len(presets) + 1) + "|"]
+        for m in methods:
+            cells = [(f"{values[p][m]:.3f}" + (f" (#{ranked[p][m]})" if m in ranked.get(p, {}) else ""))
+                     if m in values.get(p, {}) else "–" for p in presets]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        taus = [f"{a} vs {b}: τ = {kendall_tau(ranked.get(a, {}), ranked.get(b, {})):.2f}"
+                for a, b in combinations(presets, 2)]
+        lines += ["", "Kendall τ of the rankings: " + ("; ".join(taus) if taus else "one preset only"), ""]
+    lines.append("Settings and substitutions per preset:")
+    for p, runs in by_preset.items():
+        s = runs[0]
+        conv = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in c.items())}" for m, c in s["conventions"].items())
+        lines.append(f"- {p}: {conv}")
+        lines += [f"  - SUBSTITUTED: {x}" for x in s.get("substitutions", [])]
+    return "\n".join(lines) + "\n"
+
+
+def write_sensitivity(out: Path, presets: list[str], allow_substitute: bool = False,
+                      log: Callable[[str], None] = print) -> Path:
+    """Rescore under ``presets`` and write ``OUT/report/conventions.md``; returns its path."""
+    from harness.images import atomic_write_text
+    from harness.presets import preset
+
+    if len(presets) < 1:
+        raise HarnessError("--conventions needs at least one preset name (e.g. codeswap,reliableswap)")
+    for name in presets:
+        preset(name)  # every name checked (did-you-mean) before any work
+    path = Path(out) / "report" / "conventions.md"
+    atomic_write_text(path, sensitivity_markdown(rescore(Path(out), presets, allow_substitute, log)))
+    return path
