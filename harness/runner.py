@@ -673,7 +673,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
         "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
         "device": cfg.device,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
         "environment": environment(),
         "run_dir": str(run_dir),
     }
