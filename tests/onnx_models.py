@@ -100,3 +100,15 @@ def converter(path: Path, matrix: np.ndarray) -> Path:
         initializer=[numpy_helper.from_array(matrix.astype(np.float32), "m")],
     )
     return _save(graph, path)
+
+
+def cpu_session(path: Path):
+    """An onnxruntime session of ``path`` on one CPU thread, warnings off (the shipped int8
+    graphs list their initialisers as inputs, which onnxruntime warns about): the reference
+    runtime of the port tests."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

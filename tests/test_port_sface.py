@@ -15,6 +15,7 @@ from harness.faces.arcface import arcface_crop
 from harness.faces.landmarks import NUM_POINTS, DlibLandmarkRows
 from harness.images import load_rgb
 from harness.models.sface import EMBED_DIM, convert, fix_onnx, load_sface, sface_input
+from onnx_models import cpu_session
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
@@ -46,15 +47,6 @@ def fixed_onnx(tmp_path_factory, shipped) -> Path:
     dst = tmp_path_factory.mktemp("sface_onnx") / "sface_float32.onnx"
     fix_onnx(shipped, dst)
     return dst
-
-
-def session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # the shipped graph's initialiser-as-input warnings
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def aligned(images: list[np.ndarray]) -> np.ndarray:
@@ -92,7 +84,7 @@ def test_matches_onnxruntime_on_real_faces(demo_raw, fixed_onnx, demo):
     crops = np.concatenate([crops, crops[:, :, ::-1]])  # (56, 112, 112, 3): faces and mirrors
     ours = demo_raw
     x = sface_input(torch.from_numpy(np.ascontiguousarray(crops))).numpy()  # (56, 3, 112, 112)
-    ref = session(fixed_onnx).run(None, {"data": x})[0]
+    ref = cpu_session(fixed_onnx).run(None, {"data": x})[0]
     assert ours.shape == ref.shape == (len(crops), EMBED_DIM)
     assert np.abs(ref).max() > 1.0  # real, non-degenerate embeddings
     np.testing.assert_allclose(ours, ref, rtol=0, atol=RAW_TOL)
@@ -103,7 +95,7 @@ def test_fixed_graph_equals_the_shipped_int8_graph(fixed_onnx, shipped, demo):
     gives what the numpy-dequantised float graph gives: the dequantisation is ONNX's."""
     _, crops = demo
     x = sface_input(torch.from_numpy(crops[:4])).numpy()  # (4, 3, 112, 112)
-    original, fixed = session(shipped), session(fixed_onnx)
+    original, fixed = cpu_session(shipped), cpu_session(fixed_onnx)
     with pytest.raises(Exception, match="missing from input feed"):
         original.run(None, {"data": x[:1]})
     dangling = {i.name: np.zeros(i.shape, np.float32) for i in original.get_inputs() if i.name != "data"}

@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 from harness.images import load_rgb
 from harness.models import yunet
 from harness.models.yunet import OUTPUT_NAMES, convert, detect, fix_onnx, load_yunet
+from onnx_models import cpu_session
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
@@ -59,15 +60,6 @@ def fixed_onnx(tmp_path_factory, shipped) -> Path:
     dst = tmp_path_factory.mktemp("yunet_onnx") / "yunet_float32.onnx"
     fix_onnx(shipped, dst)
     return dst
-
-
-def session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +142,7 @@ def assert_rows_close(ours: np.ndarray, ref: np.ndarray) -> None:
 
 
 def test_raw_outputs_match_onnxruntime_on_real_faces(model, fixed_onnx, images):
-    sess = session(fixed_onnx)
+    sess = cpu_session(fixed_onnx)
     assert [o.name for o in sess.get_outputs()] == list(OUTPUT_NAMES)
     worst, best_score = 0.0, 0.0
     for batch in batches(images):
@@ -169,7 +161,7 @@ def test_raw_outputs_match_onnxruntime_on_real_faces(model, fixed_onnx, images):
 
 
 def test_decoded_faces_match_opencvs_decoding_of_onnxruntime_outputs(model, fixed_onnx, images):
-    sess = session(fixed_onnx)
+    sess = cpu_session(fixed_onnx)
     counts = []
     for img in images:
         x = model.prepare(torch.from_numpy(img[None])).numpy()  # (1, 3, H', W')
@@ -208,7 +200,7 @@ def test_fixed_graph_equals_onnxruntimes_own_dequantisation(fixed_onnx, shipped,
     canvas[150:406, 301:557] = crops[3]
     x = model.prepare(torch.from_numpy(canvas[None])).numpy()  # (1, 3, 640, 640)
     with pytest.raises(Exception, match="block_size must be 0"):
-        session(shipped).run(None, {"input": x})
+        cpu_session(shipped).run(None, {"input": x})
     graph = onnx.load(str(shipped))
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
     patched = 0
@@ -220,8 +212,8 @@ def test_fixed_graph_equals_onnxruntimes_own_dequantisation(fixed_onnx, shipped,
     assert patched == 20  # the int8 biases
     path = Path(str(fixed_onnx) + ".ort_dequant.onnx")
     onnx.save(graph, str(path))
-    original = dict(zip(OUTPUT_NAMES, session(path).run(None, {"input": x})))
-    fixed = dict(zip(OUTPUT_NAMES, session(fixed_onnx).run(None, {"input": x})))
+    original = dict(zip(OUTPUT_NAMES, cpu_session(path).run(None, {"input": x})))
+    fixed = dict(zip(OUTPUT_NAMES, cpu_session(fixed_onnx).run(None, {"input": x})))
     assert best(original) > 0.9
     for name in OUTPUT_NAMES:
         np.testing.assert_allclose(fixed[name], original[name], rtol=0, atol=RAW_TOL, err_msg=name)

@@ -138,8 +138,27 @@ def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
                        f"choose {', '.join(EXPRESSION_NETS)}")
 
 
-def _frozen(net: nn.Module) -> nn.Module:
-    return net.float().eval().requires_grad_(False)
+class PackagedNet(nn.Module):
+    """A frozen default-suite network (``harness.fetch`` asset ``asset``, built by ``loader``,
+    "module:function") as ``self.net``, with its weights' sha256; never leaves eval mode."""
+
+    asset: str
+    loader: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        import importlib
+
+        from harness.fetch import ensure
+        from harness.weights import sha256_of
+
+        path = ensure(self.asset)  # a missing file: one line naming `harness weights fetch`
+        self.weights_sha256 = sha256_of(path)
+        mod, fn = self.loader.split(":")
+        self.net = getattr(importlib.import_module(mod), fn)(path).float().eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "PackagedNet":
+        return super().train(False)
 
 
 def template_face(r: int) -> tuple[tuple[float, float, float, float], "np.ndarray"]:
@@ -165,7 +184,7 @@ def _pixel_affine_to_theta(inverse: "np.ndarray", out_side: int, in_side: int) -
     return torch.tensor(m[:2], dtype=torch.float32)[None]
 
 
-class BlendshapeExpression(nn.Module):
+class BlendshapeExpression(PackagedNet):
     """[-1, 1] FFHQ-aligned crops -> (B, 52) MediaPipe blendshape scores in [0, 1], differentiably.
 
     The landmark ROI is MediaPipe's (``harness.models.blendshapes.roi_matrix``) built from the
@@ -173,21 +192,11 @@ class BlendshapeExpression(nn.Module):
     sampled bilinearly to 256 px (``F.grid_sample``, border replicated as MediaPipe does).
     """
 
-    name = "blendshapes"
+    name, asset, loader = "blendshapes", "face_landmarker", "harness.models.blendshapes:load_blendshapes"
 
     def __init__(self) -> None:
         super().__init__()
-        from harness.fetch import ensure
-        from harness.models.blendshapes import load_blendshapes
-        from harness.weights import sha256_of
-
-        path = ensure("face_landmarker")
-        self.weights_sha256 = sha256_of(path)
-        self.net = _frozen(load_blendshapes(path))
         self._grids: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
-
-    def train(self, mode: bool = True) -> "BlendshapeExpression":
-        return super().train(False)
 
     def _grid(self, r: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """(1, 256, 256, 2) sampling grid and (1, 2, 3) crop -> image affine for crops of side r."""
@@ -217,25 +226,12 @@ class BlendshapeExpression(nn.Module):
 POSE_CODE_DEG = 10.0
 
 
-class WhenetPose(nn.Module):
+class WhenetPose(PackagedNet):
     """[-1, 1] FFHQ-aligned crops -> (B, 3) head pose (yaw, pitch, roll) / :data:`POSE_CODE_DEG`,
     differentiably: the template face box padded as WHENet pads a detection
     (``harness.models.whenet.whenet_crop``), resized to 224, ImageNet-normalised."""
 
-    name = "whenet"
-
-    def __init__(self) -> None:
-        super().__init__()
-        from harness.fetch import ensure
-        from harness.models.whenet import load_whenet
-        from harness.weights import sha256_of
-
-        path = ensure("whenet")
-        self.weights_sha256 = sha256_of(path)
-        self.net = _frozen(load_whenet(path))
-
-    def train(self, mode: bool = True) -> "WhenetPose":
-        return super().train(False)
+    name, asset, loader = "whenet", "whenet", "harness.models.whenet:load_whenet"
 
     def forward(self, x: Tensor) -> Tensor:
         from harness.models.whenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, padded_box
