@@ -111,7 +111,11 @@ PRESETS: dict[str, Preset] = {
                  (f"{REFACE_EXPR} line 197: coeff['exp']; lines 369-375: sqrt of the summed squares per pair, "
                   "then the mean (formula=l2)",)),
             Role("fid", "fid", _FID.network, (), _FID.get, "fid", (("reference", "targets"),),
-                 ("NOTE: REFace's eval_tool/ FID script was not read; the harness's reference set (targets) is kept",)),
+                 ("Sanoojan/REFace@64615dc8 evaluate_all.sh lines 50-53 and 31: eval_tool/fid/fid_score.py (pytorch-fid, "
+                  "InceptionV3 pool3, 2048-d: the same TF 2015-12-05 network) between the swaps and the whole "
+                  "dataset folder (FFHQ images512)",
+                  "NOTE: the harness has no whole-dataset reference set; its nearest, the targets (reference=targets), "
+                  "is kept")),
         ),
         cite=("NOTE: REFace's eval_tool/ reads folders of frames already chosen; frame sampling and the FF++ "
               "compression are the harness's defaults (random, c23)",),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,6 +138,14 @@ def test_every_preset_setting_cites_a_file_and_line_or_a_note():
                 assert re.search(r"lines? \d+", line) or "NOTE:" in line, line
         for line in p.cite:
             assert re.search(r"lines? \d+", line) or "NOTE:" in line, line
+
+
+def test_the_conventions_page_shows_every_presets_sources():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "conventions.md").read_text()
+    for p in PRESETS.values():
+        assert f"### `{p.name}`" in doc
+        for line in [c for role in p.roles for c in role.cite] + list(p.cite):
+            assert line in doc, f"docs/conventions.md lacks {p.name}'s source: {line[:80]}"
 
 
 def test_missing_networks_are_one_line_naming_the_files_or_substituted():
