@@ -258,6 +258,8 @@ for _name, _backend, _what, _aliases in (
     ("identity_cosface", "cosface", "ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)", ()),
     ("identity_cosface_r50", "cosface_r50",
      "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
+    ("identity_arcface_irse50", "arcface_irse50",
+     "ID similarity/retrieval with ArcFace IR-SE-50 (pSp's model_ir_se50.pth; REFace's evaluator)", ()),
 ):
     METRICS.register(_name, "harness.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
                      options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])

