@@ -92,10 +92,14 @@ PRESETS: dict[str, Preset] = {
     "reface": Preset(
         "reface", "REFace's evaluation (eval_tool/)",
         roles=(
-            Role("identity", None, "ArcFace IR-SE50 (pSp's model_ir_se50.pth)", ("model_ir_se50.pth",),
-                 "pSp / REFace Other_dependencies/arcface (this harness has no IR-SE50 loader yet)", "identity_sface",
+            Role("identity", "identity_arcface_irse50", "ArcFace IR-SE50 (pSp's model_ir_se50.pth)",
+                 ("model_ir_se50.pth",),
+                 "pSp's README ('IR-SE50 Model') or REFace's README (Other_dependencies/arcface/model_ir_se50.pth)",
+                 "identity_sface",
                  (("crop", "psp"), ("mask", "parsing"), ("gallery", "one_per_identity"), ("score", "dot")),
                  (f"{REFACE_ID} lines 111-113: Backbone(112, 50, mode='ir_se'), model_ir_se50.pth",
+                  f"{REFACE_ID} lines 194-196, 142-150 and 226: RGB, ToTensor, Normalize(0.5, 0.5): the "
+                  "network sees [-1, 1] (harness.models.irse)",
                   f"{REFACE_ID} lines 129-131: resize to 256, x[:, :, 35:223, 32:220], resize to 112 (crop=psp)",
                   f"{REFACE_ID} line 64 (--mask default True) and lines 204-227: face-parsing classes kept "
                   "(ff++: 1, 2, 4, 5, 8, 9), the rest zeroed (mask=parsing; the harness keeps BiSeNet's face classes)",
