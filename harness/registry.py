@@ -258,6 +258,8 @@ for _name, _backend, _what, _aliases in (
     ("identity_cosface", "cosface", "ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)", ()),
     ("identity_cosface_r50", "cosface_r50",
      "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
+    ("identity_cosface_sphere20", "cosface_sphere20",
+     "ID similarity/retrieval with CosFace sphere20 VGGFace2 (ReliableSwap's evaluator)", ()),
 ):
     METRICS.register(_name, "harness.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
                      options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])
