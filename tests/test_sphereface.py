@@ -257,3 +257,34 @@ def test_metric_runs_end_to_end_on_the_demo(weights_dir, tmp_path):
     assert by_method["target"]["metrics"]["id_retrieval_top1"]["value"] == 0.0
     backend = by_method["source"]["backends"]["identity_cosface_sphere20"]
     assert backend["name"] == "cosface_sphere20_vggface2" and FILE in str(backend["weights"])
+
+
+def test_reliableswap_preset_runs_the_network_without_substituting_it(weights_dir, tmp_path):
+    from harness import evaluate
+    from harness.presets import resolve
+
+    r = resolve("reliableswap", allow_substitute=True)
+    assert r.metrics["identity_cosface_sphere20"] == {"crop": "resize", "mask": "none", "gallery": "every_frame",
+                                                      "score": "cosine"}
+    assert "identity_sface" not in r.metrics
+    assert not [s for s in r.substitutions if s.startswith("identity")]
+    with pytest.raises(HarnessError) as info:  # the other networks are still missing, the recogniser is not
+        resolve("reliableswap")
+    assert FILE not in str(info.value) and "hopenet_robust_alpha1.pkl" in str(info.value)
+
+    res = evaluate("demo", ["source"], convention="reliableswap", allow_substitute=True, num_pairs=3,
+                   out=tmp_path / "out", device="cpu", mlflow=False, report=False, progress=False, workers=1,
+                   log=lambda m: None)
+    s = res.summaries[0]
+    assert "identity_cosface_sphere20" in s["conventions"]
+    assert not [x for x in s["substitutions"] if x.startswith("identity")]
+    assert s["metrics"]["id_retrieval_top1"]["value"] == 1.0
+
+
+def test_without_the_file_the_preset_substitutes_sface(monkeypatch, tmp_path):
+    from harness.presets import resolve
+
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
+    r = resolve("reliableswap", allow_substitute=True)
+    assert "identity_sface" in r.metrics and "identity_cosface_sphere20" not in r.metrics
+    assert any(s.startswith("identity") and FILE in s for s in r.substitutions)
