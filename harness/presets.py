@@ -63,12 +63,16 @@ PRESETS: dict[str, Preset] = {
     "reliableswap": Preset(
         "reliableswap", "ReliableSwap's evaluation (inference/ffplus/eval.py)",
         roles=(
-            Role("identity", None, "CosFace sphere20 trained on VGGFace2", ("net_sphere20_data_vggface2_acc_9955.pth",),
-                 "ReliableSwap's modules/third_party/cosface (this harness has no sphere20 loader yet)",
-                 "identity_sface",
+            Role("identity", "identity_cosface_sphere20", "CosFace sphere20 trained on VGGFace2",
+                 ("net_sphere20_data_vggface2_acc_9955.pth",),
+                 "ReliableSwap's environment_preparation.md, third-party weights folder cosface/", "identity_sface",
                  (("crop", "resize"), ("mask", "none"), ("gallery", "every_frame"), ("score", "cosine")),
                  (f"{RELIABLESWAP} lines 120-121: cosface.net.sphere(), net_sphere20_data_vggface2_acc_9955.pth",
-                  f"{RELIABLESWAP} line 212: the whole aligned crop interpolated to 112 (crop=resize)",
+                  f"{RELIABLESWAP} line 212: the whole aligned crop interpolated to 112 (crop=resize), bilinear, "
+                  "align_corners=True (the cosface_sphere20 backend resizes so)",
+                  "ygtxr1997/ReliableSwap@a9fdce66 modules/third_party/cosface/net.py line 37: fc for (112,112) "
+                  "input (112x112, not sphere nets' usual 112x96); inference/ffplus/dataloader.py lines 168-172 "
+                  "and 195: RGB, ToTensor, Normalize(0.5, 0.5)",
                   f"{RELIABLESWAP} lines 208-219 (_record_id_batch): no mask before the recogniser (mask=none)",
                   f"{RELIABLESWAP} line 358: pairwise_distances(result, every source frame, metric='cosine'); "
                   "lines 362-366: index // 10 = video (gallery=every_frame, score=cosine)")),

@@ -260,6 +260,8 @@ for _name, _backend, _what, _aliases in (
      "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
     ("identity_arcface_irse50", "arcface_irse50",
      "ID similarity/retrieval with ArcFace IR-SE-50 (pSp's model_ir_se50.pth; REFace's evaluator)", ()),
+    ("identity_cosface_sphere20", "cosface_sphere20",
+     "ID similarity/retrieval with CosFace sphere20 VGGFace2 (ReliableSwap's evaluator)", ()),
 ):
     METRICS.register(_name, "harness.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
                      options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])

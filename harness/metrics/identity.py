@@ -36,12 +36,14 @@ def retrieval_hits(query: np.ndarray, gallery: np.ndarray, gallery_ids: list[str
     return {k: (ids[:, :k] == truth).any(axis=1) for k in ks}
 
 
-def convention_crops(images: list[np.ndarray], conv: IdentityConvention, masks: np.ndarray | None = None
-                     ) -> list[np.ndarray]:
+def convention_crops(images: list[np.ndarray], conv: IdentityConvention, masks: np.ndarray | None = None,
+                     resize=None) -> list[np.ndarray]:
     """Aligned crops -> what the recogniser is fed under ``conv``: masked (``masks`` (N, H, W) bool,
     outside black), then the whole crop resized to 112 (``resize``) or REFace's pSp region
     (``psp``: resized to 256, rows 35:223, cols 32:220, resized to 112). ``crop=model`` keeps the
-    crop for the recogniser's own 5-point alignment."""
+    crop for the recogniser's own 5-point alignment. The last resize to 112 is ``cv2.INTER_AREA``
+    unless the recogniser brings its codebase's own (``resize``: (H, W, 3) -> (112, 112, 3), the
+    embedder's ``resize_112``, e.g. ReliableSwap's bilinear ``align_corners=True``)."""
     import cv2
 
     out = []
@@ -52,7 +54,9 @@ def convention_crops(images: list[np.ndarray], conv: IdentityConvention, masks: 
         if conv.crop == "psp":
             x = cv2.resize(x, (256, 256), interpolation=cv2.INTER_AREA if x.shape[0] > 256 else cv2.INTER_LINEAR)
             x = x[PSP_ROWS[0]:PSP_ROWS[1], PSP_COLS[0]:PSP_COLS[1]]  # (188, 188, 3)
-        if conv.crop != "model":
+        if conv.crop != "model" and resize is not None:
+            x = resize(np.ascontiguousarray(x))  # (112, 112, 3), the recogniser's codebase's resampling
+        elif conv.crop != "model":
             x = cv2.resize(np.ascontiguousarray(x), (ID_INPUT, ID_INPUT), interpolation=cv2.INTER_AREA)
         out.append(np.ascontiguousarray(x))
     return out
@@ -140,7 +144,7 @@ class IdentityMetric(Metric):
 
             x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1.0
             masks = parsing_masks(x, self._parser())[:, 0].cpu().numpy() > 0.5  # (N, H, W)
-        return convention_crops(images, self.conv, masks)
+        return convention_crops(images, self.conv, masks, getattr(self.embedder, "resize_112", None))
 
     def _embed(self, ctx: EvalContext, shas: list[str], images: list[np.ndarray] | None = None, load=None):
         """Embeddings (N, D), computed only for image contents not in the feature store."""
