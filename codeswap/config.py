@@ -244,8 +244,8 @@ class SwapLossWeights:
     perceptual: float = setting(2e-3, "lambda_per (paper: 2e-3).", flag="--w-per")
     expression: float = setting(0.5, "lambda_exp (paper: 0.5).", flag="--w-exp")
     cycle: float = setting(1.0, "Weight of the code-cycle loss (paper: 1).", flag="--w-cycle")
-    # NOTE: not in the paper (see codeswap.swap_losses.code_teacher_loss and the README's
-    # "Does CodeSwap learn to swap?"): 0 trains with the paper's L_swap alone.
+    # NOTE: not in the paper (see codeswap.swap_losses.code_teacher_loss and
+    # docs/codeswap-cpu-study.md, "Does CodeSwap learn to swap?"): 0 trains with the paper's L_swap alone.
     teacher: float = setting(0.0, "Weight of the code-teacher cross-entropy: the selector is taught the target's "
                                   "stage-1 codes with the source's in the face cells (not in the paper; 0: off).",
                              flag="--w-teacher")
@@ -278,10 +278,10 @@ class SwapTrainConfig:
     identity_net: str = setting("facenet", "Differentiable identity network for L_id: facenet (offline port) or none.")
     identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
     # NOTE: not in the paper; with a weak identity network at low resolution it keeps L_id
-    # from drawing adversarial patterns (see the README's stage-2 study)
+    # from drawing adversarial patterns (see the stage-2 study, docs/codeswap-cpu-study.md)
     identity_augment: float = setting(0.0, "L_id through randomly shifted and blurred copies of both images "
                                            "(strength; 0: off).")
-    # NOTE: not in the paper (a study setting, README "Does CodeSwap learn to swap?"): pairs
+    # NOTE: not in the paper (a study setting, docs/codeswap-cpu-study.md): pairs
     # (a, b') with b' = a carrying b's inner face, whose swaps have known answers,
     # I_ab' = a and I_b'a = b' (Eq. 11's reconstruction on pairs that differ inside the face)
     paste_rate: float = 0.0

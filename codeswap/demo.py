@@ -45,7 +45,7 @@ class DemoRecipe:
     available offline), the relative position bias and the code teacher (NOT in the paper:
     ``SwapLossWeights.teacher``); with the paper's losses alone it returned the target.
     Stage 3 trains the mask against its supervised targets only (see ``stage3_steps``). The
-    README's "Does CodeSwap learn to swap?" gives the study and the figures.
+    study and the figures: docs/codeswap-cpu-study.md ("Does CodeSwap learn to swap?").
     """
 
     resolution: int = 64
@@ -64,7 +64,7 @@ class DemoRecipe:
     # only L_id acts there and the mask grows over the whole image (100 such steps: 62 % of
     # the outside of the face, expression error above the source's). At 80 steps the mask
     # was half-trained and kept half of the swap's identity out (dlib top-1 48 % vs 77 % for
-    # the raw swap blended by the hull itself). README "Does CodeSwap learn to swap?".
+    # the raw swap blended by the hull itself). docs/codeswap-cpu-study.md.
     stage3_steps: int = 400
     stage3_supervised: int = 400
     batch_size: int = 8

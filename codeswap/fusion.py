@@ -52,7 +52,7 @@ class FusionConfig:
     # (same/other image, dy, dx), initialised ALiBi-style (-slope_h * distance, slopes
     # 1, 1/2, 1/4, ... over heads), so that from the first step some heads look at the
     # same facial part of the other face and others look globally; identity then moves
-    # part by part (see the README's stage-2 study). Checkpoints from before this setting
+    # part by part (see the stage-2 study, docs/codeswap-cpu-study.md). Checkpoints from before this setting
     # load as "absolute".
     position: Literal["absolute", "relative"] = "relative"
     # Init std of the learned position code added to the tokens (both schemes have it).

@@ -94,8 +94,8 @@ def code_teacher_loss(model, out, cells: tuple[float, float, float, float]) -> t
     entries of its frozen encoder tokens) with a's codes in the face cells; for I_ba the
     reverse; a pair of one image twice is taught its own codes (Eq. 11 in code space). It
     is the kind of code-level loss CodeFormer trains its code predictor with (cross-entropy
-    on code indices). At the CPU recipe's scale L_id alone never moved identity (README
-    study); this term teaches the fusion to take codes from the other face, and L_id, the
+    on code indices). At the CPU recipe's scale L_id alone never moved identity
+    (docs/codeswap-cpu-study.md); this term teaches the fusion to take codes from the other face, and L_id, the
     reconstruction and the cycle loss then act on top of it. w/o C (no selector) regresses
     the teacher's code vectors instead (squared L2).
     """

@@ -23,7 +23,7 @@ N_FACES = 6
 BLENDSHAPE_TOL = 0.03  # scores in [0, 1]
 POSE_TOL_DEG = 1.0
 #: a mirrored face: yaw and roll change sign, pitch stays (the evaluator's own mirror figures
-#: on these faces are 2.45 / 1.50 / 1.38 degrees mean, README; through the template region 2.39 /
+#: on these faces are 2.45 / 1.50 / 1.38 degrees mean, docs/metrics.md; through the template region 2.39 /
 #: 1.37 / 1.52 for yaw / pitch / roll); blendshapes swap sides (measured 0.036)
 MIRROR_POSE_DEG = 4.0
 MIRROR_BLENDSHAPES = 0.06  # mean |difference| of the 52 scores

@@ -56,7 +56,7 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
 
 _DETECTOR: dict[str, Any] = {}
 
-#: why phase 2 without L_per and L_exp is a bad idea (measured: README "Does CodeSwap learn to swap?")
+#: why phase 2 without L_per and L_exp is a bad idea (measured: docs/codeswap-cpu-study.md)
 UNGUARDED_PHASE_2 = (
     "stage 3's unsupervised phase runs with L_per and L_exp off: only L_id acts on the mask, and it grows "
     "over the whole image (100 such steps took the demo mask from 14 % to 62 % outside the face and the "
