@@ -329,8 +329,8 @@ class MaskTrainConfig:
     face_classes: tuple[int, ...] = FACE_CLASSES  # parsing: the classes counted as face
 
     def __post_init__(self) -> None:
-        from harness.errors import HarnessError
-        from harness.models.bisenet import NUM_CLASSES
+        from faceeval.errors import HarnessError
+        from faceeval.models.bisenet import NUM_CLASSES
 
         if self.mask_source not in MASK_SOURCES:
             raise HarnessError(f"mask source {self.mask_source!r}: use one of {', '.join(MASK_SOURCES)}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 # iBUG 300-W 68-point indices of each region (Figure 8's columns, in the paper's order)
 REGION_POINTS: dict[str, tuple[int, ...]] = {
@@ -61,14 +61,14 @@ class RegionStudy:
 
 def _to_model(img: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
     """uint8 (S, S, 3) -> (1, 3, side, side) in [-1, 1]."""
-    from harness.images import to_tensor
+    from faceeval.images import to_tensor
 
     return to_tensor(img[None], size=side, device=str(device)) * 2 - 1
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, R, R) in [-1, 1] -> uint8 (R, R, 3)."""
-    from harness.images import to_uint8
+    from faceeval.images import to_uint8
 
     return to_uint8((x + 1) * 0.5)[0]
 
@@ -106,9 +106,9 @@ def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool, detector=No
     """
     import cv2
 
-    from harness.faces.crops import crop_largest
-    from harness.faces.detect import DlibDetector
-    from harness.faces.landmarks import FFHQ_FACE_BOX
+    from faceeval.faces.crops import crop_largest
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.faces.landmarks import FFHQ_FACE_BOX
 
     det = detector or DlibDetector(upsample=1)
     if not aligned:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 FORMAT = "codeswap-harness-results"
 FORMAT_VERSION = 1
@@ -53,7 +53,7 @@ class Results:
     tracking_uri: str | None = None  # the MLflow store, when logging was on
     seconds: float = 0.0
     path: Path | None = None  # the results file written for this run
-    #: how the work was spread: ranks, workers per rank, process-seconds per stage (harness.timing)
+    #: how the work was spread: ranks, workers per rank, process-seconds per stage (faceeval.timing)
     scale: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,7 +123,7 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` content: every method and metric with its provenance."""
-        from harness.provenance import environment
+        from faceeval.provenance import environment
 
         first = self.summaries[0] if self.summaries else {}
         return _plain({
@@ -160,7 +160,7 @@ def _tracking_uri(stored: str | None, out_dir: Path) -> str | None:
     """The MLflow store of a results file: the SQLite store inside ``out_dir`` where the
     file named one (its path as it is now, the folder may have moved), else as stored."""
     if stored and stored.startswith("sqlite:///") and stored.endswith("/mlflow.db") and (out_dir / "mlflow.db").is_file():
-        from harness.tracking import default_uri
+        from faceeval.tracking import default_uri
 
         return default_uri(out_dir)
     return stored
@@ -185,8 +185,8 @@ def _inside(out_dir: Path, stored: str) -> Path:
 def write_results(results: Results) -> Path:
     """Write ``<out>/results/<protocol>-<time>-<hash>.json`` and ``<out>/results.json``
     (atomically); returns the first."""
-    from harness.cache import stable_hash
-    from harness.images import atomic_write_text
+    from faceeval.cache import stable_hash
+    from faceeval.images import atomic_write_text
 
     data = results.to_dict()
     text = json.dumps(data, indent=1) + "\n"

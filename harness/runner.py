@@ -1,6 +1,6 @@
 """The runner: pairs -> swaps (cached) -> metric rows -> aggregates with bootstrap CIs.
 
-Everything expensive is content-addressed (see ``harness.cache``), so the same command
+Everything expensive is content-addressed (see ``faceeval.cache``), so the same command
 after a kill recomputes only what had not finished, and a fully cached re-run reads
 swaps and features back and gives identical numbers.
 
@@ -28,16 +28,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import stops, timing
-from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
-from harness.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
-from harness.checks import check_name
-from harness.conventions import aggregate
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
-from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
-from harness.provenance import environment
-from harness.timing import stage
+from faceeval import stops, timing
+from faceeval.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
+from faceeval.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
+from faceeval.checks import check_name
+from faceeval.conventions import aggregate
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
+from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
+from faceeval.provenance import environment
+from faceeval.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
 #   non_finite: the method returned NaN/Inf somewhere (stored with NaN->0, +Inf->1)
@@ -69,7 +69,7 @@ class RunConfig:
     confidence: float = 0.95
     progress: bool = True
     on_error: str = "stop"  # one of ON_ERROR
-    #: the preset the run's settings came from (harness.presets; "" when none) and what it substituted
+    #: the preset the run's settings came from (faceeval.presets; "" when none) and what it substituted
     convention: str = ""
     substitutions: tuple[str, ...] = ()
     #: swap nothing: a pair whose swap is not cached is an error (``harness report --conventions``)
@@ -83,7 +83,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class SwapFailure:
     """A pair the method could not swap: it raised, or broke the output contract
-    (:class:`harness.api.SwapMethod`: a float tensor (B, 3, H, W) in [0, 1])."""
+    (:class:`faceeval.api.SwapMethod`: a float tensor (B, 3, H, W) in [0, 1])."""
 
     pair_id: str
     source: str
@@ -301,7 +301,7 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
 def _faces_found(images: list[np.ndarray]) -> np.ndarray:
     """(N, 1) float32: 1.0 where dlib's HOG detector finds a face in the crop. Crops under
     200 px are upsampled once (the detector's smallest face is about 80 px)."""
-    from harness.faces.dlib_models import hog_detector
+    from faceeval.faces.dlib_models import hog_detector
 
     det = hog_detector()
     out = np.zeros((len(images), 1), np.float32)
@@ -315,7 +315,7 @@ def _faces_found(images: list[np.ndarray]) -> np.ndarray:
 def output_flags(swapped: np.ndarray, shas: list[str], stored: list[str | None], features: FeatureStore) -> list[str]:
     """Per output: "" when it is a face, else the first of OUTPUT_FLAGS that applies.
     swapped: (B, S, S, 3) uint8; stored: flags kept with the swaps (non_finite)."""
-    from harness.cache import cached_features
+    from faceeval.cache import cached_features
 
     grey = swapped.astype(np.float32).mean(axis=3)  # (B, S, S)
     blank = grey.reshape(len(swapped), -1).std(axis=1) < BLANK_STD  # (B,)
@@ -348,7 +348,7 @@ def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: in
 
 def bootstrap_aggregate_ci(parts: np.ndarray, how: str, resamples: int, confidence: float,
                            seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of :func:`harness.conventions.aggregate` over pairs (rows of
+    """Percentile bootstrap CI of :func:`faceeval.conventions.aggregate` over pairs (rows of
     ``parts`` (N, P) resampled together); NaN when fewer than 2 rows are finite."""
     from scipy.stats import bootstrap
 
@@ -559,7 +559,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     ``shards``: what :func:`compute_shard` returned on every rank (torchrun). This pass then
     reads every swap and feature from the caches, and the summary counts the ranks' work."""
     if not isinstance(method, SwapMethod):
-        raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
+        raise HarnessError(f"{type(method).__name__} is not a faceeval.api.SwapMethod: subclass it (its hooks "
                            "prepare, swap_batch, fingerprint and describe have defaults)")
     check_name("method", method.name)  # it names the run folder and the swap cache
     check_name("protocol", pairset.protocol)
@@ -650,7 +650,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "method_key": store.method_key,
         "metrics": results,
         "backends": backends,
-        # every choice that moves a number (harness.conventions): the preset, each metric's settings,
+        # every choice that moves a number (faceeval.conventions): the preset, each metric's settings,
         # the protocol's (protocol_settings) and what a preset substituted
         "convention": cfg.convention,
         "conventions": {m.name: m.convention() for m in metrics if m.convention()},
@@ -669,7 +669,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "output_checks": checks,
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3),
                      "aggregate": round(time.perf_counter() - t1, 3)},
-        # process-seconds per stage, summed over ranks and worker processes (harness.timing)
+        # process-seconds per stage, summed over ranks and worker processes (faceeval.timing)
         "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
         "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
         "device": cfg.device,

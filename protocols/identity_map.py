@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.options import suggest
+from faceeval.options import suggest
 
 HEADER = ("video", "person")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")  # the same rule as FF++ video names
@@ -166,7 +166,7 @@ class ProposedGroup:
 
 def mean_embeddings(vectors: np.ndarray, owners: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Per video the mean of its frames' unit embeddings (N, D) -> (videos, (V, D) unit means)."""
-    from harness.conventions import gallery_vectors, unit_rows
+    from faceeval.conventions import gallery_vectors, unit_rows
 
     means, videos = gallery_vectors(unit_rows(vectors), owners, "identity_mean")  # (V, D), first-appearance order
     return videos, unit_rows(means)
@@ -280,11 +280,11 @@ def suggest_identity_map(pairset, out_dir: Path, *, threshold: float = DEFAULT_T
     identity network through the identity metric (features cached with the runs'), average per video,
     propose groups (:func:`propose_groups`) and write ``ffpp-identity-map.proposed.csv`` and ``.html``
     into ``<out_dir>/identity-maps/``. Returns (csv, html, groups)."""
-    from harness.api import EvalContext
-    from harness.cache import FeatureStore
-    from harness.errors import HarnessError
-    from harness.images import atomic_write_text
-    from harness.registry import METRICS
+    from faceeval.api import EvalContext
+    from faceeval.cache import FeatureStore
+    from faceeval.errors import HarnessError
+    from faceeval.images import atomic_write_text
+    from faceeval.registry import METRICS
     from harness.runner import ImageSource
 
     if not 0.0 < threshold <= 1.0:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks import input_root, inside
-from harness.images import load_rgb
+from faceeval.checks import input_root, inside
+from faceeval.images import load_rgb
 from reports.tables import REFERENCE_METHODS, select_runs
 
 
@@ -101,7 +101,7 @@ def _save_atomic(fig, path: Path, dpi: int) -> None:
     """Render a figure to memory and write it in one rename: a kill never leaves half a PNG."""
     import io
 
-    from harness.images import atomic_write_bytes
+    from faceeval.images import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")

@@ -1,7 +1,7 @@
 """How much the evaluation convention moves a ranking: ``harness report --conventions A,B,...``.
 
 The newest ``harness run`` in the output folder (its ``results.json``: protocol, methods, seed,
-options) is scored again under each preset (:mod:`harness.presets`) from the swap cache, nothing
+options) is scored again under each preset (:mod:`faceeval.presets`) from the swap cache, nothing
 swapped again (a missing swap is an error); a preset's protocol settings (frame sampling,
 compression) would need other pairs and are not applied, which every table says. Then, per
 quantity (ID retrieval top-1, ID similarity, pose, expression, FID), each method's number and
@@ -15,7 +15,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 #: quantities compared across presets: metric key prefix -> label
 QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID similarity",
@@ -101,8 +101,8 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
 def write_sensitivity(out: Path, presets: list[str], allow_substitute: bool = False,
                       log: Callable[[str], None] = print) -> Path:
     """Rescore under ``presets`` and write ``OUT/report/conventions.md``; returns its path."""
-    from harness.images import atomic_write_text
-    from harness.presets import preset
+    from faceeval.images import atomic_write_text
+    from faceeval.presets import preset
 
     if len(presets) < 1:
         raise HarnessError("--conventions needs at least one preset name (e.g. codeswap,reliableswap)")

@@ -28,7 +28,7 @@ def convention_of(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def _agrees(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Every metric the two runs share was scored under the same settings (harness.conventions)."""
+    """Every metric the two runs share was scored under the same settings (faceeval.conventions)."""
     ca, cb = a.get("conventions", {}), b.get("conventions", {})
     return all(ca[m] == cb[m] for m in ca.keys() & cb.keys())
 

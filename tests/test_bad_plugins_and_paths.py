@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import bad_inputs as bi
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 from test_bad_inputs import cli, one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(method, out: Path, metrics=(), num_pairs: int = 4, on_error: str = "stop", batch_size: int = 4):
-    from harness.cache import FeatureStore
+    from faceeval.cache import FeatureStore
     from harness.runner import RunConfig, run_method
     from protocols.demo import DemoProtocol
 
@@ -117,7 +117,7 @@ def test_plugin_failing_at_import_is_listed_broken_and_skipped_by_all(tmp_path):
     one_line_error(cli("run", "-p", "demo", "-m", "broken_plugin", "--out", str(tmp_path / "o"), "--no-mlflow",
                        "--device", "cpu", bad_methods=True), "cannot import broken_plugin", "RuntimeError")
     from harness.evaluation import expand_methods
-    from harness.registry import METHODS
+    from faceeval.registry import METHODS
 
     METHODS.register(*bi.BROKEN_PLUGIN[:2], origin=bi.BROKEN_PLUGIN[2])
     try:

@@ -1,4 +1,4 @@
-"""Evaluation conventions (harness.conventions) and presets (harness.presets): known answers for
+"""Evaluation conventions (faceeval.conventions) and presets (faceeval.presets): known answers for
 every formula variant, settings checked with a did-you-mean, recorded, never mixed in a table,
 and each preset run end to end on the miniature FF++ tree."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.conventions import (IdentityConvention, aggregate, angle_error, bin_errors, gallery_vectors,
+from faceeval.conventions import (IdentityConvention, aggregate, angle_error, bin_errors, gallery_vectors,
                                  retrieval_scores)
-from harness.errors import HarnessError
-from harness.metrics.identity import retrieval_hits
-from harness.presets import PRESETS, resolve
+from faceeval.errors import HarnessError
+from faceeval.metrics.identity import retrieval_hits
+from faceeval.presets import PRESETS, resolve
 
 
 # --- known answers -------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def test_one_per_identity_and_every_frame_keep_each_vector():
 def test_unknown_values_get_a_did_you_mean():
     with pytest.raises(HarnessError, match="did you mean 'identity_mean'"):
         IdentityConvention(gallery="identity_means")
-    from harness.registry import METRICS
+    from faceeval.registry import METRICS
 
     with pytest.raises(HarnessError, match="did you mean 'hopenet_bins'"):
         METRICS.create("pose_whenet", formula="hopenet_bin")
@@ -102,7 +102,7 @@ def test_unknown_values_get_a_did_you_mean():
 
 
 def test_default_settings_keep_todays_fingerprint_and_others_change_it():
-    from harness.registry import METRICS
+    from faceeval.registry import METRICS
 
     default = METRICS.create("identity_sface")
     assert "convention" not in default.fingerprint()  # cached runs of today stay valid
@@ -117,7 +117,7 @@ def test_default_settings_keep_todays_fingerprint_and_others_change_it():
 
 
 def test_psp_crop_takes_refaces_region():
-    from harness.metrics.identity import convention_crops
+    from faceeval.metrics.identity import convention_crops
 
     img = np.zeros((256, 256, 3), np.uint8)
     img[35:223, 32:220] = 200  # inside REFace's region
@@ -164,7 +164,7 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
 
 
 def test_flat_mlflow_params_carry_the_convention():
-    from harness.tracking import _flat_params
+    from faceeval.tracking import _flat_params
 
     summary = {"environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
                "protocol_version": "1", "manifest_sha256": "m", "gallery_sha256": "g", "seed": 0, "num_pairs": 1,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.cache import FeatureStore
+from faceeval.cache import FeatureStore
 from harness.evaluation import DEFAULT_METRICS
-from harness.registry import METHODS, METRICS
+from faceeval.registry import METHODS, METRICS
 from harness.runner import RunConfig, run_method
 from protocols.demo import DemoProtocol
 

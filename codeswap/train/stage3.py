@@ -28,15 +28,15 @@ from codeswap.model import CodeSwap
 from codeswap.swap_losses import mask_loss
 from codeswap.train.dist import DistInfo
 from codeswap.train.stage2 import Stage2Trainer
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 
 def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
     """(B, 3, R, R) in [-1, 1] aligned crops -> (B, 1, R, R) float face-region masks."""
     import cv2
 
-    from harness.faces.detect import DlibDetector
-    from harness.constants import FFHQ_FACE_BOX
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.constants import FFHQ_FACE_BOX
 
     det = _DETECTOR.setdefault("dlib", DlibDetector())
     imgs = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -70,7 +70,7 @@ def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ..
     classes, on the images' device. The crops go in as the release was run (``test.py``):
     resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
     comes back to (H, W) by nearest neighbour. ``parser``: BiSeNet (``load_bisenet``)."""
-    from harness.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+    from faceeval.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 
     dev = images.device
     parser = parser.to(dev).eval()
@@ -106,8 +106,8 @@ class Stage3Trainer(Stage2Trainer):
         if mask_fn is not None:
             self.mask_source = f"custom ({getattr(mask_fn, '__name__', type(mask_fn).__name__)})"
         elif mask_cfg.mask_source == "parsing":
-            from harness.models.bisenet import WEIGHTS
-            from harness.weights import verified
+            from faceeval.models.bisenet import WEIGHTS
+            from faceeval.weights import verified
 
             self._parser_path, self.parser_sha256 = verified(WEIGHTS)  # fails here, before any model is built
             self.mask_source = f"BiSeNet face parsing ({WEIGHTS}, sha256 {self.parser_sha256})"
@@ -121,7 +121,7 @@ class Stage3Trainer(Stage2Trainer):
                 self.loss.runs("perceptual") or self.loss.runs("expression")):
             warnings.warn(UNGUARDED_PHASE_2, stacklevel=2)
         if self.mask_fn is None and self.mask_cfg.mask_source == "parsing":
-            from harness.models.bisenet import load_bisenet
+            from faceeval.models.bisenet import load_bisenet
 
             self.parser = load_bisenet(self._parser_path).requires_grad_(False).to(self.device)
             classes = tuple(self.mask_cfg.face_classes)
