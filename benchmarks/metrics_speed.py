@@ -149,7 +149,7 @@ def run_default_suite(device: str, pairs: int, batch: int, out: Path) -> None:
     from faceeval.api import SwapMethod
     from faceeval.cache import FeatureStore
     from harness.evaluation import DEFAULT_METRICS
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
     from harness.runner import RunConfig, run_method
     from protocols.demo import DemoProtocol
 

@@ -1,14 +1,19 @@
-"""One registry mechanism for methods, protocols and metrics.
+"""One registry mechanism for methods, protocols and metrics: the :class:`Registry` class.
 
 Entries are lazy ``"package.module:Object"`` strings, so listing what exists never
 imports torch or a model backend. Third-party packages add entries through the
 entry-point groups ``codeswap_harness.methods``, ``codeswap_harness.protocols`` and
 ``codeswap_harness.metrics`` (value: ``"their_pkg.module:Object"``).
 
+The registries themselves and the built-in entries are the application's
+(``harness.registry``); each package declares its own built-ins (``methods.entries``,
+``protocols.entries``, ``faceeval.metrics.entries``).
+
 Example:
-    >>> from faceeval.registry import METHODS
-    >>> METHODS.names()[:2]
-    ['source', 'target']
+    >>> r = Registry("thing", "codeswap_harness.things")
+    >>> _ = r.register("a", "pkg.mod:A", aliases=("x",))
+    >>> r.resolve("x").target
+    'pkg.mod:A'
 """
 
 from __future__ import annotations
@@ -191,113 +196,3 @@ class Registry:
 
     def create(self, name: str, **kwargs: Any) -> Any:
         return self.resolve(name).create(**kwargs)
-
-
-METHODS = Registry("method", "codeswap_harness.methods", "faceeval.api:SwapMethod")
-PROTOCOLS = Registry("protocol", "codeswap_harness.protocols", "faceeval.api:FaceProtocol")
-METRICS = Registry("metric", "codeswap_harness.metrics", "faceeval.api:Metric")
-
-# --- built-in entries (strings only: nothing below imports a backend) -------------------
-from codeswap.variants import VARIANT_LABELS  # noqa: E402 - tables, no backend
-from faceeval.metrics.id_backends import BACKEND_FILES as ID_BACKEND_FILES  # noqa: E402
-from faceeval.fetch import requires as fetch_requires  # noqa: E402
-from faceeval.weights import DLIB_68  # noqa: E402
-from methods.onnx_swappers import SWAPPERS  # noqa: E402
-from methods.simswap import RELEASES as SIMSWAP_RELEASES  # noqa: E402
-
-METHODS.register("source", "methods.reference:SourceMethod",
-                 description="returns the source face: the identity upper bound")
-METHODS.register("target", "methods.reference:TargetMethod",
-                 description="returns the target face: the lower bound (no swap)")
-METHODS.register("classical", "methods.classical:ClassicalSwap",
-                 description="landmark triangle warp + Lab colour transfer + Poisson blend (no swapper weights)",
-                 requires=(DLIB_68,))
-METHODS.register("precomputed", "methods.precomputed:PrecomputedMethod",
-                 description="scores outputs made elsewhere: --method-option precomputed.dir=DIR "
-                             "(<pair_id>.png or <source_stem>__<target_stem>.png); see `harness export-pairs`",
-                 explicit_only=True)
-# Derived from the methods' own tables (torch-free modules), so each fact lives once.
-for _spec in SWAPPERS.values():
-    METHODS.register(_spec.name, "methods.onnx_swappers:OnnxSwapper", options={"model": _spec.name},
-                     description=f"ONNX swapper {_spec.name} (onnxruntime; aligned to its template, pasted back)",
-                     requires=(*_spec.weight_files, DLIB_68))
-for _release, _spec in SIMSWAP_RELEASES.items():
-    METHODS.register(_release, "methods.simswap:SimSwapMethod", options={"release": _release},
-                     description=f"{_spec.label} from the official PyTorch checkpoint (watermark never added)",
-                     requires=(*_spec.weight_files, DLIB_68))
-for _v, _what in VARIANT_LABELS.items():
-    if _v == "full":
-        METHODS.register("codeswap", "methods.codeswap:CodeSwapMethod",
-                         description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
-                                     "else the small demo model shipped with the code)",
-                         not_ready="codeswap.variants:demo_not_ready")
-    else:
-        METHODS.register(f"codeswap_{_v}", "methods.codeswap:CodeSwapMethod",
-                         description=f"CodeSwap ablation {_what}", options={"variant": _v},
-                         not_ready="codeswap.variants:demo_not_ready")
-
-PROTOCOLS.register("demo", "protocols.demo:DemoProtocol",
-                   description="real faces shipped with the repo (~30 identities), one pair per image")
-PROTOCOLS.register("folder", "protocols.folder:FolderProtocol",
-                   description="any folder of face photos (optionally one subfolder per identity)")
-PROTOCOLS.register("celebahq", "protocols.celebahq:CelebAHQProtocol",
-                   description="CodeSwap's CelebA-HQ set: 1,000 distinct identities, 1,000 pairs (--root, the user's copy)",
-                   aliases=("celeba-hq",))
-PROTOCOLS.register("ffpp", "protocols.ffpp:FFppProtocol",
-                   description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
-                   aliases=("ff++", "faceforensics"))
-
-# identity metrics: (name, backend setting, description, aliases); weight files from the backends' table
-for _name, _backend, _what, _aliases in (
-    ("identity", "dlib", "ID similarity and ID retrieval top-1/top-5 (dlib ResNet-128, offline)", ("id", "id_dlib")),
-    ("identity_facenet", "facenet", "ID similarity/retrieval with FaceNet CASIA (PyTorch port, offline)", ()),
-    ("identity_arcface", "arcface", "ID similarity/retrieval with ArcFace w600k_r50 (insightface buffalo_l ONNX)", ()),
-    ("identity_arcface_glint", "arcface_glint",
-     "ID similarity/retrieval with ArcFace glintr100 (insightface antelopev2 ONNX)", ()),
-    ("identity_arcface_r100", "arcface_r100", "ID similarity/retrieval with arcface_torch ArcFace iresnet-100 MS1MV3", ()),
-    ("identity_cosface", "cosface", "ID similarity/retrieval with CosFace iresnet-100 Glint360K (arcface_torch)", ()),
-    ("identity_cosface_r50", "cosface_r50",
-     "ID similarity/retrieval with CosFace iresnet-50 Glint360K (FaceDancer's evaluator)", ()),
-    ("identity_arcface_irse50", "arcface_irse50",
-     "ID similarity/retrieval with ArcFace IR-SE-50 (pSp's model_ir_se50.pth; REFace's evaluator)", ()),
-    ("identity_cosface_sphere20", "cosface_sphere20",
-     "ID similarity/retrieval with CosFace sphere20 VGGFace2 (ReliableSwap's evaluator)", ()),
-):
-    METRICS.register(_name, "faceeval.metrics.identity:IdentityMetric", description=_what, aliases=_aliases,
-                     options={} if _backend == "dlib" else {"backend": _backend}, requires=ID_BACKEND_FILES[_backend])
-METRICS.register("pose", "faceeval.metrics.pose:PoseMetric",
-                 description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
-                 aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))
-METRICS.register("pose_rad", "faceeval.metrics.pose:PoseMetric",
-                 description="as pose, in radians", options={"backend": "pnp", "unit": "rad"}, requires=("model_3D_68.txt",))
-METRICS.register("pose_hopenet", "faceeval.metrics.pose:PoseMetric",
-                 description="pose error with Hopenet ResNet-50 (hopenet_robust_alpha1.pkl), degrees",
-                 options={"backend": "hopenet", "unit": "deg"}, requires=("hopenet_robust_alpha1.pkl",))
-METRICS.register("pose_hopenet_rad", "faceeval.metrics.pose:PoseMetric",
-                 description="as pose_hopenet, in radians", options={"backend": "hopenet", "unit": "rad"},
-                 requires=("hopenet_robust_alpha1.pkl",))
-METRICS.register("expression", "faceeval.metrics.expression:ExpressionMetric",
-                 description="expression error vs target: Procrustes-aligned inner-face dlib landmarks, % inter-ocular (offline)",
-                 options={"backend": "landmarks"})
-METRICS.register("expression_deep3d", "faceeval.metrics.expression:ExpressionMetric",
-                 description="expression error: L2 of Deep3DFaceRecon's 64 expression coefficients vs target",
-                 options={"backend": "deep3d"}, requires=("deep3dfacerecon_epoch_20.pth",))
-METRICS.register("fid_facenet", "faceeval.metrics.fid:FIDMetric",
-                 description="Frechet distance in FaceNet feature space vs the targets (offline; not Inception FID)",
-                 options={"backend": "facenet"}, requires=("graph_final.pb",))
-METRICS.register("fid", "faceeval.metrics.fid:FIDMetric",
-                 description="FID: Inception-v3 (TF 2015-12-05) pool3 at 299 through torch-fidelity, vs the targets "
-                             "(torch-fidelity's weight file, else `harness weights fetch fid_inception`)",
-                 options={"backend": "inception"},
-                 requires=("weights-inception-2015-12-05-6726825d.pth|" + fetch_requires("fid_inception")[0],))
-METRICS.register("identity_sface", "faceeval.metrics.identity:IdentityMetric",
-                 description="ID similarity and retrieval top-1/top-5 with SFace (ArcFace-family hypersphere loss, 128-d), "
-                             "RetinaFace 5-point ArcFace crop (default suite)",
-                 aliases=("id_sface",), options={"backend": "sface"}, requires=ID_BACKEND_FILES["sface"])
-METRICS.register("pose_whenet", "faceeval.metrics.pose:PoseMetric",
-                 description="pose error, L2 of (yaw, pitch, roll) vs target: WHENet on timm tf_efficientnet_b0, "
-                             "RetinaFace box, degrees (default suite)",
-                 options={"backend": "whenet", "unit": "deg"}, requires=fetch_requires("whenet", "retinaface"))
-METRICS.register("expression_blendshapes", "faceeval.metrics.expression:ExpressionMetric",
-                 description="expression error vs target: L2 of MediaPipe's 52 blendshape scores (default suite)",
-                 options={"backend": "blendshapes"}, requires=fetch_requires("face_landmarker", "retinaface"))

@@ -17,7 +17,7 @@ import typer
 from faceeval.errors import HarnessError, LayoutError
 from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
 from faceeval.options import parse_pairs, suggest
-from faceeval.registry import METHODS, METRICS, PROTOCOLS
+from harness.registry import METHODS, METRICS, PROTOCOLS
 from faceeval.weights import WeightMismatch
 
 app = typer.Typer(

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Sequence
 from faceeval.checks import check_name, check_out_dir, resolve_device
 from faceeval.errors import HarnessError
 from faceeval.options import parse_pairs
-from faceeval.registry import METHODS, METRICS, PROTOCOLS, Entry
+from faceeval.registry import Entry
+from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.results import Results, _plain, write_results
 from faceeval.weights import set_search_roots
 

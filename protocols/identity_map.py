@@ -284,7 +284,7 @@ def suggest_identity_map(pairset, out_dir: Path, *, threshold: float = DEFAULT_T
     from faceeval.cache import FeatureStore
     from faceeval.errors import HarnessError
     from faceeval.images import atomic_write_text
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
     from harness.runner import ImageSource
 
     if not 0.0 < threshold <= 1.0:

@@ -143,7 +143,7 @@ BAD_METHODS = {"nan_method": "bad_inputs:NaNMethod", "blank_method": "bad_inputs
 
 #: Python source that registers the bad methods, then runs the harness CLI (``python -c``)
 CLI_WITH_BAD_METHODS = (
-    "from faceeval.registry import METHODS\n"
+    "from harness.registry import METHODS\n"
     + "".join(f"METHODS.register({n!r}, {t!r}, description='bad-output test method')\n" for n, t in BAD_METHODS.items())
     + "from harness.cli import main\nmain()\n"
 )
@@ -294,7 +294,7 @@ BAD_METHODS.update(CONTRACT_METHODS)
 #: a plugin (entry point of another distribution) whose module raises at import
 BROKEN_PLUGIN = ("broken_plugin", "broken_plugin:Swapper", "broken-plugin-dist")
 CLI_WITH_BAD_METHODS = (
-    "from faceeval.registry import METHODS\n"
+    "from harness.registry import METHODS\n"
     + "".join(f"METHODS.register({n!r}, {t!r}, description='bad-output test method')\n" for n, t in BAD_METHODS.items())
     + f"METHODS.register({BROKEN_PLUGIN[0]!r}, {BROKEN_PLUGIN[1]!r}, description='fails at import', "
     f"origin={BROKEN_PLUGIN[2]!r})\n"

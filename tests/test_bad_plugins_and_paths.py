@@ -117,7 +117,7 @@ def test_plugin_failing_at_import_is_listed_broken_and_skipped_by_all(tmp_path):
     one_line_error(cli("run", "-p", "demo", "-m", "broken_plugin", "--out", str(tmp_path / "o"), "--no-mlflow",
                        "--device", "cpu", bad_methods=True), "cannot import broken_plugin", "RuntimeError")
     from harness.evaluation import expand_methods
-    from faceeval.registry import METHODS
+    from harness.registry import METHODS
 
     METHODS.register(*bi.BROKEN_PLUGIN[:2], origin=bi.BROKEN_PLUGIN[2])
     try:

@@ -8,7 +8,7 @@ import torch
 
 from faceeval.cache import FeatureStore
 from faceeval.metrics.identity import IdentityMetric
-from faceeval.registry import METHODS
+from harness.registry import METHODS
 from harness.runner import RunConfig, run_method
 from methods.classical import piecewise_affine_map, reinhard_transfer
 from protocols.demo import DemoProtocol

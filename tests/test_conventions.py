@@ -89,7 +89,7 @@ def test_one_per_identity_and_every_frame_keep_each_vector():
 def test_unknown_values_get_a_did_you_mean():
     with pytest.raises(HarnessError, match="did you mean 'identity_mean'"):
         IdentityConvention(gallery="identity_means")
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
 
     with pytest.raises(HarnessError, match="did you mean 'hopenet_bins'"):
         METRICS.create("pose_whenet", formula="hopenet_bin")
@@ -102,7 +102,7 @@ def test_unknown_values_get_a_did_you_mean():
 
 
 def test_default_settings_keep_todays_fingerprint_and_others_change_it():
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
 
     default = METRICS.create("identity_sface")
     assert "convention" not in default.fingerprint()  # cached runs of today stay valid

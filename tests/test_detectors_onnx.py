@@ -337,7 +337,7 @@ def test_identity_metric_uses_the_detectors_points(weights_dir, face256):
     detector's 5 keypoints, and its backend record names the detector file."""
     from faceeval.api import EvalBatch, FacePair, GalleryItem
     from faceeval.images import pixel_sha256
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
     from metrics_helpers import fake_context
 
     path = scrfd_graph(weights_dir / "det_10g.onnx", [FACE])
@@ -389,7 +389,7 @@ def test_landmark_metrics_record_the_detector_file_and_key_their_cache_by_it(wei
     and a different detector file is a different feature namespace (no stale features)."""
     from faceeval.api import EvalBatch, FacePair
     from faceeval.images import pixel_sha256
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
     from metrics_helpers import fake_context
 
     path = scrfd_graph(weights_dir / "det_10g.onnx", [FACE])

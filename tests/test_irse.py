@@ -223,7 +223,7 @@ def test_embedder_feeds_arcface_crops_in_minus_one_to_one(irse_weights):
 
 def test_the_metric_runs_end_to_end_on_the_demo_faces(irse_weights, tmp_path):
     from harness.evaluation import evaluate
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
 
     assert METRICS.resolve("identity_arcface_irse50").requires == ("model_ir_se50.pth",)
     out = tmp_path / "out"

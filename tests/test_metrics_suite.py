@@ -9,7 +9,7 @@ import pytest
 
 from faceeval.cache import FeatureStore
 from harness.evaluation import DEFAULT_METRICS
-from faceeval.registry import METHODS, METRICS
+from harness.registry import METHODS, METRICS
 from harness.runner import RunConfig, run_method
 from protocols.demo import DemoProtocol
 

@@ -18,7 +18,7 @@ import torch
 
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, to_tensor
-from faceeval.registry import METHODS
+from harness.registry import METHODS
 from faceeval.weights import KNOWN
 from methods.onnx_swappers import (
     ARCFACE_FILE, SWAPPERS, ArcFaceOnnx, OnnxSwapper, emap_latent, normalise_input, output_to_rgb01, unit,

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from faceeval.errors import HarnessError
-from faceeval.registry import PROTOCOLS
+from harness.registry import PROTOCOLS
 from protocols.celebahq import MAPPING_FILE, CelebAHQProtocol
 from protocols.fixtures import write_celebahq
 

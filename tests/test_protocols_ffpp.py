@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from faceeval.errors import HarnessError
-from faceeval.registry import PROTOCOLS
+from harness.registry import PROTOCOLS
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.ffpp_frames import frame_order
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp

@@ -10,13 +10,14 @@ import textwrap
 import pytest
 
 from faceeval.errors import HarnessError
-from faceeval.registry import METHODS, METRICS, PROTOCOLS, Registry
+from faceeval.registry import Registry
+from harness.registry import METHODS, METRICS, PROTOCOLS
 
 
 def test_listing_does_not_import_torch_or_backends():
     code = textwrap.dedent("""
         import sys
-        from faceeval.registry import METHODS, PROTOCOLS, METRICS
+        from harness.registry import METHODS, PROTOCOLS, METRICS
         names = METHODS.names() + PROTOCOLS.names() + METRICS.names()
         heavy = [m for m in ("torch", "dlib", "mlflow", "cv2", "onnxruntime") if m in sys.modules]
         print(len(names), heavy)
@@ -71,7 +72,7 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     (dist / "entry_points.txt").write_text("[codeswap_harness.methods]\nmirror = my_swapper:Mirror\n")
     code = textwrap.dedent("""
         import torch
-        from faceeval.registry import METHODS
+        from harness.registry import METHODS
         e = METHODS.resolve("mirror")
         m = e.create()
         x = torch.arange(4.0).reshape(1, 1, 2, 2).expand(1, 3, 2, 2)

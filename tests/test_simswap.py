@@ -19,7 +19,7 @@ from torch import nn
 import methods.simswap_net as S
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, to_tensor
-from faceeval.registry import METHODS
+from harness.registry import METHODS
 from faceeval.weights import KNOWN
 from protocols.demo import DemoProtocol
 

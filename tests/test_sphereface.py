@@ -248,7 +248,7 @@ def test_embedder_on_demo_faces_equals_the_reference(weights_dir, official, demo
 
 def test_metric_runs_end_to_end_on_the_demo(weights_dir, tmp_path):
     from harness import evaluate
-    from faceeval.registry import METRICS
+    from harness.registry import METRICS
 
     assert "identity_cosface_sphere20" in METRICS.names()
     res = evaluate("demo", ["source", "target"], metrics=["identity_cosface_sphere20:crop=resize"], num_pairs=4,

@@ -138,7 +138,7 @@ def test_only_wrong_files_give_a_clear_error_and_wrong_sha_status(places, monkey
     st = weights.status("w600k_r50.onnx")
     assert (st.state, st.path, st.place) == ("WRONG-SHA", bad, f"facefusion ({places / 'ff'})")
     # a registry entry needing it counts it as missing: it is not usable
-    from faceeval.registry import METHODS
+    from harness.registry import METHODS
 
     assert "w600k_r50.onnx" in METHODS.resolve("inswapper_128").missing_weights()
     # and a run says why, on one line: a wrong file is not a missing one
