@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from faceeval.errors import HarnessError
+from faceeval.summaries import local_summary, portable_summary
 
 FORMAT = "codeswap-harness-results"
 FORMAT_VERSION = 1
@@ -145,15 +146,8 @@ class Results:
             "report": {k: _relative(v, self.out_dir) for k, v in self.report_files.items()},
             "seconds": round(self.seconds, 3),
             "scale": self.scale,
-            "summaries": [_runner().portable_summary(s, self.out_dir) for s in self.summaries],
+            "summaries": [portable_summary(s, self.out_dir) for s in self.summaries],
         })
-
-
-def _runner():
-    """harness.runner, imported when needed (it pulls in pandas; `harness list` should not)."""
-    from harness import runner
-
-    return runner
 
 
 def _tracking_uri(stored: str | None, out_dir: Path) -> str | None:
@@ -217,7 +211,7 @@ def load_results(out_dir: Path | str) -> Results:
     out = p if p.is_dir() else (file.parent.parent if file.parent.name == "results" else file.parent)
     out = out.resolve()
     try:  # paths re-derived from where the folder is now (it may have been moved or copied)
-        summaries = [_runner().local_summary(s, out) for s in data["summaries"]]
+        summaries = [local_summary(s, out) for s in data["summaries"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise HarnessError(f"{file} is not a readable results file ({type(exc).__name__}: {exc})") from None
     return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out,

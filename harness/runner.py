@@ -8,7 +8,7 @@ Output folder layout (``--out``, default ``./harness-out``):
     cache/swaps/<method>-<fp>/..png   swapped crops, by content
     cache/features.sqlite             metric features, by (backend, pixels)
     cache/crops/                      aligned crops of prepared photo folders
-    runs/<protocol>/<method>-<id>/    summary.json, pairs.parquet, pairs.csv, gallery.csv
+    runs/<protocol>/<method>-<id>/    summary.json (format: faceeval.summaries), pairs.parquet, pairs.csv, gallery.csv
     report/                           tables and grids (``harness report``)
     mlflow.db, mlartifacts/           the MLflow store
 """
@@ -37,6 +37,7 @@ from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from faceeval.provenance import environment
+from faceeval.summaries import portable_summary
 from faceeval.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
@@ -682,42 +683,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     return summary
 
 
-def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """``summary`` as it is stored inside the output folder: paths inside ``out_dir`` (the
-    run folder; a dataset root under ``cache/``, such as prepared photo crops) relative to
-    it, so the folder can be moved or copied. :func:`local_summary` reverses it."""
-    out = dict(summary)
-    base = Path(out_dir).resolve()
-    for key in ("run_dir", "root"):
-        value = out.get(key)
-        if not value:
-            continue
-        path = Path(value)
-        if path.is_absolute() and path.resolve().is_relative_to(base):
-            out[key] = path.resolve().relative_to(base).as_posix()
-            out[f"{key}_in_out"] = True
-    return out
 
 
-def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None = None) -> dict[str, Any]:
-    """A stored summary with its paths re-derived from where the output folder is now:
-    ``run_dir`` is the folder the summary was found in (``run_dir``) or
-    ``out_dir/runs/<protocol>/<its name>``, whatever the file says (it may have been moved,
-    copied or edited: nothing outside ``out_dir`` is read through it); a root stored
-    relative to the folder is joined to ``out_dir``."""
-    out = dict(summary)
-    base = Path(out_dir).resolve()
-    if run_dir is None:
-        name = Path(str(out.get("run_dir") or "")).name
-        check_name("run folder", name)
-        run_dir = base / "runs" / str(out.get("protocol")) / name
-    out["run_dir"] = str(Path(run_dir).resolve())
-    out.pop("run_dir_in_out", None)
-    if out.pop("root_in_out", False):
-        rel = Path(str(out.get("root")))
-        full = (base / rel).resolve()
-        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base) else base / "cache" / "missing-root")
-    return out
 
 
 def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
@@ -741,21 +708,3 @@ def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
                     break
         grouped.setdefault((fact, ""), []).extend([who] if who else [])
     return [fact if not whos else f"{fact} [{', '.join(dict.fromkeys(whos))}]" for (fact, _), whos in grouped.items()]
-
-
-def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Every run summary under ``out_dir/runs``, newest last. A summary that cannot be read
-    (torn by a crash before writes were atomic, edited by hand) is left out and appended to
-    ``unreadable``; re-running that method rewrites it."""
-    found = []
-    for p in sorted((out_dir / "runs").glob("*/*/summary.json")):
-        try:
-            s = json.loads(p.read_text())
-            if not isinstance(s, dict) or "finished" not in s or "metrics" not in s:
-                raise ValueError("not a run summary")
-        except (ValueError, OSError, UnicodeDecodeError):
-            if unreadable is not None:
-                unreadable.append(p)
-            continue
-        found.append(local_summary(s, out_dir, p.parent))
-    return sorted(found, key=lambda s: s["finished"])

@@ -131,7 +131,7 @@ def test_report_footer_names_flagged_outputs_per_method(tmp_path):
     from reports.tables import build_table, to_markdown
 
     _run_bad(bi.BlankMethod(), tmp_path)
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     md = to_markdown(build_table(load_summaries(tmp_path)))
     assert "left out of the per-pair means" in md and "blank_method 4 of 4" in md
@@ -139,7 +139,7 @@ def test_report_footer_names_flagged_outputs_per_method(tmp_path):
 
 # -- item 4 and atomic writes --------------------------------------------------------------
 def test_torn_summary_is_skipped_with_a_message_not_a_traceback(tmp_path):
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     bi.torn_summary(tmp_path)
     _run_bad(bi.BlankMethod(), tmp_path, num_pairs=2)

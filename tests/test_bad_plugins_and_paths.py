@@ -153,7 +153,7 @@ def test_escaping_label_writes_nothing_outside_out(tmp_path):
 
 
 def test_report_reads_the_run_folder_it_found_not_the_path_in_summary(tmp_path):
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
     from reports.render import render_report
 
     s = _run(bi.HalfBadMethod(), tmp_path, num_pairs=2)

@@ -223,7 +223,7 @@ def test_each_preset_runs_on_the_miniature_ffpp_tree(name, ffpp_tree, tmp_path):
 def test_runs_under_two_conventions_are_never_one_table(tmp_path):
     from harness.evaluation import evaluate
     from reports.tables import build_table
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     out = tmp_path / "out"
     kw = dict(out=out, mlflow=False, report=False, progress=False, workers=1, log=lambda m: None)
@@ -252,7 +252,7 @@ def test_kendall_tau_and_ranks_of_constructed_values():
 
 def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
     from harness.evaluation import evaluate
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
     from reports.sensitivity import write_sensitivity
 
     out = tmp_path / "out"
