@@ -222,7 +222,7 @@ def report_cmd(
     from reports.render import render_report
 
     if conventions is not None:
-        from reports.sensitivity import write_sensitivity
+        from harness.rescore import write_sensitivity
 
         path = write_sensitivity(check_out_dir(out), [c.strip() for c in conventions.split(",") if c.strip()],
                                  allow_substitute, log=_echo)

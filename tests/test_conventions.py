@@ -253,7 +253,7 @@ def test_kendall_tau_and_ranks_of_constructed_values():
 def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
     from harness.evaluation import evaluate
     from faceeval.summaries import load_summaries
-    from reports.sensitivity import write_sensitivity
+    from harness.rescore import write_sensitivity
 
     out = tmp_path / "out"
     evaluate("demo", ["source", "target", "classical"], metrics=["identity_sface", "pose_whenet"], out=out,
