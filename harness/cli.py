@@ -172,10 +172,12 @@ def prepare(
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
     if suggest_identity_map:
+        from harness.runner import ImageSource
         from protocols.identity_map import suggest_identity_map as suggest_map
 
-        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), threshold=identity_threshold,
-                                                  device=resolve_device(device))
+        dev = resolve_device(device)
+        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
+                                                  ImageSource(pairset), threshold=identity_threshold, device=dev)
         merged = sum(len(g.videos) for g in groups)
         plural = "s" if len(groups) != 1 else ""
         typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
