@@ -13,6 +13,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: alignment. dlib's predictors run inside it when no detector runs (or finds nothing).
 FFHQ_FACE_BOX = (0.192, 0.291, 0.790, 0.879)
 
+#: BiSeNet (CelebAMask-HQ) classes (faceeval.models.bisenet) that make the face region: skin 1, brows 2-3, eyes 4-5,
+#: eye glasses 6, nose 10, mouth 11, lips 12-13. Left out: background, ears 7-8, earrings 9,
+#: neck 14-15, cloth 16, hair 17, hat 18 - the region a swap replaces is the inner face plus
+#: forehead and cheeks, which is what the landmark hull approximates too; glasses count as
+#: face since they sit on it and a swap has to redraw them.
+FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
+
 
 def cache_root() -> Path:
     """The default cache folder, ``~/.cache/codeswap-harness``: weights, the checksum memo,

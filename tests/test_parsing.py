@@ -196,7 +196,7 @@ def test_loader_names_wrong_keys_in_one_line(tmp_path):
 
 
 def test_parsing_masks_keep_the_face_classes():
-    from codeswap.train.stage3 import parsing_masks
+    from faceeval.models.bisenet import parsing_masks
 
     images = torch.rand(1, 3, 80, 80) * 2 - 1
     skin = parsing_masks(images, _winner(1))
@@ -207,7 +207,7 @@ def test_parsing_masks_keep_the_face_classes():
 
 
 def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
-    from codeswap.train.stage3 import parsing_masks
+    from faceeval.models.bisenet import parsing_masks
     from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
 
     class Stub(torch.nn.Module):
@@ -231,7 +231,7 @@ def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
 
 
 def test_mask_config_checks_its_settings():
-    from codeswap.train.stage3 import FACE_CLASSES, MaskTrainConfig
+    from codeswap.config import FACE_CLASSES, MaskTrainConfig
 
     assert MaskTrainConfig().mask_source == "landmarks"
     assert FACE_CLASSES == (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)

@@ -13,22 +13,21 @@ Two phases, as in the paper:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeswap.checkpoints import load_codeswap
-from codeswap.config import FACE_CLASSES, MaskTrainConfig, SwapTrainConfig, TrainConfig
+from codeswap.config import MaskTrainConfig, SwapTrainConfig, TrainConfig
 from codeswap.model import CodeSwap
 from codeswap.swap_losses import mask_loss
 from codeswap.train.dist import DistInfo
 from codeswap.train.stage2 import Stage2Trainer
 from faceeval.errors import HarnessError
+from faceeval.models.bisenet import parsing_masks
 
 
 def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
@@ -62,30 +61,6 @@ UNGUARDED_PHASE_2 = (
     "over the whole image (100 such steps took the demo mask from 14 % to 62 % outside the face and the "
     "expression error above the source's); give a --perceptual or --expression-net network, or train the mask "
     "supervised only (--supervised-steps >= --max-steps)")
-
-
-@torch.no_grad()
-def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
-    """(B, 3, H, W) in [-1, 1] aligned crops -> (B, 1, H, W) float masks of the BiSeNet face
-    classes, on the images' device. The crops go in as the release was run (``test.py``):
-    resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
-    comes back to (H, W) by nearest neighbour. ``parser``: BiSeNet (``load_bisenet``)."""
-    from faceeval.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
-
-    dev = images.device
-    parser = parser.to(dev).eval()
-    h, w = images.shape[-2:]
-    x = (images.detach().float().clamp(-1, 1) + 1) * 0.5  # (B, 3, H, W) in [0, 1]
-    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    # float32 whatever the trainer's autocast: the target is an argmax, keep it the release's
-    with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
-        logits = parser.logits(x) if hasattr(parser, "logits") else parser(x)[0]  # (B, 19, 512, 512)
-    labels = logits.argmax(1)  # (B, 512, 512)
-    face = torch.isin(labels, torch.tensor(face_classes, device=dev)).float()[:, None]  # (B, 1, 512, 512)
-    return F.interpolate(face, size=(h, w), mode="nearest-exact")
 
 
 class Stage3Trainer(Stage2Trainer):

@@ -140,7 +140,7 @@ class IdentityMetric(Metric):
         if self.conv.mask == "parsing":
             import torch
 
-            from codeswap.train.stage3 import parsing_masks
+            from faceeval.models.bisenet import parsing_masks
 
             x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().to(self.device) / 127.5 - 1.0
             masks = parsing_masks(x, self._parser())[:, 0].cpu().numpy() > 0.5  # (N, H, W)

@@ -29,13 +29,14 @@ Every ConvBNReLU is ``.conv`` (bias-free) + ``.bn``.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - codeswap.train.stage3 imports them from here
+from faceeval.constants import FACE_CLASSES, IMAGENET_MEAN, IMAGENET_STD
 from faceeval.models.checkpoints import load_strict, read_state_dict
 
 WEIGHTS = "79999_iter.pth"
@@ -193,3 +194,25 @@ def load_bisenet(path: Path | str) -> BiSeNet:
             state.setdefault(k, torch.zeros_like(v))  # files from before PyTorch 0.4.1 lack the counter
     load_strict(model, state, path, "a BiSeNet (face-parsing.PyTorch, 19 classes) state dict", listed=4)
     return model.eval()
+
+
+@torch.no_grad()
+def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] aligned crops -> (B, 1, H, W) float masks of the BiSeNet face
+    classes, on the images' device. The crops go in as the release was run (``test.py``):
+    resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
+    comes back to (H, W) by nearest neighbour. ``parser``: BiSeNet (``load_bisenet``)."""
+    dev = images.device
+    parser = parser.to(dev).eval()
+    h, w = images.shape[-2:]
+    x = (images.detach().float().clamp(-1, 1) + 1) * 0.5  # (B, 3, H, W) in [0, 1]
+    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    # float32 whatever the trainer's autocast: the target is an argmax, keep it the release's
+    with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
+        logits = parser.logits(x) if hasattr(parser, "logits") else parser(x)[0]  # (B, 19, 512, 512)
+    labels = logits.argmax(1)  # (B, 512, 512)
+    face = torch.isin(labels, torch.tensor(face_classes, device=dev)).float()[:, None]  # (B, 1, 512, 512)
+    return F.interpolate(face, size=(h, w), mode="nearest-exact")
