@@ -260,10 +260,9 @@ def figure_regions(
 
     from codeswap.checkpoints import load_codeswap
     from codeswap.train.dist import resolve_device
-    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_study
+    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_figure, region_study
     from faceeval.faces.detect import DlibDetector
     from faceeval.images import file_sha256, load_rgb, save_png
-    from reports.figures import region_figure
 
     names = tuple(r.strip() for r in regions.split(",") if r.strip())
     unknown = [r for r in names if r not in REGION_POINTS]

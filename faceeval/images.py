@@ -89,6 +89,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_figure(fig, path: Path, dpi: int) -> None:
+    """Render a matplotlib figure to memory and write it in one rename (its format from the
+    suffix, PNG by default): a kill never leaves half a file."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
 def save_png(path: Path, image: np.ndarray) -> None:
     """Save uint8 (H, W, 3) as PNG, atomically."""
     import io
