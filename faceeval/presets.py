@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from faceeval.errors import HarnessError
+from faceeval.metrics.expression import DEEP3D_FILE
+from faceeval.metrics.pose import HOPENET_FILE
 
 RELIABLESWAP = "ygtxr1997/ReliableSwap@a9fdce66 inference/ffplus/eval.py"
 RELIABLESWAP_DATA = "ygtxr1997/ReliableSwap@a9fdce66 inference/ffplus/dataloader.py"
@@ -53,9 +55,9 @@ class Preset:
     cite: tuple[str, ...] = ()  # sources of the protocol settings, NOTEs
 
 
-_HOPENET = ("hopenet_robust_alpha1.pkl",)
+_HOPENET = (HOPENET_FILE,)
 _HOPENET_GET = "Hopenet's release (natanielruiz/deep-head-pose README: hopenet_robust_alpha1.pkl)"
-_DEEP3D = ("deep3dfacerecon_epoch_20.pth",)
+_DEEP3D = (DEEP3D_FILE,)
 _DEEP3D_GET = "Deep3DFaceRecon_pytorch's release (checkpoints/<name>/epoch_20.pth), renamed deep3dfacerecon_epoch_20.pth"
 _FID = Role("fid", "fid", "Inception-v3 (TF 2015-12-05)", (), "`harness weights fetch fid_inception`", "fid")
 

@@ -8,7 +8,7 @@ torch-free, so listing methods imports no backend.
 
 from __future__ import annotations
 
-from codeswap.variants import VARIANT_LABELS
+from codeswap.variants import VARIANT_LABELS, method_name
 from faceeval.registry import Registry
 from faceeval.weights import DLIB_68
 from methods.onnx_swappers import SWAPPERS
@@ -39,11 +39,11 @@ def register(methods: Registry) -> None:
                          requires=(*spec.weight_files, DLIB_68))
     for variant, what in VARIANT_LABELS.items():
         if variant == "full":
-            methods.register("codeswap", "methods.codeswap:CodeSwapMethod",
+            methods.register(method_name(variant), "methods.codeswap:CodeSwapMethod",
                              description="CodeSwap (checkpoint via --method-option codeswap.checkpoint=PATH; "
                                          "else the small demo model shipped with the code)",
                              not_ready="codeswap.variants:demo_not_ready")
         else:
-            methods.register(f"codeswap_{variant}", "methods.codeswap:CodeSwapMethod",
+            methods.register(method_name(variant), "methods.codeswap:CodeSwapMethod",
                              description=f"CodeSwap ablation {what}", options={"variant": variant},
                              not_ready="codeswap.variants:demo_not_ready")

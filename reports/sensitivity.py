@@ -15,10 +15,11 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from reports.tables import REFERENCE_METHODS
+
 #: quantities compared across presets: metric key prefix -> label
 QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID similarity",
               "pose_error": "pose error", "expression_error": "expression error", "fid": "FID"}
-REFERENCE = ("source", "target")
 
 
 def _entry(summary: dict[str, Any], prefix: str) -> dict[str, Any] | None:
@@ -58,7 +59,7 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
                 values.setdefault(p, {})[s["method"]] = float(e["value"]) * float(e.get("scale", 1.0))
         if not values:
             continue
-        ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE}, bool(direction))
+        ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE_METHODS}, bool(direction))
                   for p, vs in values.items()}
         lines += [f"## {label} ({'higher' if direction else 'lower'} is better)", "",
                   "| method | " + " | ".join(presets) + " |", "|---" * (len(presets) + 1) + "|"]

@@ -39,10 +39,11 @@ class FaceNetIdentity(nn.Module):
         """``size``: input side (default FaceNet's 160; the network takes any side from 80,
         and a smaller one costs quadratically less, which the CPU demo uses)."""
         super().__init__()
+        from faceeval.metrics.id_backends import FACENET_GRAPH
         from faceeval.models.facenet import INPUT_SIZE, load_from_graph
         from faceeval.weights import verified
 
-        path, self.weights_sha256 = verified("graph_final.pb")
+        path, self.weights_sha256 = verified(FACENET_GRAPH)
         self.net = load_from_graph(path).eval().requires_grad_(False)
         self.size = size or INPUT_SIZE
         if self.size < 80:

@@ -24,11 +24,14 @@ import numpy as np
 
 from faceeval.weights import verified
 
+#: the 3D mean face at the 68 iBUG landmarks (head-pose's package data, faceeval.weights)
+MEAN_FACE_FILE = "model_3D_68.txt"
+
 
 @lru_cache(maxsize=1)
 def mean_face_68() -> tuple[np.ndarray, str]:
     """(68, 3) mean face (x right, y down, z away from the viewer) and its file's sha256."""
-    path, sha = verified("model_3D_68.txt")
+    path, sha = verified(MEAN_FACE_FILE)
     pts = np.loadtxt(path, dtype=np.float64).reshape(3, -1).T  # stored as all x, all y, all z -> (68, 3)
     return pts, sha
 

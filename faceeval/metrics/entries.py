@@ -6,8 +6,12 @@ the backends' tables: listing metrics imports no backend.
 
 from __future__ import annotations
 
+from faceeval.faces.pose import MEAN_FACE_FILE
 from faceeval.fetch import requires as fetch_requires
+from faceeval.metrics.expression import DEEP3D_FILE
 from faceeval.metrics.id_backends import BACKEND_FILES as ID_BACKEND_FILES
+from faceeval.metrics.id_backends import FACENET_GRAPH
+from faceeval.metrics.pose import HOPENET_FILE
 from faceeval.registry import Registry
 
 
@@ -33,24 +37,24 @@ def register(metrics: Registry) -> None:
                          options={} if backend == "dlib" else {"backend": backend}, requires=ID_BACKEND_FILES[backend])
     metrics.register("pose", "faceeval.metrics.pose:PoseMetric",
                      description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP (offline), degrees",
-                     aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=("model_3D_68.txt",))
+                     aliases=("pose_pnp",), options={"backend": "pnp", "unit": "deg"}, requires=(MEAN_FACE_FILE,))
     metrics.register("pose_rad", "faceeval.metrics.pose:PoseMetric",
-                     description="as pose, in radians", options={"backend": "pnp", "unit": "rad"}, requires=("model_3D_68.txt",))
+                     description="as pose, in radians", options={"backend": "pnp", "unit": "rad"}, requires=(MEAN_FACE_FILE,))
     metrics.register("pose_hopenet", "faceeval.metrics.pose:PoseMetric",
-                     description="pose error with Hopenet ResNet-50 (hopenet_robust_alpha1.pkl), degrees",
-                     options={"backend": "hopenet", "unit": "deg"}, requires=("hopenet_robust_alpha1.pkl",))
+                     description=f"pose error with Hopenet ResNet-50 ({HOPENET_FILE}), degrees",
+                     options={"backend": "hopenet", "unit": "deg"}, requires=(HOPENET_FILE,))
     metrics.register("pose_hopenet_rad", "faceeval.metrics.pose:PoseMetric",
                      description="as pose_hopenet, in radians", options={"backend": "hopenet", "unit": "rad"},
-                     requires=("hopenet_robust_alpha1.pkl",))
+                     requires=(HOPENET_FILE,))
     metrics.register("expression", "faceeval.metrics.expression:ExpressionMetric",
                      description="expression error vs target: Procrustes-aligned inner-face dlib landmarks, % inter-ocular (offline)",
                      options={"backend": "landmarks"})
     metrics.register("expression_deep3d", "faceeval.metrics.expression:ExpressionMetric",
                      description="expression error: L2 of Deep3DFaceRecon's 64 expression coefficients vs target",
-                     options={"backend": "deep3d"}, requires=("deep3dfacerecon_epoch_20.pth",))
+                     options={"backend": "deep3d"}, requires=(DEEP3D_FILE,))
     metrics.register("fid_facenet", "faceeval.metrics.fid:FIDMetric",
                      description="Frechet distance in FaceNet feature space vs the targets (offline; not Inception FID)",
-                     options={"backend": "facenet"}, requires=("graph_final.pb",))
+                     options={"backend": "facenet"}, requires=(FACENET_GRAPH,))
     metrics.register("fid", "faceeval.metrics.fid:FIDMetric",
                      description="FID: Inception-v3 (TF 2015-12-05) pool3 at 299 through torch-fidelity, vs the targets "
                                  "(torch-fidelity's weight file, else `harness weights fetch fid_inception`)",

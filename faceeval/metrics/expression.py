@@ -34,6 +34,8 @@ from faceeval.models.shared import NetworkTask
 from faceeval.weights import DLIB_68, verified
 
 INNER = slice(17, 68)  # brows, nose, eyes, mouth
+#: Deep3DFaceRecon_pytorch's regressor checkpoint, renamed (faceeval.weights)
+DEEP3D_FILE = "deep3dfacerecon_epoch_20.pth"
 # Deep3DFaceRecon's crop: the ArcFace template scaled to 224 with the face a little
 # smaller, as its own align_img frames the whole head outline.
 DEEP3D_FRAME = 0.85
@@ -112,7 +114,7 @@ class ExpressionMetric(Metric):
     def model(self):
         from faceeval.models.deep3d import load_deep3d
 
-        path, sha = verified("deep3dfacerecon_epoch_20.pth")
+        path, sha = verified(DEEP3D_FILE)
         self._weights = ((path.name, sha),)
         return load_deep3d(path).to(self.device)
 

@@ -31,6 +31,7 @@ from faceeval.api import Backend, EvalBatch, EvalContext, Metric, MetricKey
 from faceeval.cache import cached_features
 from faceeval.conventions import FIDConvention
 from faceeval.errors import HarnessError
+from faceeval.metrics.id_backends import FACENET_GRAPH
 from faceeval.weights import verified
 
 INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -98,7 +99,7 @@ def _facenet_extractor_class():
             from faceeval.weights import sha256_of
 
             if feature_extractor_weights_path is None:  # never downloads: the file is local
-                feature_extractor_weights_path, _ = verified("graph_final.pb")
+                feature_extractor_weights_path, _ = verified(FACENET_GRAPH)
             path = Path(feature_extractor_weights_path)
             # kwargs carry torch-fidelity's settings; the harness passes its device to share one copy
             device = kwargs.get("harness_device")
@@ -166,7 +167,7 @@ def weight_file(backend: str) -> tuple[Path, tuple[tuple[str, str], ...]]:
     from faceeval.weights import WeightNotFound
 
     if backend == "facenet":
-        path, sha = verified("graph_final.pb")
+        path, sha = verified(FACENET_GRAPH)
         return path, ((path.name, sha),)
     try:
         path, sha = verified(INCEPTION_WEIGHTS)

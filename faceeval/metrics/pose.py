@@ -32,6 +32,8 @@ from faceeval.weights import DLIB_68, verified
 
 
 ANGLES = ("yaw", "pitch", "roll")
+#: the papers' pose network's release file (Hopenet ResNet-50, 300W-LP, alpha 1; faceeval.weights)
+HOPENET_FILE = "hopenet_robust_alpha1.pkl"
 #: backend setting -> (key, label, metric name)
 BACKENDS = {
     "pnp": ("pose_error_pnp", "Pose error [PnP]", "pose"),
@@ -117,11 +119,11 @@ class PoseMetric(Metric):
             self.model  # noqa: B018
             return Backend("hopenet_robust_alpha1", "Hopenet ResNet-50 (300W-LP, alpha 1), 66-bin expectation",
                            True, self._weights)
-        from faceeval.faces.pose import mean_face_68
+        from faceeval.faces.pose import MEAN_FACE_FILE, mean_face_68
 
         _, sha = mean_face_68()
         lm_w = verified(DLIB_68)
-        weights = ((lm_w[0].name, lm_w[1]), ("model_3D_68.txt", sha))
+        weights = ((lm_w[0].name, lm_w[1]), (MEAN_FACE_FILE, sha))
         if self._landmarks is not None:  # an ONNX detector's file, when one finds the faces
             weights += tuple(w for w in self._landmarks.weight_files() if w not in weights)
         return Backend("pnp_dlib68_meanface", "dlib 68 landmarks + 3D mean face + cv2.solvePnP, Hopenet's axes "
@@ -148,7 +150,7 @@ class PoseMetric(Metric):
     def model(self):
         from faceeval.models.hopenet import load_hopenet
 
-        path, sha = verified("hopenet_robust_alpha1.pkl")
+        path, sha = verified(HOPENET_FILE)
         self._weights = ((path.name, sha),)
         return load_hopenet(path).to(self.device)
 
