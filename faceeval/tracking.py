@@ -1,5 +1,9 @@
 """MLflow logging: one parent run per ``harness run``, one child run per method.
 
+In the foundation because two layers log to the same store: the evaluation
+(``harness.evaluation``) and CodeSwap's training (``codeswap.train.tracking.RunTracker``);
+it is the one module that imports MLflow (an import-linter contract in pyproject.toml).
+
 Default store: SQLite at ``<out>/mlflow.db`` with artifacts in ``<out>/mlartifacts``;
 ``--tracking-uri`` points at a server instead. Open the UI with
 ``mlflow ui --backend-store-uri sqlite:///<out>/mlflow.db``.
