@@ -260,6 +260,10 @@ class SwapTrainConfig:
     # stage-1 checkpoint (stage 2) or stage-2 checkpoint (stage 3)
     stage1: str = setting("", "Checkpoint to start from (`harness train stage1|stage2 ...` /checkpoints/last.pt).",
                           path=True, required=True)
+    # NOTE: not in the paper: a warm start, e.g. from a model trained with the code teacher
+    # (the teacher's weight then falls to 0 for the rest of training; README "CodeSwap CPU study")
+    init: str | None = setting(None, "Stage 2 only: a stage-2 or stage-3 checkpoint (same stage-1 prior) whose fusion weights "
+                            "start this training; steps and the optimiser start fresh.", path=True)
     variant: str = setting("full", "full, or an ablation: wo_c, wo_s, wo_q1, wo_q2 (wo_m needs no training: "
                                    "it drops the mask).")
     layers: int = setting(6, "Fusion transformer layers (paper: 6).", min=1)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,12 @@ class DemoRecipe:
     # L_exp's network (codeswap.train.nets.EXPRESSION_NETS; its weight is loss_weights[3]): none in
     # the shipped recipe; blendshapes+whenet are the default suite's networks (issue 27's study)
     expression_net: str = "none"
+    # A second stage-2 phase (issue 27's study; none in the shipped recipe): finetune_steps more
+    # steps from the first phase's model with finetune_weights (the paper's L_swap with L_exp
+    # through expression_net, the teacher's weight fallen to 0), a fresh optimiser. NOTE: not
+    # in the paper; the first phase is the teacher warm-up.
+    finetune_steps: int = 0
+    finetune_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.5, 1.0, 0.0)
     holdout: int = 0  # train on every demo face
     seed: int = 0
     # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
@@ -111,7 +117,9 @@ def cache_root() -> Path:
 
 #: recipe fields added after the shipped bundle was built: they enter the key only when set
 #: away from their default, so the bundle of a recipe that leaves them alone keeps its key
-LATER_FIELDS = ("expression_net",)
+LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights")
+#: the fields that only shape stage 3 (and which variants a bundle holds)
+STAGE3_FIELDS = ("stage3_steps", "stage3_supervised", "variants")
 
 
 def recipe_key(recipe: DemoRecipe) -> str:
@@ -253,6 +261,26 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     return ckpt
 
 
+def shipped_stage2(recipe: DemoRecipe, base: str, folder: Path) -> Path | None:
+    """The shipped bundle's ``base`` model unpacked under ``folder`` when ``recipe``'s first
+    stage-2 phase is the shipped recipe's (every field equal but :data:`LATER_FIELDS` and
+    :data:`STAGE3_FIELDS`, same faces): a second phase then starts from it instead of
+    retraining the first (its fusion weights only: see ``codeswap.train.stage2.warm_start``).
+    None otherwise."""
+    bundle = load_bundle()
+    if bundle is None or base not in bundle["variants"]:
+        return None
+    shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["recipe"].items()}
+    same_faces = bundle.get("training", {}).get("faces_json_sha256") == _faces_sha256()
+    skip = set(LATER_FIELDS) | set(STAGE3_FIELDS)
+    if not same_faces or any(shipped.get(f.name) != getattr(recipe, f.name) for f in fields(recipe) if f.name not in skip):
+        return None
+    ckpt = folder / "checkpoints" / "last.pt"
+    if not ckpt.is_file():
+        unpack(bundle, base, ckpt, BUNDLE)
+    return ckpt
+
+
 def _faces_sha256() -> str:
     from faceeval.images import file_sha256
 
@@ -319,12 +347,27 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
                        identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
                        paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,
                        expression_net=recipe.expression_net, perceptual_net="none")
+        if s2 is None and recipe.finetune_steps and data == DEMO_FACES:
+            s2 = shipped_stage2(recipe, base, root / f"shipped-{base}")  # the first phase, already trained
         if s2 is None:
             log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
             cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),
                               **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
             Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
             s2 = mark(s2_dir)
+        if recipe.finetune_steps:
+            s2b_dir = root / f"stage2b-{base}"
+            s2b = done(s2b_dir)
+            if s2b is None:
+                log(f"codeswap demo: stage 2, second phase ({recipe.finetune_steps} steps from {s2}) in {s2b_dir}")
+                cfg = TrainConfig(out=str(s2b_dir), max_steps=recipe.finetune_steps,
+                                  ckpt_every=every(recipe.finetune_steps),
+                                  **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
+                sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
+                                     **{**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights)})
+                Stage2Trainer(cfg, sc).run(resume=True)
+                s2b = mark(s2b_dir)
+            s2 = s2b
         # every fusion variant gets its own mask (stage 3), so Table 3 compares like with like
         from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
 

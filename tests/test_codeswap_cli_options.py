@@ -29,7 +29,7 @@ BEFORE = {
                "--perceptual-weight": 1.0, "--ema-decay": 0.0, "--compile": False, "--channels-last": True,
                "--checkpoint-levels": 0, "--holdout": 0, "--ckpt-every": 5000, "--keep-every": 0,
                "--restart-dead-every": 0, "--fused-adam": True, "--fused-attention": True},  # issue 18
-    "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--variant": "full", "--layers": 6,
+    "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--init": None, "--variant": "full", "--layers": 6,
                "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
                "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,
                # added with the stage-2 recipe study (issue 17)

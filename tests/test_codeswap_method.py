@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -137,6 +139,25 @@ def test_the_shipped_bundle_holds_the_default_recipe():
     from dataclasses import replace
 
     from codeswap.demo import LATER_FIELDS  # added later: in the key only when set
-    assert all(recipe_key(replace(DemoRecipe(), **{f: "whenet"})) != listing["recipe_key"] for f in LATER_FIELDS)
+    changed = {"expression_net": "whenet", "finetune_steps": 5, "finetune_weights": (1.0,) * 6}
+    assert set(changed) == set(LATER_FIELDS)
+    assert all(recipe_key(replace(DemoRecipe(), **{f: v})) != listing["recipe_key"] for f, v in changed.items())
     assert listing["sha256"] == file_sha256(BUNDLE)  # the listing describes the file that ships
     assert demo_info() is not None and demo_info()["ceiling"]["dlib_top1"] >= 0.9
+
+
+def test_a_second_stage2_phase_starts_from_the_shipped_model_only_when_the_first_is_its_recipe(tmp_path):
+    """A recipe that adds a fine-tuning phase to the shipped recipe starts it from the shipped
+    model (unpacked); one whose first phase differs gets nothing and trains it itself."""
+    from codeswap.checkpoints import load_codeswap
+    from codeswap.demo import BUNDLE, DemoRecipe, shipped_stage2
+
+    if not BUNDLE.is_file():
+        pytest.skip("no shipped bundle in this checkout")
+    later = DemoRecipe(finetune_steps=5, expression_net="whenet", stage3_steps=10, stage3_supervised=10)
+    path = shipped_stage2(later, "full", tmp_path / "shipped-full")
+    model, meta = load_codeswap(path)
+    assert meta["step"] > 0 and model.fusion is not None
+    assert shipped_stage2(replace(later, stage2_steps=599), "full", tmp_path / "other") is None
+    assert shipped_stage2(replace(later, stage2_lr=2e-3), "full", tmp_path / "other") is None
+    assert not (tmp_path / "other").exists()

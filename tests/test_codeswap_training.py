@@ -183,3 +183,35 @@ def test_identity_augmentation_is_random_and_differentiable_in_training_only():
     assert not torch.allclose(seen[-2], x.detach()) and not torch.allclose(seen[-2], seen[-1])
     assert x.grad is not None and x.grad.abs().sum() > 0  # L_id's gradient still reaches the swap
     assert AugmentedIdentity(Probe(), 0.0).train()(x).shape == (2, 8)
+
+
+def test_warm_start_copies_the_fusion_and_refuses_another_prior_or_shape(stage1_ckpt, stage2_ckpt, tmp_path):
+    """--init starts stage 2 from another checkpoint's fusion weights (step 0, a fresh
+    optimiser); a checkpoint of another prior or another fusion shape is a one-line error."""
+    from codeswap.checkpoints import load_codeswap
+    from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
+    from faceeval.errors import HarnessError
+
+    init, _ = load_codeswap(stage2_ckpt)
+    cold = Stage2Trainer(_train_cfg(tmp_path / "cold", 1), _swap_cfg(stage1_ckpt), nets={}).setup()
+    warm = Stage2Trainer(_train_cfg(tmp_path / "warm", 1), replace(_swap_cfg(stage1_ckpt), init=str(stage2_ckpt)),
+                         nets={}).setup()
+    for k, v in warm.model.fusion.state_dict().items():
+        assert torch.equal(v, init.fusion.state_dict()[k]), k
+    assert any(not torch.equal(v, cold.model.fusion.state_dict()[k]) for k, v in warm.model.fusion.state_dict().items())
+    assert warm.step == 0 and not warm.opt.state  # only the weights carry over
+
+    wide = replace(_swap_cfg(stage1_ckpt), selector_hidden=48, init=str(stage2_ckpt))
+    with pytest.raises(HarnessError, match="another fusion"):
+        Stage2Trainer(_train_cfg(tmp_path / "wide", 1), wide, nets={}).setup()
+    other = tmp_path / "other_prior.pt"
+    state = torch.load(stage2_ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k in state["codeswap"] if k.startswith("autoencoder."))
+    state["codeswap"][key] = state["codeswap"][key] + 1.0
+    torch.save(state, other)
+    with pytest.raises(HarnessError, match="another stage-1 prior"):
+        Stage2Trainer(_train_cfg(tmp_path / "other", 1), replace(_swap_cfg(stage1_ckpt), init=str(other)),
+                      nets={}).setup()
+    with pytest.raises(HarnessError, match="stage-2 warm start"):
+        Stage3Trainer(_train_cfg(tmp_path / "s3", 1), replace(_swap_cfg(stage2_ckpt), init=str(stage2_ckpt)),
+                      MaskTrainConfig(supervised_steps=1)).setup()

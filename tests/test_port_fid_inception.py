@@ -24,7 +24,7 @@ from PIL import Image
 from scipy import linalg
 
 from faceeval.errors import HarnessError
-from faceeval.metrics.fid import _build_extractor, fid_from_features, fid_torch_fidelity
+from faceeval.metrics.fid import _build_extractor, fid_from_features, fid_torch_fidelity, fold_batch_norms
 from faceeval.models.fid_inception import SOURCE_TENSORS, conv_mapping, convert
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,30 @@ def test_pool3_matches_torchscript_at_299(extractor, torchscript, faces):
     assert diff <= FEATURE_TOL
     assert ref.min() >= 0 and ref.mean() > 0.1  # post-ReLU averages, not a dead network
     assert np.abs(ref - ref.mean(0)).max() > 0.5  # and different faces give different features
+
+
+def test_batch_norms_folded_into_the_convolutions(extractor, converted, faces):
+    """The evaluator runs with every batch norm folded into its conv: no norm is left, each
+    conv carries the folded bias, and the features equal torch-fidelity's own unfolded network
+    on the same file within float rounding."""
+    from unittest import mock
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.modules())
+    state = torch.load(converted, map_location="cpu", weights_only=True)
+    with mock.patch.object(torch, "load", lambda *a, **k: state):
+        plain = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="-").eval()
+    ref = _fidelity(plain, faces[:4])
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) == 94
+    stem = extractor.Conv2d_1a_3x3.conv
+    scale = state["Conv2d_1a_3x3.bn.weight"] / torch.sqrt(state["Conv2d_1a_3x3.bn.running_var"] + 1e-3)  # (32,)
+    assert torch.allclose(stem.weight.contiguous(), state["Conv2d_1a_3x3.conv.weight"] * scale[:, None, None, None],
+                          atol=1e-6)
+    diff = float(np.abs(_fidelity(extractor, faces[:4]) - ref).max())
+    print(f"pool3 max abs diff, folded vs unfolded: {diff:.3g}")
+    assert diff <= FEATURE_TOL
+    assert fold_batch_norms(plain) == 94 and fold_batch_norms(plain) == 0  # idempotent
 
 
 def test_pool3_matches_torchscript_at_256(torchscript, faces, features_256):

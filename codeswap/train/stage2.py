@@ -12,13 +12,14 @@ only trainable part.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from codeswap.checkpoints import codeswap_config, load_stage1, plain
+from codeswap.checkpoints import codeswap_config, load_codeswap, load_stage1, plain
 from codeswap.config import SwapTrainConfig, TrainConfig
 from codeswap.data import FaceFolder, list_images
 from codeswap.model import CodeSwap, CodeSwapConfig
@@ -82,6 +83,22 @@ def make_pairs(x: Tensor, same_rate: float, step: int, seed: int) -> tuple[Tenso
     return x, b, same_d
 
 
+def warm_start(model: CodeSwap, path: str) -> None:
+    """Copy the fusion weights of the stage-2 or stage-3 checkpoint ``path`` into ``model``
+    (in place). The checkpoint must hold the same stage-1 prior (every autoencoder tensor
+    equal) and a fusion of the same shape; anything else is a one-line error."""
+    init, _ = load_codeswap(Path(path))
+    ours, theirs = model.autoencoder.state_dict(), init.autoencoder.state_dict()
+    if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k].to(ours[k].dtype)) for k in ours):
+        raise HarnessError(f"--init {path} was trained on another stage-1 prior than --stage1")
+    fusion = init.fusion.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in model.fusion.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in fusion.items()}:
+        raise HarnessError(f"--init {path} has another fusion (layers, heads, selector width or variant) "
+                           "than this training's")
+    model.fusion.load_state_dict(fusion)
+
+
 class Stage2Trainer(TrainLoop):
     """Trains ``CodeSwap.fusion`` (stage 2); ``trainable`` picks the parameters (stage 3: mask)."""
 
@@ -100,7 +117,10 @@ class Stage2Trainer(TrainLoop):
         cfg = CodeSwapConfig.for_autoencoder(autoencoder.cfg, sc.variant, layers=sc.layers, heads=sc.heads,
                                              selector_hidden=sc.selector_hidden, position=sc.position,
                                              pos_std=sc.pos_std)
-        return CodeSwap(replace(cfg, mask_level=sc.mask_level), autoencoder)
+        model = CodeSwap(replace(cfg, mask_level=sc.mask_level), autoencoder)
+        if sc.init:
+            warm_start(model, sc.init)
+        return model
 
     blend_mask = False  # stage 2 trains on the raw decoder outputs
 

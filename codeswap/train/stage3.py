@@ -106,6 +106,8 @@ class Stage3Trainer(Stage2Trainer):
             self.mask_fn = lambda images: landmark_masks(images, forehead)
 
     def build_model(self) -> CodeSwap:
+        if self.swap_cfg.init:
+            raise HarnessError("--init is a stage-2 warm start; stage 3 starts from its --stage1 (stage-2) checkpoint")
         model, meta = load_codeswap(self.swap_cfg.stage1)
         if model.mask is None:
             raise HarnessError(f"{self.swap_cfg.stage1} is a w/o M model: it has no mask generator to train")

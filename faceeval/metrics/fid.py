@@ -137,6 +137,24 @@ def _facenet_extractor_class():
     return FeatureExtractorFaceNet
 
 
+def fold_batch_norms(net) -> int:
+    """Fold every inference batch norm of torch-fidelity's ``BasicConv2d`` blocks into its
+    convolution, in place (the conv gains a bias, the norm becomes the identity), and return
+    how many were folded. Same function up to float rounding (pool3 features within ~1e-5 of
+    the unfolded network: tests/test_port_fid_inception.py); it saves one pass over every
+    activation map, 1.2x on one CPU thread (benchmarks/fid_inception_speed.py)."""
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for module in net.modules():
+        conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            module.conv, module.bn = fuse_conv_bn_eval(conv, bn), nn.Identity()
+            folded += 1
+    return folded
+
+
 def _build_extractor(backend: str, device: str, path: Path, sha: str):
     import torch
 
@@ -148,6 +166,7 @@ def _build_extractor(backend: str, device: str, path: Path, sha: str):
         # already-safely-loaded dict instead of letting it unpickle the file.
         with mock.patch.object(torch, "load", lambda *a, **k: state):
             ext = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        fold_batch_norms(ext.eval())
         # channels-last convolution weights: same values (features within 6e-6), 1.45x faster on one CPU thread
         ext = ext.to(memory_format=torch.channels_last)
     else:
