@@ -12,11 +12,11 @@ import numpy as np
 
 
 def main() -> None:
-    from harness.faces.align import five_points
-    from harness.faces.detect import DlibDetector
-    from harness.faces.paste import paste_back
-    from harness.faces.templates import crop_landmarks, warp_to_template
-    from harness.images import load_rgb, to_tensor
+    from faceeval.faces.align import five_points
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.faces.paste import paste_back
+    from faceeval.faces.templates import crop_landmarks, warp_to_template
+    from faceeval.images import load_rgb, to_tensor
     from methods.classical import ClassicalSwap
     from protocols.demo import DemoProtocol
 

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codeswap.data import FaceFolder, list_images  # noqa: E402
 from codeswap.demo import DEMO_FACES, DemoRecipe, train_recipe  # noqa: E402
-from harness.images import save_png, to_uint8  # noqa: E402
+from faceeval.images import save_png, to_uint8  # noqa: E402
 from harness.runner import bootstrap_ci  # noqa: E402
 
 
@@ -58,7 +58,7 @@ class IdentityJudge:
 
     def __init__(self, device: str) -> None:
         from codeswap.train.nets import FaceNetIdentity
-        from harness.metrics.id_backends import DlibEmbedder
+        from faceeval.metrics.id_backends import DlibEmbedder
 
         self.dlib = DlibEmbedder()
         self.facenet = FaceNetIdentity(96).to(device).eval()
@@ -82,7 +82,7 @@ def ci(values: np.ndarray) -> list[float]:
 def retrieval(judge: IdentityJudge, gallery: torch.Tensor, queries: torch.Tensor, src: list[int],
               tgt: list[int] | None = None) -> dict[str, object]:
     """Top-1 of each query among the gallery photos (indices), cosines to the source with CIs."""
-    from harness.metrics.identity import retrieval_hits  # the harness's own retrieval (stable ties)
+    from faceeval.metrics.identity import retrieval_hits  # the harness's own retrieval (stable ties)
 
     ids = [str(i) for i in range(len(gallery))]
     res: dict[str, object] = {}

@@ -3,7 +3,7 @@ builds it and as torch-fidelity builds it, on the same uint8 256 px batch:
 
   * fidelity:        torch-fidelity's FeatureExtractorInceptionV3 as it comes (NCHW, BN separate)
   * channels_last:   the same network with channels-last weights and inputs
-  * harness:         channels-last and every batch norm folded into its conv (harness.metrics.fid)
+  * harness:         channels-last and every batch norm folded into its conv (faceeval.metrics.fid)
 
 Prints ms/image and each variant's max abs difference of pool3 features from the first. Needs
 the fetched evaluator (`harness weights fetch fid_inception`).
@@ -32,7 +32,7 @@ def main() -> None:
 
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from harness.metrics.fid import _build_extractor, weight_file
+    from faceeval.metrics.fid import _build_extractor, weight_file
 
     path, _ = weight_file("inception")
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -34,14 +34,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
-from harness.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
-from harness.faces.arcface import similarity_matrices as similarity_to
-from harness.faces.arcface import warp_affine as warp
-from harness.metrics.fid import fid_from_features
-from harness.models.deep3d import EXP_SLICE, Deep3DRegressor
-from harness.models.hopenet import Hopenet
-from harness.models.iresnet import IRESNETS, IResNet
+from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
+from faceeval.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from faceeval.faces.arcface import similarity_matrices as similarity_to
+from faceeval.faces.arcface import warp_affine as warp
+from faceeval.metrics.fid import fid_from_features
+from faceeval.models.deep3d import EXP_SLICE, Deep3DRegressor
+from faceeval.models.hopenet import Hopenet
+from faceeval.models.iresnet import IRESNETS, IResNet
 
 
 def inception_random(device: str):
@@ -146,8 +146,8 @@ def run_default_suite(device: str, pairs: int, batch: int, out: Path) -> None:
     RetinaFace; the fetched weights) through ``harness.runner.run_method`` on ``pairs`` demo
     pairs whose swapped faces are all new contents (the target with one pixel changed), from
     an empty feature store: detection, alignment, every network and FID, as a run scores them."""
-    from harness.api import SwapMethod
-    from harness.cache import FeatureStore
+    from faceeval.api import SwapMethod
+    from faceeval.cache import FeatureStore
     from harness.evaluation import DEFAULT_METRICS
     from harness.registry import METRICS
     from harness.runner import RunConfig, run_method

@@ -42,7 +42,7 @@ def synthetic_runs(out: Path, pairs: int, methods: int, seed: int = 0) -> list[d
     """Write ``out/runs/synthetic/<method>-<id>/`` folders like the runner's; returns the summaries."""
     import pandas as pd
 
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     rng = np.random.default_rng(seed)
     faces = sorted(DEMO.glob("*.png"))

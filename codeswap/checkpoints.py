@@ -21,8 +21,8 @@ from codeswap.config import FAST, AutoencoderConfig, QuantizerConfig
 from codeswap.fusion import FusionConfig
 from codeswap.model import CodeSwap, CodeSwapConfig
 from codeswap.vqgan import VQAutoencoder
-from harness.errors import HarnessError
-from harness.images import file_sha256
+from faceeval.errors import HarnessError
+from faceeval.images import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import typer
 
 from codeswap.config import (STAGE_TRAIN, AutoencoderConfig, LossConfig, MaskTrainConfig, SwapLossWeights,
                              SwapTrainConfig, TrainConfig)
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",
                         no_args_is_help=True)
@@ -260,10 +260,9 @@ def figure_regions(
 
     from codeswap.checkpoints import load_codeswap
     from codeswap.train.dist import resolve_device
-    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_study
-    from harness.faces.detect import DlibDetector
-    from harness.images import file_sha256, load_rgb, save_png
-    from reports.figures import region_figure
+    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_figure, region_study
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.images import file_sha256, load_rgb, save_png
 
     names = tuple(r.strip() for r in regions.split(",") if r.strip())
     unknown = [r for r in names if r not in REGION_POINTS]

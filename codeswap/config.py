@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from faceeval.constants import FACE_CLASSES
+
 
 def setting(default: Any, help: str, *, flag: str | tuple[str, ...] = (), min: float | None = None,
             path: bool = False, required: bool = False) -> Any:
@@ -311,12 +313,6 @@ class SwapTrainConfig:
                              f"left < right, got {self.teacher_cells}")
 
 
-#: BiSeNet (CelebAMask-HQ) classes that make the face region: skin 1, brows 2-3, eyes 4-5,
-#: eye glasses 6, nose 10, mouth 11, lips 12-13. Left out: background, ears 7-8, earrings 9,
-#: neck 14-15, cloth 16, hair 17, hat 18 - the region a swap replaces is the inner face plus
-#: forehead and cheeks, which is what the landmark hull approximates too; glasses count as
-#: face since they sit on it and a swap has to redraw them.
-FACE_CLASSES = (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
 MASK_SOURCES = ("landmarks", "parsing")
 
 
@@ -333,8 +329,8 @@ class MaskTrainConfig:
     face_classes: tuple[int, ...] = FACE_CLASSES  # parsing: the classes counted as face
 
     def __post_init__(self) -> None:
-        from harness.errors import HarnessError
-        from harness.models.bisenet import NUM_CLASSES
+        from faceeval.errors import HarnessError
+        from faceeval.models.bisenet import NUM_CLASSES
 
         if self.mask_source not in MASK_SOURCES:
             raise HarnessError(f"mask source {self.mask_source!r}: use one of {', '.join(MASK_SOURCES)}")

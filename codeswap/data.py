@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
-from harness.errors import HarnessError
-from harness.images import load_rgb, to_tensor
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb, to_tensor
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _SEED_MIX = 1_000_003  # a prime that spreads (seed, epoch, index) into distinct augmentation seeds

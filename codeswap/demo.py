@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from codeswap.variants import DEMO_LISTING
-from harness.constants import DEMO_DIR
-from harness.errors import HarnessError
+from faceeval.constants import DEMO_DIR
+from faceeval.errors import HarnessError
 
 BUNDLE = DEMO_LISTING.with_suffix(".pt")
 BUNDLE_FORMAT = "codeswap-demo-bundle/1"
@@ -109,7 +109,7 @@ class DemoRecipe:
 
 def cache_root() -> Path:
     """Where demo models are unpacked or trained: ``$HARNESS_CACHE_DIR``, else the harness's cache folder."""
-    from harness.constants import cache_root as default_root
+    from faceeval.constants import cache_root as default_root
 
     base = os.environ.get("HARNESS_CACHE_DIR")
     return Path(base) if base else default_root()
@@ -185,7 +185,7 @@ def load_bundle(path: Path | None = None) -> dict[str, Any] | None:
 def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
     """Write ``base``'s stage-3 checkpoint (the layout ``load_codeswap`` reads), atomically."""
     from codeswap.train.state import atomic_torch_save
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     v = bundle["variants"][base]
     state = {**{f"autoencoder.{k}": t.float() for k, t in bundle["autoencoder"].items()},
@@ -201,7 +201,7 @@ def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
 def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ceiling: dict[str, Any]) -> Path:
     """Build the bundle from a trained cache folder ``root`` (every variant of the recipe)."""
     from codeswap.train.state import atomic_torch_save
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     variants, autoencoder = {}, None
     for base in recipe.variants:
@@ -243,7 +243,7 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     differing only after stage 1 does not spend half an hour retraining it; None otherwise."""
     from codeswap.checkpoints import plain
     from codeswap.train.state import atomic_torch_save
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     bundle = load_bundle()
     if bundle is None:
@@ -282,7 +282,7 @@ def shipped_stage2(recipe: DemoRecipe, base: str, folder: Path) -> Path | None:
 
 
 def _faces_sha256() -> str:
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     return file_sha256(DEMO_FACES / "faces.json")
 

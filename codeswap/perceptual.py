@@ -22,8 +22,8 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
-from harness.errors import HarnessError
+from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
+from faceeval.errors import HarnessError
 
 WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "mobilenet_v2": "mobilenet_v2-b0353104.pth"}
 # indices into torchvision's ``features`` after which a tap is taken
@@ -98,7 +98,7 @@ class PerceptualLoss(nn.Module):
 
 def load_perceptual(net: str) -> PerceptualLoss:
     """Load the perceptual network ``net`` from its registered local weight file (sha256-checked)."""
-    from harness.weights import verified
+    from faceeval.weights import verified
 
     if net not in WEIGHT_FILES:
         _backbone(net)  # raises the one-line error

@@ -1,4 +1,5 @@
-"""Regional swap and region attention (paper §4.5, Figures 8 and 9) on real photos.
+"""Regional swap and region attention (paper §4.5, Figures 8 and 9) on real photos, and the
+figure that shows them (:func:`region_figure`, written by ``harness figure regions``).
 
 A region (eyes, nose, mouth) is a set of cells of the latent grid, found from the target's
 68 landmarks: the box of the region's points, padded by ``margin`` of its larger side, and
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
+from faceeval.images import save_figure
 
 # iBUG 300-W 68-point indices of each region (Figure 8's columns, in the paper's order)
 REGION_POINTS: dict[str, tuple[int, ...]] = {
@@ -61,14 +63,14 @@ class RegionStudy:
 
 def _to_model(img: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
     """uint8 (S, S, 3) -> (1, 3, side, side) in [-1, 1]."""
-    from harness.images import to_tensor
+    from faceeval.images import to_tensor
 
     return to_tensor(img[None], size=side, device=str(device)) * 2 - 1
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, R, R) in [-1, 1] -> uint8 (R, R, 3)."""
-    from harness.images import to_uint8
+    from faceeval.images import to_uint8
 
     return to_uint8((x + 1) * 0.5)[0]
 
@@ -106,9 +108,9 @@ def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool, detector=No
     """
     import cv2
 
-    from harness.faces.crops import crop_largest
-    from harness.faces.detect import DlibDetector
-    from harness.faces.landmarks import FFHQ_FACE_BOX
+    from faceeval.faces.crops import crop_largest
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.faces.landmarks import FFHQ_FACE_BOX
 
     det = detector or DlibDetector(upsample=1)
     if not aligned:
@@ -127,3 +129,50 @@ def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool, detector=No
     lm = faces[0].landmarks if found else det.landmarks(big, tuple(v * work for v in FFHQ_FACE_BOX))
     crop = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_CUBIC)
     return crop, lm * (size / work), found
+
+
+def region_figure(study, source: np.ndarray, target: np.ndarray, path: Path, title: str = "") -> Path:
+    """Figures 8 and 9 in one PNG.
+
+    Top row (Fig. 8): source, target, the regional swaps in the study's order, then "all".
+    Below, one row per region (Fig. 9): the target with the region's latent cells outlined,
+    and where those cells attend over the source and over the target (one colour scale per
+    row; the titles give each face's share of the attention).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    names = list(study.regions)
+    top = [("Source", source), ("Target", target)] + [(n.capitalize(), study.swaps[n]) for n in names]
+    top.append(("All", study.swaps["all"]))
+    cols = len(top)
+    fig, axes = plt.subplots(1 + len(names), cols, figsize=(1.7 * cols, 1.8 * (1 + len(names))), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for j, (label, img) in enumerate(top):
+        axes[0, j].imshow(img)
+        axes[0, j].set_title(label, fontsize=9)
+    for i, name in enumerate(names, start=1):
+        cells = study.regions[name]
+        side = cells.shape[0]
+        att = study.attention[name]  # (2, m, n)
+        vmin, vmax = float(att.min()), float(att.max())
+        share = att.reshape(2, -1).sum(1) / att.sum()
+        ax = axes[i, 0]
+        ax.imshow(target, extent=(0, side, side, 0))
+        for r, c in zip(*np.nonzero(cells)):
+            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="yellow", linewidth=0.6))
+        ax.set_title(f"{name} cells", fontsize=8)
+        for j, (face, img) in enumerate([("source", source), ("target", target)], start=1):
+            ax = axes[i, j]
+            ax.imshow(img, extent=(0, side, side, 0))
+            ax.imshow(att[j - 1], extent=(0, side, side, 0), cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax)
+            ax.set_title(f"over {face}: {share[j - 1]:.0%}", fontsize=8)
+    fig.suptitle(title or f"regional swap (top) and region attention, layer {study.layer}", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return path

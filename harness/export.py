@@ -25,9 +25,9 @@ import io
 import json
 from pathlib import Path
 
-from harness.api import PairSet
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, load_rgb, save_png
+from faceeval.api import PairSet
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, load_rgb, save_png
 
 # Command shapes of the official repositories (from their READMEs; flags change between
 # versions: check the checkout you run). SRC / TGT / OUT stand for one row of pairs.csv.

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
+from faceeval.summaries import local_summary, portable_summary
 
 FORMAT = "codeswap-harness-results"
 FORMAT_VERSION = 1
@@ -53,7 +54,7 @@ class Results:
     tracking_uri: str | None = None  # the MLflow store, when logging was on
     seconds: float = 0.0
     path: Path | None = None  # the results file written for this run
-    #: how the work was spread: ranks, workers per rank, process-seconds per stage (harness.timing)
+    #: how the work was spread: ranks, workers per rank, process-seconds per stage (faceeval.timing)
     scale: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -123,7 +124,7 @@ class Results:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` content: every method and metric with its provenance."""
-        from harness.provenance import environment
+        from faceeval.provenance import environment
 
         first = self.summaries[0] if self.summaries else {}
         return _plain({
@@ -145,22 +146,15 @@ class Results:
             "report": {k: _relative(v, self.out_dir) for k, v in self.report_files.items()},
             "seconds": round(self.seconds, 3),
             "scale": self.scale,
-            "summaries": [_runner().portable_summary(s, self.out_dir) for s in self.summaries],
+            "summaries": [portable_summary(s, self.out_dir) for s in self.summaries],
         })
-
-
-def _runner():
-    """harness.runner, imported when needed (it pulls in pandas; `harness list` should not)."""
-    from harness import runner
-
-    return runner
 
 
 def _tracking_uri(stored: str | None, out_dir: Path) -> str | None:
     """The MLflow store of a results file: the SQLite store inside ``out_dir`` where the
     file named one (its path as it is now, the folder may have moved), else as stored."""
     if stored and stored.startswith("sqlite:///") and stored.endswith("/mlflow.db") and (out_dir / "mlflow.db").is_file():
-        from harness.tracking import default_uri
+        from faceeval.tracking import default_uri
 
         return default_uri(out_dir)
     return stored
@@ -185,8 +179,8 @@ def _inside(out_dir: Path, stored: str) -> Path:
 def write_results(results: Results) -> Path:
     """Write ``<out>/results/<protocol>-<time>-<hash>.json`` and ``<out>/results.json``
     (atomically); returns the first."""
-    from harness.cache import stable_hash
-    from harness.images import atomic_write_text
+    from faceeval.cache import stable_hash
+    from faceeval.images import atomic_write_text
 
     data = results.to_dict()
     text = json.dumps(data, indent=1) + "\n"
@@ -217,7 +211,7 @@ def load_results(out_dir: Path | str) -> Results:
     out = p if p.is_dir() else (file.parent.parent if file.parent.name == "results" else file.parent)
     out = out.resolve()
     try:  # paths re-derived from where the folder is now (it may have been moved or copied)
-        summaries = [_runner().local_summary(s, out) for s in data["summaries"]]
+        summaries = [local_summary(s, out) for s in data["summaries"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise HarnessError(f"{file} is not a readable results file ({type(exc).__name__}: {exc})") from None
     return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out,

@@ -1,6 +1,6 @@
 """The runner: pairs -> swaps (cached) -> metric rows -> aggregates with bootstrap CIs.
 
-Everything expensive is content-addressed (see ``harness.cache``), so the same command
+Everything expensive is content-addressed (see ``faceeval.cache``), so the same command
 after a kill recomputes only what had not finished, and a fully cached re-run reads
 swaps and features back and gives identical numbers.
 
@@ -8,7 +8,7 @@ Output folder layout (``--out``, default ``./harness-out``):
     cache/swaps/<method>-<fp>/..png   swapped crops, by content
     cache/features.sqlite             metric features, by (backend, pixels)
     cache/crops/                      aligned crops of prepared photo folders
-    runs/<protocol>/<method>-<id>/    summary.json, pairs.parquet, pairs.csv, gallery.csv
+    runs/<protocol>/<method>-<id>/    summary.json (format: faceeval.summaries), pairs.parquet, pairs.csv, gallery.csv
     report/                           tables and grids (``harness report``)
     mlflow.db, mlartifacts/           the MLflow store
 """
@@ -28,16 +28,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness import stops, timing
-from harness.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
-from harness.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
-from harness.checks import check_name
-from harness.conventions import aggregate
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
-from harness.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
-from harness.provenance import environment
-from harness.timing import stage
+from faceeval import stops, timing
+from faceeval.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
+from faceeval.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
+from faceeval.checks import check_name
+from faceeval.conventions import aggregate
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
+from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
+from faceeval.provenance import environment
+from faceeval.summaries import portable_summary
+from faceeval.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
 #   non_finite: the method returned NaN/Inf somewhere (stored with NaN->0, +Inf->1)
@@ -69,7 +70,7 @@ class RunConfig:
     confidence: float = 0.95
     progress: bool = True
     on_error: str = "stop"  # one of ON_ERROR
-    #: the preset the run's settings came from (harness.presets; "" when none) and what it substituted
+    #: the preset the run's settings came from (faceeval.presets; "" when none) and what it substituted
     convention: str = ""
     substitutions: tuple[str, ...] = ()
     #: swap nothing: a pair whose swap is not cached is an error (``harness report --conventions``)
@@ -83,7 +84,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class SwapFailure:
     """A pair the method could not swap: it raised, or broke the output contract
-    (:class:`harness.api.SwapMethod`: a float tensor (B, 3, H, W) in [0, 1])."""
+    (:class:`faceeval.api.SwapMethod`: a float tensor (B, 3, H, W) in [0, 1])."""
 
     pair_id: str
     source: str
@@ -301,7 +302,7 @@ def run_swaps(method: SwapMethod, pairset: PairSet, images: ImageSource, cfg: Ru
 def _faces_found(images: list[np.ndarray]) -> np.ndarray:
     """(N, 1) float32: 1.0 where dlib's HOG detector finds a face in the crop. Crops under
     200 px are upsampled once (the detector's smallest face is about 80 px)."""
-    from harness.faces.dlib_models import hog_detector
+    from faceeval.faces.dlib_models import hog_detector
 
     det = hog_detector()
     out = np.zeros((len(images), 1), np.float32)
@@ -315,7 +316,7 @@ def _faces_found(images: list[np.ndarray]) -> np.ndarray:
 def output_flags(swapped: np.ndarray, shas: list[str], stored: list[str | None], features: FeatureStore) -> list[str]:
     """Per output: "" when it is a face, else the first of OUTPUT_FLAGS that applies.
     swapped: (B, S, S, 3) uint8; stored: flags kept with the swaps (non_finite)."""
-    from harness.cache import cached_features
+    from faceeval.cache import cached_features
 
     grey = swapped.astype(np.float32).mean(axis=3)  # (B, S, S)
     blank = grey.reshape(len(swapped), -1).std(axis=1) < BLANK_STD  # (B,)
@@ -348,7 +349,7 @@ def bootstrap_ci(values: np.ndarray, resamples: int, confidence: float, seed: in
 
 def bootstrap_aggregate_ci(parts: np.ndarray, how: str, resamples: int, confidence: float,
                            seed: int) -> tuple[float, float]:
-    """Percentile bootstrap CI of :func:`harness.conventions.aggregate` over pairs (rows of
+    """Percentile bootstrap CI of :func:`faceeval.conventions.aggregate` over pairs (rows of
     ``parts`` (N, P) resampled together); NaN when fewer than 2 rows are finite."""
     from scipy.stats import bootstrap
 
@@ -559,7 +560,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     ``shards``: what :func:`compute_shard` returned on every rank (torchrun). This pass then
     reads every swap and feature from the caches, and the summary counts the ranks' work."""
     if not isinstance(method, SwapMethod):
-        raise HarnessError(f"{type(method).__name__} is not a harness.api.SwapMethod: subclass it (its hooks "
+        raise HarnessError(f"{type(method).__name__} is not a faceeval.api.SwapMethod: subclass it (its hooks "
                            "prepare, swap_batch, fingerprint and describe have defaults)")
     check_name("method", method.name)  # it names the run folder and the swap cache
     check_name("protocol", pairset.protocol)
@@ -650,7 +651,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "method_key": store.method_key,
         "metrics": results,
         "backends": backends,
-        # every choice that moves a number (harness.conventions): the preset, each metric's settings,
+        # every choice that moves a number (faceeval.conventions): the preset, each metric's settings,
         # the protocol's (protocol_settings) and what a preset substituted
         "convention": cfg.convention,
         "conventions": {m.name: m.convention() for m in metrics if m.convention()},
@@ -669,7 +670,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "output_checks": checks,
         "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3),
                      "aggregate": round(time.perf_counter() - t1, 3)},
-        # process-seconds per stage, summed over ranks and worker processes (harness.timing)
+        # process-seconds per stage, summed over ranks and worker processes (faceeval.timing)
         "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
         "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
         "device": cfg.device,
@@ -682,42 +683,8 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
     return summary
 
 
-def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """``summary`` as it is stored inside the output folder: paths inside ``out_dir`` (the
-    run folder; a dataset root under ``cache/``, such as prepared photo crops) relative to
-    it, so the folder can be moved or copied. :func:`local_summary` reverses it."""
-    out = dict(summary)
-    base = Path(out_dir).resolve()
-    for key in ("run_dir", "root"):
-        value = out.get(key)
-        if not value:
-            continue
-        path = Path(value)
-        if path.is_absolute() and path.resolve().is_relative_to(base):
-            out[key] = path.resolve().relative_to(base).as_posix()
-            out[f"{key}_in_out"] = True
-    return out
 
 
-def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None = None) -> dict[str, Any]:
-    """A stored summary with its paths re-derived from where the output folder is now:
-    ``run_dir`` is the folder the summary was found in (``run_dir``) or
-    ``out_dir/runs/<protocol>/<its name>``, whatever the file says (it may have been moved,
-    copied or edited: nothing outside ``out_dir`` is read through it); a root stored
-    relative to the folder is joined to ``out_dir``."""
-    out = dict(summary)
-    base = Path(out_dir).resolve()
-    if run_dir is None:
-        name = Path(str(out.get("run_dir") or "")).name
-        check_name("run folder", name)
-        run_dir = base / "runs" / str(out.get("protocol")) / name
-    out["run_dir"] = str(Path(run_dir).resolve())
-    out.pop("run_dir_in_out", None)
-    if out.pop("root_in_out", False):
-        rel = Path(str(out.get("root")))
-        full = (base / rel).resolve()
-        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base) else base / "cache" / "missing-root")
-    return out
 
 
 def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
@@ -741,21 +708,3 @@ def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
                     break
         grouped.setdefault((fact, ""), []).extend([who] if who else [])
     return [fact if not whos else f"{fact} [{', '.join(dict.fromkeys(whos))}]" for (fact, _), whos in grouped.items()]
-
-
-def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
-    """Every run summary under ``out_dir/runs``, newest last. A summary that cannot be read
-    (torn by a crash before writes were atomic, edited by hand) is left out and appended to
-    ``unreadable``; re-running that method rewrites it."""
-    found = []
-    for p in sorted((out_dir / "runs").glob("*/*/summary.json")):
-        try:
-            s = json.loads(p.read_text())
-            if not isinstance(s, dict) or "finished" not in s or "metrics" not in s:
-                raise ValueError("not a run summary")
-        except (ValueError, OSError, UnicodeDecodeError):
-            if unreadable is not None:
-                unreadable.append(p)
-            continue
-        found.append(local_summary(s, out_dir, p.parent))
-    return sorted(found, key=lambda s: s["finished"])

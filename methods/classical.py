@@ -24,10 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from harness.api import SwapMethod
-from harness.faces.templates import crop_landmarks
-from harness.images import to_uint8
-from harness.options import bind
+from faceeval.api import SwapMethod
+from faceeval.faces.templates import crop_landmarks
+from faceeval.images import to_uint8
+from faceeval.options import bind
 
 JAW_AND_BROWS = slice(0, 27)  # 68-point indices of the face outline (jaw line + eyebrows)
 
@@ -106,7 +106,7 @@ class ClassicalSwap(SwapMethod):
 
     @cached_property
     def _detector(self):
-        from harness.faces.detect import DlibDetector
+        from faceeval.faces.detect import DlibDetector
 
         return DlibDetector(upsample=1)
 
@@ -150,7 +150,7 @@ class ClassicalSwap(SwapMethod):
     def swap(self, source, target):
         import torch
 
-        from harness.parallel import pool_map
+        from faceeval.parallel import pool_map
 
         src = to_uint8(source)  # (B, H, W, 3)
         tgt = to_uint8(target)
@@ -176,7 +176,7 @@ class SwapPair:
         self.config = config
 
     def __call__(self, pair: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        from harness.timing import stage
+        from faceeval.timing import stage
 
         if self.config not in _SWAPPERS:
             _SWAPPERS[self.config] = ClassicalSwap(config=self.config)

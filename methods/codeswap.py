@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from harness.api import SwapMethod
-from harness.errors import HarnessError
+from faceeval.api import SwapMethod
+from faceeval.errors import HarnessError
 
 
 class CodeSwapMethod(SwapMethod):
@@ -85,7 +85,7 @@ class CodeSwapMethod(SwapMethod):
 
     def fingerprint(self) -> dict[str, Any]:
         """Variant and checkpoint sha256: enough to key the swap cache without loading the model."""
-        from harness.weights import sha256_of
+        from faceeval.weights import sha256_of
 
         return {"name": self.name, "variant": self.variant, "checkpoint_sha256": sha256_of(self._checkpoint_path)}
 

@@ -17,7 +17,7 @@ Every model differs in a handful of conventions; they are declared once, in
 * ``denormalise_output``: output is in the normalised space (``* std + mean``) rather than
   already in [0, 1];
 * ``mask``: how the swapped crop is blended back. ``box``: a feathered box over the
-  template crop (``harness.faces.paste``), what facefusion does by default; none of these
+  template crop (``faceeval.faces.paste``), what facefusion does by default; none of these
   graphs returns a mask that the tools use (occlusion / region masks come from separate
   face-parsing models there, which the harness does not ship).
 
@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
-from harness.api import SwapMethod
-from harness.errors import HarnessError
-from harness.images import to_uint8
-from harness.options import parse_bool
+from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
+from faceeval.api import SwapMethod
+from faceeval.errors import HarnessError
+from faceeval.images import to_uint8
+from faceeval.options import parse_bool
 
 HALF = (0.5, 0.5, 0.5)
 ZERO = (0.0, 0.0, 0.0)
@@ -57,7 +57,7 @@ class SwapperSpec:
     """The conventions of one ONNX swapper (see the module docstring)."""
 
     name: str  # registry name, also the facefusion model name
-    file: str  # weight file name (harness.weights)
+    file: str  # weight file name (faceeval.weights)
     template: str
     size: int
     mean: tuple[float, float, float]
@@ -129,7 +129,7 @@ def _session(path, device: str):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # unused-initializer warnings are noise here
     if not device.startswith("cuda"):
-        opts.intra_op_num_threads = 1  # results must not depend on the thread count (harness.parallel)
+        opts.intra_op_num_threads = 1  # results must not depend on the thread count (faceeval.parallel)
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
 
 
@@ -197,7 +197,7 @@ class OnnxSwapper(SwapMethod):
     # --- lazily loaded pieces ------------------------------------------------------------
     @cached_property
     def _weights(self) -> dict[str, tuple[str, str]]:
-        from harness.weights import verified
+        from faceeval.weights import verified
 
         out = {}
         for name in self.spec.weight_files:
@@ -232,20 +232,20 @@ class OnnxSwapper(SwapMethod):
 
     @cached_property
     def _detector(self):
-        from harness.faces.detect import DlibDetector
+        from faceeval.faces.detect import DlibDetector
 
         return DlibDetector(upsample=1)
 
     # --- the pipeline ---------------------------------------------------------------------
     def five_points(self, image: np.ndarray) -> np.ndarray:
-        from harness.faces.align import five_points
-        from harness.faces.templates import crop_landmarks
+        from faceeval.faces.align import five_points
+        from faceeval.faces.templates import crop_landmarks
 
         return five_points(crop_landmarks(image, self._detector, detect=self.detect))
 
     def source_input(self, source: np.ndarray, points5: np.ndarray) -> np.ndarray:
         """The identity input the model expects, from a uint8 source crop and its 5 points."""
-        from harness.faces.templates import warp_to_template
+        from faceeval.faces.templates import warp_to_template
 
         spec = self.spec
         if spec.source == "image":
@@ -282,8 +282,8 @@ class OnnxSwapper(SwapMethod):
 
     def swap_one(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """uint8 (H, W, 3) RGB x2 -> uint8 (H, W, 3)."""
-        from harness.faces.paste import paste_back
-        from harness.faces.templates import warp_to_template
+        from faceeval.faces.paste import paste_back
+        from faceeval.faces.templates import warp_to_template
 
         identity = self.source_input(source, self.five_points(source))
         crop, matrix = warp_to_template(target, self.five_points(target), self.spec.template, self.spec.size)

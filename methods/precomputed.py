@@ -27,11 +27,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.api import FacePair, PairSet, SwapMethod
-from harness.checks import check_name
-from harness.errors import HarnessError
-from harness.images import file_sha256, load_rgb, to_tensor
-from harness.options import parse_bool
+from faceeval.api import FacePair, PairSet, SwapMethod
+from faceeval.checks import check_name
+from faceeval.errors import HarnessError
+from faceeval.images import file_sha256, load_rgb, to_tensor
+from faceeval.options import parse_bool
 
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NAME_SEPARATOR = "__"
@@ -197,7 +197,7 @@ class PrecomputedMethod(SwapMethod):
 
     @cached_property
     def _outputs_sha(self) -> str:
-        from harness.cache import stable_hash
+        from faceeval.cache import stable_hash
 
         return stable_hash(sorted((p.name, file_sha256(p)) for p in self._files.values()))
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from harness.api import SwapMethod
+from faceeval.api import SwapMethod
 
 
 class SourceMethod(SwapMethod):

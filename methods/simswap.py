@@ -1,6 +1,6 @@
 """SimSwap (Chen et al., ACM MM 2020) from its official PyTorch checkpoints: the adapter.
 
-The networks and their checkpoint readers are in :mod:`harness.models.simswap`.
+The networks and their checkpoint readers are in :mod:`methods.simswap_net`.
 Inference follows the official test scripts: the target is an RGB [0, 1] crop (no
 normalisation); the source crop is ImageNet-normalised, downsampled by 0.5 (nearest,
 ``F.interpolate``'s default) to 112 px, embedded by SimSwap's ArcFace and L2-normalised;
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.api import SwapMethod
-from harness.constants import IMAGENET_MEAN, IMAGENET_STD
-from harness.errors import HarnessError
-from harness.images import to_uint8
-from harness.options import parse_bool
+from faceeval.api import SwapMethod
+from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
+from faceeval.errors import HarnessError
+from faceeval.images import to_uint8
+from faceeval.options import parse_bool
 
 ARCFACE_FILE = "arcface_checkpoint.tar"
 ARCFACE_INPUT = 112
@@ -65,31 +65,31 @@ class SimSwapMethod(SwapMethod):
 
     @cached_property
     def _weights(self) -> dict[str, tuple[str, str]]:
-        from harness.weights import verified
+        from faceeval.weights import verified
 
         return {n: tuple(map(str, verified(n))) for n in self.release.weight_files}
 
     @cached_property
     def generator(self):
-        from harness.models.simswap import load_generator
+        from methods.simswap_net import load_generator
 
         return load_generator(self._weights[self.release.generator_file][0]).to(self.device)
 
     @cached_property
     def arcface(self):
-        from harness.models.simswap import load_arcface
+        from methods.simswap_net import load_arcface
 
         return load_arcface(self._weights[ARCFACE_FILE][0]).to(self.device)
 
     @cached_property
     def _detector(self):
-        from harness.faces.detect import DlibDetector
+        from faceeval.faces.detect import DlibDetector
 
         return DlibDetector(upsample=1)
 
     def _crop(self, image: np.ndarray):
-        from harness.faces.align import five_points
-        from harness.faces.templates import crop_landmarks, warp_to_template
+        from faceeval.faces.align import five_points
+        from faceeval.faces.templates import crop_landmarks, warp_to_template
 
         p5 = five_points(crop_landmarks(image, self._detector, detect=self.detect))
         return warp_to_template(image, p5, self.release.template, self.release.crop)
@@ -109,7 +109,7 @@ class SimSwapMethod(SwapMethod):
     def swap(self, source, target):
         import torch
 
-        from harness.faces.paste import paste_back
+        from faceeval.faces.paste import paste_back
 
         src, tgt = to_uint8(source), to_uint8(target)  # (B, H, W, 3)
         src_crops = np.stack([self._crop(s)[0] for s in src])  # (B, S, S, 3)

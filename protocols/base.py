@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-from harness.api import FacePair, GalleryItem
-from harness.errors import MAX_LISTED_PROBLEMS, HarnessError, LayoutError  # noqa: F401 - re-exported
+from faceeval.api import FacePair, GalleryItem
+from faceeval.errors import MAX_LISTED_PROBLEMS, HarnessError, LayoutError  # noqa: F401 - re-exported
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -85,7 +85,7 @@ def option_int(value: object, name: str, *, minimum: int | None = None, allow_no
 
 def option_choice(value: object, name: str, choices: Sequence[str]) -> str:
     """A string option restricted to ``choices`` (case-insensitive)."""
-    from harness.options import suggest
+    from faceeval.options import suggest
 
     text = str(value).strip().lower()
     if text not in choices:

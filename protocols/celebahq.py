@@ -36,12 +36,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from harness.api import FaceProtocol, GalleryItem, PairSet
-from harness.cache import stable_hash
-from harness.constants import cache_root
-from harness.errors import HarnessError
-from harness.options import parse_bool
-from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
+from faceeval.api import FaceProtocol, GalleryItem, PairSet
+from faceeval.cache import stable_hash
+from faceeval.constants import cache_root
+from faceeval.errors import HarnessError
+from faceeval.options import parse_bool
+from faceeval.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import (
     LayoutError,
     option_int,

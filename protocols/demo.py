@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.api import FaceProtocol, GalleryItem, PairSet
-from harness.constants import DEMO_DIR
-from harness.errors import HarnessError
+from faceeval.api import FaceProtocol, GalleryItem, PairSet
+from faceeval.constants import DEMO_DIR
+from faceeval.errors import HarnessError
 from protocols.base import pair_images
 
 

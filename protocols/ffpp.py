@@ -64,11 +64,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.api import FacePair, FaceProtocol, GalleryItem, PairSet
-from harness.cache import stable_hash
-from harness.constants import cache_root
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, save_png
+from faceeval.api import FacePair, FaceProtocol, GalleryItem, PairSet
+from faceeval.cache import stable_hash
+from faceeval.constants import cache_root
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, save_png
 from protocols.base import LayoutError, option_choice, option_int, path_inside_root, seeded_key
 from protocols.ffpp_frames import FrameChoice, frames_needed, pair_frames, resolve_frames
 from protocols.identity_map import IdentityMap, read_identity_map
@@ -83,7 +83,7 @@ DEFAULT_FRAMES = 10
 DEFAULT_RESOLUTION = 256
 # Frames are searched for faces with their longer side scaled down to this (HOG cost grows
 # with the pixels: ~1 s for a 1080p frame, ~0.25 s at 960x540; FF++ faces stay large);
-# landmarks and alignment use the full-resolution frame (harness.faces.detect).
+# landmarks and alignment use the full-resolution frame (faceeval.faces.detect).
 DEFAULT_DETECT_MAX_SIDE = 960
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 def video_dir(compression: str) -> str:
@@ -267,14 +267,14 @@ class FFppProtocol(FaceProtocol):
 
     def _detector_instance(self):
         if self._detector is None:
-            from harness.faces.detect import DlibDetector
+            from faceeval.faces.detect import DlibDetector
 
             self._detector = DlibDetector(upsample=self.upsample, max_side=self.detect_max_side)
         return self._detector
 
     def prepare_video(self, video: FFppVideo) -> FrameChoice:
         """Decode, detect and align what the sampling rule needs for one video (resumable)."""
-        from harness.faces.crops import crop_largest
+        from faceeval.faces.crops import crop_largest
 
         path = self.root / video.file
         record_path = self.crop_root / video.video_id / "frames.json"
@@ -319,10 +319,10 @@ class FFppProtocol(FaceProtocol):
 
     def prepare(self, videos: list[FFppVideo]) -> list[FrameChoice]:
         """:meth:`prepare_video` for every video: under torchrun each rank takes every
-        N-th video, in its worker pool (``harness.parallel.distribute``); every rank gets
+        N-th video, in its worker pool (``faceeval.parallel.distribute``); every rank gets
         every video's frame choice. Videos write only their own folder: no two processes
         write one file."""
-        from harness.parallel import distribute, world
+        from faceeval.parallel import distribute, world
 
         mine = len(range(world().rank, len(videos), world().size))
         with tqdm(total=mine, desc="FF++ frames: decode + detect + align", unit="video", leave=False,

@@ -8,8 +8,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from harness.api import FacePair, GalleryItem
-from harness.errors import HarnessError
+from faceeval.api import FacePair, GalleryItem
+from faceeval.errors import HarnessError
 from protocols.base import seeded_order
 
 

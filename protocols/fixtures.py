@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from harness.constants import DEMO_DIR
+from faceeval.constants import DEMO_DIR
 from protocols.base import seeded_order
 
 HERE = Path(__file__).resolve().parent

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness.api import FaceProtocol, GalleryItem, PairSet
-from harness.cache import stable_hash
-from harness.constants import cache_root
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, file_sha256, load_rgb, save_png
+from faceeval.api import FaceProtocol, GalleryItem, PairSet
+from faceeval.cache import stable_hash
+from faceeval.constants import cache_root
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import IMAGE_SUFFIXES, option_int, pair_images
 
 
@@ -41,8 +41,8 @@ class PhotoCrop:
         self.source_root, self.crop_root, self.resolution = source_root, crop_root, resolution
 
     def __call__(self, item: tuple[str, str, dict | None]) -> dict:
-        from harness.faces.crops import crop_largest
-        from harness.faces.detect import DlibDetector
+        from faceeval.faces.crops import crop_largest
+        from faceeval.faces.detect import DlibDetector
 
         rel, crop_rel, entry = item
         src = self.source_root / rel
@@ -135,13 +135,13 @@ class FolderProtocol(FaceProtocol):
 
     def _prepare(self, photos: list[tuple[str, str]], crop_names: dict[str, str]) -> dict[str, dict]:
         """Every photo's index entry, detecting and aligning those not done yet: shared
-        out by rank and worker (``harness.parallel.distribute``). Each process keeps its
+        out by rank and worker (``faceeval.parallel.distribute``). Each process keeps its
         new entries in its own ``index.part-*.json`` (a kill loses nothing); rank 0 merges
         them into ``index.json``."""
         import os
         import socket
 
-        from harness.parallel import barrier, distribute, world
+        from faceeval.parallel import barrier, distribute, world
 
         index = self._read_index()
         part = self.crop_root / f"index.part-{socket.gethostname()}-{os.getpid()}.json"

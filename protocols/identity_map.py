@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from harness.options import suggest
+from faceeval.options import suggest
 
 HEADER = ("video", "person")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")  # the same rule as FF++ video names
@@ -166,7 +166,7 @@ class ProposedGroup:
 
 def mean_embeddings(vectors: np.ndarray, owners: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """Per video the mean of its frames' unit embeddings (N, D) -> (videos, (V, D) unit means)."""
-    from harness.conventions import gallery_vectors, unit_rows
+    from faceeval.conventions import gallery_vectors, unit_rows
 
     means, videos = gallery_vectors(unit_rows(vectors), owners, "identity_mean")  # (V, D), first-appearance order
     return videos, unit_rows(means)
@@ -273,27 +273,24 @@ def proposal_html(groups: Sequence[ProposedGroup], near: Sequence[tuple[str, str
             "(e.g. 043 and 343; 179, 183 and 826).</p>" + "".join(parts) + "</body></html>\n")
 
 
-def suggest_identity_map(pairset, out_dir: Path, *, threshold: float = DEFAULT_THRESHOLD, device: str = "cpu",
-                         metric: str = "identity_sface", frames_shown: int = 3
-                         ) -> tuple[Path, Path, list[ProposedGroup]]:
-    """Embed every frame the FF++ pair set holds (gallery and evaluation frames) with the default
-    identity network through the identity metric (features cached with the runs'), average per video,
-    propose groups (:func:`propose_groups`) and write ``ffpp-identity-map.proposed.csv`` and ``.html``
-    into ``<out_dir>/identity-maps/``. Returns (csv, html, groups)."""
-    from harness.api import EvalContext
-    from harness.cache import FeatureStore
-    from harness.errors import HarnessError
-    from harness.images import atomic_write_text
-    from harness.registry import METRICS
-    from harness.runner import ImageSource
+def suggest_identity_map(pairset, out_dir: Path, scorer, images, *, threshold: float = DEFAULT_THRESHOLD,
+                         device: str = "cpu", frames_shown: int = 3) -> tuple[Path, Path, list[ProposedGroup]]:
+    """Embed every frame the FF++ pair set holds (gallery and evaluation frames) with ``scorer``
+    (an identity metric with ``embed_paths``; the application passes the default identity
+    network's, ``identity_sface``), features cached with the runs', average per video, propose
+    groups (:func:`propose_groups`) and write ``ffpp-identity-map.proposed.csv`` and ``.html``
+    into ``<out_dir>/identity-maps/``. ``images`` loads the pair set's crops (``load(rel)``,
+    ``sha(rel)``: the runner's ``ImageSource``). Returns (csv, html, groups)."""
+    from faceeval.api import EvalContext
+    from faceeval.cache import FeatureStore
+    from faceeval.errors import HarnessError
+    from faceeval.images import atomic_write_text
 
     if not 0.0 < threshold <= 1.0:
         raise HarnessError(f"--identity-threshold must be in (0, 1], got {threshold:g}")
     paths = list(dict.fromkeys([g.path for g in pairset.gallery] + [p for fp in pairset.pairs
                                                                      for p in (fp.source, fp.target)]))
     owners = [p.split("/", 1)[0] for p in paths]  # crops are <video>/<frame>.png
-    scorer = METRICS.create(metric, device=device)
-    images = ImageSource(pairset)
     store = FeatureStore(Path(out_dir) / "cache" / "features.sqlite")
     try:
         ctx = EvalContext(pairset=pairset, device=device, feature_cache=store, load_image=images.load,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.timing import stage
+from faceeval.timing import stage
 
 # The video fingerprint reads this many bytes from each end (plus the size): enough to
 # notice a replaced file without hashing gigabytes of c0 video on every run.

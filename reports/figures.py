@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks import input_root, inside
-from harness.images import load_rgb
+from faceeval.checks import input_root, inside
+from faceeval.images import load_rgb, save_figure
 from reports.tables import REFERENCE_METHODS, select_runs
 
 
@@ -45,64 +45,6 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
         axes[i, 0].set_ylabel(pair["pair_id"], fontsize=7)
     fig.suptitle(f"{protocol}: identity from source, attributes from target", fontsize=9)
     fig.tight_layout()
-    _save_atomic(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
-
-
-def region_figure(study, source: np.ndarray, target: np.ndarray, path: Path, title: str = "") -> Path:
-    """Figures 8 and 9 in one PNG.
-
-    Top row (Fig. 8): source, target, the regional swaps in the study's order, then "all".
-    Below, one row per region (Fig. 9): the target with the region's latent cells outlined,
-    and where those cells attend over the source and over the target (one colour scale per
-    row; the titles give each face's share of the attention).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    names = list(study.regions)
-    top = [("Source", source), ("Target", target)] + [(n.capitalize(), study.swaps[n]) for n in names]
-    top.append(("All", study.swaps["all"]))
-    cols = len(top)
-    fig, axes = plt.subplots(1 + len(names), cols, figsize=(1.7 * cols, 1.8 * (1 + len(names))), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for j, (label, img) in enumerate(top):
-        axes[0, j].imshow(img)
-        axes[0, j].set_title(label, fontsize=9)
-    for i, name in enumerate(names, start=1):
-        cells = study.regions[name]
-        side = cells.shape[0]
-        att = study.attention[name]  # (2, m, n)
-        vmin, vmax = float(att.min()), float(att.max())
-        share = att.reshape(2, -1).sum(1) / att.sum()
-        ax = axes[i, 0]
-        ax.imshow(target, extent=(0, side, side, 0))
-        for r, c in zip(*np.nonzero(cells)):
-            ax.add_patch(Rectangle((c, r), 1, 1, fill=False, edgecolor="yellow", linewidth=0.6))
-        ax.set_title(f"{name} cells", fontsize=8)
-        for j, (face, img) in enumerate([("source", source), ("target", target)], start=1):
-            ax = axes[i, j]
-            ax.imshow(img, extent=(0, side, side, 0))
-            ax.imshow(att[j - 1], extent=(0, side, side, 0), cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax)
-            ax.set_title(f"over {face}: {share[j - 1]:.0%}", fontsize=8)
-    fig.suptitle(title or f"regional swap (top) and region attention, layer {study.layer}", fontsize=9)
-    fig.tight_layout()
-    _save_atomic(fig, path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _save_atomic(fig, path: Path, dpi: int) -> None:
-    """Render a figure to memory and write it in one rename: a kill never leaves half a PNG."""
-    import io
-
-    from harness.images import atomic_write_bytes
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
-    atomic_write_bytes(Path(path), buf.getvalue())

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.checks import input_root, inside
-from harness.errors import HarnessError
+from faceeval.checks import input_root, inside
+from faceeval.errors import HarnessError
+from faceeval.summaries import load_summaries
 from reports.ranking import load_pair_frames
 from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
                             select_runs, shown_value, small_sample_warning)
@@ -47,7 +48,7 @@ def _base_label(label: str) -> str:
 
 def _packaged(file: str) -> str:
     """' (from package==version, licence)' for an evaluator file that ships in a registry package."""
-    from harness.fetch import asset_for_file
+    from faceeval.fetch import asset_for_file
 
     a = asset_for_file(file)
     return "" if a is None else f' <span class="muted">(from {ESC(a.spec)}; licence: {ESC(a.licence)})</span>'
@@ -378,8 +379,6 @@ def render_html(summaries: list[dict[str, Any]], out_dir: Path, thumb_size: int 
 
 def write_html_report(out_dir: Path, summaries: list[dict[str, Any]] | None = None, thumb_size: int = 112) -> Path:
     """Write ``out_dir/report/index.html`` from the runs under ``out_dir`` (or ``summaries``)."""
-    from harness.runner import load_summaries
-
     summaries = load_summaries(out_dir) if summaries is None else summaries
     doc, _ = render_html(summaries, out_dir, thumb_size)
     path = out_dir / "report" / "index.html"

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from harness.errors import HarnessError
-from harness.images import atomic_write_text
-from harness.runner import load_summaries
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_text
+from faceeval.summaries import load_summaries
 from reports.figures import swap_grid
 from reports.tables import build_ablation_table, build_table, to_csv, to_latex, to_markdown
 

@@ -1,26 +1,25 @@
-"""How much the evaluation convention moves a ranking: ``harness report --conventions A,B,...``.
+"""How much the evaluation convention moves a ranking: the comparison behind
+``harness report --conventions A,B,...`` (``report/conventions.md``).
 
-The newest ``harness run`` in the output folder (its ``results.json``: protocol, methods, seed,
-options) is scored again under each preset (:mod:`harness.presets`) from the swap cache, nothing
-swapped again (a missing swap is an error); a preset's protocol settings (frame sampling,
-compression) would need other pairs and are not applied, which every table says. Then, per
-quantity (ID retrieval top-1, ID similarity, pose, expression, FID), each method's number and
-rank under each preset, and Kendall's τ between every two presets' rankings of the methods
-(the ``source``/``target`` bounds are not ranked).
+The application (``harness.rescore``) scores the newest ``harness run`` of an output folder
+again under each preset (:mod:`faceeval.presets`) from the swap cache and hands the summaries
+here. Per quantity (ID retrieval top-1, ID similarity, pose, expression, FID): each method's
+number and rank under each preset, and Kendall's τ between every two presets' rankings of
+the methods (the ``source``/``target`` bounds are not ranked). A preset's protocol settings
+(frame sampling, compression) would need other pairs and are not applied, which every table says.
 """
 
 from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from harness.errors import HarnessError
+from reports.tables import REFERENCE_METHODS
 
 #: quantities compared across presets: metric key prefix -> label
 QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID similarity",
               "pose_error": "pose error", "expression_error": "expression error", "fid": "FID"}
-REFERENCE = ("source", "target")
 
 
 def _entry(summary: dict[str, Any], prefix: str) -> dict[str, Any] | None:
@@ -43,24 +42,6 @@ def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float:
     return float(kendalltau([a[m] for m in common], [b[m] for m in common]).statistic)
 
 
-def rescore(out: Path, presets: list[str], allow_substitute: bool, log: Callable[[str], None]) -> dict[str, list]:
-    """Each preset's summaries of the newest run's methods, scored from the caches."""
-    from harness.evaluation import evaluate
-    from harness.results import load_results
-
-    last = load_results(out).settings
-    found = {}
-    for name in presets:
-        log(f"convention {name}: scoring {', '.join(last['methods'])} from the cache")
-        res = evaluate(last["protocol"], last["methods"], root=last.get("root"), seed=last["seed"],
-                       num_pairs=last.get("num_pairs"), options=last.get("options") or {},
-                       method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", 16),
-                       out=out, mlflow=False, report=False, progress=False, convention=name,
-                       allow_substitute=allow_substitute, cached_swaps_only=True, preset_protocol=False, log=log)
-        found[name] = res.summaries
-    return found
-
-
 def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
     """The comparison: per quantity a table of methods x presets (value, rank), then τ per preset pair."""
     presets = list(by_preset)
@@ -78,7 +59,7 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
                 values.setdefault(p, {})[s["method"]] = float(e["value"]) * float(e.get("scale", 1.0))
         if not values:
             continue
-        ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE}, bool(direction))
+        ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE_METHODS}, bool(direction))
                   for p, vs in values.items()}
         lines += [f"## {label} ({'higher' if direction else 'lower'} is better)", "",
                   "| method | " + " | ".join(presets) + " |", "|---" * (len(presets) + 1) + "|"]
@@ -98,16 +79,11 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_sensitivity(out: Path, presets: list[str], allow_substitute: bool = False,
-                      log: Callable[[str], None] = print) -> Path:
-    """Rescore under ``presets`` and write ``OUT/report/conventions.md``; returns its path."""
-    from harness.images import atomic_write_text
-    from harness.presets import preset
+def write_sensitivity_report(out: Path, by_preset: dict[str, list[dict[str, Any]]]) -> Path:
+    """Write ``OUT/report/conventions.md`` (:func:`sensitivity_markdown` of each preset's
+    summaries); returns its path."""
+    from faceeval.images import atomic_write_text
 
-    if len(presets) < 1:
-        raise HarnessError("--conventions needs at least one preset name (e.g. codeswap,reliableswap)")
-    for name in presets:
-        preset(name)  # every name checked (did-you-mean) before any work
     path = Path(out) / "report" / "conventions.md"
-    atomic_write_text(path, sensitivity_markdown(rescore(Path(out), presets, allow_substitute, log)))
+    atomic_write_text(path, sensitivity_markdown(by_preset))
     return path

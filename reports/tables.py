@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from codeswap.variants import VARIANTS, method_name, table_label
 from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_methods
 
 REFERENCE_METHODS = ("source", "target")
@@ -28,7 +29,7 @@ def convention_of(summary: dict[str, Any]) -> tuple[str, str]:
 
 
 def _agrees(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Every metric the two runs share was scored under the same settings (harness.conventions)."""
+    """Every metric the two runs share was scored under the same settings (faceeval.conventions)."""
     ca, cb = a.get("conventions", {}), b.get("conventions", {})
     return all(ca[m] == cb[m] for m in ca.keys() & cb.keys())
 
@@ -86,9 +87,9 @@ class Table:
         return self.labels.get(method, method)
 
 
-# Table 3 (paper §4.4): ablation rows in the paper's order, with its labels
-ABLATIONS = {"codeswap_wo_c": "w/o C", "codeswap_wo_s": "w/o S", "codeswap_wo_q1": "w/o Q1",
-             "codeswap_wo_q2": "w/o Q2", "codeswap_wo_m": "w/o M", "codeswap": "Ours"}
+# Table 3 (paper §4.4): ablation rows in the paper's order, then the full model, with its labels
+# (method name -> label), from CodeSwap's variant table
+ABLATIONS = {method_name(v): table_label(v) for v in (*(v for v in VARIANTS if v != "full"), "full")}
 
 
 def _ranks(cells, columns, methods, frames, rule: RankRule) -> tuple[dict, dict]:

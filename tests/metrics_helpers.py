@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.api import EvalContext, FacePair, GalleryItem, PairSet
-from harness.cache import FeatureStore
-from harness.images import pixel_sha256
+from faceeval.api import EvalContext, FacePair, GalleryItem, PairSet
+from faceeval.cache import FeatureStore
+from faceeval.images import pixel_sha256
 
 
 def fake_context(pairs: list[FacePair], images: dict[str, np.ndarray], gallery: list[GalleryItem] | None = None,

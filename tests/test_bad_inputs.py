@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 import bad_inputs as bi
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def one_line_error(proc, *fragments: str) -> str:
 
 # -- item 7 and 10: image decoding ---------------------------------------------------------
 def test_16bit_grey_png_decodes_to_the_face_not_white(tmp_path):
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
 
     img = load_rgb(bi.png_16bit_grey(tmp_path / "g16.png"))
     grey = bi.demo_face(0).astype(np.float64).mean(axis=2)
@@ -58,7 +58,7 @@ def test_16bit_grey_png_decodes_to_the_face_not_white(tmp_path):
 
 
 def test_decompression_bomb_is_a_one_line_error(tmp_path):
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
 
     with pytest.raises(HarnessError, match="decompression bomb"):
         load_rgb(bi.decompression_bomb(tmp_path / "bomb.png"))
@@ -66,9 +66,9 @@ def test_decompression_bomb_is_a_one_line_error(tmp_path):
 
 # -- items 2 and 3: method outputs are checked per pair ----------------------------------
 def _run_bad(method, out: Path, metrics=None, num_pairs: int = 4):
-    from harness.cache import FeatureStore
-    from harness.metrics.expression import ExpressionMetric
-    from harness.metrics.pose import PoseMetric
+    from faceeval.cache import FeatureStore
+    from faceeval.metrics.expression import ExpressionMetric
+    from faceeval.metrics.pose import PoseMetric
     from harness.runner import RunConfig, run_method
     from protocols.demo import DemoProtocol
 
@@ -107,11 +107,11 @@ def test_blank_and_faceless_outputs_are_flagged_not_scored_as_faces(tmp_path):
 
 def test_pose_and_expression_give_no_fallback_landmarks_to_outputs(tmp_path):
     """Without the runner's check, the metrics themselves score a faceless output NaN."""
-    from harness.api import EvalBatch, EvalContext
-    from harness.cache import FeatureStore
-    from harness.images import pixel_sha256
-    from harness.metrics.expression import ExpressionMetric
-    from harness.metrics.pose import PoseMetric
+    from faceeval.api import EvalBatch, EvalContext
+    from faceeval.cache import FeatureStore
+    from faceeval.images import pixel_sha256
+    from faceeval.metrics.expression import ExpressionMetric
+    from faceeval.metrics.pose import PoseMetric
 
     target = np.stack([bi.demo_face(0), bi.demo_face(1)])
     white = np.full_like(target, 255)
@@ -131,7 +131,7 @@ def test_report_footer_names_flagged_outputs_per_method(tmp_path):
     from reports.tables import build_table, to_markdown
 
     _run_bad(bi.BlankMethod(), tmp_path)
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     md = to_markdown(build_table(load_summaries(tmp_path)))
     assert "left out of the per-pair means" in md and "blank_method 4 of 4" in md
@@ -139,7 +139,7 @@ def test_report_footer_names_flagged_outputs_per_method(tmp_path):
 
 # -- item 4 and atomic writes --------------------------------------------------------------
 def test_torn_summary_is_skipped_with_a_message_not_a_traceback(tmp_path):
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     bi.torn_summary(tmp_path)
     _run_bad(bi.BlankMethod(), tmp_path, num_pairs=2)
@@ -153,7 +153,7 @@ def test_torn_summary_is_skipped_with_a_message_not_a_traceback(tmp_path):
 def test_run_files_are_written_by_rename(tmp_path, monkeypatch):
     """summary.json, pairs.parquet, the manifest and report tables go through one atomic
     writer: a write that dies midway leaves the previous file, never half of one."""
-    import harness.images as images
+    import faceeval.images as images
 
     written = []
     real = images.atomic_write_bytes
@@ -268,16 +268,16 @@ def test_bad_metric_weight_files_are_one_line_errors(tmp_path, loader, content):
     elif content == "wrong_keys":
         bi.torch_file(path, {"not_a_layer.weight": torch.zeros(3)})
     else:
-        from harness.models.hopenet import Hopenet
+        from faceeval.models.hopenet import Hopenet
 
         sd = {k: torch.zeros(v.shape[0] + 1) if v.ndim == 1 else v for k, v in Hopenet().state_dict().items()}
         bi.torch_file(path, {k.removeprefix("trunk."): v for k, v in sd.items()})
     if loader == "hopenet":
-        from harness.models.hopenet import load_hopenet as load
+        from faceeval.models.hopenet import load_hopenet as load
     elif loader == "deep3d":
-        from harness.models.deep3d import load_deep3d as load
+        from faceeval.models.deep3d import load_deep3d as load
     else:
-        from harness.models.iresnet import load_iresnet
+        from faceeval.models.iresnet import load_iresnet
 
         def load(p):
             return load_iresnet(p, "r50")
@@ -399,7 +399,7 @@ _TRACK = """
 import sys, time
 from pathlib import Path
 out, go, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-from harness.tracking import Tracker
+from faceeval.tracking import Tracker
 import mlflow  # imported before the barrier, so both processes reach the store at once
 while not go.exists():
     time.sleep(0.01)
@@ -445,7 +445,7 @@ import os, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
 from test_bad_inputs import _summary
-from harness.tracking import Tracker
+from faceeval.tracking import Tracker
 out = Path(sys.argv[1])
 t = Tracker(out)
 with t.parent("demo: source", {"protocol": "demo", "methods": "source"}):
@@ -459,7 +459,7 @@ with t.parent("demo: source", {"protocol": "demo", "methods": "source"}):
 def test_killed_runs_are_marked_and_the_rerun_reuses_them(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     env = {**os.environ, "PYTHONPATH": PYPATH, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _KILLED, str(tmp_path), str(REPO)], env=env, capture_output=True)
@@ -483,7 +483,7 @@ def test_killed_runs_are_marked_and_the_rerun_reuses_them(tmp_path):
 def test_an_error_inside_a_run_marks_it_failed(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     t = Tracker(tmp_path)
     with pytest.raises(HarnessError):

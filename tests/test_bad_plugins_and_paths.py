@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import bad_inputs as bi
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 from test_bad_inputs import cli, one_line_error
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(method, out: Path, metrics=(), num_pairs: int = 4, on_error: str = "stop", batch_size: int = 4):
-    from harness.cache import FeatureStore
+    from faceeval.cache import FeatureStore
     from harness.runner import RunConfig, run_method
     from protocols.demo import DemoProtocol
 
@@ -153,7 +153,7 @@ def test_escaping_label_writes_nothing_outside_out(tmp_path):
 
 
 def test_report_reads_the_run_folder_it_found_not_the_path_in_summary(tmp_path):
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
     from reports.render import render_report
 
     s = _run(bi.HalfBadMethod(), tmp_path, num_pairs=2)

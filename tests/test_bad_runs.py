@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 import bad_inputs as bi
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
@@ -78,7 +78,7 @@ def test_mlflow_store_creation_is_atomic_when_the_disk_fills(tmp_path, monkeypat
     error names the folder, and the next try (space freed) creates a working store."""
     import mlflow.store.db.utils as dbu
 
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     real = dbu._upgrade_db
 
@@ -104,7 +104,7 @@ def test_mlflow_store_creation_is_atomic_when_the_disk_fills(tmp_path, monkeypat
 def test_a_half_migrated_store_left_by_an_older_version_is_rebuilt(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     bi.half_migrated_mlflow_store(tmp_path / "mlflow.db")
     notes = []
@@ -118,7 +118,7 @@ def test_a_half_migrated_store_left_by_an_older_version_is_rebuilt(tmp_path):
 
 
 def test_full_disk_in_the_feature_store_is_one_line(tmp_path):
-    from harness.cache import FeatureStore
+    from faceeval.cache import FeatureStore
 
     store = FeatureStore(tmp_path / "cache" / "features.sqlite")
 
@@ -161,7 +161,7 @@ def test_evaluate_without_a_main_guard_never_reruns_the_caller(tmp_path, how):
 
 
 def test_a_worker_that_dies_is_named_with_its_signal_and_task():
-    from harness.parallel import _launched, map_chunks, worker_pool
+    from faceeval.parallel import _launched, map_chunks, worker_pool
 
     with pytest.raises(HarnessError) as info:
         with worker_pool(2):
@@ -210,7 +210,7 @@ def server():
     ("new_folder", "does not exist"),
 ])
 def test_unusable_tracking_uris_are_one_line_before_any_work(tmp_path, server, monkeypatch, kind, fragment):
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     uri = {"refused": "http://127.0.0.1:9", "scheme": "foo://bar", "databricks": "databricks",
            "new_folder": f"sqlite:///{tmp_path}/new/dir/x.db"}.get(kind)
@@ -231,7 +231,7 @@ def test_unusable_tracking_uris_are_one_line_before_any_work(tmp_path, server, m
 
 
 def test_a_real_mlflow_answer_passes_the_server_check(server, tmp_path):
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     uri = server(404, json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no"}).encode())
     Tracker(tmp_path, uri)._probe_server()  # an MLflow server that lacks the experiment yet: fine
@@ -245,7 +245,7 @@ def test_cli_refuses_a_dead_tracking_server_before_any_work(tmp_path):
 
 
 def test_a_tracking_failure_after_the_work_keeps_the_results(tmp_path, monkeypatch):
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     def broken(self, summary):
         raise ConnectionError("the server went away")
@@ -317,7 +317,7 @@ def test_a_signal_prints_the_interrupted_line_ends_the_workers_and_marks_the_run
 def test_a_swallowed_signal_still_stops_the_run():
     """Python ignores an exception raised in a __del__ ("Exception ignored in: ..."); a
     signal landing there is remembered and the next check raises it."""
-    from harness import stops
+    from faceeval import stops
 
     class Dying:
         def __del__(self):
@@ -342,7 +342,7 @@ def test_runs_carry_their_owner_from_creation_and_ownerless_ones_are_marked(tmp_
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from harness.tracking import Tracker
+    from faceeval.tracking import Tracker
 
     t = Tracker(tmp_path)
     real = mlflow.set_tags
@@ -416,7 +416,7 @@ def test_a_feature_store_that_is_not_a_database_is_one_line_saying_what_to_delet
 #: a prefix that makes any network, dlib model or worker pool an error
 NOTHING_LOADS = """
 import concurrent.futures, torch, onnxruntime
-import harness.faces.dlib_models as _dm
+import faceeval.faces.dlib_models as _dm
 def _refuse(what):
     def refuse(*a, **k):
         raise RuntimeError(f"a fully cached run loaded {what}")

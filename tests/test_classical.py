@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cache import FeatureStore
-from harness.metrics.identity import IdentityMetric
+from faceeval.cache import FeatureStore
+from faceeval.metrics.identity import IdentityMetric
 from harness.registry import METHODS
 from harness.runner import RunConfig, run_method
 from methods.classical import piecewise_affine_map, reinhard_transfer
@@ -48,7 +48,7 @@ def demo():
 
 
 def test_classical_is_deterministic_and_keeps_shape(demo):
-    from harness.images import load_rgb, to_tensor
+    from faceeval.images import load_rgb, to_tensor
 
     m = METHODS.create("classical")
     pairs = demo.pairs[:2]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.images import load_rgb
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
@@ -50,7 +50,7 @@ def nets(evaluator_file):
 
 def test_blendshapes_match_the_metric_pipeline_on_the_template_region(nets, faces):
     from codeswap.train.nets import template_face
-    from harness.models.blendshapes import blendshapes, roi_crop
+    from faceeval.models.blendshapes import blendshapes, roi_crop
 
     net, _ = nets
     box, five = template_face(faces.shape[1])
@@ -65,7 +65,7 @@ def test_blendshapes_match_the_metric_pipeline_on_the_template_region(nets, face
 
 def test_pose_matches_the_metric_pipeline_on_the_template_box(nets, faces):
     from codeswap.train.nets import POSE_CODE_DEG, template_face
-    from harness.models.whenet import whenet_crop, whenet_input
+    from faceeval.models.whenet import whenet_crop, whenet_input
 
     _, net = nets
     box, _ = template_face(faces.shape[1])
@@ -79,7 +79,7 @@ def test_pose_matches_the_metric_pipeline_on_the_template_box(nets, faces):
 
 def test_a_mirrored_face_flips_yaw_and_roll_and_swaps_blendshape_sides(nets, faces):
     from codeswap.train.nets import POSE_CODE_DEG
-    from harness.models.blendshapes import MIRROR_PERMUTATION
+    from faceeval.models.blendshapes import MIRROR_PERMUTATION
 
     shapes, pose = nets
     x = as_input(faces)

@@ -71,7 +71,7 @@ def test_wo_m_shares_the_full_checkpoint_without_the_mask(trained):
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
-    from harness.errors import HarnessError
+    from faceeval.errors import HarnessError
 
     with pytest.raises(HarnessError, match="codeswap checkpoint not found"):
         CodeSwapMethod(checkpoint=str(tmp_path / "nope.pt"))
@@ -132,7 +132,7 @@ def test_the_shipped_bundle_holds_the_default_recipe():
     import json
 
     from codeswap.demo import BUNDLE, DemoRecipe, demo_info, recipe_key
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     listing = json.loads(BUNDLE.with_suffix(".json").read_text())
     assert listing["recipe_key"] == recipe_key(DemoRecipe()), "rebuild: python scripts/build_demo_model.py --from <run>"

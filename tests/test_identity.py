@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.metrics.id_backends import DlibEmbedder as DlibFaceEmbedder
-from harness.metrics.identity import retrieval_hits
+from faceeval.metrics.id_backends import DlibEmbedder as DlibFaceEmbedder
+from faceeval.metrics.identity import retrieval_hits
 
 
 def test_retrieval_on_constructed_embeddings():
@@ -27,7 +27,7 @@ def test_retrieval_ties_break_by_gallery_order():
 
 
 def test_dlib_embedding_separates_people_on_real_faces(demo_pairset):
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
 
     paths = [demo_pairset.path(g.path) for g in demo_pairset.gallery[:8]]
     faces = [load_rgb(p) for p in paths]

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness.metrics.identity import retrieval_hits
+from faceeval.metrics.identity import retrieval_hits
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import DEMO_DIR, VIDEO_FACES, _synthetic_video, write_ffpp
 from protocols.identity_map import propose_groups, read_identity_map
@@ -87,7 +87,7 @@ def test_the_map_labels_gallery_and_pairs_with_people_and_is_recorded(tree, out,
 
 def test_on_the_tree_a_swap_landing_on_the_twin_video_is_a_hit_only_under_the_map(tree, out, twin_map):
     from harness.evaluation import evaluate
-    from harness.tracking import _flat_params
+    from faceeval.tracking import _flat_params
 
     runs = {}
     for name, options in (("plain", {}), ("mapped", {"identity_map": str(twin_map)})):

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.errors import HarnessError
-from harness.faces.arcface import arcface_crop
-from harness.models.irse import IRSE50, IRSEBackbone, load_irse50
+from faceeval.errors import HarnessError
+from faceeval.faces.arcface import arcface_crop
+from faceeval.models.irse import IRSE50, IRSEBackbone, load_irse50
 from test_metrics_identity import _demo_crops_and_landmarks
 
 # pSp models/encoders/helpers.py get_blocks(50), lines 31-36: (in_channel, depth, num_units);
@@ -171,7 +171,7 @@ def _one_line_error(path) -> str:
 
 
 def test_files_of_another_layout_are_one_line_errors(tmp_path):
-    from harness.models.iresnet import IRESNETS, IResNet
+    from faceeval.models.iresnet import IRESNETS, IResNet
 
     torch.save(IResNet(IRESNETS["r50"]).state_dict(), tmp_path / "iresnet.pth")  # arcface_torch backbone.pth
     text = _one_line_error(tmp_path / "iresnet.pth")
@@ -204,7 +204,7 @@ def test_pickled_code_never_runs(tmp_path):
 
 
 def test_embedder_feeds_arcface_crops_in_minus_one_to_one(irse_weights):
-    from harness.metrics.id_backends import IRSEEmbedder, make_embedder
+    from faceeval.metrics.id_backends import IRSEEmbedder, make_embedder
 
     _, sd = irse_weights
     imgs, five = _demo_crops_and_landmarks(3)
@@ -240,7 +240,7 @@ def test_the_metric_runs_end_to_end_on_the_demo_faces(irse_weights, tmp_path):
 
 
 def test_reface_preset_runs_the_irse50_instead_of_a_substitute(irse_weights, monkeypatch):
-    from harness.presets import resolve
+    from faceeval.presets import resolve
 
     monkeypatch.setenv("HARNESS_WEIGHTS_SEARCH", "")
     folder, _ = irse_weights

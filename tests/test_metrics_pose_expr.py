@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness import weights
-from harness.faces.pose import camera_matrix, camera_rotation, mean_face_68, pnp_pose
+from faceeval import weights
+from faceeval.faces.pose import camera_matrix, camera_rotation, mean_face_68, pnp_pose
 
 
 def _project(angles, size=256, noise=0.0, seed=0):
@@ -59,7 +59,7 @@ def _torchvision_resnet50_state():
 
 
 def test_hopenet_official_state_dict_loads_and_decodes_degrees(weights_dir):
-    from harness.models.hopenet import NUM_BINS, load_hopenet
+    from faceeval.models.hopenet import NUM_BINS, load_hopenet
 
     trunk, state = _torchvision_resnet50_state()
     heads = {}
@@ -82,7 +82,7 @@ def test_hopenet_official_state_dict_loads_and_decodes_degrees(weights_dir):
 
 
 def test_deep3d_official_checkpoint_loads(weights_dir):
-    from harness.models.deep3d import HEAD_SIZES, load_deep3d
+    from faceeval.models.deep3d import HEAD_SIZES, load_deep3d
 
     trunk, state = _torchvision_resnet50_state()
     ckpt = {f"backbone.{k}": v for k, v in state.items()}
@@ -104,7 +104,7 @@ def test_deep3d_official_checkpoint_loads(weights_dir):
 
 
 def test_landmark_expression_distance_properties():
-    from harness.metrics.expression import procrustes_distance
+    from faceeval.metrics.expression import procrustes_distance
 
     a = _project((10, 5, 0))
     ang = np.deg2rad(15)
@@ -118,12 +118,12 @@ def test_landmark_expression_distance_properties():
 
 
 def test_faces_not_found_are_counted():
-    from harness.faces.landmarks import CropLandmarks
-    from harness.images import load_rgb
+    from faceeval.faces.landmarks import CropLandmarks
+    from faceeval.images import load_rgb
     from metrics_helpers import fake_context
     from protocols.demo import DEMO_DIR
 
-    from harness.api import FacePair
+    from faceeval.api import FacePair
 
     face = load_rgb(DEMO_DIR / "astronaut.png")
     blank = np.full_like(face, 128)
@@ -131,7 +131,7 @@ def test_faces_not_found_are_counted():
     lm = CropLandmarks()
     pts, five, found = lm(ctx, [ctx.image_sha("face"), ctx.image_sha("blank")], [face, blank])
     assert found.tolist() == [True, False] and pts.shape == (2, 68, 2) and five.shape == (2, 5, 2)
-    from harness.faces.landmarks import five_from_68
+    from faceeval.faces.landmarks import five_from_68
 
     assert np.allclose(five, five_from_68(pts), atol=1e-3)  # dlib: the 5 points come from the 68
     note = lm.stats.note("pose")
@@ -139,8 +139,8 @@ def test_faces_not_found_are_counted():
 
 
 def _demo_batch():
-    from harness.api import EvalBatch, FacePair
-    from harness.images import load_rgb
+    from faceeval.api import EvalBatch, FacePair
+    from faceeval.images import load_rgb
     from metrics_helpers import fake_context
     from protocols.demo import DEMO_DIR
 
@@ -153,8 +153,8 @@ def _demo_batch():
 
 
 def test_standard_pose_and_expression_metrics_run_from_official_files(weights_dir):
-    from harness.metrics.expression import ExpressionMetric
-    from harness.metrics.pose import PoseMetric
+    from faceeval.metrics.expression import ExpressionMetric
+    from faceeval.metrics.pose import PoseMetric
 
     test_hopenet_official_state_dict_loads_and_decodes_degrees(weights_dir)
     test_deep3d_official_checkpoint_loads(weights_dir)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.cache import FeatureStore
+from faceeval.cache import FeatureStore
 from harness.evaluation import DEFAULT_METRICS
 from harness.registry import METHODS, METRICS
 from harness.runner import RunConfig, run_method

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.images import load_rgb, to_tensor
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb, to_tensor
 from harness.registry import METHODS
-from harness.weights import KNOWN
+from faceeval.weights import KNOWN
 from methods.onnx_swappers import (
     ARCFACE_FILE, SWAPPERS, ArcFaceOnnx, OnnxSwapper, emap_latent, normalise_input, output_to_rgb01, unit,
 )

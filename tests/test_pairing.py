@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.api import GalleryItem, PairSet
-from harness.errors import HarnessError
+from faceeval.api import GalleryItem, PairSet
+from faceeval.errors import HarnessError
 from protocols.base import pair_images, seeded_order
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.models.bisenet import WEIGHTS, BiSeNet, load_bisenet
+from faceeval.errors import HarnessError
+from faceeval.models.bisenet import WEIGHTS, BiSeNet, load_bisenet
 from test_codeswap_training import MeanColourId, _swap_cfg, _train_cfg, stage1_ckpt  # noqa: F401 (a fixture)
 
 # The structure of face-parsing.PyTorch's BiSeNet(n_classes=19), as its model.py / resnet.py
@@ -149,7 +149,7 @@ def test_forward_gives_three_logit_maps_at_the_input_size():
 
 
 def test_loader_reads_the_weights_folder_and_matches_the_model(weights_dir):
-    from harness.weights import KNOWN, verified
+    from faceeval.weights import KNOWN, verified
 
     model = _randomised(1)
     torch.save(model.state_dict(), weights_dir / WEIGHTS)
@@ -196,7 +196,7 @@ def test_loader_names_wrong_keys_in_one_line(tmp_path):
 
 
 def test_parsing_masks_keep_the_face_classes():
-    from codeswap.train.stage3 import parsing_masks
+    from faceeval.models.bisenet import parsing_masks
 
     images = torch.rand(1, 3, 80, 80) * 2 - 1
     skin = parsing_masks(images, _winner(1))
@@ -207,8 +207,8 @@ def test_parsing_masks_keep_the_face_classes():
 
 
 def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
-    from codeswap.train.stage3 import parsing_masks
-    from harness.constants import IMAGENET_MEAN, IMAGENET_STD
+    from faceeval.models.bisenet import parsing_masks
+    from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
 
     class Stub(torch.nn.Module):
         """Class 1 (skin) on the left half, 17 (hair) on the right; records its input."""
@@ -231,7 +231,7 @@ def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
 
 
 def test_mask_config_checks_its_settings():
-    from codeswap.train.stage3 import FACE_CLASSES, MaskTrainConfig
+    from codeswap.config import FACE_CLASSES, MaskTrainConfig
 
     assert MaskTrainConfig().mask_source == "landmarks"
     assert FACE_CLASSES == (1, 2, 3, 4, 5, 6, 10, 11, 12, 13)
@@ -246,7 +246,7 @@ def test_stage3_with_parsing_masks_trains_and_names_its_source(stage1_ckpt, weig
     from codeswap.swap_losses import SwapLossWeights
     from codeswap.train.stage2 import Stage2Trainer
     from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
-    from harness.images import file_sha256
+    from faceeval.images import file_sha256
 
     torch.save(_winner(1).state_dict(), weights_dir / WEIGHTS)  # every target: the whole crop is face
     Stage2Trainer(_train_cfg(tmp_path / "s2", 1, batch_size=2), _swap_cfg(stage1_ckpt),

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.faces.align import five_points
-from harness.faces.detect import DlibDetector
-from harness.faces.paste import FeatherConfig, box_mask, paste_back
-from harness.faces.templates import WARP_TEMPLATES, crop_landmarks, similarity_matrix, warp_to_template
-from harness.images import load_rgb
+from faceeval.faces.align import five_points
+from faceeval.faces.detect import DlibDetector
+from faceeval.faces.paste import FeatherConfig, box_mask, paste_back
+from faceeval.faces.templates import WARP_TEMPLATES, crop_landmarks, similarity_matrix, warp_to_template
+from faceeval.images import load_rgb
 from protocols.demo import DEMO_DIR
 
 

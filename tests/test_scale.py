@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.cache import FeatureStore, merge_feature_shards, shard_folder
-from harness.parallel import World, fixed_batches, pool_map, shard_batches, worker_pool
+from faceeval.cache import FeatureStore, merge_feature_shards, shard_folder
+from faceeval.parallel import World, fixed_batches, pool_map, shard_batches, worker_pool
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 3600  # seconds per subprocess: a busy 2-core machine runs these slowly
@@ -116,7 +116,7 @@ def test_fixed_batches_make_a_row_independent_of_its_neighbours():
 
 
 def test_a_container_cpu_quota_caps_the_cores(tmp_path, monkeypatch):
-    import harness.parallel as parallel
+    import faceeval.parallel as parallel
 
     v2, v1, none, odd = (tmp_path / n for n in ("v2", "v1", "none", "odd"))
     v2.mkdir()
@@ -287,8 +287,8 @@ def test_ffpp_under_two_ranks_matches_one_process(tmp_path):
 def test_folder_preparation_resumes_from_a_killed_process_index_part(tmp_path, monkeypatch):
     import shutil
 
-    import harness.faces.crops
-    from harness.constants import DEMO_DIR
+    import faceeval.faces.crops
+    from faceeval.constants import DEMO_DIR
     from protocols.folder import FolderProtocol
 
     photos = tmp_path / "photos"
@@ -300,7 +300,7 @@ def test_folder_preparation_resumes_from_a_killed_process_index_part(tmp_path, m
     index = proto.crop_root / "index.json"
     # a killed process leaves its entries in its own part file, never in index.json
     index.rename(proto.crop_root / "index.part-otherhost-123.json")
-    monkeypatch.setattr(harness.faces.crops, "crop_largest", lambda *a, **k: pytest.fail("detected again"))
+    monkeypatch.setattr(faceeval.faces.crops, "crop_largest", lambda *a, **k: pytest.fail("detected again"))
     again = FolderProtocol(root=photos, cache_dir=tmp_path / "cache").build()
     assert again.manifest_sha256 == first.manifest_sha256
     assert index.is_file() and not list(proto.crop_root.glob("index.part-*.json"))  # merged into index.json

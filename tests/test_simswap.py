@@ -1,5 +1,5 @@
 """SimSwap adapter: official key layout (written out here from the release's module tree,
-independently of harness/models/simswap.py), weights_only loading of the pickled ArcFace, the
+independently of methods/simswap_net.py), weights_only loading of the pickled ArcFace, the
 identity path, and no watermark."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import harness.models.simswap as S
-from harness.errors import HarnessError
-from harness.images import load_rgb, to_tensor
+import methods.simswap_net as S
+from faceeval.errors import HarnessError
+from faceeval.images import load_rgb, to_tensor
 from harness.registry import METHODS
-from harness.weights import KNOWN
+from faceeval.weights import KNOWN
 from protocols.demo import DemoProtocol
 
 
@@ -187,7 +187,7 @@ def test_swap_uses_source_and_never_watermarks(simswap, pairs):
     out = (METHODS.create("simswap").swap(to_tensor(src), to_tensor(tgt)).permute(0, 2, 3, 1).numpy() * 255).round()
     assert np.abs(out[:, 120:140, 118:138] - 127.5).max() <= 1.0
     # outside the pasted face (where SimSwap's logo would go, bottom right): the target, bit for bit
-    from harness.faces.paste import paste_back
+    from faceeval.faces.paste import paste_back
 
     for i in range(len(tgt)):
         _, mat = m._crop(tgt[i])

@@ -1,4 +1,4 @@
-"""ReliableSwap's recogniser, CosFace sphere20 (harness/models/sphereface.py): a checkpoint in the
+"""ReliableSwap's recogniser, CosFace sphere20 (faceeval/models/sphereface.py): a checkpoint in the
 official format (key names and shapes of ReliableSwap's modules/third_party/cosface/net.py, random
 weights) loads with weights_only, gives what a functional re-computation written here gives on
 ReliableSwap's input (torchvision ToTensor + Normalize on RGB, bilinear align_corners=True to 112),
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 FILE = "net_sphere20_data_vggface2_acc_9955.pth"
 UNITS = (1, 2, 4, 1)  # net.py line 23: sphere type 20
@@ -91,8 +91,8 @@ def official(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_faces():
-    from harness.faces.landmarks import CropLandmarks
-    from harness.images import load_rgb
+    from faceeval.faces.landmarks import CropLandmarks
+    from faceeval.images import load_rgb
     from protocols.demo import DEMO_DIR
 
     imgs = [load_rgb(p) for p in sorted(DEMO_DIR.glob("*.png"))[:3]]  # (256, 256, 3) FFHQ-aligned
@@ -115,14 +115,14 @@ def weights_dir(tmp_path, monkeypatch, official):
 
 
 def test_keys_and_shapes_are_reliableswaps():
-    from harness.models.sphereface import Sphere20
+    from faceeval.models.sphereface import Sphere20
 
     own = {k: tuple(v.shape) for k, v in Sphere20().state_dict().items()}
     assert own == official_shapes()
 
 
 def test_checkpoint_loads_weights_only_and_matches_a_functional_recomputation(official, demo_faces):
-    from harness.models.sphereface import load_sphere20, sphere20_input
+    from faceeval.models.sphereface import load_sphere20, sphere20_input
 
     state, path = official
     model = load_sphere20(path)
@@ -140,7 +140,7 @@ def test_checkpoint_loads_weights_only_and_matches_a_functional_recomputation(of
 def test_input_is_rgb_in_minus_one_to_one_and_bilinear_align_corners():
     """Known answers: 0 -> -1, 255 -> 1, channels kept in RGB order; align_corners=True keeps the
     corner pixels of a 256 image exactly (an area or half-pixel resize averages them)."""
-    from harness.models.sphereface import sphere20_input
+    from faceeval.models.sphereface import sphere20_input
 
     img = np.zeros((1, 256, 256, 3), np.uint8)
     img[..., 0] = 255  # red
@@ -160,7 +160,7 @@ def test_input_is_rgb_in_minus_one_to_one_and_bilinear_align_corners():
 
 
 def test_a_module_prefixed_checkpoint_loads(official, tmp_path):
-    from harness.models.sphereface import load_sphere20
+    from faceeval.models.sphereface import load_sphere20
 
     state, path = official
     wrapped = tmp_path / "dp.pth"
@@ -171,8 +171,8 @@ def test_a_module_prefixed_checkpoint_loads(official, tmp_path):
 
 
 def test_files_of_another_layout_are_one_line_errors(official, tmp_path):
-    from harness.models.iresnet import IRESNETS, IResNet
-    from harness.models.sphereface import load_sphere20
+    from faceeval.models.iresnet import IRESNETS, IResNet
+    from faceeval.models.sphereface import load_sphere20
 
     state, _ = official
 
@@ -199,7 +199,7 @@ def test_files_of_another_layout_are_one_line_errors(official, tmp_path):
 
 
 def test_pickled_code_never_runs(tmp_path):
-    from harness.models.sphereface import load_sphere20
+    from faceeval.models.sphereface import load_sphere20
 
     class Evil:
         def __reduce__(self):
@@ -218,9 +218,9 @@ def test_embedder_on_demo_faces_equals_the_reference(weights_dir, official, demo
     """crop=model: ArcFace 5-point crop to 112, then the network; crop=resize (the preset's): the
     metric's feed (IdentityMetric._fed) is ReliableSwap's bilinear align_corners resize of the
     whole 256 px crop, not cv2's INTER_AREA."""
-    from harness.faces.arcface import ARCFACE_TEMPLATE_112, arcface_crop
-    from harness.metrics.id_backends import make_embedder
-    from harness.metrics.identity import IdentityMetric
+    from faceeval.faces.arcface import ARCFACE_TEMPLATE_112, arcface_crop
+    from faceeval.metrics.id_backends import make_embedder
+    from faceeval.metrics.identity import IdentityMetric
 
     state, _ = official
     imgs, five = demo_faces
@@ -264,7 +264,7 @@ def test_metric_runs_end_to_end_on_the_demo(weights_dir, tmp_path):
 
 def test_reliableswap_preset_runs_the_network_without_substituting_it(weights_dir, tmp_path):
     from harness import evaluate
-    from harness.presets import resolve
+    from faceeval.presets import resolve
 
     r = resolve("reliableswap", allow_substitute=True)
     assert r.metrics["identity_cosface_sphere20"] == {"crop": "resize", "mask": "none", "gallery": "every_frame",
@@ -285,7 +285,7 @@ def test_reliableswap_preset_runs_the_network_without_substituting_it(weights_di
 
 
 def test_without_the_file_the_preset_substitutes_sface(monkeypatch, tmp_path):
-    from harness.presets import resolve
+    from faceeval.presets import resolve
 
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path))
     r = resolve("reliableswap", allow_substitute=True)

@@ -15,7 +15,7 @@ from codeswap.perceptual import PerceptualLoss, load_perceptual
 from codeswap.quantize import VectorQuantizer
 from codeswap.train.state import make_adam
 from codeswap.vqgan import Downsample, Upsample, VQAutoencoder, set_fused_attention
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 
 @pytest.fixture(autouse=True, scope="module")

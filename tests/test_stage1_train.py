@@ -21,7 +21,7 @@ from codeswap.perceptual import PerceptualLoss
 from codeswap.train.dist import DistInfo
 from codeswap.train.stage1 import Stage1Trainer
 from codeswap.vqgan import VQAutoencoder
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"

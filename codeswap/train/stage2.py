@@ -28,7 +28,7 @@ from codeswap.train.dist import DistInfo
 from codeswap.train.loop import TrainLoop
 from codeswap.train.nets import load_expression_net, load_identity_net
 from codeswap.train.state import EMA, restore_ema
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 VAL_PAIRS = 4
 
@@ -45,7 +45,7 @@ def param_groups(module: nn.Module, lr: float, position_mult: float) -> list[dic
 def face_region(side: int, device=None) -> Tensor:
     """(1, 1, side, side) soft mask of the inner face in an FFHQ-aligned crop: an ellipse over
     the face box of the aligned template, feathered over ~6 % of the side."""
-    from harness.constants import FFHQ_FACE_BOX
+    from faceeval.constants import FFHQ_FACE_BOX
 
     x0, y0, x1, y1 = FFHQ_FACE_BOX
     t = (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side  # (side,)
@@ -216,7 +216,7 @@ class Stage2Trainer(TrainLoop):
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out pairs: identity cosine of I_ab to a versus b to a (when an identity
         network is loaded), and a grid PNG: a, b, I_ab, I_ba (one pair per column)."""
-        from harness.images import save_png, to_uint8
+        from faceeval.images import save_png, to_uint8
 
         model = self.ema.module if self.ema is not None else self.model
         was = model.training

@@ -13,30 +13,29 @@ Two phases, as in the paper:
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from codeswap.checkpoints import load_codeswap
-from codeswap.config import FACE_CLASSES, MaskTrainConfig, SwapTrainConfig, TrainConfig
+from codeswap.config import MaskTrainConfig, SwapTrainConfig, TrainConfig
 from codeswap.model import CodeSwap
 from codeswap.swap_losses import mask_loss
 from codeswap.train.dist import DistInfo
 from codeswap.train.stage2 import Stage2Trainer
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
+from faceeval.models.bisenet import parsing_masks
 
 
 def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
     """(B, 3, R, R) in [-1, 1] aligned crops -> (B, 1, R, R) float face-region masks."""
     import cv2
 
-    from harness.faces.detect import DlibDetector
-    from harness.constants import FFHQ_FACE_BOX
+    from faceeval.faces.detect import DlibDetector
+    from faceeval.constants import FFHQ_FACE_BOX
 
     det = _DETECTOR.setdefault("dlib", DlibDetector())
     imgs = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -64,30 +63,6 @@ UNGUARDED_PHASE_2 = (
     "supervised only (--supervised-steps >= --max-steps)")
 
 
-@torch.no_grad()
-def parsing_masks(images: Tensor, parser: nn.Module, face_classes: tuple[int, ...] = FACE_CLASSES) -> Tensor:
-    """(B, 3, H, W) in [-1, 1] aligned crops -> (B, 1, H, W) float masks of the BiSeNet face
-    classes, on the images' device. The crops go in as the release was run (``test.py``):
-    resized to 512 bilinearly, ImageNet-normalised, argmax of the main head; the label map
-    comes back to (H, W) by nearest neighbour. ``parser``: BiSeNet (``load_bisenet``)."""
-    from harness.models.bisenet import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
-
-    dev = images.device
-    parser = parser.to(dev).eval()
-    h, w = images.shape[-2:]
-    x = (images.detach().float().clamp(-1, 1) + 1) * 0.5  # (B, 3, H, W) in [0, 1]
-    x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    # float32 whatever the trainer's autocast: the target is an argmax, keep it the release's
-    with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
-        logits = parser.logits(x) if hasattr(parser, "logits") else parser(x)[0]  # (B, 19, 512, 512)
-    labels = logits.argmax(1)  # (B, 512, 512)
-    face = torch.isin(labels, torch.tensor(face_classes, device=dev)).float()[:, None]  # (B, 1, 512, 512)
-    return F.interpolate(face, size=(h, w), mode="nearest-exact")
-
-
 class Stage3Trainer(Stage2Trainer):
     """Mask generator training on a stage-2 checkpoint (``swap_cfg.stage1`` holds its path)."""
 
@@ -106,8 +81,8 @@ class Stage3Trainer(Stage2Trainer):
         if mask_fn is not None:
             self.mask_source = f"custom ({getattr(mask_fn, '__name__', type(mask_fn).__name__)})"
         elif mask_cfg.mask_source == "parsing":
-            from harness.models.bisenet import WEIGHTS
-            from harness.weights import verified
+            from faceeval.models.bisenet import WEIGHTS
+            from faceeval.weights import verified
 
             self._parser_path, self.parser_sha256 = verified(WEIGHTS)  # fails here, before any model is built
             self.mask_source = f"BiSeNet face parsing ({WEIGHTS}, sha256 {self.parser_sha256})"
@@ -121,7 +96,7 @@ class Stage3Trainer(Stage2Trainer):
                 self.loss.runs("perceptual") or self.loss.runs("expression")):
             warnings.warn(UNGUARDED_PHASE_2, stacklevel=2)
         if self.mask_fn is None and self.mask_cfg.mask_source == "parsing":
-            from harness.models.bisenet import load_bisenet
+            from faceeval.models.bisenet import load_bisenet
 
             self.parser = load_bisenet(self._parser_path).requires_grad_(False).to(self.device)
             classes = tuple(self.mask_cfg.face_classes)

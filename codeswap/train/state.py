@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from harness.errors import HarnessError
+from faceeval.errors import HarnessError
 
 
 def seed_all(seed: int) -> None:

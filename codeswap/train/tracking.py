@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.tracking import Tracker
+from faceeval.tracking import Tracker
 
 
 class RunTracker(Tracker):

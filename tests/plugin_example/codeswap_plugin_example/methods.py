@@ -1,12 +1,12 @@
 """``mirror_blend``: half source, half target, a stand-in for a real plugin's swapper.
 
-A plugin method subclasses ``harness.api.SwapMethod`` and is declared in its package's
+A plugin method subclasses ``faceeval.api.SwapMethod`` and is declared in its package's
 ``pyproject.toml`` under ``[project.entry-points."codeswap_harness.methods"]``.
 """
 
 from __future__ import annotations
 
-from harness.api import SwapMethod
+from faceeval.api import SwapMethod
 
 
 class MirrorBlend(SwapMethod):
