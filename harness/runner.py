@@ -37,7 +37,7 @@ from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from faceeval.provenance import environment
-from faceeval.summaries import portable_summary
+from faceeval.summaries import MetricEntry, portable_summary
 from faceeval.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
@@ -470,25 +470,27 @@ def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics
     for m in metrics:
         backend = m.backend()
         for k in m.keys:
-            entry = {"label": k.label, "higher_is_better": k.higher_is_better, "unit": k.unit, "scale": k.scale,
-                     "metric": m.name, "backend": backend.name}
+            head = {"key": k.key, "label": k.label, "higher_is_better": k.higher_is_better, "unit": k.unit,
+                    "scale": k.scale, "metric": m.name, "backend": backend.name}
             if k.per_pair and k.aggregate != "mean":
                 parts = frame[list(k.parts or (k.key,))].to_numpy(dtype=np.float64, copy=True)  # (N, P)
                 parts[~np.isfinite(frame[k.key].to_numpy())] = np.nan  # flagged outputs: out, as for the key
                 lo, hi = bootstrap_aggregate_ci(parts, k.aggregate, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.all(np.isfinite(parts), axis=1).sum())
-                entry.update(value=aggregate(parts, k.aggregate), ci_low=lo, ci_high=hi, n=n, aggregate=k.aggregate)
+                entry = MetricEntry(**head, value=aggregate(parts, k.aggregate), ci_low=lo, ci_high=hi, n=n,
+                                    aggregate=k.aggregate)
             elif k.per_pair:
                 v = frame[k.key].to_numpy()
                 lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.isfinite(v).sum())  # every pair flagged or failed: no mean, n = 0
-                entry.update(value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi, n=n)
+                entry = MetricEntry(**head, value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi,
+                                    n=n)
             else:
                 raw = float(dataset_level[k.key])
                 value = raw if k.lower_bound is None or not np.isfinite(raw) else max(raw, k.lower_bound)
-                entry.update(value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
-                             lower_bound=k.lower_bound, feature_dim=k.feature_dim)
-            results[k.key] = entry
+                entry = MetricEntry(**head, value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
+                                    lower_bound=k.lower_bound, feature_dim=k.feature_dim)
+            results[k.key] = entry.to_dict()  # the stored form: faceeval.summaries owns it
     return results
 
 
