@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from faceeval.summaries import arrow
+
 # ---------------------------------------------------------------------------------------
 # Pair sets
 # ---------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ class MetricKey:
 
     @property
     def arrow(self) -> str:
-        return "↑" if self.higher_is_better else "↓"
+        return arrow(self.higher_is_better)
 
 
 @dataclass(frozen=True)

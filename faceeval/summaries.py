@@ -9,15 +9,147 @@ A summary is one JSON object per method x protocol run, at
 ``finished`` (UTC, orders the runs), ``run_dir``, ``root``, provenance and timings.
 Paths inside the output folder are stored relative to it (:func:`portable_summary`), so the
 folder can be moved or copied; :func:`local_summary` re-derives them where it is now.
+
+A metric entry is read and written as a :class:`MetricEntry`, which owns how it is shown:
+the direction :func:`arrow`, the :func:`digits` rule and the table :meth:`MetricEntry.cell`
+(the console, Table 1/3 and the HTML report all format through it).
 """
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from faceeval.checks import check_name
+
+
+def arrow(higher_is_better: bool) -> str:
+    """The direction arrow of a metric column: the one place it is written."""
+    return "↑" if higher_is_better else "↓"
+
+
+def direction(higher_is_better: bool) -> str:
+    """The direction in words (a tooltip)."""
+    return "higher is better" if higher_is_better else "lower is better"
+
+
+def digits(key: str, unit: str) -> int:
+    """Decimal places a metric's numbers are shown with (console, tables, HTML): one for
+    percentages, two for FID, three otherwise."""
+    return 1 if unit == "%" else 2 if key.startswith("fid") else 3
+
+
+#: what a table shows where a method has no value
+NO_VALUE = "–"
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class MetricEntry:
+    """One metric key's entry of a run summary (``summary["metrics"][key]``): the value, its
+    bootstrap CI and how it is shown. :meth:`from_dict` / :meth:`to_dict` are the only
+    readers and writers of the stored form (key order as the runner always wrote it)."""
+
+    key: str  # the metric key it is stored under (not repeated inside the entry)
+    label: str
+    higher_is_better: bool
+    unit: str
+    value: float | None  # NaN (or None) where nothing could be scored
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    scale: float = 1.0
+    metric: str = ""  # the Metric that produced it (its backend is summary["backends"][metric])
+    backend: str = ""
+    #: dataset-level entries (FID): the value before clamping at ``lower_bound``; None per pair
+    raw_value: float | None = None
+    lower_bound: float | None = None
+    feature_dim: int | None = None
+    aggregate: str | None = None  # set for entries aggregated other than by the mean ("rms")
+    extra: tuple[tuple[str, Any], ...] = ()  # keys this harness does not know, kept as read
+
+    @classmethod
+    def from_dict(cls, key: str, d: dict[str, Any]) -> MetricEntry:
+        known = {f.name for f in fields(cls)} - {"key", "extra"}
+        return cls(key=key, **{k: v for k, v in d.items() if k in known},
+                   extra=tuple((k, v) for k, v in d.items() if k not in known))
+
+    @property
+    def dataset_level(self) -> bool:
+        return self.raw_value is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"label": self.label, "higher_is_better": self.higher_is_better, "unit": self.unit,
+                             "scale": self.scale, "metric": self.metric, "backend": self.backend, "value": self.value}
+        if self.dataset_level:
+            d["raw_value"] = self.raw_value
+        d.update(ci_low=self.ci_low, ci_high=self.ci_high, n=self.n)
+        if self.dataset_level:
+            d.update(lower_bound=self.lower_bound, feature_dim=self.feature_dim)
+        if self.aggregate is not None:
+            d["aggregate"] = self.aggregate
+        d.update(self.extra)
+        return d
+
+    @property
+    def arrow(self) -> str:
+        return arrow(self.higher_is_better)
+
+    @property
+    def digits(self) -> int:
+        return digits(self.key, self.unit)
+
+    @property
+    def has_value(self) -> bool:
+        return _finite(self.value)
+
+    @property
+    def has_ci(self) -> bool:
+        return _finite(self.ci_low) and _finite(self.ci_high)
+
+    @property
+    def shown(self) -> float:
+        """The value shown: below the metric's lower bound only by rounding (FID of identical
+        sets, -1e-4) it is clamped to the bound; ``raw_value`` keeps the original. Summaries
+        written before the bound was recorded clamp FID at 0."""
+        # the stored bound where the entry records one (dataset-level entries), else FID's 0
+        bound = self.lower_bound if self.dataset_level else 0.0 if self.metric.startswith("fid") else None
+        return max(self.value, bound) if bound is not None and math.isfinite(self.value) else self.value
+
+    def value_text(self, scale: float | None = None) -> str:
+        """The shown value in display units (``scale``: the column's; default the entry's)."""
+        s = self.scale if scale is None else scale
+        return f"{self.shown * s:.{self.digits}f}"
+
+    def half_ci_text(self, scale: float | None = None) -> str:
+        """Half the CI's width in display units, "" without a CI."""
+        if not self.has_ci:
+            return ""
+        s = self.scale if scale is None else scale
+        return f"{(self.ci_high - self.ci_low) / 2 * s:.{self.digits}f}"
+
+    def cell(self, scale: float | None = None) -> str:
+        """``value ± half the CI`` in display units, as every table shows it."""
+        if not self.has_value:
+            return NO_VALUE
+        half = self.half_ci_text(scale)
+        return self.value_text(scale) + (f" ± {half}" if half else "")
+
+
+def cell(entry: MetricEntry | None, scale: float | None = None) -> str:
+    """:meth:`MetricEntry.cell`, or ``–`` where a method has no entry."""
+    return NO_VALUE if entry is None else entry.cell(scale)
+
+
+def entries_of(summary: dict[str, Any]) -> dict[str, MetricEntry]:
+    """A summary's metric entries, typed, in the order the run scored them."""
+    return {k: MetricEntry.from_dict(k, e) for k, e in summary["metrics"].items()}
 
 
 def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 from faceeval import stops
 from faceeval.cache import stable_hash
 from faceeval.errors import HarnessError, is_no_space, no_space
+from faceeval.summaries import entries_of
 
 EXPERIMENT = "codeswap-harness"
 
@@ -80,13 +81,13 @@ def _flat_params(summary: dict[str, Any]) -> dict[str, str]:
 
 def _metrics(summary: dict[str, Any]) -> dict[str, float]:
     out = {}
-    for key, e in summary["metrics"].items():
-        out[key] = e["value"]
-        if e.get("raw_value") is not None and e["raw_value"] != e["value"]:  # clamped in the summary
-            out[f"{key}_raw"] = e["raw_value"]
-        if e.get("ci_low") is not None:
-            out[f"{key}_ci_low"] = e["ci_low"]
-            out[f"{key}_ci_high"] = e["ci_high"]
+    for key, e in entries_of(summary).items():
+        out[key] = e.value
+        if e.raw_value is not None and e.raw_value != e.value:  # clamped in the summary
+            out[f"{key}_raw"] = e.raw_value
+        if e.ci_low is not None:
+            out[f"{key}_ci_low"] = e.ci_low
+            out[f"{key}_ci_high"] = e.ci_high
     out["swaps_computed"] = summary["swaps"]["computed"]
     out["swaps_cached"] = summary["swaps"]["cached"]
     return {k: float(v) for k, v in out.items() if v is not None}

@@ -7,35 +7,17 @@ Main metrics: every metric key a run scored except the secondary ones in
 
 from __future__ import annotations
 
-import math
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from faceeval.summaries import MetricEntry, cell, entries_of
 from harness.results import Results
 
 #: key prefixes left out of the console table (kept in results.json and the report)
 SECONDARY = ("id_retrieval_top5",)
-
-
-def _cell(entry: dict[str, Any] | None, digits: int) -> str:
-    """``value ± half the CI`` in display units (as in Table 1), ``–`` when there is none."""
-    from reports.tables import shown_value
-
-    if entry is None or entry.get("value") is None or not math.isfinite(entry["value"]):
-        return "–"
-    scale = entry.get("scale", 1.0)
-    text = f"{shown_value(entry) * scale:.{digits}f}"
-    lo, hi = entry.get("ci_low"), entry.get("ci_high")
-    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-        text += f" ± {(hi - lo) / 2 * scale:.{digits}f}"
-    return text
-
-
-def _digits(key: str, unit: str) -> int:
-    return 1 if unit == "%" else 2 if key.startswith("fid") else 3
 
 
 def main_keys(summaries: list[dict[str, Any]]) -> list[str]:
@@ -50,13 +32,13 @@ def summary_table(result: Results) -> Table:
                   title_justify="left", header_style="bold")
     table.add_column("method", no_wrap=True)
     keys = main_keys(result.summaries)
-    first = {k: next(s["metrics"][k] for s in result.summaries if k in s["metrics"]) for k in keys}
-    for k in keys:
-        e = first[k]
-        unit = f" ({e['unit']})" if e.get("unit") else ""
-        table.add_column(escape(f"{e['label']} {'↑' if e['higher_is_better'] else '↓'}{unit}"), justify="right")
-    for s in result.summaries:
-        table.add_row(escape(s["method"]), *(_cell(s["metrics"].get(k), _digits(k, first[k].get("unit", ""))) for k in keys))
+    runs = [entries_of(s) for s in result.summaries]
+    first: dict[str, MetricEntry] = {k: next(r[k] for r in runs if k in r) for k in keys}
+    for e in first.values():
+        unit = f" ({e.unit})" if e.unit else ""
+        table.add_column(escape(f"{e.label} {e.arrow}{unit}"), justify="right")
+    for s, entries in zip(result.summaries, runs):
+        table.add_row(escape(s["method"]), *(cell(entries.get(k)) for k in keys))  # in each entry's own scale
     return table
 
 

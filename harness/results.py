@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from faceeval.errors import HarnessError
-from faceeval.summaries import local_summary, portable_summary
+from faceeval.summaries import entries_of, local_summary, portable_summary
 
 FORMAT = "codeswap-harness-results"
 FORMAT_VERSION = 1
@@ -69,11 +69,10 @@ class Results:
 
         rows = []
         for s in self.summaries:
-            for key, e in s["metrics"].items():
-                rows.append({"method": s["method"], "protocol": s["protocol"], "metric": key, "label": e["label"],
-                             "value": e["value"], "ci_low": e.get("ci_low"), "ci_high": e.get("ci_high"),
-                             "n": e.get("n"), "unit": e.get("unit"), "higher_is_better": e["higher_is_better"],
-                             "backend": e.get("backend")})
+            for key, e in entries_of(s).items():
+                rows.append({"method": s["method"], "protocol": s["protocol"], "metric": key, "label": e.label,
+                             "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n, "unit": e.unit,
+                             "higher_is_better": e.higher_is_better, "backend": e.backend})
         frame = pd.DataFrame(rows, columns=list(COLUMNS))
         for col in ("value", "ci_low", "ci_high"):
             frame[col] = frame[col].astype("float64")  # None (dataset-level CI) -> NaN

@@ -37,7 +37,7 @@ from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from faceeval.provenance import environment
-from faceeval.summaries import portable_summary
+from faceeval.summaries import MetricEntry, portable_summary
 from faceeval.timing import stage
 
 # Output checks (per pair, on every method's output): what a swap must not be.
@@ -470,25 +470,27 @@ def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics
     for m in metrics:
         backend = m.backend()
         for k in m.keys:
-            entry = {"label": k.label, "higher_is_better": k.higher_is_better, "unit": k.unit, "scale": k.scale,
-                     "metric": m.name, "backend": backend.name}
+            head = {"key": k.key, "label": k.label, "higher_is_better": k.higher_is_better, "unit": k.unit,
+                    "scale": k.scale, "metric": m.name, "backend": backend.name}
             if k.per_pair and k.aggregate != "mean":
                 parts = frame[list(k.parts or (k.key,))].to_numpy(dtype=np.float64, copy=True)  # (N, P)
                 parts[~np.isfinite(frame[k.key].to_numpy())] = np.nan  # flagged outputs: out, as for the key
                 lo, hi = bootstrap_aggregate_ci(parts, k.aggregate, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.all(np.isfinite(parts), axis=1).sum())
-                entry.update(value=aggregate(parts, k.aggregate), ci_low=lo, ci_high=hi, n=n, aggregate=k.aggregate)
+                entry = MetricEntry(**head, value=aggregate(parts, k.aggregate), ci_low=lo, ci_high=hi, n=n,
+                                    aggregate=k.aggregate)
             elif k.per_pair:
                 v = frame[k.key].to_numpy()
                 lo, hi = bootstrap_ci(v, cfg.bootstrap_resamples, cfg.confidence, seed)
                 n = int(np.isfinite(v).sum())  # every pair flagged or failed: no mean, n = 0
-                entry.update(value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi, n=n)
+                entry = MetricEntry(**head, value=float(np.nanmean(v)) if n else float("nan"), ci_low=lo, ci_high=hi,
+                                    n=n)
             else:
                 raw = float(dataset_level[k.key])
                 value = raw if k.lower_bound is None or not np.isfinite(raw) else max(raw, k.lower_bound)
-                entry.update(value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
-                             lower_bound=k.lower_bound, feature_dim=k.feature_dim)
-            results[k.key] = entry
+                entry = MetricEntry(**head, value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
+                                    lower_bound=k.lower_bound, feature_dim=k.feature_dim)
+            results[k.key] = entry.to_dict()  # the stored form: faceeval.summaries owns it
     return results
 
 
@@ -553,6 +555,127 @@ def _exit_hook(pairs_done: int) -> None:
         os._exit(17)
 
 
+@dataclass
+class _Scored:
+    """One method's swaps and scores on a pair set (:func:`_swap_and_score`)."""
+
+    keys: dict[str, str]
+    store: SwapStore
+    computed: int  # swaps computed by this pass
+    t_swap: float
+    failures: list
+    frame: pd.DataFrame
+    dataset_level: dict[str, float]
+    repaired: list[str]  # swaps the cache found damaged, made again
+
+
+def _swap_and_score(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
+                    features: FeatureStore) -> _Scored:
+    """Swap every pair (skipping failures under --on-error skip), then score; swaps the store
+    finds damaged while scoring are made again (twice at most)."""
+    images = ImageSource(pairset)
+    computed, t_swap, repaired = 0, 0.0, []
+    for attempt in range(3):
+        t1 = time.perf_counter()
+        keys, store, done, failures = run_swaps(method, pairset, images, cfg)
+        computed, t_swap = computed + done, t_swap + time.perf_counter() - t1
+        failed_ids = {f.pair_id for f in failures}
+        scored = replace(pairset, pairs=tuple(p for p in pairset.pairs if p.pair_id not in failed_ids))
+        if not scored.pairs:
+            raise HarnessError(f"method {method.name} failed on every one of the {len(pairset.pairs)} pairs; first: "
+                               f"{failures[0].line(method.name)}")
+        try:
+            frame, dataset_level = score(method.name, scored, keys, store, metrics, images, features, cfg)
+            return _Scored(keys, store, computed, t_swap, failures, frame, dataset_level, repaired)
+        except DamagedSwaps as exc:  # deleted by the store: swap those pairs again, score again
+            if attempt == 2:
+                raise
+            repaired.append(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _run_id(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig) -> str:
+    """The run folder's id: the pair set, the method and the metrics as they score."""
+    metric_fps = {m.name: m.fingerprint() for m in metrics}
+    return stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
+                        method.fingerprint(), metric_fps]
+                       + ([cfg.convention] if cfg.convention else [])  # a preset's runs stay apart
+                       # and so do runs under two identity maps (protocols.identity_map)
+                       + [f"{k}={v}" for k, v in pairset.settings if k == "identity_map_sha256"])
+
+
+def _output_checks(frame: pd.DataFrame) -> dict[str, Any]:
+    """Outputs flagged per kind, their total and up to five example pairs."""
+    checks: dict[str, Any] = {f: int((frame["output_flag"] == f).sum()) for f in OUTPUT_FLAGS}
+    checks["flagged"] = sum(checks.values())
+    checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
+    return checks
+
+
+def _run_notes(method: SwapMethod, pairset: PairSet, metrics: list[Metric], method_notes: list[str], run: _Scored,
+               checks: dict[str, Any], backends: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The summary's notes (the pair set's, the method's, the cache's, the metrics', failed
+    swaps, flagged outputs, the identity model the method trained with) and the metrics
+    scored by that model."""
+    notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
+             + [f"{method.name}: cache: {n}" for n in run.repaired]
+             + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
+    failures = run.failures
+    if failures:
+        shown = "; ".join(f"{f.pair_id} ({f.error})" for f in failures[:3])
+        more = f"; ... and {len(failures) - 3} more (summary.json: swap_errors)" if len(failures) > 3 else ""
+        notes.append(f"{method.name}: {len(failures)} of {len(pairset.pairs)} pairs failed to swap and were "
+                     f"skipped (--on-error skip), left out of every number including FID: {shown}{more}")
+    if checks["flagged"]:
+        kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
+        notes.append(f"{method.name}: {checks['flagged']} of {len(run.frame)} outputs flagged ({kinds}; e.g. pairs "
+                     f"{', '.join(checks['examples'])}): left out of the per-pair means")
+    # The evaluator should not be the model the method optimised: flag it when it is.
+    training_model = method.identity_model
+    scored_by_training_model = sorted(k for k, b in backends.items() if training_model and b["name"] == training_model)
+    for k in scored_by_training_model:
+        notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
+                     "the method trained with (the score favours it)")
+    identity_backends = sorted({b["name"] for k, b in backends.items() if k.startswith("identity")})
+    if training_model and identity_backends and not scored_by_training_model:
+        notes.append(f"{method.name}: identity scored with {', '.join(identity_backends)}, not with "
+                     f"{training_model}, the identity model the method trained with")
+    return notes, scored_by_training_model
+
+
+def _pairset_fields(pairset: PairSet) -> dict[str, Any]:
+    """The summary's description of the pair set."""
+    return {"protocol": pairset.protocol, "protocol_version": pairset.version,
+            "protocol_settings": dict(pairset.settings), "manifest_sha256": pairset.manifest_sha256,
+            "gallery_sha256": pairset.gallery_sha256, "seed": pairset.seed, "num_pairs": len(pairset.pairs),
+            "resolution": pairset.resolution, "root": str(pairset.root)}
+
+
+def _work_fields(run: _Scored, shards: list[dict[str, Any]], hits: int, misses: int, t_score: float,
+                 checks: dict[str, Any], t1: float, before: dict) -> dict[str, Any]:
+    """The summary's account of the work: swaps, features, output checks, seconds, processes;
+    with ``shards`` (torchrun), every rank's share counted."""
+    computed = run.computed + sum(s["swaps_computed"] for s in shards)
+    # ranks work side by side: their slowest share, then this pass
+    t_swap = run.t_swap + max((s["swap_s"] for s in shards), default=0.0)
+    t_score += max((s["score_s"] for s in shards), default=0.0)
+    return {
+        "swaps": {"computed": computed, "cached": len(run.keys) - computed - len(run.failures),
+                  **({"failed": len(run.failures)} if run.failures else {})},
+        # pairs the method failed on, skipped under --on-error skip (not cached: a re-run tries them again)
+        "swap_errors": [{"pair_id": f.pair_id, "source": f.source, "target": f.target, "error": f.error}
+                        for f in run.failures],
+        # feature vectors computed by the job (every rank), and lookups this pass found cached
+        "features": {"computed": misses + sum(s["features_computed"] for s in shards), "cached": hits},
+        "output_checks": checks,
+        "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3),
+                     "aggregate": round(time.perf_counter() - t1, 3)},
+        # process-seconds per stage, summed over ranks and worker processes (faceeval.timing)
+        "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
+        "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
+    }
+
+
 def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
                features: FeatureStore, shards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Swap, score and aggregate one method on one pair set; writes its run folder.
@@ -571,108 +694,32 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's bug: one line naming it
         raise HarnessError(f"method {method.name} failed in prepare(pair set): {_one_line(exc)}") from exc
-    images = ImageSource(pairset)
-    computed, t_swap, repaired = 0, 0.0, []
-    for attempt in range(3):
-        t1 = time.perf_counter()
-        keys, store, done, failures = run_swaps(method, pairset, images, cfg)
-        computed, t_swap = computed + done, t_swap + time.perf_counter() - t1
-        failed_ids = {f.pair_id for f in failures}
-        scored = replace(pairset, pairs=tuple(p for p in pairset.pairs if p.pair_id not in failed_ids))
-        if not scored.pairs:
-            raise HarnessError(f"method {method.name} failed on every one of the {len(pairset.pairs)} pairs; first: "
-                               f"{failures[0].line(method.name)}")
-        try:
-            frame, dataset_level = score(method.name, scored, keys, store, metrics, images, features, cfg)
-            break
-        except DamagedSwaps as exc:  # deleted by the store: swap those pairs again, score again
-            if attempt == 2:
-                raise
-            repaired.append(str(exc))
-    t_score = time.perf_counter() - t0 - t_swap
+    run = _swap_and_score(method, pairset, metrics, cfg, features)
+    t_score = time.perf_counter() - t0 - run.t_swap
     hits, misses = (features.counts[k] - counts[k] for k in ("hits", "misses"))
 
     t1 = time.perf_counter()
     with stage("aggregate"):
-        metric_fps = {m.name: m.fingerprint() for m in metrics}
-        run_id = stable_hash([pairset.protocol, pairset.version, pairset.manifest_sha256, pairset.gallery_sha256,
-                              method.fingerprint(), metric_fps]
-                             + ([cfg.convention] if cfg.convention else [])  # a preset's runs stay apart
-                             # and so do runs under two identity maps (protocols.identity_map)
-                             + [f"{k}={v}" for k, v in pairset.settings if k == "identity_map_sha256"])
+        run_id = _run_id(method, pairset, metrics, cfg)
         run_dir = cfg.out_dir / "runs" / pairset.protocol / f"{method.name}-{run_id}"
-        _write_run(run_dir, pairset, frame, keys, store, cfg)
-        results = metric_entries(frame, dataset_level, metrics, cfg, pairset.seed)
-        checks = {f: int((frame["output_flag"] == f).sum()) for f in OUTPUT_FLAGS}
-        checks["flagged"] = sum(checks.values())
-        checks["examples"] = frame.loc[frame["output_flag"] != "", "pair_id"].head(5).tolist()
-        notes = (list(pairset.notes) + [f"{method.name}: {n}" for n in method_notes]
-                 + [f"{method.name}: cache: {n}" for n in repaired]
-                 + [f"{method.name}: {n}" for m in metrics for n in m.notes()])
-        if failures:
-            shown = "; ".join(f"{f.pair_id} ({f.error})" for f in failures[:3])
-            more = f"; ... and {len(failures) - 3} more (summary.json: swap_errors)" if len(failures) > 3 else ""
-            notes.append(f"{method.name}: {len(failures)} of {len(pairset.pairs)} pairs failed to swap and were "
-                         f"skipped (--on-error skip), left out of every number including FID: {shown}{more}")
-        if checks["flagged"]:
-            kinds = ", ".join(f"{checks[f]} {f.replace('_', ' ')}" for f in OUTPUT_FLAGS if checks[f])
-            notes.append(f"{method.name}: {checks['flagged']} of {len(frame)} outputs flagged ({kinds}; e.g. pairs "
-                         f"{', '.join(checks['examples'])}): left out of the per-pair means")
+        _write_run(run_dir, pairset, run.frame, run.keys, run.store, cfg)
+        results = metric_entries(run.frame, run.dataset_level, metrics, cfg, pairset.seed)
+        checks = _output_checks(run.frame)
         backends = {m.name: asdict(m.backend()) for m in metrics}
-        # The evaluator should not be the model the method optimised: flag it when it is.
-        training_model = method.identity_model
-        scored_by_training_model = sorted(k for k, b in backends.items()
-                                          if training_model and b["name"] == training_model)
-        for k in scored_by_training_model:
-            notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
-                         "the method trained with (the score favours it)")
-        identity_backends = sorted({b["name"] for k, b in backends.items() if k.startswith("identity")})
-        if training_model and identity_backends and not scored_by_training_model:
-            notes.append(f"{method.name}: identity scored with {', '.join(identity_backends)}, not with "
-                         f"{training_model}, the identity model the method trained with")
-    shards = shards or []
-    computed += sum(s["swaps_computed"] for s in shards)
-    # ranks work side by side: their slowest share, then this pass
-    t_swap += max((s["swap_s"] for s in shards), default=0.0)
-    t_score += max((s["score_s"] for s in shards), default=0.0)
+        notes, scored_by_training_model = _run_notes(method, pairset, metrics, method_notes, run, checks, backends)
     summary = {
-        "run_id": run_id,
-        "protocol": pairset.protocol,
-        "protocol_version": pairset.version,
-        "protocol_settings": dict(pairset.settings),
-        "manifest_sha256": pairset.manifest_sha256,
-        "gallery_sha256": pairset.gallery_sha256,
-        "seed": pairset.seed,
-        "num_pairs": len(pairset.pairs),
-        "resolution": pairset.resolution,
-        "root": str(pairset.root),
-        "method": method.name,
-        "method_info": method.describe(),
-        "method_key": store.method_key,
-        "metrics": results,
-        "backends": backends,
+        "run_id": run_id, **_pairset_fields(pairset),
+        "method": method.name, "method_info": method.describe(), "method_key": run.store.method_key,
+        "metrics": results, "backends": backends,
         # every choice that moves a number (faceeval.conventions): the preset, each metric's settings,
         # the protocol's (protocol_settings) and what a preset substituted
         "convention": cfg.convention,
         "conventions": {m.name: m.convention() for m in metrics if m.convention()},
         "substitutions": list(cfg.substitutions),
         "scored_by_training_model": scored_by_training_model,
-        "confidence": cfg.confidence,
-        "bootstrap_resamples": cfg.bootstrap_resamples,
+        "confidence": cfg.confidence, "bootstrap_resamples": cfg.bootstrap_resamples,
         "notes": notes,
-        "swaps": {"computed": computed, "cached": len(keys) - computed - len(failures),
-                  **({"failed": len(failures)} if failures else {})},
-        # pairs the method failed on, skipped under --on-error skip (not cached: a re-run tries them again)
-        "swap_errors": [{"pair_id": f.pair_id, "source": f.source, "target": f.target, "error": f.error}
-                        for f in failures],
-        # feature vectors computed by the job (every rank), and lookups this pass found cached
-        "features": {"computed": misses + sum(s["features_computed"] for s in shards), "cached": hits},
-        "output_checks": checks,
-        "timing_s": {"swap": round(t_swap, 3), "score": round(t_score, 3),
-                     "aggregate": round(time.perf_counter() - t1, 3)},
-        # process-seconds per stage, summed over ranks and worker processes (faceeval.timing)
-        "stage_s": timing.merged(*(s["stages"] for s in shards), timing.since(before)),
-        "processes": {"ranks": max(1, len(shards)), "workers_per_rank": pool_workers()},
+        **_work_fields(run, shards or [], hits, misses, t_score, checks, t1, before),
         "device": cfg.device,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
         "environment": environment(),

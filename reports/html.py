@@ -24,10 +24,10 @@ import numpy as np
 
 from faceeval.checks import input_root, inside
 from faceeval.errors import HarnessError
-from faceeval.summaries import load_summaries
+from faceeval.summaries import NO_VALUE, MetricEntry, direction, entries_of, load_summaries
 from reports.ranking import load_pair_frames
-from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
-                            select_runs, shown_value, small_sample_warning)
+from reports.tables import (REFERENCE_METHODS, Table, build_ablation_table, build_table, select_runs,
+                            small_sample_warning)
 from reports.thumbs import ThumbnailStore
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -60,22 +60,23 @@ def _agreement(protocol: str, runs: list[dict], frames: dict) -> list[dict[str, 
     from scipy.stats import kendalltau, spearmanr
 
     rs = [s for s in runs if s["protocol"] == protocol]
-    groups: dict[str, dict[str, dict]] = {}
+    entries = {s["method"]: entries_of(s) for s in rs}
+    groups: dict[str, dict[str, MetricEntry]] = {}
     for s in rs:
-        for key, e in s["metrics"].items():
-            groups.setdefault(_base_label(e["label"]), {}).setdefault(key, e)
+        for key, e in entries[s["method"]].items():
+            groups.setdefault(_base_label(e.label), {}).setdefault(key, e)
     out = []
     for base, cols in groups.items():
         for (ka, ea), (kb, eb) in itertools.combinations(cols.items(), 2):
-            if ea["backend"] == eb["backend"]:
+            if ea.backend == eb.backend:
                 continue
-            with_both = [s for s in rs if ka in s["metrics"] and kb in s["metrics"]]
+            with_both = [s for s in rs if ka in entries[s["method"]] and kb in entries[s["method"]]]
             ranked = [s for s in with_both if s["method"] not in REFERENCE_METHODS]
             used = ranked if len(ranked) >= 3 else with_both
             tau = float("nan")
             if len(used) >= 2:
-                a = [s["metrics"][ka]["value"] for s in used]
-                b = [s["metrics"][kb]["value"] for s in used]
+                a = [entries[s["method"]][ka].value for s in used]
+                b = [entries[s["method"]][kb].value for s in used]
                 if len(set(a)) > 1 and len(set(b)) > 1:
                     tau = float(kendalltau(a, b).statistic)
             per_method = []
@@ -89,8 +90,8 @@ def _agreement(protocol: str, runs: list[dict], frames: dict) -> list[dict[str, 
                     if n >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
                         rho = float(spearmanr(x[ok], y[ok]).statistic)
                 per_method.append({"method": s["method"], "rho": rho, "n": n})
-            out.append({"quantity": base, "a": ka, "b": kb, "label_a": ea["label"], "label_b": eb["label"],
-                        "backend_a": ea["backend"], "backend_b": eb["backend"], "tau": tau,
+            out.append({"quantity": base, "a": ka, "b": kb, "label_a": ea.label, "label_b": eb.label,
+                        "backend_a": ea.backend, "backend_b": eb.backend, "tau": tau,
                         "tau_methods": [s["method"] for s in used],
                         "tau_includes_references": len(used) != len(ranked), "per_method": per_method})
     return out
@@ -103,9 +104,9 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
     methods = [m for m in methods if m in rs]
     columns: dict[str, dict] = {}
     for m in methods:
-        for key, e in rs[m]["metrics"].items():
-            columns.setdefault(key, {"key": key, "label": e["label"], "unit": e["unit"], "scale": e.get("scale", 1.0),
-                                     "hib": e["higher_is_better"], "backend": e["backend"], "per_pair": False})
+        for key, e in entries_of(rs[m]).items():
+            columns.setdefault(key, {"key": key, "label": e.label, "unit": e.unit, "scale": e.scale,
+                                     "hib": e.higher_is_better, "backend": e.backend, "per_pair": False})
     with_frames = [m for m in methods if (protocol, m) in frames]
     order: list[str] = []
     inputs: dict[str, tuple[str, str, str, str]] = {}
@@ -168,11 +169,9 @@ def _table_html(t: Table, protocol: str) -> str:
     head = ['<th data-col="0" data-kind="text" title="sort by method">Method</th>']
     for i, c in enumerate(cols, start=1):
         unit = f" ({c.unit})" if c.unit and c.unit != "cosine" else ""
-        arrow = "↑" if c.higher_is_better else "↓"
-        direction = "higher is better" if c.higher_is_better else "lower is better"
         head.append(f'<th data-col="{i}" data-kind="num" data-hib="{int(c.higher_is_better)}" '
-                    f'title="{ESC(c.key)}: {direction}; click to sort">{ESC(c.label)}{ESC(unit)} '
-                    f'<span class="arrow">{arrow}</span></th>')
+                    f'title="{ESC(c.key)}: {direction(c.higher_is_better)}; click to sort">{ESC(c.label)}{ESC(unit)} '
+                    f'<span class="arrow">{c.arrow}</span></th>')
     rows = []
     for m in methods:
         ref = m in REFERENCE_METHODS
@@ -180,20 +179,20 @@ def _table_html(t: Table, protocol: str) -> str:
                  f'{"</i> <span class=ref>reference</span>" if ref else ""}</th>']
         for c in cols:
             e = t.cells.get((m, protocol, c.key))
-            if e is None or e.get("value") is None or not math.isfinite(e["value"]):
-                cells.append('<td data-v="">–</td>')
+            if e is None or not e.has_value:
+                cells.append(f'<td data-v="">{NO_VALUE}</td>')
                 continue
-            d = _digits(c)
-            v = shown_value(e)
-            text = f"{v * c.scale:.{d}f}"
-            tip = [f"mean of {e.get('n')} values"]
-            lo, hi = e.get("ci_low"), e.get("ci_high")
+            d = c.digits
+            v = e.shown
+            text = e.value_text(c.scale)
+            tip = [f"mean of {e.n} values"]
             ci = ""
-            if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-                ci = f'<span class="ci">± {(hi - lo) / 2 * c.scale:.{d}f}</span>'
-                tip.append(f"CI [{lo * c.scale:.{d}f}, {hi * c.scale:.{d}f}]")
-            if v != e["value"] or ("raw_value" in e and e["raw_value"] != v):
-                tip.append(f"raw value {e.get('raw_value', e['value']):.6g} (below {v:g} by rounding; shown clamped)")
+            if e.has_ci:
+                ci = f'<span class="ci">± {e.half_ci_text(c.scale)}</span>'
+                tip.append(f"CI [{e.ci_low * c.scale:.{d}f}, {e.ci_high * c.scale:.{d}f}]")
+            raw = e.value if e.raw_value is None else e.raw_value
+            if v != e.value or raw != v:
+                tip.append(f"raw value {raw:.6g} (below {v:g} by rounding; shown clamped)")
             if (m, protocol, c.key) in t.shared_rank:
                 tip.append(f"rank {t.shared_rank[(m, protocol, c.key)]}")
             mark = t.rank.get((m, protocol, c.key))
@@ -215,8 +214,8 @@ def _warnings_html(runs: list[dict], protocol: str) -> str:
     for s in runs:
         if s["protocol"] != protocol:
             continue
-        for e in s["metrics"].values():
-            w = small_sample_warning(e, s["backends"].get(e.get("metric", "")))
+        for e in entries_of(s).values():
+            w = small_sample_warning(e, s["backends"].get(e.metric))
             if w:
                 found.setdefault(w, []).append(s["method"])
     return "".join(f'<div class="warning">⚠ {ESC(w)} <span class="muted">({ESC(", ".join(who))})</span></div>'
@@ -285,8 +284,8 @@ def _provenance_html(runs: list[dict], protocol: str, report_dir: Path) -> str:
         rel = Path(os.path.relpath(run_dir, report_dir)).as_posix()
         links = " ".join(f'<a href="{ESC(rel)}/{f}">{f}</a>' for f in ("summary.json", "pairs.csv", "pairs.parquet",
                                                                        "gallery.csv") if (run_dir / f).is_file())
-        unscored = [f"{ESC(e['label'])}: {s['num_pairs'] - e['n']}" for e in s["metrics"].values()
-                    if e.get("ci_low") is not None and e.get("n") is not None and e["n"] < s["num_pairs"]]
+        unscored = [f"{ESC(e.label)}: {s['num_pairs'] - e.n}" for e in entries_of(s).values()
+                    if e.ci_low is not None and e.n is not None and e.n < s["num_pairs"]]
         t = s.get("timing_s", {})
         sw = s.get("swaps", {})
         settings = ESC(json.dumps(s.get("method_info", {}), indent=1, default=str))

@@ -15,6 +15,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from faceeval.summaries import NO_VALUE, MetricEntry, entries_of
+from faceeval.summaries import direction as in_words
 from reports.tables import REFERENCE_METHODS
 
 #: quantities compared across presets: metric key prefix -> label
@@ -22,8 +24,8 @@ QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID si
               "pose_error": "pose error", "expression_error": "expression error", "fid": "FID"}
 
 
-def _entry(summary: dict[str, Any], prefix: str) -> dict[str, Any] | None:
-    return next((e for k, e in summary["metrics"].items() if k == prefix or k.startswith(prefix + "_")), None)
+def _entry(summary: dict[str, Any], prefix: str) -> MetricEntry | None:
+    return next((e for k, e in entries_of(summary).items() if k == prefix or k.startswith(prefix + "_")), None)
 
 
 def ranks(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
@@ -53,19 +55,19 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
         for p, runs in by_preset.items():
             for s in runs:
                 e = _entry(s, prefix)
-                if e is None or e["value"] is None:
+                if e is None or e.value is None:
                     continue
-                direction = e["higher_is_better"]
-                values.setdefault(p, {})[s["method"]] = float(e["value"]) * float(e.get("scale", 1.0))
+                direction = e.higher_is_better
+                values.setdefault(p, {})[s["method"]] = float(e.value) * float(e.scale)
         if not values:
             continue
         ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE_METHODS}, bool(direction))
                   for p, vs in values.items()}
-        lines += [f"## {label} ({'higher' if direction else 'lower'} is better)", "",
+        lines += [f"## {label} ({in_words(bool(direction))})", "",
                   "| method | " + " | ".join(presets) + " |", "|---" * (len(presets) + 1) + "|"]
         for m in methods:
             cells = [(f"{values[p][m]:.3f}" + (f" (#{ranked[p][m]})" if m in ranked.get(p, {}) else ""))
-                     if m in values.get(p, {}) else "–" for p in presets]
+                     if m in values.get(p, {}) else NO_VALUE for p in presets]
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         taus = [f"{a} vs {b}: τ = {kendall_tau(ranked.get(a, {}), ranked.get(b, {})):.2f}"
                 for a, b in combinations(presets, 2)]

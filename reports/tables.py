@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codeswap.variants import VARIANTS, method_name, table_label
+from faceeval.summaries import MetricEntry, arrow, cell, digits, entries_of
 from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_methods
 
 REFERENCE_METHODS = ("source", "target")
@@ -67,7 +68,15 @@ class Column:
     @property
     def header(self) -> str:
         unit = f" ({self.unit})" if self.unit and self.unit not in ("cosine",) else ""
-        return f"{self.label}{unit} {'↑' if self.higher_is_better else '↓'}"
+        return f"{self.label}{unit} {self.arrow}"
+
+    @property
+    def arrow(self) -> str:
+        return arrow(self.higher_is_better)
+
+    @property
+    def digits(self) -> int:
+        return digits(self.key, self.unit)
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ class Table:
     protocols: list[str]
     columns: list[Column]
     methods: list[str]
-    cells: dict[tuple[str, str, str], dict[str, Any]]  # (method, protocol, key) -> metric entry
+    cells: dict[tuple[str, str, str], MetricEntry]  # (method, protocol, key) -> metric entry
     rank: dict[tuple[str, str, str], int]  # marks: 1 = bold (best), 2 = underline (second), if significant
     footer: list[str]
     labels: dict[str, str] = field(default_factory=dict)  # method -> row label
@@ -97,7 +106,7 @@ def _ranks(cells, columns, methods, frames, rule: RankRule) -> tuple[dict, dict]
     marks, ranks = {}, {}
     for c in columns:
         ranked = [m for m in methods if m not in REFERENCE_METHODS and (m, c.protocol, c.key) in cells]
-        means = {m: cells[(m, c.protocol, c.key)]["value"] for m in ranked}
+        means = {m: cells[(m, c.protocol, c.key)].value for m in ranked}
         per_method = {m: frames[(c.protocol, m)] for m in ranked if (c.protocol, m) in frames}
         values = aligned_values(per_method, c.key) if len(per_method) == len(ranked) else None
         r = rank_methods(means, values, c.higher_is_better, rule)
@@ -135,8 +144,8 @@ def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
     cells = {}
     for p in protocols:
         for s in (s for s in runs if s["protocol"] == p):
-            for key, e in s["metrics"].items():
-                col = Column(p, key, e["label"], e["unit"], e["higher_is_better"], e.get("scale", 1.0))
+            for key, e in entries_of(s).items():
+                col = Column(p, key, e.label, e.unit, e.higher_is_better, e.scale)
                 if col not in columns:
                     columns.append(col)
                 cells[(s["method"], p, key)] = e
@@ -147,8 +156,8 @@ def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
     frames = load_pair_frames(runs) if frames is None else frames
     rule = RankRule(seed=runs[0]["seed"], alpha=round(1 - runs[0]["confidence"], 6))
     marks, shared = _ranks(cells, columns, methods, frames, rule)
-    warned = frozenset((s["method"], s["protocol"], k) for s in runs for k, e in s["metrics"].items()
-                       if small_sample_warning(e, s["backends"].get(e.get("metric", ""))))
+    warned = frozenset((s["method"], s["protocol"], k) for s in runs for k, e in entries_of(s).items()
+                       if small_sample_warning(e, s["backends"].get(e.metric)))
     return Table(title, protocols, columns, methods, cells, marks, _footer(runs, protocols, rule), labels or {}, shared,
                  warned)
 
@@ -177,18 +186,18 @@ def _footer(runs, protocols, rule: RankRule) -> list[str]:
             lines.append(f"  {metric} <- {b['name']}: {b['description']} [{status}; {weights}]")
         warned = {}
         for s in rs:
-            for e in s["metrics"].values():
-                w = small_sample_warning(e, s["backends"].get(e.get("metric", "")))
+            for e in entries_of(s).values():
+                w = small_sample_warning(e, s["backends"].get(e.metric))
                 if w:
                     warned.setdefault(w, []).append(s["method"])
         for w, who in warned.items():
             lines.append(f"  warning (†): {w} ({', '.join(who)})")
         for s in rs:
-            for e in s["metrics"].values():
-                raw = e.get("raw_value", e["value"])
-                if raw is not None and math.isfinite(raw) and shown_value(e) != raw:
-                    lines.append(f"  note: {s['method']}: {e['label']} is {raw:.3g} by rounding, shown as "
-                                 f"{shown_value(e):g} (raw value kept in summary.json)")
+            for e in entries_of(s).values():
+                raw = e.value if e.raw_value is None else e.raw_value
+                if raw is not None and math.isfinite(raw) and e.shown != raw:
+                    lines.append(f"  note: {s['method']}: {e.label} is {raw:.3g} by rounding, shown as "
+                                 f"{e.shown:g} (raw value kept in summary.json)")
         for note in dict.fromkeys(n for s in rs for n in s.get("notes", [])):
             lines.append(f"  note: {note}")
         checked = [s for s in rs if "output_checks" in s]
@@ -204,48 +213,25 @@ def _footer(runs, protocols, rule: RankRule) -> list[str]:
     return lines
 
 
-def shown_value(entry: dict[str, Any]) -> float:
-    """The value a summary shows: below the metric's lower bound only by rounding (FID of
-    identical sets, -1e-4) it is clamped to the bound; ``raw_value`` keeps the original.
-    Summaries written before the bound was recorded clamp FID at 0."""
-    value = entry["value"]
-    bound = entry.get("lower_bound", 0.0 if entry.get("metric", "").startswith("fid") else None)
-    return max(value, bound) if bound is not None and math.isfinite(value) else value
-
-
-def feature_dim(entry: dict[str, Any], backend: dict[str, Any] | None = None) -> int | None:
+def feature_dim(entry: MetricEntry, backend: dict[str, Any] | None = None) -> int | None:
     """Feature dimension of a dataset-level metric (FID): recorded in the entry, or for
     older runs read from its backend's description ("512-d")."""
-    if entry.get("feature_dim"):
-        return int(entry["feature_dim"])
-    if entry.get("ci_low") is None and backend is not None:  # dataset-level
+    if entry.feature_dim:
+        return int(entry.feature_dim)
+    if entry.ci_low is None and backend is not None:  # dataset-level
         found = re.search(r"(\d+)-d\b", backend.get("description", ""))
         return int(found.group(1)) if found else None
     return None
 
 
-def small_sample_warning(entry: dict[str, Any], backend: dict[str, Any] | None = None) -> str | None:
+def small_sample_warning(entry: MetricEntry, backend: dict[str, Any] | None = None) -> str | None:
     """A warning when a dataset-level metric saw fewer samples than its feature dimension."""
     dim = feature_dim(entry, backend)
-    n = entry.get("n")
+    n = entry.n
     if dim and n is not None and n < dim:
-        return (f"{entry['label']} computed on {n} samples with {dim}-d features: fewer samples than dimensions, "
+        return (f"{entry.label} computed on {n} samples with {dim}-d features: fewer samples than dimensions, "
                 "so the covariance is singular and the value is not comparable with one on a larger set")
     return None
-
-
-def _fmt(entry: dict[str, Any] | None, scale: float, digits: int) -> str:
-    if entry is None or entry.get("value") is None or not math.isfinite(entry["value"]):
-        return "–"
-    text = f"{shown_value(entry) * scale:.{digits}f}"
-    lo, hi = entry.get("ci_low"), entry.get("ci_high")
-    if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
-        text += f" ± {(hi - lo) / 2 * scale:.{digits}f}"
-    return text
-
-
-def _digits(col: Column) -> int:
-    return 1 if col.unit == "%" else 2 if col.key.startswith("fid") else 3
 
 
 def to_markdown(t: Table) -> str:
@@ -254,7 +240,7 @@ def to_markdown(t: Table) -> str:
     for m in t.methods:
         row = [f"*{m}*" if m in REFERENCE_METHODS else t.label(m)]
         for c in t.columns:
-            text = _fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c))
+            text = cell(t.cells.get((m, c.protocol, c.key)), c.scale)
             text += " †" if (m, c.protocol, c.key) in t.warned else ""
             r = t.rank.get((m, c.protocol, c.key))
             row.append(f"**{text}**" if r == 1 else f"<u>{text}</u>" if r == 2 else text)
@@ -291,7 +277,7 @@ def to_latex(t: Table) -> str:
             out.append(r"\midrule")
         row = [rf"\textit{{{_tex_escape(m)}}}" if m in REFERENCE_METHODS else _tex_escape(t.label(m))]
         for c in t.columns:
-            text = _tex_escape(_fmt(t.cells.get((m, c.protocol, c.key)), c.scale, _digits(c)))
+            text = _tex_escape(cell(t.cells.get((m, c.protocol, c.key)), c.scale))
             text += r"$^\dagger$" if (m, c.protocol, c.key) in t.warned else ""
             r = t.rank.get((m, c.protocol, c.key))
             row.append(rf"\textbf{{{text}}}" if r == 1 else rf"\underline{{{text}}}" if r == 2 else text)
@@ -316,6 +302,6 @@ def to_csv(t: Table) -> str:
             e = t.cells.get((m, c.protocol, c.key))
             if e is None:
                 continue
-            w.writerow([c.protocol, m, c.key, e["value"], e.get("ci_low"), e.get("ci_high"), e.get("n"), c.unit,
-                        c.scale, c.higher_is_better, e["backend"], t.rank.get((m, c.protocol, c.key), "")])
+            w.writerow([c.protocol, m, c.key, e.value, e.ci_low, e.ci_high, e.n, c.unit,
+                        c.scale, c.higher_is_better, e.backend, t.rank.get((m, c.protocol, c.key), "")])
     return buf.getvalue()
