@@ -31,8 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stage1_speed import (print_results, random_perceptual, step_flops, synthetic_folder,  # noqa: E402
-                                     timed_steps)
+from benchmarks.stage1_speed import print_results, random_perceptual, step_flops, synthetic_folder, timed_steps  # noqa: E402
 from codeswap.checkpoints import plain  # noqa: E402
 from codeswap.config import MODEL_CONFIGS, TrainConfig  # noqa: E402
 from codeswap.model import CodeSwap, CodeSwapConfig  # noqa: E402

@@ -14,8 +14,9 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -382,8 +383,8 @@ def cached_features(
     ns: str,
     shas: list[str],
     images: list[np.ndarray] | None,
-    compute: "callable",  # list[np.ndarray] -> np.ndarray (N, D)
-    load: "callable | None" = None,  # index -> image, when ``images`` is None
+    compute: callable,  # list[np.ndarray] -> np.ndarray (N, D)
+    load: callable | None = None,  # index -> image, when ``images`` is None
     weights=(),  # ((file name, sha256), ...) the features depend on
 ) -> np.ndarray:
     """Features for each image, computing only those not in the store. Returns (N, D).

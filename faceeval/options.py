@@ -19,8 +19,9 @@ import inspect
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from faceeval.errors import HarnessError
 

@@ -27,9 +27,10 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from faceeval import stops
 from faceeval.cache import stable_hash
@@ -387,9 +388,9 @@ def _ensure_sqlite_store(db: Path, log) -> None:
             raise HarnessError(f"the MLflow store {db} was left half-migrated but holds {runs} runs: back it up, then "
                                f"run `mlflow db upgrade sqlite:///{db}` or move it away; or pass --no-mlflow")
         log(f"  note: the MLflow store {db} was left half-created (no runs in it); creating it again")
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     import uuid
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # new name: MLflow caches engines by URI
     try:

@@ -25,7 +25,7 @@ class CodeSwapMethod(SwapMethod):
     name = "codeswap"
 
     def __init__(self, device: str = "cpu", checkpoint: str | None = None, variant: str = "full",
-                 demo_recipe: "DemoRecipe | None" = None) -> None:  # noqa: F821
+                 demo_recipe: DemoRecipe | None = None) -> None:  # noqa: F821
         super().__init__(device)
         self.variant = variant
         self.demo_recipe = demo_recipe

@@ -26,8 +26,16 @@ from faceeval.checks import input_root, inside
 from faceeval.errors import HarnessError
 from faceeval.summaries import load_summaries
 from reports.ranking import load_pair_frames
-from reports.tables import (REFERENCE_METHODS, Table, _digits, build_ablation_table, build_table,
-                            select_runs, shown_value, small_sample_warning)
+from reports.tables import (
+    REFERENCE_METHODS,
+    Table,
+    _digits,
+    build_ablation_table,
+    build_table,
+    select_runs,
+    shown_value,
+    small_sample_warning,
+)
 from reports.thumbs import ThumbnailStore
 
 STATIC = Path(__file__).resolve().parent / "static"

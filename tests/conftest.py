@@ -115,9 +115,9 @@ def demo_photos(tmp_path_factory) -> Path:
     """A photo folder the demo was not built from in this form: whole original photos
     (not crops), one subfolder per identity with a mirrored second photo, a photo with
     no face and an unreadable file."""
+    import matplotlib.cbook
     import numpy as np
     import skimage.data
-    import matplotlib.cbook
     from PIL import Image
 
     root = tmp_path_factory.mktemp("photos")

@@ -8,7 +8,6 @@ never a silent drop, never a half-written file.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from faceeval.errors import HarnessError
 import bad_inputs as bi
+from faceeval.errors import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])  # subprocesses import bad_inputs too

@@ -8,10 +8,8 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import bad_inputs as bi

@@ -10,7 +10,6 @@ lost, nothing left running, nothing scored wrong.
 
 from __future__ import annotations
 
-import errno
 import http.server
 import json
 import os

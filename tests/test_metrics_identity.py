@@ -111,8 +111,8 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
 
 
 def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
-    from faceeval.models.iresnet import IRESNETS, IResNet, load_iresnet
     from faceeval.metrics.id_backends import make_embedder
+    from faceeval.models.iresnet import IRESNETS, IResNet, load_iresnet
 
     # official key names and shapes of the r50 / r100 backbones
     r50 = IResNet(IRESNETS["r50"]).state_dict()

@@ -18,10 +18,17 @@ import torch
 
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, to_tensor
-from harness.registry import METHODS
 from faceeval.weights import KNOWN
+from harness.registry import METHODS
 from methods.onnx_swappers import (
-    ARCFACE_FILE, SWAPPERS, ArcFaceOnnx, OnnxSwapper, emap_latent, normalise_input, output_to_rgb01, unit,
+    ARCFACE_FILE,
+    SWAPPERS,
+    ArcFaceOnnx,
+    OnnxSwapper,
+    emap_latent,
+    normalise_input,
+    output_to_rgb01,
+    unit,
 )
 from protocols.demo import DemoProtocol
 

@@ -23,8 +23,16 @@ import torch
 from faceeval.constants import FFHQ_FACE_BOX
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, pixel_sha256
-from faceeval.models.whenet import (INPUT_SIZE, PITCH_ROLL_BINS, TRUNK_DIM, YAW_BINS, convert, load_whenet,
-                                   whenet_crop, whenet_input)
+from faceeval.models.whenet import (
+    INPUT_SIZE,
+    PITCH_ROLL_BINS,
+    TRUNK_DIM,
+    YAW_BINS,
+    convert,
+    load_whenet,
+    whenet_crop,
+    whenet_input,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "reference" / "whenet.npz"

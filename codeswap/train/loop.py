@@ -59,7 +59,7 @@ class TrainLoop:
         self.dataset: torch.utils.data.Dataset
         self.sampler: ResumableSampler | None = None  # set by setup()
 
-    def setup(self) -> "TrainLoop":
+    def setup(self) -> TrainLoop:
         """Build the stage (once): models, data, optimisers. ``run`` and ``resume`` call it;
         call it first to use the trainer's models or ``train_step`` without ``run``."""
         if self.sampler is not None:
