@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -81,7 +81,7 @@ def _cli_type(hint: Any, path: bool) -> tuple[Any, tuple[Any, ...]]:
         return type(args[0]), args
     if type(None) in args:  # X | None
         (inner,) = [a for a in args if a is not type(None)]
-        return Optional[Path if path else inner], ()
+        return (Path if path else inner) | None, ()
     return (Path if path else hint), ()
 
 

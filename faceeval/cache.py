@@ -274,9 +274,9 @@ class FeatureStore:
             for i in range(0, len(todo), 500):
                 chunk = todo[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = _retry(lambda: db.execute(
-                    f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
-                    [ns, *chunk]).fetchall())
+                rows = _retry(lambda con, sql, params: con.execute(sql, params).fetchall(), db,
+                              f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
+                              [ns, *chunk])
                 for sha, dtype, shape, data in rows:
                     vec = _decode_row(dtype, shape, data)
                     if vec is None:

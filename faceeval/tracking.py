@@ -154,7 +154,7 @@ class Tracker:
                 self._client()
             except HarnessError:
                 raise
-            except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
+            except Exception as exc:  # noqa: BLE001 - MLflow's own refusals (credentials, file store, database)
                 hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
                         if scheme.startswith("databricks") else "")
                 raise self._error(_first_sentence(exc) + hint) from None

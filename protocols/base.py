@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from faceeval.api import FacePair, GalleryItem
 from faceeval.errors import MAX_LISTED_PROBLEMS, HarnessError, LayoutError  # noqa: F401 - re-exported

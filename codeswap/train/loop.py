@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -102,7 +103,7 @@ class TrainLoop:
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
 
     def _reduce_logs(self, logs: dict[str, Tensor]) -> dict[str, float]:

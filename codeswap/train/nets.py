@@ -13,6 +13,7 @@ evaluates it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 
 from faceeval.errors import HarnessError
 from faceeval.faces.landmarks import FFHQ_FACE_BOX  # the face box inside an aligned crop, as the metrics use
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def crop_face(x: Tensor, size: int) -> Tensor:
