@@ -99,7 +99,7 @@ def _resolved_hints(func: Callable) -> dict[str, Any]:
     for key, ann in raw.items():
         if isinstance(ann, str):
             try:
-                ann = eval(ann, dict(scope), {"Path": Path})  # noqa: S307 - the module's own annotation text
+                ann = eval(ann, dict(scope), {"Path": Path})  # the module's own annotation text
             except Exception:  # noqa: BLE001 - a name only a type checker knows: fall back to the default
                 continue
         hints[key] = ann

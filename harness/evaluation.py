@@ -359,7 +359,7 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
         method = entry.load()(**settings)
     except HarnessError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's constructor bug: one line naming it
+    except Exception as exc:  # a plugin's constructor bug: one line naming it
         raise HarnessError(f"method {name}: could not be created: {type(exc).__name__}: {exc}") from exc
     if parallel.world().size == 1:
         return run_method(method, pairset, metric_objects, cfg, features)

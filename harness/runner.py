@@ -569,7 +569,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         method_notes = [str(n) for n in (method.prepare(pairset) or [])]
     except HarnessError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug: one line naming it
+    except Exception as exc:  # a plugin's bug: one line naming it
         raise HarnessError(f"method {method.name} failed in prepare(pair set): {_one_line(exc)}") from exc
     images = ImageSource(pairset)
     computed, t_swap, repaired = 0, 0.0, []

@@ -175,7 +175,7 @@ def test_a_worker_that_dies_is_named_with_its_signal_and_task():
 class _Handler(http.server.BaseHTTPRequestHandler):
     status, body = 404, b"<html>not here</html>"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(self.status)
         self.end_headers()
         self.wfile.write(self.body)

@@ -33,7 +33,7 @@ from methods.onnx_swappers import (
 from protocols.demo import DemoProtocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import onnx_models  # noqa: E402
+import onnx_models
 
 RNG = np.random.default_rng(7)
 EMAP = RNG.normal(size=(512, 512)).astype(np.float32)
