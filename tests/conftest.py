@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _share_the_cores_among_workers() -> None:
     """Under pytest-xdist, give each worker its own slice of the cores (affinity, inherited by

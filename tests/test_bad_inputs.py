@@ -21,11 +21,9 @@ from PIL import Image
 
 import bad_inputs as bi
 from faceeval.errors import HarnessError
+from helpers import HANG_GUARD_S, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])  # subprocesses import bad_inputs too
-#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
-HANG_GUARD_S = 3600
 
 
 def cli(*args: str, cwd: Path | None = None, bad_methods: bool = False, env: dict | None = None):

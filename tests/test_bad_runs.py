@@ -26,11 +26,10 @@ import pytest
 
 import bad_inputs as bi
 from faceeval.errors import HarnessError
+from helpers import HANG_GUARD_S, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 ENV = {**os.environ, "HARNESS_DEBUG": "", "PYTHONPATH": PYPATH, "OMP_NUM_THREADS": "1"}
-HANG_GUARD_S = 3600  # only against a hung subprocess, never a speed limit
 CHEAP = ["-p", "demo", "-m", "source", "--num-pairs", "2", "--metric", "pose", "--device", "cpu", "--no-report"]
 
 

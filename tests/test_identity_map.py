@@ -16,12 +16,12 @@ import pytest
 from PIL import Image
 
 from faceeval.metrics.identity import retrieval_hits
+from helpers import REPO
 from layout_helpers import layout_problems
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import DEMO_DIR, VIDEO_FACES, _synthetic_video, write_ffpp
 from protocols.identity_map import propose_groups, read_identity_map
 
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "harness.cli"]
 TWIN = "006"  # a second video of the person of video 000 (the same face, another clip)
 

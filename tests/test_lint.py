@@ -12,13 +12,13 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO
+
 pytest.importorskip("ruff", reason="ruff is a dev dependency (pip install -e '.[dev]')")
 
-REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = REPO / "pyproject.toml"
 
 

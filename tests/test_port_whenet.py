@@ -13,8 +13,6 @@ compares with the angles of Rz(-theta) R, not with "roll - theta, others unchang
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -33,8 +31,8 @@ from faceeval.models.whenet import (
     whenet_crop,
     whenet_input,
 )
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "reference" / "whenet.npz"
 DEMO = REPO / "protocols" / "demo_faces"
 DEMO_SIDE = 256
