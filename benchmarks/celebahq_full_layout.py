@@ -22,7 +22,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols.celebahq import CelebAHQProtocol  # noqa: E402
+from protocols.celebahq import CelebAHQProtocol
 
 CELEBA_IMAGES = 202_599
 CELEBA_IDENTITIES = 10_177

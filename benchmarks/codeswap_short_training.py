@@ -47,10 +47,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeswap.data import FaceFolder, list_images  # noqa: E402
-from codeswap.demo import DEMO_FACES, DemoRecipe, train_recipe  # noqa: E402
-from faceeval.images import save_png, to_uint8  # noqa: E402
-from harness.runner import bootstrap_ci  # noqa: E402
+from codeswap.data import FaceFolder, list_images
+from codeswap.demo import DEMO_FACES, DemoRecipe, train_recipe
+from faceeval.images import save_png, to_uint8
+from harness.runner import bootstrap_ci
 
 
 class IdentityJudge:

@@ -16,8 +16,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocols.ffpp import FFppProtocol, video_dir  # noqa: E402
-from protocols.fixtures import DEMO_DIR, _synthetic_video  # noqa: E402
+from protocols.ffpp import FFppProtocol, video_dir
+from protocols.fixtures import DEMO_DIR, _synthetic_video
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080)}
 

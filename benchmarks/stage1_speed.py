@@ -47,13 +47,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeswap.config import MODEL_CONFIGS, DiscriminatorConfig, LossConfig, TrainConfig  # noqa: E402
-from codeswap.discriminator import PatchDiscriminator  # noqa: E402
-from codeswap.losses import Stage1Loss  # noqa: E402
-from codeswap.perceptual import PerceptualLoss  # noqa: E402
-from codeswap.train.dist import DistInfo  # noqa: E402
-from codeswap.train.stage1 import Stage1Trainer  # noqa: E402
-from codeswap.vqgan import VQAutoencoder  # noqa: E402
+from codeswap.config import MODEL_CONFIGS, DiscriminatorConfig, LossConfig, TrainConfig
+from codeswap.discriminator import PatchDiscriminator
+from codeswap.losses import Stage1Loss
+from codeswap.perceptual import PerceptualLoss
+from codeswap.train.dist import DistInfo
+from codeswap.train.stage1 import Stage1Trainer
+from codeswap.vqgan import VQAutoencoder
 
 
 def random_perceptual(net: str) -> PerceptualLoss | None:

@@ -31,15 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stage1_speed import (print_results, random_perceptual, step_flops, synthetic_folder,  # noqa: E402
-                                     timed_steps)
-from codeswap.checkpoints import plain  # noqa: E402
-from codeswap.config import MODEL_CONFIGS, TrainConfig  # noqa: E402
-from codeswap.model import CodeSwap, CodeSwapConfig  # noqa: E402
-from codeswap.train.dist import DistInfo  # noqa: E402
-from codeswap.train.nets import Deep3DExpression, FaceNetIdentity  # noqa: E402
-from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig  # noqa: E402
-from codeswap.vqgan import VQAutoencoder  # noqa: E402
+from benchmarks.stage1_speed import print_results, random_perceptual, step_flops, synthetic_folder, timed_steps
+from codeswap.checkpoints import plain
+from codeswap.config import MODEL_CONFIGS, TrainConfig
+from codeswap.model import CodeSwap, CodeSwapConfig
+from codeswap.train.dist import DistInfo
+from codeswap.train.nets import Deep3DExpression, FaceNetIdentity
+from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
+from codeswap.vqgan import VQAutoencoder
 
 
 def random_stage1(name: str, resolution: int) -> Path:

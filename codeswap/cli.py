@@ -15,14 +15,22 @@ import functools
 import inspect
 import sys
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal
 
 import typer
 
-from codeswap.config import (STAGE_TRAIN, AutoencoderConfig, LossConfig, MaskTrainConfig, SwapLossWeights,
-                             SwapTrainConfig, TrainConfig)
+from codeswap.config import (
+    STAGE_TRAIN,
+    AutoencoderConfig,
+    LossConfig,
+    MaskTrainConfig,
+    SwapLossWeights,
+    SwapTrainConfig,
+    TrainConfig,
+)
 from faceeval.errors import HarnessError
 
 train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",
@@ -73,7 +81,7 @@ def _cli_type(hint: Any, path: bool) -> tuple[Any, tuple[Any, ...]]:
         return type(args[0]), args
     if type(None) in args:  # X | None
         (inner,) = [a for a in args if a is not type(None)]
-        return Optional[Path if path else inner], ()
+        return (Path if path else inner) | None, ()
     return (Path if path else hint), ()
 
 
@@ -189,7 +197,7 @@ def train_stage1(
     model: AutoencoderConfig,
     config: Annotated[str, typer.Option(help="Model: paper (the paper's VQGAN), fast (narrow schedule), "
                                               "codeformer (CodeFormer's VQGAN, 256-d codes) or tiny.")] = "paper",
-    resolution: Annotated[Optional[int], typer.Option(help="Override the config's image size.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Override the config's image size.")] = None,
     resume: ResumeOpt = False,
 ) -> None:
     """Stage 1 (paper section 3.1): encoder, 1,024-code codebook and decoder by reconstruction + PatchGAN."""
@@ -240,7 +248,7 @@ def train_stage3(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWei
 def figure_regions(
     source: Annotated[Path, typer.Option(help="Photo (or aligned crop, with --aligned) giving the identity.")],
     target: Annotated[Path, typer.Option(help="Photo (or aligned crop) giving pose, expression and background.")],
-    checkpoint: Annotated[Optional[Path], typer.Option(
+    checkpoint: Annotated[Path | None, typer.Option(
         help="Stage-2/3 checkpoint. Default: the tiny demo model (trained once and cached, as in `harness run`).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for regions.png, regions.npz, regions.json.")] = Path("harness-out/figures"),
     regions: Annotated[str, typer.Option(help="Comma-separated regions, in column order: eyes, mouth, nose.")] = "eyes,mouth,nose",
@@ -259,8 +267,8 @@ def figure_regions(
     import numpy as np
 
     from codeswap.checkpoints import load_codeswap
-    from codeswap.train.dist import resolve_device
     from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_figure, region_study
+    from codeswap.train.dist import resolve_device
     from faceeval.faces.detect import DlibDetector
     from faceeval.images import file_sha256, load_rgb, save_png
 

@@ -7,8 +7,8 @@ hold-out split and every shuffle) is the same on every machine and every rank.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

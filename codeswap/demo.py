@@ -198,6 +198,11 @@ def unpack(bundle: dict[str, Any], base: str, ckpt: Path, source: Path) -> None:
     (ckpt.parents[1] / "DONE").write_text("unpacked from the shipped demo model\n")
 
 
+def _part(weights: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of a state dict under ``prefix``, the prefix removed."""
+    return {k[len(prefix):]: t for k, t in weights.items() if k.startswith(prefix)}
+
+
 def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ceiling: dict[str, Any]) -> Path:
     """Build the bundle from a trained cache folder ``root`` (every variant of the recipe)."""
     from codeswap.train.state import atomic_torch_save
@@ -208,13 +213,12 @@ def pack(recipe: DemoRecipe, root: Path, out: Path, training: dict[str, Any], ce
         path = root / f"stage3-{base}" / "checkpoints" / "last.pt"
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights = state["ema"] if state.get("ema") is not None else state["codeswap"]
-        part = lambda prefix: {k[len(prefix):]: t for k, t in weights.items() if k.startswith(prefix)}  # noqa: E731
-        ae = part("autoencoder.")
+        ae = _part(weights, "autoencoder.")
         if autoencoder is None:
             autoencoder = ae
         elif any(not torch.equal(autoencoder[k], ae[k]) for k in ae):
             raise HarnessError(f"variant {base} was trained on another stage-1 model")
-        variants[base] = {"step": state["step"], "fusion": part("fusion."), "mask": part("mask."),
+        variants[base] = {"step": state["step"], "fusion": _part(weights, "fusion."), "mask": _part(weights, "mask."),
                           "codeswap_config": state["codeswap_config"],
                           "swap_config": {"identity_net": recipe.identity_net, "variant": base}}
     s1 = root / "stage1" / "checkpoints" / "last.pt"

@@ -46,7 +46,7 @@ class CodeSwapConfig:
             raise ValueError(f"mask_level {self.mask_level} outside the autoencoder's levels 0..{n - 1}")
 
     @staticmethod
-    def for_autoencoder(ae: AutoencoderConfig, variant: str = "full", **fusion_kw) -> "CodeSwapConfig":
+    def for_autoencoder(ae: AutoencoderConfig, variant: str = "full", **fusion_kw) -> CodeSwapConfig:
         """A config whose fusion matches the autoencoder's codebook and latent grid."""
         if variant not in VARIANTS:
             raise ValueError(f"unknown CodeSwap variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -56,7 +56,7 @@ class CodeSwapConfig:
                               **{**fusion_kw, **change})
         return CodeSwapConfig(autoencoder=ae, fusion=fusion, use_mask=use_mask)
 
-    def with_variant(self, variant: str) -> "CodeSwapConfig":
+    def with_variant(self, variant: str) -> CodeSwapConfig:
         base = replace(self.fusion, attention="unified", quantize="soft")
         change = dict(VARIANTS[variant])
         use_mask = bool(change.pop("use_mask", True))
@@ -114,7 +114,7 @@ class CodeSwap(nn.Module):
             self.mask = MaskGenerator(MaskConfig(enc_channels=ch, dec_channels=ch, hidden=cfg.mask_hidden,
                                                  feature_size=cfg.mask_side))
 
-    def train(self, mode: bool = True) -> "CodeSwap":
+    def train(self, mode: bool = True) -> CodeSwap:
         super().train(mode)
         self.autoencoder.eval()  # frozen: GroupNorm has no running stats, but keep eval semantics
         return self

@@ -65,7 +65,7 @@ class PerceptualLoss(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "PerceptualLoss":
+    def train(self, mode: bool = True) -> PerceptualLoss:
         # always in eval mode: BatchNorm statistics of the ImageNet backbone stay fixed
         return super().train(False)
 

@@ -16,6 +16,7 @@ layer of the unified self-attention (``CodeSwap.region_attention``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -12,7 +12,7 @@ a on b) and I_ba.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

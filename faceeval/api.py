@@ -17,13 +17,19 @@ import csv
 import hashlib
 import io
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from faceeval.summaries import arrow
+
+if TYPE_CHECKING:  # annotations only: listing the interfaces imports no backend
+    import torch
+
+    from faceeval.cache import FeatureStore
 
 # ---------------------------------------------------------------------------------------
 # Pair sets
@@ -175,7 +181,7 @@ class SwapMethod(ABC):
         self.device = device
 
     @abstractmethod
-    def swap(self, source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    def swap(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """(B,3,H,W) float [0,1] x2 -> (B,3,H,W) float [0,1]; identity of source on target.
 
         The contract the runner checks on every output before it is stored or scored
@@ -193,7 +199,7 @@ class SwapMethod(ABC):
         (e.g. outputs found in a folder that match no pair). Default: nothing to do."""
         return []
 
-    def swap_batch(self, pairs: list[FacePair], source: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+    def swap_batch(self, pairs: list[FacePair], source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """What the runner calls for each batch: :meth:`swap`, also given the batch's pairs
         (ids and file names) for methods that look outputs up by pair. Default: ``swap``."""
         return self.swap(source, target)
@@ -267,7 +273,7 @@ class EvalContext:
 
     pairset: PairSet
     device: str
-    feature_cache: "FeatureStore"  # noqa: F821 - faceeval.cache.FeatureStore
+    feature_cache: FeatureStore
     load_image: Callable[[str], np.ndarray]  # relative path -> uint8 (H, W, 3)
     image_sha: Callable[[str], str]  # relative path -> pixel sha256
     extras: dict[str, Any] = field(default_factory=dict)

@@ -14,8 +14,9 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -273,9 +274,9 @@ class FeatureStore:
             for i in range(0, len(todo), 500):
                 chunk = todo[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = _retry(lambda: db.execute(
-                    f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
-                    [ns, *chunk]).fetchall())
+                rows = _retry(lambda con, sql, params: con.execute(sql, params).fetchall(), db,
+                              f"SELECT sha, dtype, shape, data FROM features WHERE ns=? AND sha IN ({marks})",
+                              [ns, *chunk])
                 for sha, dtype, shape, data in rows:
                     vec = _decode_row(dtype, shape, data)
                     if vec is None:
@@ -382,8 +383,8 @@ def cached_features(
     ns: str,
     shas: list[str],
     images: list[np.ndarray] | None,
-    compute: "callable",  # list[np.ndarray] -> np.ndarray (N, D)
-    load: "callable | None" = None,  # index -> image, when ``images`` is None
+    compute: callable,  # list[np.ndarray] -> np.ndarray (N, D)
+    load: callable | None = None,  # index -> image, when ``images`` is None
     weights=(),  # ((file name, sha256), ...) the features depend on
 ) -> np.ndarray:
     """Features for each image, computing only those not in the store. Returns (N, D).

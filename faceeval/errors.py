@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 #: problems named in full inside a LayoutError's one-line message; the rest are counted
 MAX_LISTED_PROBLEMS = 12

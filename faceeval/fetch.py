@@ -33,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 from faceeval.errors import HarnessError
 from faceeval.images import file_sha256

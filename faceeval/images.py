@@ -13,7 +13,6 @@ from PIL import Image, ImageOps
 from faceeval.errors import HarnessError, is_no_space, no_space
 from faceeval.timing import stage
 
-
 #: Pillow modes with more than 8 bits per sample: ``convert("RGB")`` clips them (a 16-bit
 #: greyscale PNG would come out all white), so they are scaled to 8 bits here instead.
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")

@@ -19,8 +19,9 @@ import inspect
 import sys
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from faceeval.errors import HarnessError
 
@@ -98,7 +99,7 @@ def _resolved_hints(func: Callable) -> dict[str, Any]:
     for key, ann in raw.items():
         if isinstance(ann, str):
             try:
-                ann = eval(ann, dict(scope), {"Path": Path})  # noqa: S307 - the module's own annotation text
+                ann = eval(ann, dict(scope), {"Path": Path})  # the module's own annotation text
             except Exception:  # noqa: BLE001 - a name only a type checker knows: fall back to the default
                 continue
         hints[key] = ann

@@ -28,11 +28,12 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from faceeval import timing
 from faceeval.errors import HarnessError
@@ -71,7 +72,7 @@ class World:
         return self.size > self.local_size
 
     @staticmethod
-    def from_env() -> "World":
+    def from_env() -> World:
         def num(name: str, default: int) -> int:
             value = os.environ.get(name, "")
             return int(value) if value.isdigit() else default

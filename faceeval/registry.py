@@ -82,7 +82,7 @@ class Entry:
         module_name, _, attr = self.target.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - a plugin may fail at import in any way (SyntaxError, RuntimeError...)
+        except Exception as exc:  # a plugin may fail at import in any way (SyntaxError, RuntimeError...)
             text = " ".join(str(exc).split())[:300]
             raise HarnessError(f"{self.kind} {self.name}: cannot import {module_name} "
                                f"({type(exc).__name__}: {text})") from exc

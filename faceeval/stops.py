@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 #: what the CLI prints when a run is stopped by a signal
 MESSAGE = "interrupted: finished work is cached; run the same command again to resume"

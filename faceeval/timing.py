@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterator, Mapping
 
 #: the stages a run reports, in the order tables show them
 STAGES = ("decode", "detect", "landmarks", "align", "embed", "swap", "write", "aggregate", "wait", "other")

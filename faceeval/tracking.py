@@ -27,9 +27,10 @@ import os
 import socket
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from faceeval import stops
 from faceeval.cache import stable_hash
@@ -154,7 +155,7 @@ class Tracker:
                 self._client()
             except HarnessError:
                 raise
-            except Exception as exc:  # MLflow's own refusals (credentials, file store, database)
+            except Exception as exc:  # noqa: BLE001 - MLflow's own refusals (credentials, file store, database)
                 hint = (" (set DATABRICKS_HOST and DATABRICKS_TOKEN, or a profile in ~/.databrickscfg)"
                         if scheme.startswith("databricks") else "")
                 raise self._error(_first_sentence(exc) + hint) from None
@@ -388,9 +389,9 @@ def _ensure_sqlite_store(db: Path, log) -> None:
             raise HarnessError(f"the MLflow store {db} was left half-migrated but holds {runs} runs: back it up, then "
                                f"run `mlflow db upgrade sqlite:///{db}` or move it away; or pass --no-mlflow")
         log(f"  note: the MLflow store {db} was left half-created (no runs in it); creating it again")
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     import uuid
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # new name: MLflow caches engines by URI
     try:

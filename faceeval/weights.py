@@ -20,9 +20,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from faceeval.constants import cache_root
 from faceeval.errors import HarnessError

@@ -15,10 +15,10 @@ from typing import Annotated, Optional
 import typer
 
 from faceeval.errors import HarnessError, LayoutError
-from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
 from faceeval.options import parse_pairs, suggest
-from harness.registry import METHODS, METRICS, PROTOCOLS
 from faceeval.weights import WeightMismatch
+from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
+from harness.registry import METHODS, METRICS, PROTOCOLS
 
 app = typer.Typer(
     name="harness",
@@ -96,8 +96,8 @@ def run(
 ) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
-    from harness.evaluation import evaluate, parse_method_options
     from faceeval.parallel import World
+    from harness.evaluation import evaluate, parse_method_options
 
     try:
         result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,

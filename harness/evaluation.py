@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from faceeval.checks import check_name, check_out_dir, resolve_device
 from faceeval.errors import HarnessError
 from faceeval.options import parse_pairs
 from faceeval.registry import Entry
+from faceeval.weights import set_search_roots
 from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.results import Results, _plain, write_results
-from faceeval.weights import set_search_roots
 
 DEFAULT_OUT = Path("harness-out")
 # The default suite: trained networks of the papers' kinds whose weights ship in registry
@@ -205,8 +206,8 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
               preset_protocol=True, log) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
     from faceeval import parallel, stops, timing
-    from harness.runner import RunConfig, group_notes
     from faceeval.tracking import Tracker
+    from harness.runner import RunConfig, group_notes
 
     w = parallel.world()
     set_weights_dir(weights_dir)
@@ -358,7 +359,7 @@ def _run_one(name: str, settings: Mapping[str, Any], pairset, metric_objects, cf
         method = entry.load()(**settings)
     except HarnessError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's constructor bug: one line naming it
+    except Exception as exc:  # a plugin's constructor bug: one line naming it
         raise HarnessError(f"method {name}: could not be created: {type(exc).__name__}: {exc}") from exc
     if parallel.world().size == 1:
         return run_method(method, pairset, metric_objects, cfg, features)

@@ -6,8 +6,8 @@ error); the comparison of the presets' numbers and rankings is :mod:`reports.sen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from faceeval.errors import HarnessError
 from harness.evaluation import evaluate

@@ -692,7 +692,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         method_notes = [str(n) for n in (method.prepare(pairset) or [])]
     except HarnessError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin's bug: one line naming it
+    except Exception as exc:  # a plugin's bug: one line naming it
         raise HarnessError(f"method {method.name} failed in prepare(pair set): {_one_line(exc)}") from exc
     run = _swap_and_score(method, pairset, metrics, cfg, features)
     t_score = time.perf_counter() - t0 - run.t_swap

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from faceeval.api import SwapMethod
 from faceeval.errors import HarnessError
 
+if TYPE_CHECKING:
+    from codeswap.demo import DemoRecipe
+
 
 class CodeSwapMethod(SwapMethod):
     name = "codeswap"
 
     def __init__(self, device: str = "cpu", checkpoint: str | None = None, variant: str = "full",
-                 demo_recipe: "DemoRecipe | None" = None) -> None:  # noqa: F821
+                 demo_recipe: DemoRecipe | None = None) -> None:
         super().__init__(device)
         self.variant = variant
         self.demo_recipe = demo_recipe

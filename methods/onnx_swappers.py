@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
 from faceeval.api import SwapMethod
+from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
 from faceeval.errors import HarnessError
 from faceeval.images import to_uint8
 from faceeval.options import parse_bool

@@ -61,7 +61,7 @@ class PrecomputedMethod(SwapMethod):
     name = "precomputed"
     resolution = None
 
-    def __init__(self, device: str = "cpu", dir: str | Path | None = None, key: str = "auto",  # noqa: A002
+    def __init__(self, device: str = "cpu", dir: str | Path | None = None, key: str = "auto",
                  label: str | None = None, allow_missing: bool = False) -> None:
         super().__init__(device)
         folder = dir if dir is not None else os.environ.get(ENV_DIR)

@@ -30,7 +30,6 @@ from torch import nn
 from faceeval.errors import HarnessError
 from faceeval.models.checkpoints import load_pickled_modules, load_strict, read_state_dict
 
-
 # ---------------------------------------------------------------------------------------
 # Generator
 # ---------------------------------------------------------------------------------------
@@ -51,7 +50,7 @@ class SimSwapConfig:
         return self.base != 64
 
     @classmethod
-    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "SimSwapConfig":
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> SimSwapConfig:
         if "first_layer.1.weight" not in sd:
             raise HarnessError("not a SimSwap generator state dict: no 'first_layer.1.weight'")
         blocks = {int(k.split(".")[1]) for k in sd if k.startswith("BottleNeck.")}

@@ -7,7 +7,8 @@ manifest does not change with the Python, NumPy or platform version.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
+from pathlib import Path
 
 from faceeval.api import FacePair, GalleryItem
 from faceeval.errors import MAX_LISTED_PROBLEMS, HarnessError, LayoutError  # noqa: F401 - re-exported

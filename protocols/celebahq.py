@@ -40,8 +40,8 @@ from faceeval.api import FaceProtocol, GalleryItem, PairSet
 from faceeval.cache import stable_hash
 from faceeval.constants import cache_root
 from faceeval.errors import HarnessError
-from faceeval.options import parse_bool
 from faceeval.images import atomic_write_bytes, file_sha256, load_rgb, save_png
+from faceeval.options import parse_bool
 from protocols.base import (
     LayoutError,
     option_int,

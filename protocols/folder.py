@@ -29,7 +29,6 @@ from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, file_sha256, load_rgb, save_png
 from protocols.base import IMAGE_SUFFIXES, option_int, pair_images
 
-
 PART_FLUSH = 20  # photos between writes of a process's index part
 
 

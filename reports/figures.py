@@ -32,7 +32,7 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
     for i, (_, pair) in enumerate(first.iterrows()):
         # paths from the run files, read only inside the dataset root and the output folder
         images = [load_rgb(inside(root, pair["source"])), load_rgb(inside(root, pair["target"]))]
-        for m, frame in frames.items():
+        for frame in frames.values():
             row = frame.loc[frame["pair_id"] == pair["pair_id"]]
             images.append(load_rgb(inside(out_dir, row["swap_file"].iloc[0])) if len(row) else np.zeros_like(images[0]))
         for j, img in enumerate(images):

@@ -26,8 +26,14 @@ from faceeval.checks import input_root, inside
 from faceeval.errors import HarnessError
 from faceeval.summaries import NO_VALUE, MetricEntry, direction, entries_of, load_summaries
 from reports.ranking import load_pair_frames
-from reports.tables import (REFERENCE_METHODS, Table, build_ablation_table, build_table, select_runs,
-                            small_sample_warning)
+from reports.tables import (
+    REFERENCE_METHODS,
+    Table,
+    build_ablation_table,
+    build_table,
+    select_runs,
+    small_sample_warning,
+)
 from reports.thumbs import ThumbnailStore
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -4,8 +4,8 @@ LaTeX, CSV) and one qualitative grid per protocol, under ``<out>/report/``."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_text

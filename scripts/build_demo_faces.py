@@ -29,9 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faceeval.faces.crops import crop_faces  # noqa: E402
-from faceeval.faces.detect import DlibDetector  # noqa: E402
-from faceeval.images import load_rgb, save_png  # noqa: E402
+from faceeval.faces.crops import crop_faces
+from faceeval.faces.detect import DlibDetector
+from faceeval.images import load_rgb, save_png
 
 OUT = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
 SIZE = 256

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeswap.demo import BUNDLE, DEMO_FACES, DemoRecipe, pack  # noqa: E402
-from faceeval.images import file_sha256  # noqa: E402
+from codeswap.demo import BUNDLE, DEMO_FACES, DemoRecipe, pack
+from faceeval.images import file_sha256
 
 
 def main() -> None:

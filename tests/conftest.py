@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _share_the_cores_among_workers() -> None:
     """Under pytest-xdist, give each worker its own slice of the cores (affinity, inherited by
@@ -115,9 +113,9 @@ def demo_photos(tmp_path_factory) -> Path:
     """A photo folder the demo was not built from in this form: whole original photos
     (not crops), one subfolder per identity with a mirrored second photo, a photo with
     no face and an unreadable file."""
+    import matplotlib.cbook
     import numpy as np
     import skimage.data
-    import matplotlib.cbook
     from PIL import Image
 
     root = tmp_path_factory.mktemp("photos")

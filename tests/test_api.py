@@ -77,8 +77,8 @@ def test_results_json_is_written_and_loads_back_equal(api_run):
 
 
 def test_load_results_says_what_is_missing(tmp_path):
-    from harness import load_results
     from faceeval.errors import HarnessError
+    from harness import load_results
 
     with pytest.raises(HarnessError, match="no results in"):
         load_results(tmp_path)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
+
 pytest.importorskip("importlinter", reason="import-linter is a dev dependency (pip install -e '.[dev]')")
 
-REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = REPO / "pyproject.toml"
 CONFIG = tomllib.loads(PYPROJECT.read_text())["tool"]["importlinter"]
 ROOTS = CONFIG["root_packages"]

@@ -8,7 +8,6 @@ never a silent drop, never a half-written file.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -20,13 +19,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from faceeval.errors import HarnessError
 import bad_inputs as bi
+from faceeval.errors import HarnessError
+from helpers import HANG_GUARD_S, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])  # subprocesses import bad_inputs too
-#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
-HANG_GUARD_S = 3600
 
 
 def cli(*args: str, cwd: Path | None = None, bad_methods: bool = False, env: dict | None = None):

@@ -8,17 +8,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import bad_inputs as bi
 from faceeval.errors import HarnessError
+from helpers import REPO
 from test_bad_inputs import cli, one_line_error
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(method, out: Path, metrics=(), num_pairs: int = 4, on_error: str = "stop", batch_size: int = 4):

@@ -10,7 +10,6 @@ lost, nothing left running, nothing scored wrong.
 
 from __future__ import annotations
 
-import errno
 import http.server
 import json
 import os
@@ -27,11 +26,10 @@ import pytest
 
 import bad_inputs as bi
 from faceeval.errors import HarnessError
+from helpers import HANG_GUARD_S, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PYPATH = os.pathsep.join([str(REPO), str(REPO / "tests")])
 ENV = {**os.environ, "HARNESS_DEBUG": "", "PYTHONPATH": PYPATH, "OMP_NUM_THREADS": "1"}
-HANG_GUARD_S = 3600  # only against a hung subprocess, never a speed limit
 CHEAP = ["-p", "demo", "-m", "source", "--num-pairs", "2", "--metric", "pose", "--device", "cpu", "--no-report"]
 
 
@@ -176,7 +174,7 @@ def test_a_worker_that_dies_is_named_with_its_signal_and_task():
 class _Handler(http.server.BaseHTTPRequestHandler):
     status, body = 404, b"<html>not here</html>"
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.send_response(self.status)
         self.end_headers()
         self.wfile.write(self.body)

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
-HANG_GUARD_S = 3600
+from helpers import HANG_GUARD_S, REPO
 
 
 def test_metrics_speed_smoke_on_cpu():

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import HANG_GUARD_S, REPO
+
 DEMO = REPO / "protocols" / "demo_faces"
-#: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
-HANG_GUARD_S = 3600
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-
-def harness(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HARNESS_DEBUG": ""}
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"harness {' '.join(args)} failed:\n{proc.stderr}")
-    return proc
+from helpers import harness_cli
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli")
-    proc = harness("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out),
-                   "--device", "cpu")
+    proc = harness_cli("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out),
+                       "--device", "cpu", check=True)
     return out, proc
 
 
@@ -62,7 +53,8 @@ def test_demo_run_writes_report_runs_and_mlflow(demo_run):
 def test_rerun_is_served_from_cache_with_identical_numbers(demo_run):
     out, _ = demo_run
     before = pd.read_csv(out / "report" / "table1.csv")
-    proc = harness("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out))
+    proc = harness_cli("run", "--protocol", "demo", "--method", "source", "--method", "target", "--out", str(out),
+                       check=True)
     assert "0 swapped, 28 cached" in proc.stderr
     after = pd.read_csv(out / "report" / "table1.csv")
     pd.testing.assert_frame_equal(before, after)
@@ -70,7 +62,7 @@ def test_rerun_is_served_from_cache_with_identical_numbers(demo_run):
 
 def test_report_command_renders_existing_runs(demo_run):
     out, _ = demo_run
-    proc = harness("report", "--out", str(out))
+    proc = harness_cli("report", "--out", str(out), check=True)
     assert "### Table 1" in proc.stdout and "*source*" in proc.stdout
 
 
@@ -88,7 +80,7 @@ def test_report_command_renders_existing_runs(demo_run):
     ],
 )
 def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):
-    proc = harness(*args, "--out", str(tmp_path), check=False) if args[0] == "run" else harness(*args, check=False)
+    proc = harness_cli(*args, "--out", str(tmp_path)) if args[0] == "run" else harness_cli(*args)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith(message)
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -96,13 +88,13 @@ def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):
 
 
 def test_list_shows_readiness():
-    proc = harness("list", "methods")
+    proc = harness_cli("list", "methods", check=True)
     assert any(line.startswith("source") and "ready" in line for line in proc.stdout.splitlines())
 
 
 def test_folder_protocol_on_photos_the_demo_never_saw(demo_photos: Path, tmp_path):
-    proc = harness("run", "--protocol", "folder", "--root", str(demo_photos), "--method", "source",
-                   "--method", "target", "--out", str(tmp_path), "--no-mlflow")
+    proc = harness_cli("run", "--protocol", "folder", "--root", str(demo_photos), "--method", "source",
+                       "--method", "target", "--out", str(tmp_path), "--no-mlflow", check=True)
     assert "6 photos: 4 aligned, 2 skipped" in proc.stderr
     summary_rows = pd.read_csv(tmp_path / "report" / "table1.csv")
     top1 = summary_rows.set_index(["method", "metric"])["value"]

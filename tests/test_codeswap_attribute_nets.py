@@ -13,8 +13,8 @@ import torch
 
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb
+from helpers import REPO, harness_cli
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
 N_FACES = 6
 #: cv2.warpAffine / cv2.resize (the metrics) against F.grid_sample / F.interpolate (training) on
@@ -128,15 +128,6 @@ def test_unknown_and_missing_expression_networks_are_one_line(tmp_path, monkeypa
 COMMON = ["--data", str(DEMO), "--batch-size", "2", "--num-workers", "0", "--holdout", "4", "--cache-images",
           "--no-mlflow", "--device", "cpu", "--log-every", "1"]
 TINY = ["--layers", "1", "--heads", "2", "--selector-hidden", "32", "--identity-net", "none", "--perceptual", "none"]
-
-
-def harness_cli(*args: str, env: dict[str, str] | None = None):
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "HARNESS_DEBUG": "", **(env or {})})
 
 
 @pytest.fixture(scope="module")

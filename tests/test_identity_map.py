@@ -16,13 +16,12 @@ import pytest
 from PIL import Image
 
 from faceeval.metrics.identity import retrieval_hits
+from helpers import REPO
+from layout_helpers import layout_problems
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.fixtures import DEMO_DIR, VIDEO_FACES, _synthetic_video, write_ffpp
 from protocols.identity_map import propose_groups, read_identity_map
 
-from layout_helpers import layout_problems
-
-REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "harness.cli"]
 TWIN = "006"  # a second video of the person of video 000 (the same face, another clip)
 
@@ -86,8 +85,8 @@ def test_the_map_labels_gallery_and_pairs_with_people_and_is_recorded(tree, out,
 
 
 def test_on_the_tree_a_swap_landing_on_the_twin_video_is_a_hit_only_under_the_map(tree, out, twin_map):
-    from harness.evaluation import evaluate
     from faceeval.tracking import _flat_params
+    from harness.evaluation import evaluate
 
     runs = {}
     for name, options in (("plain", {}), ("mapped", {"identity_map": str(twin_map)})):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from faceeval import weights
+from faceeval.errors import HarnessError
 from faceeval.faces.arcface import ARCFACE_TEMPLATE_112, arcface_crop, arcface_matrix
 from faceeval.metrics.identity import retrieval_hits
 
@@ -111,8 +112,8 @@ def test_arcface_onnx_loader_through_insightface(weights_dir, monkeypatch):
 
 
 def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
-    from faceeval.models.iresnet import IRESNETS, IResNet, load_iresnet
     from faceeval.metrics.id_backends import make_embedder
+    from faceeval.models.iresnet import IRESNETS, IResNet, load_iresnet
 
     # official key names and shapes of the r50 / r100 backbones
     r50 = IResNet(IRESNETS["r50"]).state_dict()
@@ -134,7 +135,7 @@ def test_iresnet_checkpoint_loader(weights_dir, monkeypatch):
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x), atol=1e-5)
-    with pytest.raises(Exception):
+    with pytest.raises(HarnessError, match="keys do not match"):
         load_iresnet(path, "r100")  # wrong depth: a clear error, not a silent partial load
     imgs, five = _demo_crops_and_landmarks(2)
     emb = make_embedder("cosface_r50")(imgs, five)
@@ -150,7 +151,7 @@ def test_pickled_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": Evil()}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(HarnessError, match="not a readable torch state dict"):
         load_iresnet(path, "r50")
 
 

@@ -3,14 +3,11 @@ sign conventions, and the official checkpoint formats."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from faceeval import weights
 from faceeval.faces.pose import camera_matrix, camera_rotation, mean_face_68, pnp_pose
 
 
@@ -118,12 +115,11 @@ def test_landmark_expression_distance_properties():
 
 
 def test_faces_not_found_are_counted():
+    from faceeval.api import FacePair
     from faceeval.faces.landmarks import CropLandmarks
     from faceeval.images import load_rgb
     from metrics_helpers import fake_context
     from protocols.demo import DEMO_DIR
-
-    from faceeval.api import FacePair
 
     face = load_rgb(DEMO_DIR / "astronaut.png")
     blank = np.full_like(face, 128)

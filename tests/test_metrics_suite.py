@@ -44,7 +44,7 @@ def test_source_tops_identity_and_target_has_zero_attribute_error(demo_runs):
         assert src[k]["value"] > 1e-3, k
     # every key states a unit and every backend its weights
     for run in demo_runs.values():
-        for key, e in run["metrics"].items():
+        for e in run["metrics"].values():
             assert "unit" in e and e["backend"]
         for b in run["backends"].values():
             assert b["weights"] and all(len(sha) == 64 for _, sha in b["weights"])

@@ -18,15 +18,22 @@ import torch
 
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, to_tensor
-from harness.registry import METHODS
 from faceeval.weights import KNOWN
+from harness.registry import METHODS
 from methods.onnx_swappers import (
-    ARCFACE_FILE, SWAPPERS, ArcFaceOnnx, OnnxSwapper, emap_latent, normalise_input, output_to_rgb01, unit,
+    ARCFACE_FILE,
+    SWAPPERS,
+    ArcFaceOnnx,
+    OnnxSwapper,
+    emap_latent,
+    normalise_input,
+    output_to_rgb01,
+    unit,
 )
 from protocols.demo import DemoProtocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import onnx_models  # noqa: E402
+import onnx_models
 
 RNG = np.random.default_rng(7)
 EMAP = RNG.normal(size=(512, 512)).astype(np.float32)
@@ -174,7 +181,7 @@ def test_wrong_input_names_are_rejected(weights_dir):
     build_weights(weights_dir, spec)
     onnx_models.returns_target_swapper(weights_dir / spec.file, 256, (1, 512), names=("identity", "image"))
     with pytest.raises(HarnessError, match="expected graph inputs 'source' and 'target'"):
-        OnnxSwapper(model="hyperswap_1a_256")._swapper
+        OnnxSwapper(model="hyperswap_1a_256")._swapper  # noqa: B018 - loads and checks the graph
 
 
 def test_real_checksum_is_enforced(tmp_path, monkeypatch):

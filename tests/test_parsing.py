@@ -207,8 +207,8 @@ def test_parsing_masks_keep_the_face_classes():
 
 
 def test_parsing_masks_feed_the_release_input_and_resize_labels_back():
-    from faceeval.models.bisenet import parsing_masks
     from faceeval.constants import IMAGENET_MEAN, IMAGENET_STD
+    from faceeval.models.bisenet import parsing_masks
 
     class Stub(torch.nn.Module):
         """Class 1 (skin) on the left half, 17 (hair) on the right; records its input."""

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, harness_cli
+
 PLUGIN = Path(__file__).resolve().parent / "plugin_example"
 
 
@@ -38,21 +39,17 @@ def plugin_env(tmp_path_factory):
     return env
 
 
-def _cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO)
-
-
 def test_plugin_listed(plugin_env):
-    proc = _cli(plugin_env, "list", "methods")
+    proc = harness_cli("list", "methods", env=plugin_env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("mirror_blend"))
     assert "[plugin: codeswap-plugin-example]" in line and "ready" in line
 
 
 def test_plugin_runs_with_option(plugin_env, tmp_path):
-    proc = _cli(plugin_env, "run", "--protocol", "demo", "--num-pairs", "3", "--method", "mirror_blend",
-                "--method-option", "mirror_blend.weight=1.0", "--out", str(tmp_path), "--no-mlflow", "--no-report")
+    proc = harness_cli("run", "--protocol", "demo", "--num-pairs", "3", "--method", "mirror_blend",
+                       "--method-option", "mirror_blend.weight=1.0", "--out", str(tmp_path), "--no-mlflow",
+                       "--no-report", env=plugin_env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(next((tmp_path / "runs" / "demo").glob("mirror_blend-*/summary.json")).read_text())
     assert summary["method_info"] == {"name": "mirror_blend", "weight": 1.0}

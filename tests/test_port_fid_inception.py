@@ -26,8 +26,8 @@ from scipy import linalg
 from faceeval.errors import HarnessError
 from faceeval.metrics.fid import _build_extractor, fid_from_features, fid_torch_fidelity, fold_batch_norms
 from faceeval.models.fid_inception import SOURCE_TENSORS, conv_mapping, convert
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FACES = sorted((REPO / "protocols" / "demo_faces").glob("*.png"))[:8]  # 8 real people, 256 x 256 RGB
 FEATURE_TOL = 1e-4  # max abs difference of pool3 features, converted vs TorchScript
 BLUR_SIGMAS = (1.0, 2.0, 4.0)  # Gaussian blur, pixels at 256 px

@@ -4,16 +4,14 @@ answers known without it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from faceeval.images import load_rgb, pixel_sha256
 from faceeval.models.retinaface import convert, detect, largest_face, load_retinaface
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "reference" / "retinaface.npz"
 DEMO = REPO / "protocols" / "demo_faces"
 RAW_TOL = 1e-4  # raw head outputs (offsets, softmax scores)

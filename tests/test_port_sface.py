@@ -15,9 +15,9 @@ from faceeval.faces.arcface import arcface_crop
 from faceeval.faces.landmarks import NUM_POINTS, DlibLandmarkRows
 from faceeval.images import load_rgb
 from faceeval.models.sface import EMBED_DIM, convert, fix_onnx, load_sface, sface_input
+from helpers import REPO
 from onnx_models import cpu_session
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
 RAW_TOL = 1e-4  # raw (unnormalised) embeddings, |values| up to ~4.3 on the demo faces
 #: demo crops ORIGIN.md says may show one person (SFace cosine 0.64): not "other people" here

@@ -13,8 +13,6 @@ compares with the angles of Rz(-theta) R, not with "roll - theta, others unchang
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -23,10 +21,18 @@ import torch
 from faceeval.constants import FFHQ_FACE_BOX
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, pixel_sha256
-from faceeval.models.whenet import (INPUT_SIZE, PITCH_ROLL_BINS, TRUNK_DIM, YAW_BINS, convert, load_whenet,
-                                   whenet_crop, whenet_input)
+from faceeval.models.whenet import (
+    INPUT_SIZE,
+    PITCH_ROLL_BINS,
+    TRUNK_DIM,
+    YAW_BINS,
+    convert,
+    load_whenet,
+    whenet_crop,
+    whenet_input,
+)
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 REF = REPO / "tests" / "data" / "reference" / "whenet.npz"
 DEMO = REPO / "protocols" / "demo_faces"
 DEMO_SIDE = 256

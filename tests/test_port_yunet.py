@@ -15,9 +15,9 @@ from faceeval.errors import HarnessError
 from faceeval.images import load_rgb
 from faceeval.models import yunet
 from faceeval.models.yunet import OUTPUT_NAMES, convert, detect, fix_onnx, load_yunet
+from helpers import REPO
 from onnx_models import cpu_session
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
 PHOTOS = ("0-f1-su-ph.jpg", "45-m7-di-ph.jpg", "single_face.jpg", "multi_face.jpg")  # 512, 512, 562x572, 667x1000
 RAW_TOL = 1e-4  # raw head outputs; |values| up to ~6 (kps offsets), scores in [0, 1]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from harness.cli import app
 from faceeval.errors import HarnessError
-from harness.export import export_pairs
 from faceeval.images import load_rgb, save_png, to_tensor
+from harness.cli import app
+from harness.export import export_pairs
 from methods.precomputed import PrecomputedMethod, names_key
 from protocols.demo import DemoProtocol
 

@@ -14,12 +14,10 @@ from PIL import Image
 
 from faceeval.errors import HarnessError
 from harness.registry import PROTOCOLS
+from helpers import REPO
+from layout_helpers import broken_copy, layout_problems
 from protocols.celebahq import MAPPING_FILE, CelebAHQProtocol
 from protocols.fixtures import write_celebahq
-
-from layout_helpers import broken_copy, layout_problems
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,12 @@ from PIL import Image
 
 from faceeval.errors import HarnessError
 from harness.registry import PROTOCOLS
+from helpers import REPO
+from layout_helpers import broken_copy, layout_problems
 from protocols.ffpp import FFppProtocol, video_dir
 from protocols.ffpp_frames import frame_order
 from protocols.fixtures import GAP_VIDEO, _synthetic_video, write_celebahq, write_ffpp
 
-from layout_helpers import broken_copy, layout_problems
-
-REPO = Path(__file__).resolve().parents[1]
 VIDEOS = video_dir("c23")
 
 

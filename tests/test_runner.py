@@ -6,9 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from faceeval.errors import HarnessError
-
 from faceeval.cache import FeatureStore
+from faceeval.errors import HarnessError
 from faceeval.metrics.identity import IdentityMetric
 from harness.runner import RunConfig, bootstrap_ci, run_method
 from methods.reference import SourceMethod, TargetMethod

@@ -21,9 +21,9 @@ import pytest
 
 from faceeval.cache import FeatureStore, merge_feature_shards, shard_folder
 from faceeval.parallel import World, fixed_batches, pool_map, shard_batches, worker_pool
+from helpers import HANG_GUARD_S, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 3600  # seconds per subprocess: a busy 2-core machine runs these slowly
+TIMEOUT = HANG_GUARD_S  # seconds per subprocess: a busy 2-core machine runs these slowly
 METHODS = ("source", "target", "classical")
 DEMO_ARGS = ("--protocol", "demo", "--num-pairs", "8", "--batch-size", "4", "--device", "cpu")
 

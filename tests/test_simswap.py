@@ -4,9 +4,6 @@ identity path, and no watermark."""
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import pickle
 import sys
 import types
 
@@ -20,7 +17,6 @@ import methods.simswap_net as S
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb, to_tensor
 from harness.registry import METHODS
-from faceeval.weights import KNOWN
 from protocols.demo import DemoProtocol
 
 

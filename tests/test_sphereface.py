@@ -263,8 +263,8 @@ def test_metric_runs_end_to_end_on_the_demo(weights_dir, tmp_path):
 
 
 def test_reliableswap_preset_runs_the_network_without_substituting_it(weights_dir, tmp_path):
-    from harness import evaluate
     from faceeval.presets import resolve
+    from harness import evaluate
 
     r = resolve("reliableswap", allow_substitute=True)
     assert r.metrics["identity_cosface_sphere20"] == {"crop": "resize", "mask": "none", "gallery": "every_frame",

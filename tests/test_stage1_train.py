@@ -22,14 +22,13 @@ from codeswap.train.dist import DistInfo
 from codeswap.train.stage1 import Stage1Trainer
 from codeswap.vqgan import VQAutoencoder
 from faceeval.errors import HarnessError
+from helpers import HANG_GUARD_S, REPO, harness_cli
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
 ONE_PROC = DistInfo(0, 1, 0, torch.device("cpu"))
 # oneDNN threads spin on a shared 2-core machine: one thread is several times faster
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 #: only against a hung subprocess, never a speed limit: a busy machine may take many minutes
-HANG_GUARD_S = 3600
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -203,8 +202,7 @@ def test_resume_reads_configs_stored_before_the_new_fields(faces, tmp_path, capl
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", "train", "stage1", *args],
-                          env=ENV, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    return harness_cli("train", "stage1", *args, env=ENV, cwd=REPO)
 
 
 def test_cli_trains_resumes_and_logs_to_mlflow(faces, tmp_path):

@@ -7,8 +7,8 @@ CPU) and each stage wraps its models in DistributedDataParallel.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
-from typing import ContextManager, NamedTuple
+from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -72,5 +72,5 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()

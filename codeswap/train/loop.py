@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,7 @@ class TrainLoop:
         self.dataset: torch.utils.data.Dataset
         self.sampler: ResumableSampler | None = None  # set by setup()
 
-    def setup(self) -> "TrainLoop":
+    def setup(self) -> TrainLoop:
         """Build the stage (once): models, data, optimisers. ``run`` and ``resume`` call it;
         call it first to use the trainer's models or ``train_step`` without ``run``."""
         if self.sampler is not None:
@@ -102,7 +103,7 @@ class TrainLoop:
         raise NotImplementedError
 
     # --- shared ---------------------------------------------------------------------------
-    def autocast(self) -> ContextManager:
+    def autocast(self) -> AbstractContextManager:
         return autocast(self.device, self.amp_dtype)
 
     def _reduce_logs(self, logs: dict[str, Tensor]) -> dict[str, float]:

@@ -13,6 +13,7 @@ evaluates it.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 
 from faceeval.errors import HarnessError
 from faceeval.faces.landmarks import FFHQ_FACE_BOX  # the face box inside an aligned crop, as the metrics use
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def crop_face(x: Tensor, size: int) -> Tensor:
@@ -49,7 +53,7 @@ class FaceNetIdentity(nn.Module):
         if self.size < 80:
             raise HarnessError(f"FaceNet needs an input side of at least 80, got {self.size}")
 
-    def train(self, mode: bool = True) -> "FaceNetIdentity":
+    def train(self, mode: bool = True) -> FaceNetIdentity:
         return super().train(False)  # frozen: BatchNorm statistics never update
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,11 +162,11 @@ class PackagedNet(nn.Module):
         mod, fn = self.loader.split(":")
         self.net = getattr(importlib.import_module(mod), fn)(path).float().eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "PackagedNet":
+    def train(self, mode: bool = True) -> PackagedNet:
         return super().train(False)
 
 
-def template_face(r: int) -> tuple[tuple[float, float, float, float], "np.ndarray"]:
+def template_face(r: int) -> tuple[tuple[float, float, float, float], np.ndarray]:
     """The face box (x0, y0, x1, y1) and the 5 points (ArcFace order) of an FFHQ-aligned crop
     of side ``r``, in pixels: where the metrics' detector puts a face it cannot find
     (``faceeval.faces.retina.fallback_row``), here the fixed place every training crop has."""
@@ -174,7 +178,7 @@ def template_face(r: int) -> tuple[tuple[float, float, float, float], "np.ndarra
     return (x0 * r, y0 * r, x1 * r, y1 * r), WARP_TEMPLATES["ffhq_512"] * np.array([r, r])  # (5, 2)
 
 
-def _pixel_affine_to_theta(inverse: "np.ndarray", out_side: int, in_side: int) -> Tensor:
+def _pixel_affine_to_theta(inverse: np.ndarray, out_side: int, in_side: int) -> Tensor:
     """(2, 3) crop pixel -> image pixel affine as ``F.affine_grid``'s theta (1, 2, 3), in
     normalised coordinates of each side (align_corners=False: pixel centre i at (2i + 1) / n - 1)."""
     import numpy as np
@@ -267,7 +271,7 @@ class Deep3DExpression(nn.Module):
         super().__init__()
         self.net = regressor.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "Deep3DExpression":
+    def train(self, mode: bool = True) -> Deep3DExpression:
         return super().train(False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ Two phases, as in the paper:
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,8 @@ def landmark_masks(images: Tensor, forehead: float = 0.35) -> Tensor:
     """(B, 3, R, R) in [-1, 1] aligned crops -> (B, 1, R, R) float face-region masks."""
     import cv2
 
-    from faceeval.faces.detect import DlibDetector
     from faceeval.constants import FFHQ_FACE_BOX
+    from faceeval.faces.detect import DlibDetector
 
     det = _DETECTOR.setdefault("dlib", DlibDetector())
     imgs = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

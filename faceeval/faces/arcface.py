@@ -10,7 +10,12 @@ squares + ``cv2.warpAffine``), called directly.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # insightface ``face_align.arcface_dst``: where the 5 points land in a 112x112 crop
 ARCFACE_TEMPLATE_112 = np.array(

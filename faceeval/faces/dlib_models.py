@@ -3,7 +3,7 @@ process, shared by the detector, the landmark stage and the identity descriptor.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from faceeval.weights import DLIB_68, verified
@@ -16,7 +16,7 @@ _READERS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _read(path: str, sha256: str, reader: str) -> Any:  # sha256: a changed file is a new key
     import dlib
 
@@ -29,7 +29,7 @@ def dlib_model(name: str) -> tuple[Any, str]:
     return _read(str(path), sha, _READERS[name]), sha
 
 
-@lru_cache(maxsize=None)
+@cache
 def hog_detector() -> Any:
     """dlib's HOG frontal face detector (built in; no file)."""
     import dlib

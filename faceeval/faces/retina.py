@@ -56,7 +56,6 @@ def fallback_row(h: int, w: int) -> np.ndarray:
 def dlib_row(image: np.ndarray) -> np.ndarray | None:
     """The row of dlib's largest HOG face in a uint8 (H, W, 3) RGB image, or None: box, the 5
     points of its 68 landmarks, HOG margin as score (models load once per process)."""
-    import dlib
 
     from faceeval.faces.dlib_models import dlib_model, hog_detector
     from faceeval.timing import stage

@@ -25,8 +25,8 @@ import numpy as np
 
 from faceeval.constants import FFHQ_FACE_BOX
 from faceeval.errors import HarnessError
-from faceeval.fetch import requires
 from faceeval.faces.arcface import ARCFACE_SIZE, ARCFACE_TEMPLATE_112
+from faceeval.fetch import requires
 from faceeval.models.shared import NetworkTask
 from faceeval.parallel import feature_batch, fixed_batches
 from faceeval.timing import stage

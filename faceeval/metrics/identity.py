@@ -22,7 +22,6 @@ from faceeval.conventions import ID_INPUT, PSP_COLS, PSP_ROWS, IdentityConventio
 from faceeval.errors import HarnessError
 
 
-
 def retrieval_hits(query: np.ndarray, gallery: np.ndarray, gallery_ids: list[str], true_ids: list[str],
                    ks: tuple[int, ...] = (1, 5), score: str = "cosine") -> dict[int, np.ndarray]:
     """For each query (N, D): is ``true_ids[i]`` among the identities of the k best-scoring

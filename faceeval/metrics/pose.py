@@ -29,8 +29,6 @@ from faceeval.errors import HarnessError
 from faceeval.models.shared import NetworkTask
 from faceeval.weights import DLIB_68, verified
 
-
-
 ANGLES = ("yaw", "pitch", "roll")
 #: the papers' pose network's release file (Hopenet ResNet-50, 300W-LP, alpha 1; faceeval.weights)
 HOPENET_FILE = "hopenet_robust_alpha1.pkl"

@@ -14,8 +14,9 @@ checked one by one, one clear line when a file is not what it should be.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -12,8 +12,9 @@ are imported inside.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from faceeval.errors import HarnessError
 

@@ -45,8 +45,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import ASSETS, DEMO, REFERENCE, pyfeat_dir, shipped_file, unzip_wheel
+
 from faceeval.images import file_sha256, load_rgb, pixel_sha256
 
 OUT = REFERENCE / "retinaface.npz"
@@ -90,8 +90,8 @@ def record(kit: Path, weights: Path, args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(kit))
-    from face_analysis.face_detection.face_detection import RetinaFace  # the package's own runtime
     import face_analysis.face_detection.face_detection.alignment as alignment
+    from face_analysis.face_detection.face_detection import RetinaFace  # the package's own runtime
 
     assert file_sha256(weights) == WEIGHTS_SHA256, f"{weights} is not the pinned file"
     detector = RetinaFace(gpu_id=-1, model_path=str(weights))  # the package's load_net reads it

@@ -69,8 +69,8 @@ import types
 from pathlib import Path
 
 import numpy as np
-
 from common import ASSETS, DEMO, REFERENCE, pyfeat_dir, shipped_file, unzip_wheel
+
 from faceeval.constants import FFHQ_FACE_BOX
 from faceeval.images import file_sha256, load_rgb, pixel_sha256
 
