@@ -26,10 +26,10 @@ options from those fields, so a default cannot differ between the CLI and the co
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 from faceeval.constants import FACE_CLASSES
-from faceeval.options import setting  # noqa: F401 - declared in the foundation, shared with harness run
+from faceeval.options import setting
 
 
 @dataclass(frozen=True)
