@@ -3,7 +3,7 @@
 ``harness/cli.py`` mounts :data:`train_app` and :data:`figure_app` with ``add_typer``.
 
 A training option is not declared here: it is a field of a frozen config in
-:mod:`codeswap.config` whose default is a :func:`codeswap.config.setting`. A command names
+:mod:`codeswap.config` whose default is a :func:`faceeval.options.setting`. A command names
 the fields it offers (:class:`Offer`) and :func:`with_settings` turns them into Typer
 options (name, type, default, help, lower bound from the field) and hands the command the
 built configs, so the CLI and the dataclasses cannot disagree on a default.
@@ -79,6 +79,11 @@ def _cli_type(hint: Any, path: bool) -> tuple[Any, tuple[Any, ...]]:
     args = typing.get_args(hint)
     if typing.get_origin(hint) is Literal:
         return type(args[0]), args
+    # a tuple of X (alone or in a union): the option is repeated, one X each time
+    repeated = [hint] if typing.get_origin(hint) is tuple else [a for a in args if typing.get_origin(a) is tuple]
+    if repeated:
+        item = typing.get_args(repeated[0])[0]
+        return list[Path if path else item], ()  # type: ignore[valid-type]
     if type(None) in args:  # X | None
         (inner,) = [a for a in args if a is not type(None)]
         return (Path if path else inner) | None, ()
@@ -100,6 +105,8 @@ def _options(offer: Offer) -> list[tuple[inspect.Parameter, _Bound]]:
         default = inspect.Parameter.empty if meta["required"] else offer.default(f)
         if meta["path"] and isinstance(default, str):
             default = Path(default)
+        if isinstance(default, tuple):  # a repeated option: Typer takes a list
+            default = list(default)
         # no names given: Typer derives them from the parameter (--x, or --x/--no-x for a bool)
         info = typer.Option(*named, help=meta["help"], min=meta["min"])
         param = inspect.Parameter(flags[0].lstrip("-").replace("-", "_"), inspect.Parameter.KEYWORD_ONLY,
@@ -133,7 +140,11 @@ def with_settings(**offers: Offer) -> Callable[[Callable[..., None]], Callable[.
                 if b.choices and v not in b.choices:
                     raise HarnessError(f"unknown {b.flag} {v!r}; choose {', '.join(map(str, b.choices[:-1]))} "
                                        f"or {b.choices[-1]}")
-                changes[b.group][b.name] = str(v) if b.path and v is not None else v
+                if isinstance(v, list):  # a repeated option: the field holds a tuple
+                    v = tuple(str(x) if b.path else x for x in v)
+                elif b.path and v is not None:
+                    v = str(v)
+                changes[b.group][b.name] = v
             configs = {}
             for group, offer in offers.items():
                 try:

@@ -18,7 +18,7 @@ Configs are never mutated; variants are made with :func:`dataclasses.replace` at
 (CLI, tests).
 
 Every training setting is declared once, here: a field whose default is a :func:`setting`
-also carries its command-line help, and ``harness train`` (:mod:`codeswap.cli`) builds its
+also carries its command-line help (:func:`faceeval.options.setting`), and ``harness train`` (:mod:`codeswap.cli`) builds its
 options from those fields, so a default cannot differ between the CLI and the code.
 :data:`STAGE_TRAIN` holds each stage's defaults for the shared loop settings.
 """
@@ -26,19 +26,10 @@ options from those fields, so a default cannot differ between the CLI and the co
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 from faceeval.constants import FACE_CLASSES
-
-
-def setting(default: Any, help: str, *, flag: str | tuple[str, ...] = (), min: float | None = None,
-            path: bool = False, required: bool = False) -> Any:
-    """A field's default plus what ``harness train`` shows for it: ``help``; ``flag``, the
-    option's names when not ``--field-name``; ``min``, the smallest value accepted; ``path``,
-    a string field the command line takes as a path; ``required``, no usable default."""
-    flags = (flag,) if isinstance(flag, str) else tuple(flag)
-    return field(default=default, metadata={"help": help, "flags": flags, "min": min, "path": path,
-                                            "required": required})
+from faceeval.options import setting
 
 
 @dataclass(frozen=True)

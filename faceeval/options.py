@@ -60,6 +60,17 @@ def suggest(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def setting(default: Any, help: str, *, flag: str | tuple[str, ...] = (), min: float | None = None,
+            path: bool = False, required: bool = False) -> Any:
+    """A dataclass field's default plus what a command that offers it (``harness train``,
+    ``harness run``) shows for it: ``help``; ``flag``, the option's names when not
+    ``--field-name``; ``min``, the smallest value accepted; ``path``, a string field the command
+    line takes as a path; ``required``, no usable default (``dataclasses.MISSING``: none at all)."""
+    flags = (flag,) if isinstance(flag, str) else tuple(flag)
+    return dataclasses.field(default=default, metadata={"help": help, "flags": flags, "min": min, "path": path,
+                                            "required": required})
+
+
 def _types_of(annotation: Any) -> tuple[Any, ...]:
     """The member types of a (possibly union / Optional) annotation."""
     origin = typing.get_origin(annotation)

@@ -14,11 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from codeswap.cli import Offer, figure_app, train_app, with_settings
 from faceeval.errors import HarnessError, LayoutError
 from faceeval.options import parse_pairs, suggest
 from faceeval.weights import WeightMismatch
-from harness.evaluation import DEFAULT_OUT, resolve_device, set_weights_dir
+from harness.evaluation import resolve_device, set_weights_dir
 from harness.registry import METHODS, METRICS, PROTOCOLS
+from harness.settings import CLI_FIELDS, DEFAULT_OUT, RunSettings
 
 app = typer.Typer(
     name="harness",
@@ -61,51 +63,16 @@ def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[in
 
 
 @app.command()
-def run(
-    protocol: ProtocolOpt,
-    method: Annotated[list[str], typer.Option("--method", "-m", help="Method name; repeat, or 'all'.")] = [],  # noqa: B006
-    metric: Annotated[list[str], typer.Option("--metric", help="Metric name, optionally with settings (pose:unit=rad, identity_arcface:detector=scrfd); repeat. Default: identity_sface, pose_whenet, expression_blendshapes, fid (`harness weights fetch all`).")] = [],  # noqa: B006
-    root: RootOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed for the pair set and the bootstrap.")] = 0,
-    num_pairs: NumPairsOpt = None,
-    option: OptionOpt = [],  # noqa: B006
-    method_option: Annotated[list[str], typer.Option(
-        "--method-option", help="Method constructor option METHOD.key=value (or key=value for every method); repeat."
-    )] = [],  # noqa: B006
-    out: OutOpt = DEFAULT_OUT,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    save_images: Annotated[bool, typer.Option(help="Also write swapped crops to the run folder.")] = False,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: SQLite in --out).")] = None,
-    mlflow: Annotated[bool, typer.Option(help="Log to MLflow.")] = True,
-    report: Annotated[bool, typer.Option(help="Render the report after the run.")] = True,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
-    weights_dir: WeightsDirOpt = None,
-    weights_search: WeightsSearchOpt = [],  # noqa: B006
-    workers: WorkersOpt = None,
-    on_error: Annotated[str, typer.Option(
-        "--on-error", help="A method failing on a pair (it raises, or its output is None, numpy, not float or "
-        "outside [0, 1]): 'stop' the run with one line naming method, pair and error (finished swaps stay cached), "
-        "or 'skip' the pair (counted, listed in the summary, left out of every number).")] = "stop",
-    convention: Annotated[Optional[str], typer.Option(
-        "--convention", help="Evaluate as one codebase does, every choice at once: reliableswap, reface, facedancer, "
-        "codeswap (docs/conventions.md). --metric adds metrics; a contradicting --option is an error.")] = None,
-    allow_substitute: Annotated[bool, typer.Option(
-        "--allow-substitute", help="With --convention: run the default suite's network of the same kind for one "
-        "whose weights are not here (every table says so).")] = False,
-) -> None:
+@with_settings(settings=Offer(RunSettings, CLI_FIELDS))
+def run(settings: RunSettings) -> None:
     """Build the protocol's pairs, run each method, score, write runs, report and MLflow.
     Under torchrun (`torchrun --nproc-per-node N -m harness.cli run ...`) the ranks share the work."""
     from faceeval.parallel import World
-    from harness.evaluation import evaluate, parse_method_options
+    from harness.evaluation import evaluate
 
+    keywords = {**settings.keywords(), "progress": settings.progress and sys.stderr.isatty()}
     try:
-        result = evaluate(protocol, method, root=root, metrics=metric or None, seed=seed, num_pairs=num_pairs,
-                          options=parse_pairs(option, "--option"), method_options=parse_method_options(method_option),
-                          device=device, batch_size=batch_size, out=out, save_images=save_images, mlflow=mlflow,
-                          tracking_uri=tracking_uri, report=report, progress=progress and sys.stderr.isatty(),
-                          weights_dir=weights_dir, weights_search=weights_search, workers=workers, on_error=on_error,
-                          convention=convention, allow_substitute=allow_substitute, log=_echo)
+        result = evaluate(settings.protocol, settings.methods, log=_echo, **keywords)
     except LayoutError as exc:  # every problem on its own line (the error line names the first few)
         if World.from_env().is_main:
             for problem in exc.problems:
@@ -122,7 +89,7 @@ def run(
 def prepare(
     protocol: Annotated[str, typer.Argument(help="Protocol whose dataset to check and prepare (celebahq, ffpp, ...).")],
     root: Annotated[Optional[Path], typer.Option(help="Dataset root in the protocol's official layout.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = RunSettings.seed,
     num_pairs: NumPairsOpt = None,
     option: OptionOpt = [],  # noqa: B006
     out: OutOpt = DEFAULT_OUT,
@@ -135,7 +102,7 @@ def prepare(
     identity_threshold: Annotated[float, typer.Option(
         "--identity-threshold", help="With --suggest-identity-map: the cosine between two videos' mean embeddings "
         "at or above which a merge is proposed.")] = 0.5,
-    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = "auto",
+    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = RunSettings.device,
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
@@ -191,7 +158,7 @@ def export_pairs_cmd(
     protocol: ProtocolOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (source/, target/, pairs.csv, ...).")],
     root: RootOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed for the pair set.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for the pair set.")] = RunSettings.seed,
     num_pairs: NumPairsOpt = None,
     option: OptionOpt = [],  # noqa: B006
     cache: Annotated[Path, typer.Option(help="Harness output folder whose cache holds prepared crops.")] = DEFAULT_OUT,
@@ -342,8 +309,6 @@ def _conversion_record(st) -> dict | None:
         return None
     return fetch.record(a)
 
-
-from codeswap.cli import figure_app, train_app  # noqa: E402 - the CodeSwap commands, mounted below
 
 app.add_typer(train_app, name="train")
 app.add_typer(figure_app, name="figure")

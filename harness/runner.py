@@ -31,7 +31,7 @@ import pandas as pd
 from faceeval import stops, timing
 from faceeval.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
 from faceeval.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
-from faceeval.checks import check_name
+from faceeval.checks import check_name, resolve_device
 from faceeval.conventions import aggregate
 from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
@@ -39,6 +39,7 @@ from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_b
 from faceeval.provenance import environment
 from faceeval.summaries import MetricEntry, portable_summary
 from faceeval.timing import stage
+from harness.settings import RunSettings
 
 # Output checks (per pair, on every method's output): what a swap must not be.
 #   non_finite: the method returned NaN/Inf somewhere (stored with NaN->0, +Inf->1)
@@ -63,20 +64,22 @@ RANGE_SLACK = 0.5 / 255.0
 @dataclass(frozen=True)
 class RunConfig:
     out_dir: Path
-    device: str = "cpu"
-    batch_size: int = 16
-    save_images: bool = False  # also copy swapped crops to the run folder, named by pair id
+    # the defaults are harness run's (harness.settings.RunSettings); "auto" is resolved here
+    device: str = RunSettings.device
+    batch_size: int = RunSettings.batch_size
+    save_images: bool = RunSettings.save_images  # also copy swapped crops to the run folder, named by pair id
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
-    progress: bool = True
-    on_error: str = "stop"  # one of ON_ERROR
+    progress: bool = RunSettings.progress
+    on_error: str = RunSettings.on_error  # one of ON_ERROR
     #: the preset the run's settings came from (faceeval.presets; "" when none) and what it substituted
     convention: str = ""
     substitutions: tuple[str, ...] = ()
     #: swap nothing: a pair whose swap is not cached is an error (``harness report --conventions``)
-    cached_swaps_only: bool = False
+    cached_swaps_only: bool = RunSettings.cached_swaps_only
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "device", resolve_device(self.device))
         if self.on_error not in ON_ERROR:
             raise HarnessError(f"--on-error must be {' or '.join(ON_ERROR)}, got {self.on_error!r}")
 

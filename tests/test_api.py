@@ -99,14 +99,14 @@ def test_evaluate_defaults_match_harness_run():
 
     from harness.cli import run
     from harness.evaluation import evaluate
+    from harness.settings import RunSettings
 
-    api = inspect.signature(evaluate).parameters
+    # evaluate() declares no default: its keywords are RunSettings' fields (tests/test_run_settings.py)
+    assert [p.kind for p in inspect.signature(evaluate).parameters.values()][-1] is inspect.Parameter.VAR_KEYWORD
     cli = inspect.signature(run).parameters
-    pairs = {"seed": "seed", "num_pairs": "num_pairs", "device": "device", "batch_size": "batch_size",
-             "out": "out", "save_images": "save_images", "mlflow": "mlflow", "tracking_uri": "tracking_uri",
-             "report": "report", "progress": "progress", "weights_dir": "weights_dir", "root": "root"}
-    for a, c in pairs.items():
-        assert api[a].default == cli[c].default, a
+    for name in ("seed", "num_pairs", "device", "batch_size", "out", "save_images", "mlflow", "tracking_uri",
+                 "report", "progress", "weights_dir", "root"):
+        assert cli[name].default == getattr(RunSettings, name), name
 
 
 def test_list_and_weights_json():
