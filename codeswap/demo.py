@@ -250,11 +250,7 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     from faceeval.images import file_sha256
 
     bundle = load_bundle()
-    if bundle is None:
-        return None
-    shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["recipe"].items()}
-    same_faces = bundle.get("training", {}).get("faces_json_sha256") == _faces_sha256()
-    if not same_faces or any(shipped.get(k) != getattr(recipe, k) for k in STAGE1_FIELDS):
+    if bundle is None or not _shipped_trains_alike(bundle, recipe, STAGE1_FIELDS):
         return None
     ckpt = stage1_dir / "checkpoints" / "last.pt"
     atomic_torch_save({"stage": "stage1", "step": recipe.stage1_steps, "model_config": plain(recipe.autoencoder()),
@@ -272,17 +268,21 @@ def shipped_stage2(recipe: DemoRecipe, base: str, folder: Path) -> Path | None:
     retraining the first (its fusion weights only: see ``codeswap.train.stage2.warm_start``).
     None otherwise."""
     bundle = load_bundle()
-    if bundle is None or base not in bundle["variants"]:
-        return None
-    shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["recipe"].items()}
-    same_faces = bundle.get("training", {}).get("faces_json_sha256") == _faces_sha256()
-    skip = set(LATER_FIELDS) | set(STAGE3_FIELDS)
-    if not same_faces or any(shipped.get(f.name) != getattr(recipe, f.name) for f in fields(recipe) if f.name not in skip):
+    first_phase = [f.name for f in fields(recipe) if f.name not in (*LATER_FIELDS, *STAGE3_FIELDS)]
+    if bundle is None or base not in bundle["variants"] or not _shipped_trains_alike(bundle, recipe, first_phase):
         return None
     ckpt = folder / "checkpoints" / "last.pt"
     if not ckpt.is_file():
         unpack(bundle, base, ckpt, BUNDLE)
     return ckpt
+
+
+def _shipped_trains_alike(bundle: dict[str, Any], recipe: DemoRecipe, names) -> bool:
+    """Whether the shipped ``bundle`` was trained on the same faces with ``recipe``'s values of
+    the recipe fields ``names``."""
+    shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in bundle["recipe"].items()}
+    same_faces = bundle.get("training", {}).get("faces_json_sha256") == _faces_sha256()
+    return same_faces and all(shipped.get(k) == getattr(recipe, k) for k in names)
 
 
 def _faces_sha256() -> str:

@@ -150,10 +150,8 @@ def test_a_second_stage2_phase_starts_from_the_shipped_model_only_when_the_first
     """A recipe that adds a fine-tuning phase to the shipped recipe starts it from the shipped
     model (unpacked); one whose first phase differs gets nothing and trains it itself."""
     from codeswap.checkpoints import load_codeswap
-    from codeswap.demo import BUNDLE, DemoRecipe, shipped_stage2
+    from codeswap.demo import DemoRecipe, shipped_stage2
 
-    if not BUNDLE.is_file():
-        pytest.skip("no shipped bundle in this checkout")
     later = DemoRecipe(finetune_steps=5, expression_net="whenet", stage3_steps=10, stage3_supervised=10)
     path = shipped_stage2(later, "full", tmp_path / "shipped-full")
     model, meta = load_codeswap(path)
