@@ -285,6 +285,9 @@ class SwapTrainConfig:
     # faces (dlib retrieval 84 % with the demo prior; the inner face alone, rows 5-13 and
     # columns 4-11, carries far less).
     teacher_cells: tuple[float, float, float, float] = TEACHER_CELLS
+    # NOTE: not in the paper (issue 27): the teacher as a warm-up whose weight falls to 0
+    teacher_decay_steps: int = setting(0, "Stage 2: the code teacher's weight falls linearly from --w-teacher to 0 "
+                                          "over this many steps, then stays 0 (0: constant).", min=0)
     # learning-rate multiplier of the fusion's attention biases and position code (study setting)
     position_lr_mult: float = 1.0
     # "deep3d" with expression_checkpoint; blendshapes / whenet / blendshapes+whenet: the default

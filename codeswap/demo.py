@@ -93,6 +93,8 @@ class DemoRecipe:
     # in the paper; the first phase is the teacher warm-up.
     finetune_steps: int = 0
     finetune_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.5, 1.0, 0.0)
+    # steps over which the second phase's teacher weight (finetune_weights[5]) falls linearly to 0
+    finetune_teacher_decay: int = 0
     holdout: int = 0  # train on every demo face
     seed: int = 0
     # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
@@ -117,7 +119,7 @@ def cache_root() -> Path:
 
 #: recipe fields added after the shipped bundle was built: they enter the key only when set
 #: away from their default, so the bundle of a recipe that leaves them alone keeps its key
-LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights")
+LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights", "finetune_teacher_decay")
 #: the fields that only shape stage 3 (and which variants a bundle holds)
 STAGE3_FIELDS = ("stage3_steps", "stage3_supervised", "variants")
 
@@ -368,6 +370,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
                                   ckpt_every=every(recipe.finetune_steps),
                                   **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
                 sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
+                                     teacher_decay_steps=recipe.finetune_teacher_decay,
                                      **{**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights)})
                 Stage2Trainer(cfg, sc).run(resume=True)
                 s2b = mark(s2b_dir)

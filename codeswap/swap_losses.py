@@ -145,7 +145,9 @@ class SwapLoss(nn.Module):
         it has a network and a weight above 0."""
         return getattr(self, term) is not None and getattr(self.w, term) > 0
 
-    def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out) -> tuple[Tensor, Logs]:
+    def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out,
+                teacher_scale: float = 1.0) -> tuple[Tensor, Logs]:
+        """``teacher_scale`` multiplies the teacher's weight (its warm-up schedule; 0 turns it off)."""
         swaps = (a, b, out.ab, out.ba)
         terms: list[tuple[float, Callable[[], tuple[Tensor, Logs]]]] = [
             (self.w.recon, lambda: reconstruction_loss(*swaps, same))]
@@ -155,8 +157,8 @@ class SwapLoss(nn.Module):
                 terms.append((getattr(self.w, term), functools.partial(loss_fn, getattr(self, term), *swaps)))
         if self.w.cycle > 0:
             terms.append((self.w.cycle, lambda: code_cycle_loss(*model.cycle_codes(out.fusion), out.za, out.zb)))
-        if self.w.teacher > 0:
-            terms.append((self.w.teacher, lambda: code_teacher_loss(model, out, self.teacher_cells)))
+        if self.w.teacher * teacher_scale > 0:
+            terms.append((self.w.teacher * teacher_scale, lambda: code_teacher_loss(model, out, self.teacher_cells)))
         total = a.new_zeros((), dtype=torch.float32)
         logs: Logs = {}
         for weight, term in terms:

@@ -125,3 +125,37 @@ def test_code_teacher_loss_teaches_target_codes_with_the_source_face_cells():
     # w/o C has no selector: the teacher's code vectors are regressed instead
     wo_c = SimpleNamespace(za=za, zb=zb, fusion=FusionOutput(cb[teacher], None, None))
     assert code_teacher_loss(model, wo_c, cells)[0].item() < 1e-10
+
+
+def test_the_teacher_warm_up_falls_linearly_to_zero_and_then_leaves_the_loss():
+    """teacher_decay_steps: the teacher's weight is w at step 0, w/2 half-way, 0 from the last
+    step on, and at 0 its term is not computed at all (no teacher log, the paper's L_swap)."""
+    from types import SimpleNamespace
+
+    from codeswap.config import TINY, SwapLossWeights
+    from codeswap.fusion import FusionOutput
+    from codeswap.model import CodeSwap, CodeSwapConfig
+    from codeswap.swap_losses import SwapLoss
+    from codeswap.train.stage2 import Stage2Trainer
+
+    def scale(n, step):
+        return Stage2Trainer.teacher_scale(SimpleNamespace(swap_cfg=SimpleNamespace(teacher_decay_steps=n)), step)
+
+    assert [scale(100, s) for s in (0, 50, 100, 150)] == [1.0, 0.5, 0.0, 0.0]
+    assert scale(0, 10_000) == 1.0  # no schedule: constant
+
+    torch.manual_seed(0)
+    model = CodeSwap(CodeSwapConfig.for_autoencoder(TINY, "full", layers=1, heads=4, selector_hidden=16)).eval()
+    side, n = TINY.latent_size, TINY.quant.num_codes
+    cb = model.codebook.detach()
+    idx = torch.randint(n, (2, 2 * side * side))
+    out = SimpleNamespace(za=cb[idx[:, :side * side]], zb=cb[idx[:, side * side:]], ab=torch.rand(2, 3, 8, 8),
+                          ba=torch.rand(2, 3, 8, 8), fusion=FusionOutput(cb[idx], torch.randn(2, 2 * side * side, n), None))
+    a, b, same = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.bool)
+    loss = SwapLoss(SwapLossWeights(recon=0.0, identity=0.0, perceptual=0.0, expression=0.0, cycle=0.0, teacher=2.0),
+                    None, None, None)
+    full, logs = loss(model, a, b, same, out)
+    half, _ = loss(model, a, b, same, out, teacher_scale=0.5)
+    off, off_logs = loss(model, a, b, same, out, teacher_scale=0.0)
+    assert full.item() > 0 and abs(half.item() - full.item() / 2) < 1e-5
+    assert off.item() == 0.0 and "train/teacher" in logs and "train/teacher" not in off_logs

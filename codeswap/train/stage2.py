@@ -190,6 +190,12 @@ class Stage2Trainer(TrainLoop):
                 **{f"model.{k}": v for k, v in plain(self.model.cfg).items() if k != "autoencoder"}}
 
     # --- one step ------------------------------------------------------------------------
+    def teacher_scale(self, step: int) -> float:
+        """The code teacher's share of its weight at ``step`` (0-based): 1 throughout, or falling
+        linearly from 1 at step 0 to 0 at ``teacher_decay_steps`` and 0 after."""
+        n = self.swap_cfg.teacher_decay_steps
+        return 1.0 if n == 0 else max(0.0, 1.0 - step / n)
+
     def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
         a, b, same = make_pairs(x, self.swap_cfg.same_rate, step, self.cfg.seed)
         paste = None
@@ -197,7 +203,7 @@ class Stage2Trainer(TrainLoop):
             b, paste = paste_pairs(a, b, same, self.swap_cfg.paste_rate, step, self.cfg.seed)
         with self.autocast():
             out = self.model_ddp(a, b, blend_mask=self.blend_mask)
-            loss, logs = self.loss(self.model, a, b, same, out)
+            loss, logs = self.loss(self.model, a, b, same, out, teacher_scale=self.teacher_scale(step))
             if paste is not None:
                 lp = paste_loss(a, b, out.ab, out.ba, paste)
                 loss = loss + self.swap_cfg.paste_weight * lp
@@ -210,6 +216,8 @@ class Stage2Trainer(TrainLoop):
         if self.ema is not None:
             self.ema.update(self.model)
         logs["train/lr"] = torch.tensor(self.opt.param_groups[0]["lr"])
+        if self.swap_cfg.teacher_decay_steps:
+            logs["train/w_teacher"] = torch.tensor(self.swap_cfg.weights.teacher * self.teacher_scale(step))
         return {k: v.detach().float().to(self.device) for k, v in logs.items()}
 
     @torch.no_grad()
