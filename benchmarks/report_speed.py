@@ -19,8 +19,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from faceeval.summaries import RunSummary
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "protocols" / "demo_faces"
@@ -38,11 +42,12 @@ METRICS = {  # key: (label, higher_is_better, unit, scale, metric, backend, typi
 }
 
 
-def synthetic_runs(out: Path, pairs: int, methods: int, seed: int = 0) -> list[dict]:
+def synthetic_runs(out: Path, pairs: int, methods: int, seed: int = 0) -> list[RunSummary]:
     """Write ``out/runs/synthetic/<method>-<id>/`` folders like the runner's; returns the summaries."""
     import pandas as pd
 
     from faceeval.images import file_sha256
+    from faceeval.summaries import RunSummary
 
     rng = np.random.default_rng(seed)
     faces = sorted(DEMO.glob("*.png"))
@@ -95,7 +100,7 @@ def synthetic_runs(out: Path, pairs: int, methods: int, seed: int = 0) -> list[d
                    "environment": {"git_commit": "synthetic", "python": "3", "platform": "x", "packages": {}},
                    "run_dir": str(run_dir)}
         (run_dir / "summary.json").write_text(json.dumps(summary))
-        summaries.append(summary)
+        summaries.append(RunSummary.from_dict(summary))
     return summaries
 
 

@@ -79,16 +79,17 @@ def inside(base: Path, rel: str) -> Path:
     return Path(base) / norm
 
 
-def input_root(summary: dict, out_dir: Path) -> Path:
-    """The dataset root a report reads a run's input faces from: inside the output folder
-    (prepared crops under ``cache/``) or the demo faces shipped with the harness; any other
-    path written in a ``summary.json`` is refused in one line, never read."""
+def input_root(stored_root: str, run_dir: str, out_dir: Path) -> Path:
+    """The dataset root a report reads a run's input faces from (``stored_root``, as its
+    summary names it): inside the output folder (prepared crops under ``cache/``) or the demo
+    faces shipped with the harness; any other path written in a ``summary.json`` is refused in
+    one line, never read."""
     from faceeval.constants import DEMO_DIR
 
-    root = Path(str(summary.get("root") or "")).resolve()
+    root = Path(str(stored_root or "")).resolve()
     if root.is_relative_to(Path(out_dir).resolve()) or root == DEMO_DIR.resolve():
         return root
-    raise HarnessError(f"run {Path(str(summary.get('run_dir', '?'))).name}: its summary.json names the dataset root "
+    raise HarnessError(f"run {Path(str(run_dir or '?')).name}: its summary.json names the dataset root "
                        f"{root}, outside {out_dir} and not the shipped demo faces: not read (re-run the method to "
                        "rewrite its summary)")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +142,102 @@ class MetricEntry:
         return self.value_text(scale) + (f" ± {half}" if half else "")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """One method x protocol run (``summary.json``), typed. Fields are in the order the file
+    stores them; :meth:`from_dict` / :meth:`to_dict` are the only readers and writers of the
+    stored form (keys this harness does not know are kept in ``extra``, as read). The runner
+    builds one and :func:`write_summary` stores it; the report, the console, the results file
+    and MLflow read these attributes, never the file's keys."""
+
+    run_id: str = ""
+    # the pair set
+    protocol: str
+    protocol_version: str = ""
+    protocol_settings: dict[str, Any] = field(default_factory=dict)
+    manifest_sha256: str = ""
+    gallery_sha256: str = ""
+    seed: int = 0
+    num_pairs: int = 0
+    resolution: int = 0
+    root: str = ""  # the dataset root (local_summary re-derives one stored inside the output folder)
+    # the method and its numbers
+    method: str
+    method_info: dict[str, Any] = field(default_factory=dict)  # the method's describe(): its settings
+    method_key: str = ""  # the swap cache's key of the method and its settings
+    metrics: dict[str, MetricEntry] = field(default_factory=dict)  # key -> entry, in scoring order
+    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> its network (faceeval.api.Backend)
+    # every choice that moves a number (faceeval.conventions)
+    convention: str | None = None  # the preset, if one was given
+    conventions: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> its settings
+    substitutions: list[str] = field(default_factory=list)  # what a preset substituted (--allow-substitute)
+    scored_by_training_model: list[str] = field(default_factory=list)  # keys scored by the method's own identity net
+    confidence: float = 0.95
+    bootstrap_resamples: int = 0
+    notes: list[str] = field(default_factory=list)
+    # the work
+    swaps: dict[str, int] = field(default_factory=dict)  # computed, cached (, failed)
+    swap_errors: list[dict[str, str]] = field(default_factory=list)  # pairs skipped by --on-error skip
+    features: dict[str, int] = field(default_factory=dict)  # computed, cached
+    output_checks: dict[str, Any] = field(default_factory=dict)  # flagged outputs by kind (runner.OUTPUT_FLAGS)
+    timing_s: dict[str, float] = field(default_factory=dict)  # swap, score, aggregate (wall seconds)
+    stage_s: dict[str, float] = field(default_factory=dict)  # process-seconds per stage (faceeval.timing)
+    processes: dict[str, int] = field(default_factory=dict)  # ranks, workers_per_rank
+    device: str = ""
+    finished: str  # UTC, ISO 8601 to the microsecond: orders the runs
+    environment: dict[str, Any] = field(default_factory=dict)  # faceeval.provenance.environment()
+    run_dir: str = ""  # the run folder (as it is now, when read through load_summaries)
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSummary:
+        """A stored summary (``summary.json``, or one of ``results.json``'s) as a record."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {k: v for k, v in d.items() if k in known}
+        values["metrics"] = {k: MetricEntry.from_dict(k, e) for k, e in d.get("metrics", {}).items()}
+        return cls(**values, extra=tuple((k, v) for k, v in d.items() if k not in known))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form, keys in the order the file has always had them."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        d["metrics"] = {k: e.to_dict() for k, e in self.metrics.items()}
+        d.update(self.extra)
+        return d
+
+    def entry(self, key: str) -> MetricEntry | None:
+        """The entry of metric key ``key``, None where this run has none."""
+        return self.metrics.get(key)
+
+    def backend_of(self, entry: MetricEntry) -> dict[str, Any] | None:
+        """The backend record of the Metric that produced ``entry``."""
+        return self.backends.get(entry.metric)
+
+    @property
+    def flagged_outputs(self) -> int:
+        """Outputs the interface checks flagged (left out of the per-pair means)."""
+        return int(self.output_checks.get("flagged", 0))
+
+    @property
+    def git_commit(self) -> str:
+        return str(self.environment.get("git_commit", "unknown"))
+
+
+def write_summary(summary: RunSummary, out_dir: Path) -> RunSummary:
+    """Store ``summary`` as ``<its run_dir>/summary.json`` (paths inside ``out_dir`` relative
+    to it, atomically); returns it as a reader will see it (plain JSON values)."""
+    from faceeval.images import atomic_write_text
+
+    plain = json.loads(json.dumps(summary.to_dict(), default=str))
+    atomic_write_text(Path(summary.run_dir) / "summary.json",
+                      json.dumps(portable_summary(plain, out_dir), indent=1) + "\n")
+    return RunSummary.from_dict(plain)
+
+
 def cell(entry: MetricEntry | None, scale: float | None = None) -> str:
     """:meth:`MetricEntry.cell`, or ``–`` where a method has no entry."""
     return NO_VALUE if entry is None else entry.cell(scale)
 
 
-def entries_of(summary: dict[str, Any]) -> dict[str, MetricEntry]:
-    """A summary's metric entries, typed, in the order the run scored them."""
-    return {k: MetricEntry.from_dict(k, e) for k, e in summary["metrics"].items()}
 
 
 def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -190,7 +278,7 @@ def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None =
     return out
 
 
-def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[dict[str, Any]]:
+def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[RunSummary]:
     """Every run summary under ``out_dir/runs``, newest last. A summary that cannot be read
     (torn by a crash before writes were atomic, edited by hand) is left out and appended to
     ``unreadable``; re-running that method rewrites it."""
@@ -200,9 +288,8 @@ def load_summaries(out_dir: Path, unreadable: list[Path] | None = None) -> list[
             s = json.loads(p.read_text())
             if not isinstance(s, dict) or "finished" not in s or "metrics" not in s:
                 raise ValueError("not a run summary")
-        except (ValueError, OSError, UnicodeDecodeError):
+            found.append(RunSummary.from_dict(local_summary(s, out_dir, p.parent)))
+        except (ValueError, TypeError, AttributeError, OSError, UnicodeDecodeError):
             if unreadable is not None:
                 unreadable.append(p)
-            continue
-        found.append(local_summary(s, out_dir, p.parent))
-    return sorted(found, key=lambda s: s["finished"])
+    return sorted(found, key=lambda s: s.finished)

@@ -35,7 +35,7 @@ from typing import Any
 from faceeval import stops
 from faceeval.cache import stable_hash
 from faceeval.errors import HarnessError, is_no_space, no_space
-from faceeval.summaries import entries_of
+from faceeval.summaries import RunSummary
 
 EXPERIMENT = "codeswap-harness"
 
@@ -44,53 +44,53 @@ def default_uri(out_dir: Path) -> str:
     return f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
 
 
-def _flat_params(summary: dict[str, Any]) -> dict[str, str]:
-    env = summary["environment"]
+def _flat_params(run: RunSummary) -> dict[str, str]:
+    env = run.environment
     params = {
-        "protocol": summary["protocol"],
-        "protocol_version": summary["protocol_version"],
-        "manifest_sha256": summary["manifest_sha256"],
-        "gallery_sha256": summary["gallery_sha256"],
-        "seed": summary["seed"],
-        "num_pairs": summary["num_pairs"],
-        "resolution": summary["resolution"],
-        "method": summary["method"],
-        "method_key": summary["method_key"],
-        "device": summary["device"],
+        "protocol": run.protocol,
+        "protocol_version": run.protocol_version,
+        "manifest_sha256": run.manifest_sha256,
+        "gallery_sha256": run.gallery_sha256,
+        "seed": run.seed,
+        "num_pairs": run.num_pairs,
+        "resolution": run.resolution,
+        "method": run.method,
+        "method_key": run.method_key,
+        "device": run.device,
         "git_commit": env["git_commit"],
         "python": env["python"],
     }
-    for k, v in summary["protocol_settings"].items():
+    for k, v in run.protocol_settings.items():
         params[f"protocol.{k}"] = v
-    for k, v in summary["method_info"].items():
+    for k, v in run.method_info.items():
         params[f"method.{k}"] = v
-    for metric, b in summary["backends"].items():
+    for metric, b in run.backends.items():
         params[f"backend.{metric}"] = b["name"]
         params[f"backend.{metric}.standard"] = b["standard"]
         for name, sha in b["weights"]:
             params[f"weights.{name}"] = sha
-    params["convention"] = summary.get("convention") or "none"
-    for metric, settings in summary.get("conventions", {}).items():
+    params["convention"] = run.convention or "none"
+    for metric, settings in run.conventions.items():
         for k, v in settings.items():
             params[f"convention.{metric}.{k}"] = v
-    for i, line in enumerate(summary.get("substitutions", [])):
+    for i, line in enumerate(run.substitutions):
         params[f"substituted.{i}"] = line
     for pkg, ver in env["packages"].items():
         params[f"pkg.{pkg}"] = ver
     return {k: str(v)[:6000] for k, v in params.items()}
 
 
-def _metrics(summary: dict[str, Any]) -> dict[str, float]:
+def _metrics(run: RunSummary) -> dict[str, float]:
     out = {}
-    for key, e in entries_of(summary).items():
+    for key, e in run.metrics.items():
         out[key] = e.value
         if e.raw_value is not None and e.raw_value != e.value:  # clamped in the summary
             out[f"{key}_raw"] = e.raw_value
         if e.ci_low is not None:
             out[f"{key}_ci_low"] = e.ci_low
             out[f"{key}_ci_high"] = e.ci_high
-    out["swaps_computed"] = summary["swaps"]["computed"]
-    out["swaps_cached"] = summary["swaps"]["cached"]
+    out["swaps_computed"] = run.swaps["computed"]
+    out["swaps_cached"] = run.swaps["cached"]
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
@@ -326,34 +326,34 @@ class Tracker:
                 except Exception:  # noqa: BLE001 - said once already
                     pass
 
-    def log_method(self, summary: dict[str, Any]) -> None:
+    def log_method(self, run: RunSummary) -> None:
         """One child run per method; a child of this parent with the same harness run id
         (left unfinished by a kill) is reused, one that finished is left as it is. A failure
         is a warning (see :meth:`_safely`)."""
         if self.enabled:
-            self._safely(f"logging method {summary['method']}", self._log_method, summary)
+            self._safely(f"logging method {run.method}", self._log_method, run)
 
-    def _log_method(self, summary: dict[str, Any]) -> None:
+    def _log_method(self, run: RunSummary) -> None:
         mlflow = self._client()
         active = mlflow.active_run()
         existing = [] if active is None else self._search(
-            f"tags.mlflow.parentRunId = '{active.info.run_id}' and tags.harness_run_id = '{summary['run_id']}'")
+            f"tags.mlflow.parentRunId = '{active.info.run_id}' and tags.harness_run_id = '{run.run_id}'")
         if existing and existing[0].info.status == "FINISHED":
             return
-        params = _flat_params(summary)
+        params = _flat_params(run)
         if existing:
             known = existing[0].data.params
             params = {k: v for k, v in params.items() if k not in known}  # MLflow params are write-once
             ctx = mlflow.start_run(run_id=existing[0].info.run_id, nested=True)
         else:
-            ctx = mlflow.start_run(run_name=f"{summary['protocol']}/{summary['method']}", nested=True,
-                                   tags={"harness_run_id": summary["run_id"], **self._owner_tags()})
+            ctx = mlflow.start_run(run_name=f"{run.protocol}/{run.method}", nested=True,
+                                   tags={"harness_run_id": run.run_id, **self._owner_tags()})
         with ctx:
-            mlflow.set_tags({"protocol": summary["protocol"], "method": summary["method"], **self._owner_tags()})
+            mlflow.set_tags({"protocol": run.protocol, "method": run.method, **self._owner_tags()})
             if params:
                 mlflow.log_params(params)
-            mlflow.log_metrics(_metrics(summary))
-            mlflow.log_artifacts(summary["run_dir"], artifact_path="run")
+            mlflow.log_metrics(_metrics(run))
+            mlflow.log_artifacts(run.run_dir, artifact_path="run")
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         if self.enabled and folder.is_dir():

@@ -7,38 +7,37 @@ Main metrics: every metric key a run scored except the secondary ones in
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from faceeval.summaries import MetricEntry, cell, entries_of
+from faceeval.summaries import MetricEntry, RunSummary, cell
 from harness.results import Results
 
 #: key prefixes left out of the console table (kept in results.json and the report)
 SECONDARY = ("id_retrieval_top5",)
 
 
-def main_keys(summaries: list[dict[str, Any]]) -> list[str]:
+def main_keys(runs: list[RunSummary]) -> list[str]:
     """The metric keys shown, in the order the run scored them."""
-    keys = dict.fromkeys(k for s in summaries for k in s["metrics"])
+    keys = dict.fromkeys(k for r in runs for k in r.metrics)
     return [k for k in keys if not k.startswith(SECONDARY)]
 
 
 def summary_table(result: Results) -> Table:
     """One row per method, one column per main metric key (header: label, direction, unit)."""
-    table = Table(title=escape(f"{result.protocol}: {len(result.summaries)} methods, 95 % CI shown as ±"),
+    table = Table(title=escape(f"{result.protocol}: {len(result.runs)} methods, 95 % CI shown as ±"),
                   title_justify="left", header_style="bold")
     table.add_column("method", no_wrap=True)
-    keys = main_keys(result.summaries)
-    runs = [entries_of(s) for s in result.summaries]
-    first: dict[str, MetricEntry] = {k: next(r[k] for r in runs if k in r) for k in keys}
+    keys = main_keys(result.runs)
+    first: dict[str, MetricEntry] = {k: next(r.metrics[k] for r in result.runs if k in r.metrics) for k in keys}
     for e in first.values():
         unit = f" ({e.unit})" if e.unit else ""
         table.add_column(escape(f"{e.label} {e.arrow}{unit}"), justify="right")
-    for s, entries in zip(result.summaries, runs):
-        table.add_row(escape(s["method"]), *(cell(entries.get(k)) for k in keys))  # in each entry's own scale
+    for r in result.runs:
+        table.add_row(escape(r.method), *(cell(r.entry(k)) for k in keys))  # in each entry's own scale
     return table
 
 
@@ -47,17 +46,17 @@ def print_summary(result: Results, file: TextIO | None = None, width: int | None
     console = Console(file=file, width=width, highlight=False, soft_wrap=False)
     if not console.is_terminal and width is None:
         console.width = 160  # a log or a pipe: wide rows rather than wrapped headers
-    if result.summaries:
+    if result.runs:
         console.print(summary_table(result))
     where = []
-    preset = next((s.get("convention") for s in result.summaries if s.get("convention")), "")
+    preset = next((r.convention for r in result.runs if r.convention), "")
     if preset:
         where.append(f"convention: {preset} (every setting in summary.json, results.json and the report)")
-    where += [f"SUBSTITUTED: {x}" for x in dict.fromkeys(x for s in result.summaries for x in s.get("substitutions", []))]
+    where += [f"SUBSTITUTED: {x}" for x in dict.fromkeys(x for r in result.runs for x in r.substitutions)]
     if result.report_files:
         where += [f"report: {result.report_files['markdown']}",
                   f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)"]
-    where += [f"run:    {s['run_dir']}" for s in result.summaries]
+    where += [f"run:    {r.run_dir}" for r in result.runs]
     where.append(f"results: {result.path}  (latest also in {result.out_dir / 'results.json'}; "
                  "Python: harness.load_results)")
     if result.tracking_uri:

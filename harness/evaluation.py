@@ -314,16 +314,16 @@ def _run_methods(run: RunSettings, method_names, method_settings, pairset, metri
             summary = _run_one(name, method_settings[name], pairset, metric_objects, cfg, features)
             if summary is None:
                 continue  # a rank other than 0: its share is in the caches
-            own = summary["notes"][len(pairset.notes):]
+            own = summary.notes[len(pairset.notes):]
             grouped = group_notes(own, metric_names)
             for note in grouped:
                 log(f"  note: {note}")
             if len(grouped) < len(own):
                 log(f"  ({len(own)} notes in full in the run's summary.json and the report)")
-            result.summaries.append(_plain(summary))
+            result.runs.append(summary)
             tracker.log_method(summary)
-            t = summary["timing_s"]  # its figures are in the summary table at the end
-            log(f"  {name}: {summary['swaps']['computed']} swapped, {summary['swaps']['cached']} cached; "
+            t = summary.timing_s  # its figures are in the summary table at the end
+            log(f"  {name}: {summary.swaps['computed']} swapped, {summary.swaps['cached']} cached; "
                 f"swap {t['swap']:.1f}s, score {t['score']:.1f}s")
         stops.check()  # a signal whose exception was swallowed: the parent run ends KILLED, not FINISHED
         others = parallel.all_gather(timing.since(stages_before))[1:]  # the other ranks' seconds per stage

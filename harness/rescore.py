@@ -10,13 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from faceeval.errors import HarnessError
+from faceeval.summaries import RunSummary
 from harness.evaluation import evaluate
 from harness.results import load_results
 from harness.settings import RunSettings
 from reports.sensitivity import write_sensitivity_report
 
 
-def rescore(out: Path, presets: list[str], allow_substitute: bool, log: Callable[[str], None]) -> dict[str, list]:
+def rescore(out: Path, presets: list[str], allow_substitute: bool,
+            log: Callable[[str], None]) -> dict[str, list[RunSummary]]:
     """Each preset's summaries of the newest run's methods, scored from the caches."""
     last = load_results(out).settings
     found = {}
@@ -27,7 +29,7 @@ def rescore(out: Path, presets: list[str], allow_substitute: bool, log: Callable
                        method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", RunSettings.batch_size),
                        out=out, mlflow=False, report=False, progress=False, convention=name,
                        allow_substitute=allow_substitute, cached_swaps_only=True, preset_protocol=False, log=log)
-        found[name] = res.summaries
+        found[name] = res.runs
     return found
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from faceeval.errors import HarnessError
-from faceeval.summaries import entries_of, local_summary, portable_summary
+from faceeval.summaries import RunSummary, local_summary, portable_summary
 
 FORMAT = "codeswap-harness-results"
 FORMAT_VERSION = 1
@@ -48,7 +48,7 @@ class Results:
     protocol: str
     manifest_sha256: str
     out_dir: Path
-    summaries: list[dict[str, Any]] = field(default_factory=list)  # one per method, as in summary.json
+    runs: list[RunSummary] = field(default_factory=list)  # one per method (faceeval.summaries)
     settings: dict[str, Any] = field(default_factory=dict)  # the evaluate() options that shaped the numbers
     report_files: dict[str, Path] = field(default_factory=dict)  # rendered files by kind (reports.render)
     tracking_uri: str | None = None  # the MLflow store, when logging was on
@@ -59,7 +59,12 @@ class Results:
 
     @property
     def methods(self) -> list[str]:
-        return [s["method"] for s in self.summaries]
+        return [r.method for r in self.runs]
+
+    @property
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each method's summary in its stored form (as in its ``summary.json``)."""
+        return [r.to_dict() for r in self.runs]
 
     def to_pandas(self):
         """One row per method x metric key: ``method, protocol, metric, label, value,
@@ -68,9 +73,9 @@ class Results:
         import pandas as pd
 
         rows = []
-        for s in self.summaries:
-            for key, e in entries_of(s).items():
-                rows.append({"method": s["method"], "protocol": s["protocol"], "metric": key, "label": e.label,
+        for r in self.runs:
+            for key, e in r.metrics.items():
+                rows.append({"method": r.method, "protocol": r.protocol, "metric": key, "label": e.label,
                              "value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n, "unit": e.unit,
                              "higher_is_better": e.higher_is_better, "backend": e.backend})
         frame = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -78,15 +83,20 @@ class Results:
             frame[col] = frame[col].astype("float64")  # None (dataset-level CI) -> NaN
         return frame
 
-    def summary(self, method: str) -> dict[str, Any]:
-        for s in self.summaries:
-            if s["method"] == method:
-                return s
+    def run(self, method: str) -> RunSummary:
+        """The summary of ``method``'s run, typed."""
+        for r in self.runs:
+            if r.method == method:
+                return r
         raise HarnessError(f"no method {method!r} in these results (methods: {', '.join(self.methods) or 'none'})")
+
+    def summary(self, method: str) -> dict[str, Any]:
+        """The summary of ``method``'s run in its stored form (its ``summary.json``)."""
+        return self.run(method).to_dict()
 
     def run_dir(self, method: str) -> Path:
         """The method's run folder; found under ``out_dir`` when the folder was moved."""
-        recorded = Path(self.summary(method)["run_dir"])
+        recorded = Path(self.run(method).run_dir)
         if recorded.is_dir():
             return recorded
         moved = self.out_dir / "runs" / recorded.parent.name / recorded.name
@@ -125,20 +135,20 @@ class Results:
         """The ``results.json`` content: every method and metric with its provenance."""
         from faceeval.provenance import environment
 
-        first = self.summaries[0] if self.summaries else {}
+        first = self.runs[0] if self.runs else None
         return _plain({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "protocol": self.protocol,
             "manifest_sha256": self.manifest_sha256,
-            "gallery_sha256": first.get("gallery_sha256"),
-            "seed": first.get("seed"),
-            "num_pairs": first.get("num_pairs"),
+            "gallery_sha256": None if first is None else first.gallery_sha256,
+            "seed": None if first is None else first.seed,
+            "num_pairs": None if first is None else first.num_pairs,
             "settings": self.settings,
             "methods": self.methods,
             "results": self.to_pandas().to_dict(orient="records"),
-            "backends": {s["method"]: s["backends"] for s in self.summaries},
+            "backends": {r.method: r.backends for r in self.runs},
             "environment": environment(),
             "tracking_uri": self.tracking_uri,
             # paths inside the output folder are stored relative to it: the folder may be moved or copied
@@ -210,11 +220,11 @@ def load_results(out_dir: Path | str) -> Results:
     out = p if p.is_dir() else (file.parent.parent if file.parent.name == "results" else file.parent)
     out = out.resolve()
     try:  # paths re-derived from where the folder is now (it may have been moved or copied)
-        summaries = [local_summary(s, out) for s in data["summaries"]]
+        runs = [RunSummary.from_dict(local_summary(s, out)) for s in data["summaries"]]
     except (KeyError, TypeError, AttributeError) as exc:
         raise HarnessError(f"{file} is not a readable results file ({type(exc).__name__}: {exc})") from None
     return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out,
-                   summaries=summaries, settings=data["settings"],
+                   runs=runs, settings=data["settings"],
                    report_files={k: _inside(out, v) for k, v in data.get("report", {}).items()},
                    tracking_uri=_tracking_uri(data.get("tracking_uri"), out), seconds=data.get("seconds", 0.0), path=file.resolve(),
                    scale=data.get("scale", {}))

@@ -16,7 +16,6 @@ Output folder layout (``--out``, default ``./harness-out``):
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import time
 import warnings
@@ -34,10 +33,10 @@ from faceeval.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
 from faceeval.checks import check_name, resolve_device
 from faceeval.conventions import aggregate
 from faceeval.errors import HarnessError
-from faceeval.images import atomic_write_bytes, atomic_write_text, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
+from faceeval.images import atomic_write_bytes, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from faceeval.provenance import environment
-from faceeval.summaries import MetricEntry, portable_summary
+from faceeval.summaries import MetricEntry, RunSummary, write_summary
 from faceeval.timing import stage
 from harness.settings import RunSettings
 
@@ -466,10 +465,10 @@ def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: 
 
 
 def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics: list[Metric], cfg: RunConfig,
-                   seed: int) -> dict[str, dict[str, Any]]:
+                   seed: int) -> dict[str, MetricEntry]:
     """Each metric key's summary entry: the mean over pairs with its bootstrap CI, or the
     dataset-level value (clamped at its lower bound, the raw value kept)."""
-    results: dict[str, Any] = {}
+    results: dict[str, MetricEntry] = {}
     for m in metrics:
         backend = m.backend()
         for k in m.keys:
@@ -493,7 +492,7 @@ def metric_entries(frame: pd.DataFrame, dataset_level: dict[str, float], metrics
                 value = raw if k.lower_bound is None or not np.isfinite(raw) else max(raw, k.lower_bound)
                 entry = MetricEntry(**head, value=value, raw_value=raw, ci_low=None, ci_high=None, n=len(frame),
                                     lower_bound=k.lower_bound, feature_dim=k.feature_dim)
-            results[k.key] = entry.to_dict()  # the stored form: faceeval.summaries owns it
+            results[k.key] = entry
     return results
 
 
@@ -680,8 +679,9 @@ def _work_fields(run: _Scored, shards: list[dict[str, Any]], hits: int, misses: 
 
 
 def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg: RunConfig,
-               features: FeatureStore, shards: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Swap, score and aggregate one method on one pair set; writes its run folder.
+               features: FeatureStore, shards: list[dict[str, Any]] | None = None) -> RunSummary:
+    """Swap, score and aggregate one method on one pair set; writes its run folder and
+    returns its summary as stored.
 
     ``shards``: what :func:`compute_shard` returned on every rank (torchrun). This pass then
     reads every swap and feature from the caches, and the summary counts the ranks' work."""
@@ -710,27 +710,25 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         checks = _output_checks(run.frame)
         backends = {m.name: asdict(m.backend()) for m in metrics}
         notes, scored_by_training_model = _run_notes(method, pairset, metrics, method_notes, run, checks, backends)
-    summary = {
-        "run_id": run_id, **_pairset_fields(pairset),
-        "method": method.name, "method_info": method.describe(), "method_key": run.store.method_key,
-        "metrics": results, "backends": backends,
+    summary = RunSummary(
+        run_id=run_id, **_pairset_fields(pairset),
+        method=method.name, method_info=method.describe(), method_key=run.store.method_key,
+        metrics=results, backends=backends,
         # every choice that moves a number (faceeval.conventions): the preset, each metric's settings,
         # the protocol's (protocol_settings) and what a preset substituted
-        "convention": cfg.convention,
-        "conventions": {m.name: m.convention() for m in metrics if m.convention()},
-        "substitutions": list(cfg.substitutions),
-        "scored_by_training_model": scored_by_training_model,
-        "confidence": cfg.confidence, "bootstrap_resamples": cfg.bootstrap_resamples,
-        "notes": notes,
+        convention=cfg.convention,
+        conventions={m.name: m.convention() for m in metrics if m.convention()},
+        substitutions=list(cfg.substitutions),
+        scored_by_training_model=scored_by_training_model,
+        confidence=cfg.confidence, bootstrap_resamples=cfg.bootstrap_resamples,
+        notes=notes,
         **_work_fields(run, shards or [], hits, misses, t_score, checks, t1, before),
-        "device": cfg.device,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
-        "environment": environment(),
-        "run_dir": str(run_dir),
-    }
-    atomic_write_text(run_dir / "summary.json",
-                      json.dumps(portable_summary(summary, cfg.out_dir), indent=1, default=str) + "\n")
-    return summary
+        device=cfg.device,
+        finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
+        environment=environment(),
+        run_dir=str(run_dir),
+    )
+    return write_summary(summary, cfg.out_dir)
 
 
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from faceeval.checks import input_root, inside
 from faceeval.images import load_rgb, save_figure
+from faceeval.summaries import RunSummary
 from reports.tables import REFERENCE_METHODS, select_runs
 
 
-def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, path: Path, rows: int = 6) -> Path | None:
+def swap_grid(summaries: list[RunSummary], out_dir: Path, protocol: str, path: Path, rows: int = 6) -> Path | None:
     """Write a PNG grid for ``protocol``'s first ``rows`` pairs; None when it has no runs."""
     import matplotlib
 
@@ -20,13 +20,13 @@ def swap_grid(summaries: list[dict[str, Any]], out_dir: Path, protocol: str, pat
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    runs = [s for s in select_runs(summaries) if s["protocol"] == protocol]
-    runs = [s for s in runs if s["method"] not in REFERENCE_METHODS] or runs
+    runs = [s for s in select_runs(summaries) if s.protocol == protocol]
+    runs = [s for s in runs if s.method not in REFERENCE_METHODS] or runs
     if not runs:
         return None
-    frames = {s["method"]: pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet") for s in runs}
+    frames = {s.method: pd.read_parquet(Path(s.run_dir) / "pairs.parquet") for s in runs}
     first = next(iter(frames.values())).head(rows)
-    root = input_root(runs[0], out_dir)
+    root = input_root(runs[0].root, runs[0].run_dir, out_dir)
     cols = ["Source (input)", "Target (input)"] + list(frames)
     fig, axes = plt.subplots(len(first), len(cols), figsize=(1.6 * len(cols), 1.6 * len(first)), squeeze=False)
     for i, (_, pair) in enumerate(first.iterrows()):

@@ -24,7 +24,7 @@ import numpy as np
 
 from faceeval.checks import input_root, inside
 from faceeval.errors import HarnessError
-from faceeval.summaries import NO_VALUE, MetricEntry, direction, entries_of, load_summaries
+from faceeval.summaries import NO_VALUE, MetricEntry, RunSummary, direction, load_summaries
 from reports.ranking import load_pair_frames
 from reports.tables import (
     REFERENCE_METHODS,
@@ -60,34 +60,34 @@ def _packaged(file: str) -> str:
     return "" if a is None else f' <span class="muted">(from {ESC(a.spec)}; licence: {ESC(a.licence)})</span>'
 
 
-def _agreement(protocol: str, runs: list[dict], frames: dict) -> list[dict[str, Any]]:
+def _agreement(protocol: str, runs: list[RunSummary], frames: dict) -> list[RunSummary]:
     """Every pair of columns measuring the same quantity under two backends (same label
     without its [backend] suffix): Kendall tau of the methods' means, Spearman rho per pair."""
     from scipy.stats import kendalltau, spearmanr
 
-    rs = [s for s in runs if s["protocol"] == protocol]
-    entries = {s["method"]: entries_of(s) for s in rs}
+    rs = [s for s in runs if s.protocol == protocol]
+    entries = {s.method: s.metrics for s in rs}
     groups: dict[str, dict[str, MetricEntry]] = {}
     for s in rs:
-        for key, e in entries[s["method"]].items():
+        for key, e in entries[s.method].items():
             groups.setdefault(_base_label(e.label), {}).setdefault(key, e)
     out = []
     for base, cols in groups.items():
         for (ka, ea), (kb, eb) in itertools.combinations(cols.items(), 2):
             if ea.backend == eb.backend:
                 continue
-            with_both = [s for s in rs if ka in entries[s["method"]] and kb in entries[s["method"]]]
-            ranked = [s for s in with_both if s["method"] not in REFERENCE_METHODS]
+            with_both = [s for s in rs if ka in entries[s.method] and kb in entries[s.method]]
+            ranked = [s for s in with_both if s.method not in REFERENCE_METHODS]
             used = ranked if len(ranked) >= 3 else with_both
             tau = float("nan")
             if len(used) >= 2:
-                a = [entries[s["method"]][ka].value for s in used]
-                b = [entries[s["method"]][kb].value for s in used]
+                a = [entries[s.method][ka].value for s in used]
+                b = [entries[s.method][kb].value for s in used]
                 if len(set(a)) > 1 and len(set(b)) > 1:
                     tau = float(kendalltau(a, b).statistic)
             per_method = []
             for s in with_both:
-                f = frames.get((protocol, s["method"]))
+                f = frames.get((protocol, s.method))
                 rho, n = float("nan"), 0
                 if f is not None and ka in f.columns and kb in f.columns:
                     x, y = f[ka].to_numpy(np.float64), f[kb].to_numpy(np.float64)
@@ -95,22 +95,22 @@ def _agreement(protocol: str, runs: list[dict], frames: dict) -> list[dict[str, 
                     n = int(ok.sum())
                     if n >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
                         rho = float(spearmanr(x[ok], y[ok]).statistic)
-                per_method.append({"method": s["method"], "rho": rho, "n": n})
+                per_method.append({"method": s.method, "rho": rho, "n": n})
             out.append({"quantity": base, "a": ka, "b": kb, "label_a": ea.label, "label_b": eb.label,
                         "backend_a": ea.backend, "backend_b": eb.backend, "tau": tau,
-                        "tau_methods": [s["method"] for s in used],
+                        "tau_methods": [s.method for s in used],
                         "tau_includes_references": len(used) != len(ranked), "per_method": per_method})
     return out
 
 
-def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path, thumbs: ThumbnailStore,
+def _protocol_data(protocol: str, runs: list[RunSummary], frames: dict, out_dir: Path, thumbs: ThumbnailStore,
                    methods: list[str]) -> dict[str, Any]:
     """The pair browser's and the distributions' data for one protocol, column-wise."""
-    rs = {s["method"]: s for s in runs if s["protocol"] == protocol}
+    rs = {s.method: s for s in runs if s.protocol == protocol}
     methods = [m for m in methods if m in rs]
     columns: dict[str, dict] = {}
     for m in methods:
-        for key, e in entries_of(rs[m]).items():
+        for key, e in rs[m].metrics.items():
             columns.setdefault(key, {"key": key, "label": e.label, "unit": e.unit, "scale": e.scale,
                                      "hib": e.higher_is_better, "backend": e.backend, "per_pair": False})
     with_frames = [m for m in methods if (protocol, m) in frames]
@@ -124,7 +124,8 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
                 inputs[pid] = (src, tgt, sid, tid)
                 order.append(pid)
     position = {pid: i for i, pid in enumerate(order)}
-    root = input_root(next(iter(rs.values())), out_dir)
+    first = next(iter(rs.values()))
+    root = input_root(first.root, first.run_dir, out_dir)
     missing = 0
 
     def thumb(path: tuple[Path, str], key: str | None = None) -> int:  # -1 (counted, shown as "no image") when gone
@@ -155,7 +156,7 @@ def _protocol_data(protocol: str, runs: list[dict], frames: dict, out_dir: Path,
                 values[m][key] = [_num(v) for v in col]
     s0 = next(iter(rs.values()))
     return {
-        "name": protocol, "num_pairs": s0["num_pairs"], "seed": s0["seed"], "resolution": s0["resolution"],
+        "name": protocol, "num_pairs": s0.num_pairs, "seed": s0.seed, "resolution": s0.resolution,
         "methods": methods, "browsable": with_frames, "references": [m for m in methods if m in REFERENCE_METHODS],
         "metrics": list(columns.values()),
         "pairs": {"id": order, "source": [inputs[p][2] for p in order], "target": [inputs[p][3] for p in order],
@@ -215,15 +216,15 @@ def _rule_text(t: Table) -> str:
     return next((line.removeprefix("Ranking: ").rstrip(".") for line in t.footer if line.startswith("Ranking: ")), "")
 
 
-def _warnings_html(runs: list[dict], protocol: str) -> str:
+def _warnings_html(runs: list[RunSummary], protocol: str) -> str:
     found: dict[str, list[str]] = {}
     for s in runs:
-        if s["protocol"] != protocol:
+        if s.protocol != protocol:
             continue
-        for e in entries_of(s).values():
-            w = small_sample_warning(e, s["backends"].get(e.metric))
+        for e in s.metrics.values():
+            w = small_sample_warning(e, s.backend_of(e))
             if w:
-                found.setdefault(w, []).append(s["method"])
+                found.setdefault(w, []).append(s.method)
     return "".join(f'<div class="warning">⚠ {ESC(w)} <span class="muted">({ESC(", ".join(who))})</span></div>'
                    for w, who in found.items())
 
@@ -232,13 +233,13 @@ def _short(sha: str, n: int = 12) -> str:
     return f'<code title="{ESC(sha)}">{ESC(sha[:n])}</code>'
 
 
-def _notes_html(rs: list[dict]) -> str:
+def _notes_html(rs: list[RunSummary]) -> str:
     """Notes grouped by their text with the method prefix and numbers taken out, counted."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for s in rs:
-        for note in s.get("notes", []):
-            text = note[len(s["method"]) + 2:] if note.startswith(f"{s['method']}: ") else note
-            groups.setdefault(re.sub(r"\d+", "#", text), []).append((s["method"], note))
+        for note in s.notes:
+            text = note[len(s.method) + 2:] if note.startswith(f"{s.method}: ") else note
+            groups.setdefault(re.sub(r"\d+", "#", text), []).append((s.method, note))
     if not groups:
         return '<p class="muted">No notes.</p>'
     items = []
@@ -251,21 +252,21 @@ def _notes_html(rs: list[dict]) -> str:
     return f'<ul class="notes">{"".join(items)}</ul>'
 
 
-def _provenance_html(runs: list[dict], protocol: str, report_dir: Path) -> str:
-    rs = [s for s in runs if s["protocol"] == protocol]
+def _provenance_html(runs: list[RunSummary], protocol: str, report_dir: Path) -> str:
+    rs = [s for s in runs if s.protocol == protocol]
     s0 = rs[0]
-    commits = sorted({s["environment"].get("git_commit", "unknown") for s in rs if "environment" in s})
-    parts = [f'<p>{s0["num_pairs"]} pairs, seed {s0["seed"]}, {s0["resolution"]}px crops, manifest sha256 '
-             f'{_short(s0["manifest_sha256"])}, gallery sha256 {_short(s0["gallery_sha256"])}; code version '
+    commits = sorted({s.git_commit for s in rs if s.environment})
+    parts = [f'<p>{s0.num_pairs} pairs, seed {s0.seed}, {s0.resolution}px crops, manifest sha256 '
+             f'{_short(s0.manifest_sha256)}, gallery sha256 {_short(s0.gallery_sha256)}; code version '
              f'{", ".join(_short(c) for c in commits) or "unknown"}; ± is half the width of the '
-             f'{round(100 * s0["confidence"])}% bootstrap CI ({s0["bootstrap_resamples"]} resamples).</p>']
+             f'{round(100 * s0.confidence)}% bootstrap CI ({s0.bootstrap_resamples} resamples).</p>']
     backends: dict[tuple, dict] = {}
     for s in rs:
-        for metric, b in s["backends"].items():
+        for metric, b in s.backends.items():
             k = (b["name"], tuple(map(tuple, b["weights"])))
             entry = backends.setdefault(k, {**b, "metrics": set(), "methods": set()})
             entry["metrics"].add(metric)
-            entry["methods"].add(s["method"])
+            entry["methods"].add(s.method)
     rows = []
     for b in backends.values():
         status = ('<span class="std">standard</span>' if b["standard"]
@@ -277,32 +278,31 @@ def _provenance_html(runs: list[dict], protocol: str, report_dir: Path) -> str:
     parts.append('<h4>Backends (each once)</h4><table class="plain"><thead><tr><th>Backend</th><th>Metrics</th>'
                  '<th>Status</th><th>Description</th><th>Weight files (sha256)</th></tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')
-    preset = next((s.get("convention") for s in rs if s.get("convention")), "") or "none (defaults and settings given)"
-    conv = {m: c for s in rs for m, c in s.get("conventions", {}).items()}
-    subs = list(dict.fromkeys(x for s in rs for x in s.get("substitutions", [])))
+    preset = next((s.convention for s in rs if s.convention), "") or "none (defaults and settings given)"
+    conv = {m: c for s in rs for m, c in s.conventions.items()}
+    subs = list(dict.fromkeys(x for s in rs for x in s.substitutions))
     parts.append(f"<h4>Convention: {ESC(preset)}</h4><ul>"
                  + "".join(f"<li>{ESC(m)}: {ESC(', '.join(f'{k}={v}' for k, v in c.items()))}</li>" for m, c in conv.items())
                  + "".join(f"<li><strong>SUBSTITUTED</strong>: {ESC(x)}</li>" for x in subs) + "</ul>")
     parts.append(f"<h4>Notes</h4>{_notes_html(rs)}")
     rows = []
     for s in rs:
-        run_dir = Path(s["run_dir"])
+        run_dir = Path(s.run_dir)
         rel = Path(os.path.relpath(run_dir, report_dir)).as_posix()
         links = " ".join(f'<a href="{ESC(rel)}/{f}">{f}</a>' for f in ("summary.json", "pairs.csv", "pairs.parquet",
                                                                        "gallery.csv") if (run_dir / f).is_file())
-        unscored = [f"{ESC(e.label)}: {s['num_pairs'] - e.n}" for e in entries_of(s).values()
-                    if e.ci_low is not None and e.n is not None and e.n < s["num_pairs"]]
-        t = s.get("timing_s", {})
-        sw = s.get("swaps", {})
-        settings = ESC(json.dumps(s.get("method_info", {}), indent=1, default=str))
+        unscored = [f"{ESC(e.label)}: {s.num_pairs - e.n}" for e in s.metrics.values()
+                    if e.ci_low is not None and e.n is not None and e.n < s.num_pairs]
+        t, sw = s.timing_s, s.swaps
+        settings = ESC(json.dumps(s.method_info, indent=1, default=str))
         rows.append(
-            f'<tr><td>{ESC(s["method"])}</td><td><code>{ESC(s.get("run_id", ""))}</code></td>'
-            f'<td><code>{ESC(s.get("method_key", ""))}</code></td>'
+            f'<tr><td>{ESC(s.method)}</td><td><code>{ESC(s.run_id)}</code></td>'
+            f'<td><code>{ESC(s.method_key)}</code></td>'
             f'<td><details><summary>settings</summary><pre>{settings}</pre></details></td>'
             f'<td>{sw.get("computed", "–")} swapped, {sw.get("cached", "–")} cached</td>'
             f'<td>{"<br>".join(unscored) or "none"}</td>'
             f'<td>swap {t.get("swap", 0):.1f}s, score {t.get("score", 0):.1f}s</td>'
-            f'<td>{ESC(s.get("device", ""))}</td><td>{ESC(s.get("finished", ""))}</td><td>{links}</td></tr>')
+            f'<td>{ESC(s.device)}</td><td>{ESC(s.finished)}</td><td>{links}</td></tr>')
     parts.append('<h4>Runs</h4><table class="plain"><thead><tr><th>Method</th><th>Run id</th><th>Fingerprint</th>'
                  '<th>Settings</th><th>Images</th><th>Unscored pairs (no face / no solution)</th><th>Time</th>'
                  f'<th>Device</th><th>Finished</th><th>Run folder</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
@@ -330,7 +330,7 @@ def _agreement_html(items: list[dict]) -> str:
     return "".join(out)
 
 
-def render_html(summaries: list[dict[str, Any]], out_dir: Path, thumb_size: int = 112,
+def render_html(summaries: list[RunSummary], out_dir: Path, thumb_size: int = 112,
                 frames: dict | None = None) -> tuple[str, ThumbnailStore]:
     """The page's HTML and the thumbnail store it filled (thumbnails under out_dir/report/thumbs)."""
     runs = select_runs(summaries)
@@ -382,7 +382,7 @@ def render_html(summaries: list[dict[str, Any]], out_dir: Path, thumb_size: int 
     return doc, thumbs
 
 
-def write_html_report(out_dir: Path, summaries: list[dict[str, Any]] | None = None, thumb_size: int = 112) -> Path:
+def write_html_report(out_dir: Path, summaries: list[RunSummary] | None = None, thumb_size: int = 112) -> Path:
     """Write ``out_dir/report/index.html`` from the runs under ``out_dir`` (or ``summaries``)."""
     summaries = load_summaries(out_dir) if summaries is None else summaries
     doc, _ = render_html(summaries, out_dir, thumb_size)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from faceeval.summaries import RunSummary
+
 TEST_NAME = "paired sign-flip permutation test"
 
 
@@ -89,15 +91,15 @@ def rank_methods(means: dict[str, float], values: dict[str, np.ndarray] | None, 
     return Ranking(order, rank, mark, pvals)
 
 
-def load_pair_frames(runs: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+def load_pair_frames(runs: list[RunSummary]) -> dict[tuple[str, str], Any]:
     """(protocol, method) -> its pairs.parquet as a DataFrame, for runs whose folder has one."""
     import pandas as pd
 
     frames = {}
     for s in runs:
-        path = Path(s.get("run_dir", "")) / "pairs.parquet"
-        if s.get("run_dir") and path.is_file():
-            frames[(s["protocol"], s["method"])] = pd.read_parquet(path)
+        path = Path(s.run_dir) / "pairs.parquet"
+        if s.run_dir and path.is_file():
+            frames[(s.protocol, s.method)] = pd.read_parquet(path)
     return frames
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
-from typing import Any
 
-from faceeval.summaries import NO_VALUE, MetricEntry, entries_of
+from faceeval.summaries import NO_VALUE, MetricEntry, RunSummary
 from faceeval.summaries import direction as in_words
 from reports.tables import REFERENCE_METHODS
 
@@ -24,8 +23,8 @@ QUANTITIES = {"id_retrieval_top1": "ID retrieval top-1", "id_similarity": "ID si
               "pose_error": "pose error", "expression_error": "expression error", "fid": "FID"}
 
 
-def _entry(summary: dict[str, Any], prefix: str) -> MetricEntry | None:
-    return next((e for k, e in entries_of(summary).items() if k == prefix or k.startswith(prefix + "_")), None)
+def _entry(summary: RunSummary, prefix: str) -> MetricEntry | None:
+    return next((e for k, e in summary.metrics.items() if k == prefix or k.startswith(prefix + "_")), None)
 
 
 def ranks(values: dict[str, float], higher_is_better: bool) -> dict[str, int]:
@@ -44,10 +43,10 @@ def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float:
     return float(kendalltau([a[m] for m in common], [b[m] for m in common]).statistic)
 
 
-def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
+def sensitivity_markdown(by_preset: dict[str, list[RunSummary]]) -> str:
     """The comparison: per quantity a table of methods x presets (value, rank), then τ per preset pair."""
     presets = list(by_preset)
-    methods = list(dict.fromkeys(s["method"] for runs in by_preset.values() for s in runs))
+    methods = list(dict.fromkeys(s.method for runs in by_preset.values() for s in runs))
     lines = [f"# Sensitivity to the evaluation convention ({', '.join(presets)})", ""]
     for prefix, label in QUANTITIES.items():
         values: dict[str, dict[str, float]] = {}
@@ -58,7 +57,7 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
                 if e is None or e.value is None:
                     continue
                 direction = e.higher_is_better
-                values.setdefault(p, {})[s["method"]] = float(e.value) * float(e.scale)
+                values.setdefault(p, {})[s.method] = float(e.value) * float(e.scale)
         if not values:
             continue
         ranked = {p: ranks({m: v for m, v in vs.items() if m not in REFERENCE_METHODS}, bool(direction))
@@ -75,13 +74,13 @@ def sensitivity_markdown(by_preset: dict[str, list[dict[str, Any]]]) -> str:
     lines.append("Settings and substitutions per preset:")
     for p, runs in by_preset.items():
         s = runs[0]
-        conv = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in c.items())}" for m, c in s["conventions"].items())
+        conv = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in c.items())}" for m, c in s.conventions.items())
         lines.append(f"- {p}: {conv}")
-        lines += [f"  - SUBSTITUTED: {x}" for x in s.get("substitutions", [])]
+        lines += [f"  - SUBSTITUTED: {x}" for x in s.substitutions]
     return "\n".join(lines) + "\n"
 
 
-def write_sensitivity_report(out: Path, by_preset: dict[str, list[dict[str, Any]]]) -> Path:
+def write_sensitivity_report(out: Path, by_preset: dict[str, list[RunSummary]]) -> Path:
     """Write ``OUT/report/conventions.md`` (:func:`sensitivity_markdown` of each preset's
     summaries); returns its path."""
     from faceeval.images import atomic_write_text

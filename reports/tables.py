@@ -17,42 +17,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codeswap.variants import VARIANTS, method_name, table_label
-from faceeval.summaries import MetricEntry, arrow, cell, digits, entries_of
+from faceeval.summaries import MetricEntry, RunSummary, arrow, cell, digits
 from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_methods
 
 REFERENCE_METHODS = ("source", "target")
 
 
-def convention_of(summary: dict[str, Any]) -> tuple[str, str]:
+def convention_of(summary: RunSummary) -> tuple[str, str]:
     """(preset, protocol settings) a run was made under: runs that differ in either are never one table."""
-    settings = ",".join(f"{k}={v}" for k, v in sorted(summary.get("protocol_settings", {}).items()) if k != "num_pairs")
-    return str(summary.get("convention") or ""), settings
+    settings = ",".join(f"{k}={v}" for k, v in sorted(summary.protocol_settings.items()) if k != "num_pairs")
+    return str(summary.convention or ""), settings
 
 
-def _agrees(a: dict[str, Any], b: dict[str, Any]) -> bool:
+def _agrees(a: RunSummary, b: RunSummary) -> bool:
     """Every metric the two runs share was scored under the same settings (faceeval.conventions)."""
-    ca, cb = a.get("conventions", {}), b.get("conventions", {})
+    ca, cb = a.conventions, b.conventions
     return all(ca[m] == cb[m] for m in ca.keys() & cb.keys())
 
 
-def select_runs(summaries: list[dict[str, Any]], convention: str | None = None) -> list[dict[str, Any]]:
+def select_runs(summaries: list[RunSummary], convention: str | None = None) -> list[RunSummary]:
     """Per protocol, the manifest and convention of the newest run; per method, its newest run on
     that manifest under that convention (preset, protocol settings and the settings of every
     metric it shares with the newest run). Runs on other manifests (another seed, older pairs) or
     under another convention are left out: one table never mixes conventions. ``convention``:
     only runs under that preset ("" for runs without one)."""
-    summaries = sorted(summaries, key=lambda s: s["finished"])  # oldest first
+    summaries = sorted(summaries, key=lambda s: s.finished)  # oldest first
     if convention is not None:
-        summaries = [s for s in summaries if str(s.get("convention") or "") == convention]
-    newest: dict[str, dict[str, Any]] = {}
+        summaries = [s for s in summaries if str(s.convention or "") == convention]
+    newest: dict[str, RunSummary] = {}
     for s in summaries:
-        newest[s["protocol"]] = s
-    chosen: dict[tuple[str, str], dict[str, Any]] = {}
+        newest[s.protocol] = s
+    chosen: dict[tuple[str, str], RunSummary] = {}
     for s in summaries:
-        n = newest[s["protocol"]]
-        if ((s["manifest_sha256"], s["gallery_sha256"]) == (n["manifest_sha256"], n["gallery_sha256"])
+        n = newest[s.protocol]
+        if ((s.manifest_sha256, s.gallery_sha256) == (n.manifest_sha256, n.gallery_sha256)
                 and convention_of(s) == convention_of(n) and _agrees(s, n)):
-            chosen[(s["protocol"], s["method"])] = s
+            chosen[(s.protocol, s.method)] = s
     return list(chosen.values())
 
 
@@ -117,21 +117,21 @@ def _ranks(cells, columns, methods, frames, rule: RankRule) -> tuple[dict, dict]
     return marks, ranks
 
 
-def build_ablation_table(summaries: list[dict[str, Any]], prefer: str = "celebahq",
+def build_ablation_table(summaries: list[RunSummary], prefer: str = "celebahq",
                          frames: dict[tuple[str, str], Any] | None = None) -> Table | None:
     """Table 3: CodeSwap and its ablations on one protocol (CelebA-HQ when it was run, as in
     the paper; otherwise the newest protocol with ablation runs). None without ablation runs."""
-    runs = [s for s in select_runs(summaries) if s["method"] in ABLATIONS]
-    protocols = [s["protocol"] for s in sorted(runs, key=lambda s: s["finished"]) if s["method"] != "codeswap"]
+    runs = [s for s in select_runs(summaries) if s.method in ABLATIONS]
+    protocols = [s.protocol for s in sorted(runs, key=lambda s: s.finished) if s.method != "codeswap"]
     if not protocols:
         return None
     protocol = prefer if prefer in protocols else protocols[-1]
-    chosen = [s for s in runs if s["protocol"] == protocol]
+    chosen = [s for s in runs if s.protocol == protocol]
     return build_table(chosen, f"Table 3: ablations of CodeSwap on {protocol}", method_order=list(ABLATIONS),
                        labels=ABLATIONS, frames=frames)
 
 
-def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
+def build_table(summaries: list[RunSummary], title: str = "Table 1",
                 method_order: list[str] | None = None, labels: dict[str, str] | None = None,
                 frames: dict[tuple[str, str], Any] | None = None) -> Table:
     """``frames``: (protocol, method) -> per-pair values (a DataFrame with ``pair_id`` and
@@ -139,71 +139,70 @@ def build_table(summaries: list[dict[str, Any]], title: str = "Table 1",
     runs = select_runs(summaries)
     if not runs:
         raise ValueError("no runs to report")
-    protocols = list(dict.fromkeys(s["protocol"] for s in runs))
+    protocols = list(dict.fromkeys(s.protocol for s in runs))
     columns: list[Column] = []
     cells = {}
     for p in protocols:
-        for s in (s for s in runs if s["protocol"] == p):
-            for key, e in entries_of(s).items():
+        for s in (s for s in runs if s.protocol == p):
+            for key, e in s.metrics.items():
                 col = Column(p, key, e.label, e.unit, e.higher_is_better, e.scale)
                 if col not in columns:
                     columns.append(col)
-                cells[(s["method"], p, key)] = e
-    seen = list(dict.fromkeys(s["method"] for s in runs))
+                cells[(s.method, p, key)] = e
+    seen = list(dict.fromkeys(s.method for s in runs))
     if method_order:
         seen = [m for m in method_order if m in seen] + [m for m in seen if m not in method_order]
     methods = [m for m in seen if m not in REFERENCE_METHODS] + [m for m in REFERENCE_METHODS if m in seen]
     frames = load_pair_frames(runs) if frames is None else frames
-    rule = RankRule(seed=runs[0]["seed"], alpha=round(1 - runs[0]["confidence"], 6))
+    rule = RankRule(seed=runs[0].seed, alpha=round(1 - runs[0].confidence, 6))
     marks, shared = _ranks(cells, columns, methods, frames, rule)
-    warned = frozenset((s["method"], s["protocol"], k) for s in runs for k, e in entries_of(s).items()
-                       if small_sample_warning(e, s["backends"].get(e.metric)))
+    warned = frozenset((s.method, s.protocol, k) for s in runs for k, e in s.metrics.items()
+                       if small_sample_warning(e, s.backend_of(e)))
     return Table(title, protocols, columns, methods, cells, marks, _footer(runs, protocols, rule), labels or {}, shared,
                  warned)
 
 
-def _footer(runs, protocols, rule: RankRule) -> list[str]:
+def _footer(runs: list[RunSummary], protocols: list[str], rule: RankRule) -> list[str]:
     lines = []
     for p in protocols:
-        rs = [s for s in runs if s["protocol"] == p]
+        rs = [s for s in runs if s.protocol == p]
         s0 = rs[0]
-        lines.append(f"{p}: {s0['num_pairs']} pairs, seed {s0['seed']}, manifest sha256 {s0['manifest_sha256'][:12]}, "
-                     f"gallery sha256 {s0['gallery_sha256'][:12]}, {s0['resolution']}px crops, "
-                     f"± = half-width of the {round(100 * s0['confidence'])}% bootstrap CI "
-                     f"({s0['bootstrap_resamples']} resamples)")
-        preset = s0.get("convention") or "none (the harness's defaults and the settings given)"
+        lines.append(f"{p}: {s0.num_pairs} pairs, seed {s0.seed}, manifest sha256 {s0.manifest_sha256[:12]}, "
+                     f"gallery sha256 {s0.gallery_sha256[:12]}, {s0.resolution}px crops, "
+                     f"± = half-width of the {round(100 * s0.confidence)}% bootstrap CI "
+                     f"({s0.bootstrap_resamples} resamples)")
+        preset = s0.convention or "none (the harness's defaults and the settings given)"
         settings = "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in c.items())}"
-                             for m, c in {m: c for s in rs for m, c in s.get("conventions", {}).items()}.items())
+                             for m, c in {m: c for s in rs for m, c in s.conventions.items()}.items())
         lines.append(f"  convention: {preset}" + (f" ({settings})" if settings else ""))
-        for line in dict.fromkeys(x for s in rs for x in s.get("substitutions", [])):
+        for line in dict.fromkeys(x for s in rs for x in s.substitutions):
             lines.append(f"  SUBSTITUTED: {line}")
         backends = {}
         for s in rs:
-            backends.update(s["backends"])
+            backends.update(s.backends)
         for metric, b in backends.items():
             status = "standard" if b["standard"] else "NON-STANDARD (not the papers' model)"
             weights = ", ".join(f"{n} sha256 {h[:12]}" for n, h in b["weights"]) or "no weights"
             lines.append(f"  {metric} <- {b['name']}: {b['description']} [{status}; {weights}]")
         warned = {}
         for s in rs:
-            for e in entries_of(s).values():
-                w = small_sample_warning(e, s["backends"].get(e.metric))
+            for e in s.metrics.values():
+                w = small_sample_warning(e, s.backend_of(e))
                 if w:
-                    warned.setdefault(w, []).append(s["method"])
+                    warned.setdefault(w, []).append(s.method)
         for w, who in warned.items():
             lines.append(f"  warning (†): {w} ({', '.join(who)})")
         for s in rs:
-            for e in entries_of(s).values():
+            for e in s.metrics.values():
                 raw = e.value if e.raw_value is None else e.raw_value
                 if raw is not None and math.isfinite(raw) and e.shown != raw:
-                    lines.append(f"  note: {s['method']}: {e.label} is {raw:.3g} by rounding, shown as "
+                    lines.append(f"  note: {s.method}: {e.label} is {raw:.3g} by rounding, shown as "
                                  f"{e.shown:g} (raw value kept in summary.json)")
-        for note in dict.fromkeys(n for s in rs for n in s.get("notes", [])):
+        for note in dict.fromkeys(n for s in rs for n in s.notes):
             lines.append(f"  note: {note}")
-        checked = [s for s in rs if "output_checks" in s]
+        checked = [s for s in rs if s.output_checks]  # summaries from before the checks have none
         if checked:
-            bad = [f"{s['method']} {s['output_checks']['flagged']} of {s['num_pairs']}" for s in checked
-                   if s["output_checks"]["flagged"]]
+            bad = [f"{s.method} {s.flagged_outputs} of {s.num_pairs}" for s in checked if s.flagged_outputs]
             lines.append("  output checks: outputs with non-finite values, blank (constant) images or no face found "
                          "are counted per method and left out of the per-pair means and n (identity, pose, "
                          "expression); dataset-level columns (FID) include them. Flagged: "

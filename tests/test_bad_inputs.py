@@ -80,26 +80,26 @@ def _run_bad(method, out: Path, metrics=None, num_pairs: int = 4):
 
 def test_non_finite_outputs_are_flagged_and_never_scored(tmp_path):
     s = _run_bad(bi.NaNMethod(), tmp_path)
-    assert s["output_checks"]["non_finite"] == 4 and s["output_checks"]["flagged"] == 4
+    assert s.output_checks["non_finite"] == 4 and s.output_checks["flagged"] == 4
     for key in ("pose_error_pnp", "expression_error_lmk"):
-        assert s["metrics"][key]["n"] == 0 and not np.isfinite(s["metrics"][key]["value"])
-    rows = pd.read_parquet(Path(s["run_dir"]) / "pairs.parquet")
+        assert s.metrics[key].n == 0 and not np.isfinite(s.metrics[key].value)
+    rows = pd.read_parquet(Path(s.run_dir) / "pairs.parquet")
     assert (rows["output_flag"] == "non_finite").all() and rows["pose_error_pnp"].isna().all()
-    assert any("4 of 4 outputs flagged (4 non finite" in n for n in s["notes"])
+    assert any("4 of 4 outputs flagged (4 non finite" in n for n in s.notes)
     again = _run_bad(bi.NaNMethod(), tmp_path)  # served from the cache: the flag is kept with the swap
-    assert again["swaps"]["computed"] == 0 and again["output_checks"]["non_finite"] == 4
+    assert again.swaps["computed"] == 0 and again.output_checks["non_finite"] == 4
 
 
 def test_blank_and_faceless_outputs_are_flagged_not_scored_as_faces(tmp_path):
     blank = _run_bad(bi.BlankMethod(), tmp_path)
-    assert blank["output_checks"]["blank"] == 4
-    assert blank["metrics"]["pose_error_pnp"]["n"] == 0  # a white image no longer scores a pose
+    assert blank.output_checks["blank"] == 4
+    assert blank.metrics["pose_error_pnp"].n == 0  # a white image no longer scores a pose
     noface = _run_bad(bi.NoFaceMethod(), tmp_path)
-    assert noface["output_checks"]["no_face"] == 4
-    assert noface["metrics"]["expression_error_lmk"]["n"] == 0
+    assert noface.output_checks["no_face"] == 4
+    assert noface.metrics["expression_error_lmk"].n == 0
     half = _run_bad(bi.HalfBadMethod(), tmp_path)
-    assert half["output_checks"]["blank"] == 2 and half["metrics"]["pose_error_pnp"]["n"] == 2
-    assert any("2 of 4 outputs flagged (2 blank" in n for n in half["notes"])
+    assert half.output_checks["blank"] == 2 and half.metrics["pose_error_pnp"].n == 2
+    assert any("2 of 4 outputs flagged (2 blank" in n for n in half.notes)
 
 
 def test_pose_and_expression_give_no_fallback_landmarks_to_outputs(tmp_path):
@@ -158,7 +158,6 @@ def test_run_files_are_written_by_rename(tmp_path, monkeypatch):
     import harness.runner as runner
 
     monkeypatch.setattr(runner, "atomic_write_bytes", images.atomic_write_bytes)
-    monkeypatch.setattr(runner, "atomic_write_text", lambda p, t: images.atomic_write_bytes(p, t.encode()))
     _run_bad(bi.BlankMethod(), tmp_path, num_pairs=2)
     assert {"summary.json", "pairs.parquet", "pairs.csv", "gallery.csv"} <= set(written)
     assert not list(tmp_path.rglob(".tmp-*"))
@@ -426,15 +425,17 @@ def test_two_processes_creating_the_mlflow_store_at_once(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def _summary(tmp_path: Path, run_id: str = "abc") -> dict:
+def _summary(tmp_path: Path, run_id: str = "abc"):
+    from faceeval.summaries import RunSummary
+
     run_dir = tmp_path / "runs" / "demo" / f"source-{run_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text("{}")
-    return {"run_id": run_id, "protocol": "demo", "protocol_version": "1", "manifest_sha256": "m",
+    return RunSummary.from_dict({"run_id": run_id, "protocol": "demo", "protocol_version": "1", "manifest_sha256": "m",
             "gallery_sha256": "g", "seed": 0, "num_pairs": 2, "resolution": 256, "method": "source",
             "method_key": "k", "device": "cpu", "environment": {"git_commit": "x", "python": "3", "packages": {}},
             "protocol_settings": {}, "method_info": {}, "backends": {}, "metrics": {"m": {"label": "m", "higher_is_better": True, "unit": "", "value": 1.0}},
-            "swaps": {"computed": 0, "cached": 2}, "run_dir": str(run_dir)}
+            "swaps": {"computed": 0, "cached": 2}, "finished": "", "run_dir": str(run_dir)})
 
 
 _KILLED = """

@@ -61,7 +61,7 @@ def test_values_within_half_a_grey_level_are_not_an_error(tmp_path):
             return target * (1 + 1e-4) - 1e-4  # float noise around [0, 1]: rounds exactly as in range
 
     s = _run(Overshoot(), tmp_path, num_pairs=2)
-    assert s["swaps"]["computed"] == 2 and s["swap_errors"] == []
+    assert s.swaps["computed"] == 2 and s.swap_errors == []
 
 
 def test_output_problems_per_row():
@@ -86,13 +86,13 @@ def test_a_pair_the_method_raises_on_stops_with_its_name_and_keeps_finished_work
     assert "--on-error skip" in msg and "\n" not in msg
     assert len(list((tmp_path / "cache" / "swaps").rglob("*.png"))) == 3  # the other pairs of the batch are kept
     skipped = _run(bi.RaisingMethod(), tmp_path, on_error="skip")
-    assert skipped["swaps"] == {"computed": 0, "cached": 3, "failed": 1}
-    assert [e["pair_id"] for e in skipped["swap_errors"]] == ["00001"]
-    assert "ValueError" in skipped["swap_errors"][0]["error"]
-    assert any("1 of 4 pairs failed to swap and were skipped" in n for n in skipped["notes"])
+    assert skipped.swaps == {"computed": 0, "cached": 3, "failed": 1}
+    assert [e["pair_id"] for e in skipped.swap_errors] == ["00001"]
+    assert "ValueError" in skipped.swap_errors[0]["error"]
+    assert any("1 of 4 pairs failed to swap and were skipped" in n for n in skipped.notes)
     import pandas as pd
 
-    rows = pd.read_parquet(Path(skipped["run_dir"]) / "pairs.parquet")
+    rows = pd.read_parquet(Path(skipped.run_dir) / "pairs.parquet")
     assert sorted(rows["pair_id"]) == ["00000", "00002", "00003"]  # scored without it
 
 
@@ -154,11 +154,11 @@ def test_report_reads_the_run_folder_it_found_not_the_path_in_summary(tmp_path):
     from reports.render import render_report
 
     s = _run(bi.HalfBadMethod(), tmp_path, num_pairs=2)
-    path = Path(s["run_dir"]) / "summary.json"
-    assert json.loads(path.read_text())["run_dir"] == Path(s["run_dir"]).relative_to(tmp_path).as_posix()
+    path = Path(s.run_dir) / "summary.json"
+    assert json.loads(path.read_text())["run_dir"] == Path(s.run_dir).relative_to(tmp_path).as_posix()
     bi.point_summary_elsewhere(path, "/etc")
     (loaded,) = load_summaries(tmp_path)
-    assert loaded["run_dir"] == str(path.parent.resolve())
+    assert loaded.run_dir == str(path.parent.resolve())
     assert render_report(tmp_path, log=lambda m: None)["html"].is_file()
     # the dataset root is not followed out of the folder either (the demo's shipped faces aside)
     stored = json.loads(path.read_text())

@@ -68,7 +68,7 @@ def test_classical_beats_target_on_id_similarity(demo, tmp_path):
     sims = {}
     for name in ("target", "classical"):
         summary = run_method(METHODS.create(name), demo, [IdentityMetric()], cfg, features)
-        sims[name] = summary["metrics"]["id_similarity_dlib"]["value"]
+        sims[name] = summary.metrics["id_similarity_dlib"].value
     features.close()
     # measured on the 28 demo pairs: target 0.858, classical 0.909 (dlib cosine)
     assert sims["classical"] > sims["target"] + 0.02, sims

@@ -10,6 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from codeswap.train.progress import StepProgress
+from faceeval.summaries import RunSummary
 from harness.console import main_keys, print_summary
 from harness.results import Results
 
@@ -30,14 +31,14 @@ def _results(tmp_path: Path) -> Results:
                 "pose_error_pnp": _entry(float("nan"), float("nan"), float("nan"), "Pose error [PnP]", "deg", 1.0, False)},
     }
     res = Results("demo", "ab" * 32, tmp_path, path=tmp_path / "results" / "demo-x.json")
-    res.summaries = [{"method": m, "protocol": "demo", "metrics": e, "run_dir": str(tmp_path / "runs" / m)}
-                     for m, e in metrics.items()]
+    res.runs = [RunSummary.from_dict({"method": m, "protocol": "demo", "metrics": e, "finished": "",
+                                      "run_dir": str(tmp_path / "runs" / m)}) for m, e in metrics.items()]
     return res
 
 
 def test_table_has_a_row_per_method_and_main_metrics_with_cis(tmp_path):
     res = _results(tmp_path)
-    assert main_keys(res.summaries) == ["id_retrieval_top1_dlib", "pose_error_pnp", "fid_facenet"]
+    assert main_keys(res.runs) == ["id_retrieval_top1_dlib", "pose_error_pnp", "fid_facenet"]
     buf = io.StringIO()
     print_summary(res, file=buf, width=200)
     text = buf.getvalue()

@@ -22,6 +22,7 @@ from faceeval.conventions import (
 from faceeval.errors import HarnessError
 from faceeval.metrics.identity import retrieval_hits
 from faceeval.presets import PRESETS, resolve
+from faceeval.summaries import RunSummary
 
 # --- known answers -------------------------------------------------------------------------
 
@@ -171,11 +172,11 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
 def test_flat_mlflow_params_carry_the_convention():
     from faceeval.tracking import _flat_params
 
-    summary = {"environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
+    summary = RunSummary.from_dict({"finished": "", "environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
                "protocol_version": "1", "manifest_sha256": "m", "gallery_sha256": "g", "seed": 0, "num_pairs": 1,
                "resolution": 256, "method": "source", "method_key": "k", "device": "cpu", "protocol_settings": {},
                "method_info": {}, "backends": {}, "convention": "reface",
-               "conventions": {"identity_sface": {"score": "dot"}}, "substitutions": ["identity: x substituted by y"]}
+               "conventions": {"identity_sface": {"score": "dot"}}, "substitutions": ["identity: x substituted by y"]})
     params = _flat_params(summary)
     assert params["convention"] == "reface"
     assert params["convention.identity_sface.score"] == "dot"
@@ -235,7 +236,7 @@ def test_runs_under_two_conventions_are_never_one_table(tmp_path):
     evaluate("demo", ["source", "target"], metrics=["identity_sface"], **kw)
     evaluate("demo", ["source"], metrics=["identity_sface:gallery=identity_mean,score=dot"], **kw)
     runs = load_summaries(out)
-    assert len({s["run_id"] for s in runs}) == 3  # a new convention is a new run, never the cached one
+    assert len({s.run_id for s in runs}) == 3  # a new convention is a new run, never the cached one
     table = build_table(runs)
     assert table.methods == ["source"]  # target's run was under the other convention: left out
     evaluate("demo", ["source"], metrics=["identity_sface"], convention="codeswap", **kw)
@@ -266,11 +267,11 @@ def test_report_conventions_rescores_cached_swaps_under_each_preset(tmp_path):
     path = write_sensitivity(out, ["codeswap", "reliableswap"], allow_substitute=True, log=lambda m: None)
     text = path.read_text()
     assert "| classical |" in text and "Kendall τ" in text and "SUBSTITUTED" in text
-    rescored = [s for s in load_summaries(out) if s.get("convention")]
-    assert {s["convention"] for s in rescored} == {"codeswap", "reliableswap"}
-    assert all(s["swaps"]["computed"] == 0 for s in rescored)  # nothing swapped again
-    bins = next(s for s in rescored if s["convention"] == "reliableswap" and s["method"] == "classical")
-    assert "pose_error_bins_whenet" in bins["metrics"]
+    rescored = [s for s in load_summaries(out) if s.convention]
+    assert {s.convention for s in rescored} == {"codeswap", "reliableswap"}
+    assert all(s.swaps["computed"] == 0 for s in rescored)  # nothing swapped again
+    bins = next(s for s in rescored if s.convention == "reliableswap" and s.method == "classical")
+    assert "pose_error_bins_whenet" in bins.metrics
     with pytest.raises(HarnessError, match="did you mean 'reface'"):
         write_sensitivity(out, ["refac"])
 

@@ -203,10 +203,10 @@ def test_evaluator_agreement_from_two_identity_backends(tmp_path):
     found = {(a["a"], a["b"]): a for a in _agreement("synthetic", runs, load_pair_frames(runs))}
     a = found[("id_similarity_dlib", "id_similarity_facenet")]
     assert (a["backend_a"], a["backend_b"]) == ("dlib_resnet_v1", "facenet_casia_torch")
-    ranked = [s for s in runs if s["method"] not in ("source", "target")]
-    expected = kendalltau([s["metrics"]["id_similarity_dlib"]["value"] for s in ranked],
-                          [s["metrics"]["id_similarity_facenet"]["value"] for s in ranked]).statistic
-    assert a["tau"] == pytest.approx(expected) and a["tau_methods"] == [s["method"] for s in ranked]
+    ranked = [s for s in runs if s.method not in ("source", "target")]
+    expected = kendalltau([s.metrics["id_similarity_dlib"].value for s in ranked],
+                          [s.metrics["id_similarity_facenet"].value for s in ranked]).statistic
+    assert a["tau"] == pytest.approx(expected) and a["tau_methods"] == [s.method for s in ranked]
     # the synthetic pairs share a difficulty term, so both backends order pairs alike
     assert all(p["rho"] > 0.5 and p["n"] == 60 for p in a["per_method"])
     assert ("pose_error_pnp", "expression_error_lmk") not in found  # different quantities are not compared
@@ -219,7 +219,7 @@ def test_images_gone_from_the_cache_are_counted_not_fatal(tmp_path):
     from reports.html import render_html
 
     runs = synthetic_runs(tmp_path, pairs=40, methods=3)
-    path = Path(runs[2]["run_dir"]) / "pairs.parquet"
+    path = Path(runs[2].run_dir) / "pairs.parquet"
     frame = pd.read_parquet(path)
     frame.loc[[0, 5], "swap_file"] = "cache/swaps/synthetic/deleted.png"  # a swap whose crop was removed
     frame.loc[[0, 5], "swap_sha256"] = "f" * 64
@@ -228,7 +228,7 @@ def test_images_gone_from_the_cache_are_counted_not_fatal(tmp_path):
     data = json.loads(doc.split('<script id="report-data" type="application/json">')[1].split("</script>")[0])
     proto = data["protocols"][0]
     assert proto["missing_images"] == 2 and len(proto["pairs"]["id"]) == 40
-    swaps = proto["swaps"][runs[2]["method"]]
+    swaps = proto["swaps"][runs[2].method]
     assert [i for i, t in enumerate(swaps) if t < 0] == [0, 5]
     # the other swaps are copies of the input faces: named by content, they share the inputs' thumbnails
     faces = len(list((REPO / "protocols" / "demo_faces").glob("*.png")))

@@ -85,6 +85,7 @@ def test_the_map_labels_gallery_and_pairs_with_people_and_is_recorded(tree, out,
 
 
 def test_on_the_tree_a_swap_landing_on_the_twin_video_is_a_hit_only_under_the_map(tree, out, twin_map):
+    from faceeval.summaries import RunSummary
     from faceeval.tracking import _flat_params
     from harness.evaluation import evaluate
 
@@ -99,7 +100,7 @@ def test_on_the_tree_a_swap_landing_on_the_twin_video_is_a_hit_only_under_the_ma
     assert plain["run_id"] != mapped["run_id"]
     sha = hashlib.sha256(twin_map.read_bytes()).hexdigest()
     assert mapped["protocol_settings"]["identity_map_sha256"] == sha
-    assert _flat_params(mapped)["protocol.identity_map_sha256"] == sha
+    assert _flat_params(RunSummary.from_dict(mapped))["protocol.identity_map_sha256"] == sha
     results = json.loads((out / "results.json").read_text())
     assert results["summaries"][0]["protocol_settings"]["identity_map_sha256"] == sha
     assert results["settings"]["options"] == {"identity_map": str(twin_map)}

@@ -137,7 +137,7 @@ def test_runner_needs_a_swap_method_and_its_default_hooks_suffice(demo, tmp_path
     with pytest.raises(HarnessError, match="LooksLikeOne is not a faceeval.api.SwapMethod"):
         run_method(LooksLikeOne(), demo, [IdentityMetric()], cfg, fs)
     fs.close()
-    assert s["num_pairs"] == 4 and s["metrics"]["id_retrieval_top1_dlib"]["value"] == 0.0
+    assert s.num_pairs == 4 and s.metrics["id_retrieval_top1_dlib"].value == 0.0
 
 
 def test_outputs_of_another_export_are_refused(tmp_path):

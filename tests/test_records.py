@@ -12,10 +12,10 @@ from pathlib import Path
 from faceeval.api import MetricKey
 from faceeval.summaries import (
     MetricEntry,
+    RunSummary,
     arrow,
     cell,
     digits,
-    entries_of,
     load_summaries,
     portable_summary,
 )
@@ -55,15 +55,20 @@ def test_a_summary_read_and_written_again_is_the_same_file(tmp_path):
     out = tmp_path / "out"
     run_dir = out / "runs" / "demo" / "source-abc123"
     run_dir.mkdir(parents=True)
-    stored = {"run_id": "abc123", "protocol": "demo", "method": "source", "metrics": ENTRIES,
-              "backends": {}, "notes": ["a note"], "finished": "2026-12-07T12:00:00.000001+00:00",
-              "run_dir": "runs/demo/source-abc123", "run_dir_in_out": True}
+    entries = {k: MetricEntry.from_dict(k, e) for k, e in ENTRIES.items()}
+    record = RunSummary(run_id="abc123", protocol="demo", method="source", metrics=entries, notes=["a note"],
+                        finished="2026-12-07T12:00:00.000001+00:00", run_dir="runs/demo/source-abc123")
+    stored = {**record.to_dict(), "run_dir_in_out": True}  # as the runner writes it (write_summary)
+    assert stored["metrics"] == ENTRIES
     text = _text(stored)
     (run_dir / "summary.json").write_text(text)
     (summary,) = load_summaries(out)
-    assert summary["run_dir"] == str(run_dir.resolve())
-    again = dict(summary, metrics={k: e.to_dict() for k, e in entries_of(summary).items()})
-    assert _text(portable_summary(again, out)) == text
+    assert summary.run_dir == str(run_dir.resolve())
+    assert list(summary.metrics) == list(entries) and summary.notes == ["a note"]
+    assert _text(portable_summary(summary.to_dict(), out)) == text
+    # keys this harness does not know are kept, in place after the known ones
+    unknown = RunSummary.from_dict({**stored, "future_field": [1, 2]})
+    assert unknown.to_dict()["future_field"] == [1, 2] and list(unknown.to_dict())[-2:] == ["run_dir_in_out", "future_field"]
 
 
 def test_the_arrow_is_written_once():
@@ -94,8 +99,8 @@ def test_the_cell_format_and_digits_are_one_rule_for_console_and_tables():
     summary = {"protocol": "demo", "method": "a", "metrics": ENTRIES, "manifest_sha256": "m", "gallery_sha256": "g",
                "finished": "2026-01-01T00:00:00", "num_pairs": 16, "seed": 0, "resolution": 256, "confidence": 0.95,
                "bootstrap_resamples": 100, "notes": [], "backends": {}, "run_dir": "/nowhere"}
-    markdown = to_markdown(build_table([summary], frames={}))
-    columns = summary_table(Results("demo", "m", Path("."), [summary])).columns
+    markdown = to_markdown(build_table([RunSummary.from_dict(summary)], frames={}))
+    columns = summary_table(Results("demo", "m", Path("."), [RunSummary.from_dict(summary)])).columns
     for key, e in entries.items():
         assert f" {e.cell()} " in markdown, key
         if key in [c for c in summary["metrics"] if not c.startswith("id_retrieval_top5")]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from faceeval.summaries import RunSummary
 from reports.ranking import RankRule, paired_pvalue, rank_methods
 from reports.tables import build_ablation_table, build_table, select_runs, to_csv, to_latex, to_markdown
 
@@ -17,11 +18,11 @@ def _summary(protocol, method, values, manifest="m1", finished="2026-01-01T00:00
         "pose_error": {"label": "Pose error", "higher_is_better": False, "unit": "deg", "scale": 1.0,
                        "metric": "pose", "backend": "p", "value": values[1], "ci_low": None, "ci_high": None, "n": 10},
     }
-    return {"protocol": protocol, "method": method, "metrics": metrics, "manifest_sha256": manifest,
+    return RunSummary.from_dict({"protocol": protocol, "method": method, "metrics": metrics, "manifest_sha256": manifest,
             "gallery_sha256": "g", "finished": finished, "num_pairs": 10, "seed": 0, "resolution": 256,
             "confidence": 0.95, "bootstrap_resamples": 100, "notes": [],
             "backends": {"identity": {"name": "b", "description": "test id", "standard": False, "weights": []},
-                         "pose": {"name": "p", "description": "test pose", "standard": True, "weights": []}}}
+                         "pose": {"name": "p", "description": "test pose", "standard": True, "weights": []}}})
 
 
 RUNS = [
@@ -38,9 +39,9 @@ def _frames(runs, spread=0.001, n=10):
     """Per-pair values around each run's means; every method gets the same per-pair offsets,
     so differences between methods are constant over the pairs (clearly significant)."""
     offsets = spread * (np.arange(n) - (n - 1) / 2)
-    return {(s["protocol"], s["method"]): pd.DataFrame(
+    return {(s.protocol, s.method): pd.DataFrame(
         {"pair_id": [f"{i:05d}" for i in range(n)],
-         **{k: e["value"] + offsets for k, e in s["metrics"].items()}}) for s in runs}
+         **{k: e.value + offsets for k, e in s.metrics.items()}}) for s in runs}
 
 
 def test_best_bold_second_underlined_respecting_direction():
@@ -67,9 +68,9 @@ def test_only_runs_on_the_newest_manifest_are_reported():
     old = _summary("celebahq", "old_method", (0.99, 0.5), manifest="m0", finished="2025-01-01T00:00:00")
     newer = _summary("celebahq", "a", (0.10, 5.0), finished="2026-06-01T00:00:00")
     chosen = select_runs([old, *RUNS, newer])
-    methods = {(s["protocol"], s["method"]): s for s in chosen}
+    methods = {(s.protocol, s.method): s for s in chosen}
     assert ("celebahq", "old_method") not in methods
-    assert methods[("celebahq", "a")]["metrics"]["id_retrieval_top1"]["value"] == 0.10
+    assert methods[("celebahq", "a")].metrics["id_retrieval_top1"].value == 0.10
 
 
 def test_table3_lists_the_ablations_in_the_papers_order_on_celebahq():

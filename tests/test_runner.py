@@ -32,28 +32,28 @@ def test_source_is_the_upper_bound_and_target_the_lower(demo_pairset, out):
     src = _run(SourceMethod(), demo_pairset, out)
     tgt = _run(TargetMethod(), demo_pairset, out)
     n = len(demo_pairset.gallery)
-    assert src["metrics"]["id_retrieval_top1_dlib"]["value"] == 1.0
-    assert src["metrics"]["id_similarity_dlib"]["value"] == pytest.approx(1.0, abs=1e-5)
+    assert src.metrics["id_retrieval_top1_dlib"].value == 1.0
+    assert src.metrics["id_similarity_dlib"].value == pytest.approx(1.0, abs=1e-5)
     # the target's own photo is in the gallery, so its nearest face is never the source
-    assert tgt["metrics"]["id_retrieval_top1_dlib"]["value"] == 0.0
+    assert tgt.metrics["id_retrieval_top1_dlib"].value == 0.0
     # top-5 of the target: about chance (4 of the other n-1 identities)
-    assert tgt["metrics"]["id_retrieval_top5_dlib"]["value"] < 3 * 4 / (n - 1)
-    assert tgt["metrics"]["id_similarity_dlib"]["value"] < src["metrics"]["id_similarity_dlib"]["value"] - 0.05
-    e = tgt["metrics"]["id_similarity_dlib"]
-    assert e["ci_low"] <= e["value"] <= e["ci_high"]
-    assert src["manifest_sha256"] == demo_pairset.manifest_sha256
-    assert src["backends"]["identity"]["standard"] is False
-    rows = pd.read_parquet(f"{tgt['run_dir']}/pairs.parquet")
+    assert tgt.metrics["id_retrieval_top5_dlib"].value < 3 * 4 / (n - 1)
+    assert tgt.metrics["id_similarity_dlib"].value < src.metrics["id_similarity_dlib"].value - 0.05
+    e = tgt.metrics["id_similarity_dlib"]
+    assert e.ci_low <= e.value <= e.ci_high
+    assert src.manifest_sha256 == demo_pairset.manifest_sha256
+    assert src.backends["identity"]["standard"] is False
+    rows = pd.read_parquet(f"{tgt.run_dir}/pairs.parquet")
     assert len(rows) == n and rows["pair_id"].is_unique
 
 
 def test_cached_rerun_is_identical_and_computes_nothing(demo_pairset, out):
     first = _run(TargetMethod(), demo_pairset, out)
     again = _run(TargetMethod(), demo_pairset, out)
-    assert again["swaps"] == {"computed": 0, "cached": len(demo_pairset.pairs)}
-    assert again["metrics"] == first["metrics"]
-    a = pd.read_parquet(f"{first['run_dir']}/pairs.parquet")
-    b = pd.read_parquet(f"{again['run_dir']}/pairs.parquet")
+    assert again.swaps == {"computed": 0, "cached": len(demo_pairset.pairs)}
+    assert again.metrics == first.metrics
+    a = pd.read_parquet(f"{first.run_dir}/pairs.parquet")
+    b = pd.read_parquet(f"{again.run_dir}/pairs.parquet")
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -78,15 +78,15 @@ def test_a_killed_run_resumes_without_recomputing(demo_pairset, tmp_path):
         _run(FlakyTarget(), demo_pairset, tmp_path, batch_size=4)  # a method's exception: one line naming the pair
     assert isinstance(info.value.__cause__, _Interrupted)  # chained, for HARNESS_DEBUG=1's traceback
     resumed = _run(TargetMethod(), demo_pairset, tmp_path, batch_size=4)
-    assert resumed["swaps"]["cached"] == 8
-    assert resumed["swaps"]["computed"] == len(demo_pairset.pairs) - 8
+    assert resumed.swaps["cached"] == 8
+    assert resumed.swaps["computed"] == len(demo_pairset.pairs) - 8
 
 
 def test_per_pair_values_do_not_depend_on_batch_size(demo_pairset, tmp_path):
     a = _run(TargetMethod(), demo_pairset, tmp_path / "a", batch_size=3)
     b = _run(TargetMethod(), demo_pairset, tmp_path / "b", batch_size=32)
-    ra = pd.read_parquet(f"{a['run_dir']}/pairs.parquet")
-    rb = pd.read_parquet(f"{b['run_dir']}/pairs.parquet")
+    ra = pd.read_parquet(f"{a.run_dir}/pairs.parquet")
+    rb = pd.read_parquet(f"{b.run_dir}/pairs.parquet")
     np.testing.assert_allclose(ra["id_similarity_dlib"], rb["id_similarity_dlib"], atol=1e-6)
     assert (ra["id_retrieval_top5_dlib"] == rb["id_retrieval_top5_dlib"]).all()
 
@@ -111,7 +111,7 @@ def test_save_images_writes_each_swap_by_pair_id(demo_pairset, tmp_path):
     assert [p.stem for p in saved] == sorted(p.pair_id for p in demo_pairset.pairs)
     first = demo_pairset.pairs[0]
     np.testing.assert_array_equal(load_rgb(saved[0]), load_rgb(demo_pairset.path(first.target)))
-    assert s["swaps"]["computed"] == len(demo_pairset.pairs)
+    assert s.swaps["computed"] == len(demo_pairset.pairs)
 
 
 def test_features_are_keyed_by_the_weights_they_came_from(tmp_path):
