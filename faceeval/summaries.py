@@ -142,6 +142,30 @@ class MetricEntry:
         return self.value_text(scale) + (f" ± {half}" if half else "")
 
 
+@dataclass(frozen=True)
+class BackendRecord:
+    """The network behind one Metric of a run (``summary["backends"][metric]``), as
+    :class:`faceeval.api.Backend` describes it: what every table names under its columns."""
+
+    name: str
+    description: str
+    standard: bool  # the papers' model for this column
+    weights: tuple[tuple[str, str], ...] = ()  # (file name, sha256)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BackendRecord:
+        return cls(name=d["name"], description=d.get("description", ""), standard=bool(d.get("standard", False)),
+                   weights=tuple((str(n), str(h)) for n, h in d.get("weights", ())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "standard": self.standard,
+                "weights": [list(w) for w in self.weights]}
+
+    @property
+    def status(self) -> str:
+        return "standard" if self.standard else "NON-STANDARD (not the papers' model)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunSummary:
     """One method x protocol run (``summary.json``), typed. Fields are in the order the file
@@ -166,7 +190,7 @@ class RunSummary:
     method_info: dict[str, Any] = field(default_factory=dict)  # the method's describe(): its settings
     method_key: str = ""  # the swap cache's key of the method and its settings
     metrics: dict[str, MetricEntry] = field(default_factory=dict)  # key -> entry, in scoring order
-    backends: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> its network (faceeval.api.Backend)
+    backends: dict[str, BackendRecord] = field(default_factory=dict)  # metric -> its network
     # every choice that moves a number (faceeval.conventions)
     convention: str | None = None  # the preset, if one was given
     conventions: dict[str, dict[str, Any]] = field(default_factory=dict)  # metric -> its settings
@@ -195,12 +219,14 @@ class RunSummary:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {k: v for k, v in d.items() if k in known}
         values["metrics"] = {k: MetricEntry.from_dict(k, e) for k, e in d.get("metrics", {}).items()}
+        values["backends"] = {k: BackendRecord.from_dict(b) for k, b in d.get("backends", {}).items()}
         return cls(**values, extra=tuple((k, v) for k, v in d.items() if k not in known))
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form, keys in the order the file has always had them."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         d["metrics"] = {k: e.to_dict() for k, e in self.metrics.items()}
+        d["backends"] = {k: b.to_dict() for k, b in self.backends.items()}
         d.update(self.extra)
         return d
 
@@ -208,7 +234,7 @@ class RunSummary:
         """The entry of metric key ``key``, None where this run has none."""
         return self.metrics.get(key)
 
-    def backend_of(self, entry: MetricEntry) -> dict[str, Any] | None:
+    def backend_of(self, entry: MetricEntry) -> BackendRecord | None:
         """The backend record of the Metric that produced ``entry``."""
         return self.backends.get(entry.metric)
 

@@ -65,9 +65,9 @@ def _flat_params(run: RunSummary) -> dict[str, str]:
     for k, v in run.method_info.items():
         params[f"method.{k}"] = v
     for metric, b in run.backends.items():
-        params[f"backend.{metric}"] = b["name"]
-        params[f"backend.{metric}.standard"] = b["standard"]
-        for name, sha in b["weights"]:
+        params[f"backend.{metric}"] = b.name
+        params[f"backend.{metric}.standard"] = b.standard
+        for name, sha in b.weights:
             params[f"weights.{name}"] = sha
     params["convention"] = run.convention or "none"
     for metric, settings in run.conventions.items():

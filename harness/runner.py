@@ -36,7 +36,7 @@ from faceeval.errors import HarnessError
 from faceeval.images import atomic_write_bytes, load_rgb, pixel_sha256, save_png, to_tensor, to_uint8
 from faceeval.parallel import map_chunks, pool_map, pool_workers, shard, shard_batches, world
 from faceeval.provenance import environment
-from faceeval.summaries import MetricEntry, RunSummary, write_summary
+from faceeval.summaries import BackendRecord, MetricEntry, RunSummary, write_summary
 from faceeval.timing import stage
 from harness.settings import RunSettings
 
@@ -615,7 +615,7 @@ def _output_checks(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def _run_notes(method: SwapMethod, pairset: PairSet, metrics: list[Metric], method_notes: list[str], run: _Scored,
-               checks: dict[str, Any], backends: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+               checks: dict[str, Any], backends: dict[str, BackendRecord]) -> tuple[list[str], list[str]]:
     """The summary's notes (the pair set's, the method's, the cache's, the metrics', failed
     swaps, flagged outputs, the identity model the method trained with) and the metrics
     scored by that model."""
@@ -634,11 +634,11 @@ def _run_notes(method: SwapMethod, pairset: PairSet, metrics: list[Metric], meth
                      f"{', '.join(checks['examples'])}): left out of the per-pair means")
     # The evaluator should not be the model the method optimised: flag it when it is.
     training_model = method.identity_model
-    scored_by_training_model = sorted(k for k, b in backends.items() if training_model and b["name"] == training_model)
+    scored_by_training_model = sorted(k for k, b in backends.items() if training_model and b.name == training_model)
     for k in scored_by_training_model:
         notes.append(f"{method.name}: {k} was scored with {training_model}, the identity model "
                      "the method trained with (the score favours it)")
-    identity_backends = sorted({b["name"] for k, b in backends.items() if k.startswith("identity")})
+    identity_backends = sorted({b.name for k, b in backends.items() if k.startswith("identity")})
     if training_model and identity_backends and not scored_by_training_model:
         notes.append(f"{method.name}: identity scored with {', '.join(identity_backends)}, not with "
                      f"{training_model}, the identity model the method trained with")
@@ -708,7 +708,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         _write_run(run_dir, pairset, run.frame, run.keys, run.store, cfg)
         results = metric_entries(run.frame, run.dataset_level, metrics, cfg, pairset.seed)
         checks = _output_checks(run.frame)
-        backends = {m.name: asdict(m.backend()) for m in metrics}
+        backends = {m.name: BackendRecord.from_dict(asdict(m.backend())) for m in metrics}
         notes, scored_by_training_model = _run_notes(method, pairset, metrics, method_notes, run, checks, backends)
     summary = RunSummary(
         run_id=run_id, **_pairset_fields(pairset),

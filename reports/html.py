@@ -60,7 +60,7 @@ def _packaged(file: str) -> str:
     return "" if a is None else f' <span class="muted">(from {ESC(a.spec)}; licence: {ESC(a.licence)})</span>'
 
 
-def _agreement(protocol: str, runs: list[RunSummary], frames: dict) -> list[RunSummary]:
+def _agreement(protocol: str, runs: list[RunSummary], frames: dict) -> list[dict[str, Any]]:
     """Every pair of columns measuring the same quantity under two backends (same label
     without its [backend] suffix): Kendall tau of the methods' means, Spearman rho per pair."""
     from scipy.stats import kendalltau, spearmanr
@@ -263,18 +263,18 @@ def _provenance_html(runs: list[RunSummary], protocol: str, report_dir: Path) ->
     backends: dict[tuple, dict] = {}
     for s in rs:
         for metric, b in s.backends.items():
-            k = (b["name"], tuple(map(tuple, b["weights"])))
-            entry = backends.setdefault(k, {**b, "metrics": set(), "methods": set()})
+            entry = backends.setdefault((b.name, b.weights), {"backend": b, "metrics": set(), "methods": set()})
             entry["metrics"].add(metric)
             entry["methods"].add(s.method)
     rows = []
-    for b in backends.values():
-        status = ('<span class="std">standard</span>' if b["standard"]
+    for found in backends.values():
+        b = found["backend"]
+        status = ('<span class="std">standard</span>' if b.standard
                   else '<span class="nonstd">NON-STANDARD</span> <span class="muted">(not the papers\' model)</span>')
-        weights = "<br>".join(f"{ESC(n)} {_short(h)}{_packaged(n)}" for n, h in b["weights"]) \
+        weights = "<br>".join(f"{ESC(n)} {_short(h)}{_packaged(n)}" for n, h in b.weights) \
             or '<span class="muted">none</span>'
-        rows.append(f"<tr><td><code>{ESC(b['name'])}</code></td><td>{ESC(', '.join(sorted(b['metrics'])))}</td>"
-                    f"<td>{status}</td><td>{ESC(b['description'])}</td><td>{weights}</td></tr>")
+        rows.append(f"<tr><td><code>{ESC(b.name)}</code></td><td>{ESC(', '.join(sorted(found['metrics'])))}</td>"
+                    f"<td>{status}</td><td>{ESC(b.description)}</td><td>{weights}</td></tr>")
     parts.append('<h4>Backends (each once)</h4><table class="plain"><thead><tr><th>Backend</th><th>Metrics</th>'
                  '<th>Status</th><th>Description</th><th>Weight files (sha256)</th></tr></thead>'
                  f'<tbody>{"".join(rows)}</tbody></table>')

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from codeswap.variants import VARIANTS, method_name, table_label
-from faceeval.summaries import MetricEntry, RunSummary, arrow, cell, digits
+from faceeval.summaries import BackendRecord, MetricEntry, RunSummary, arrow, cell, digits
 from reports.ranking import RankRule, aligned_values, load_pair_frames, rank_methods
 
 REFERENCE_METHODS = ("source", "target")
@@ -181,9 +181,8 @@ def _footer(runs: list[RunSummary], protocols: list[str], rule: RankRule) -> lis
         for s in rs:
             backends.update(s.backends)
         for metric, b in backends.items():
-            status = "standard" if b["standard"] else "NON-STANDARD (not the papers' model)"
-            weights = ", ".join(f"{n} sha256 {h[:12]}" for n, h in b["weights"]) or "no weights"
-            lines.append(f"  {metric} <- {b['name']}: {b['description']} [{status}; {weights}]")
+            weights = ", ".join(f"{n} sha256 {h[:12]}" for n, h in b.weights) or "no weights"
+            lines.append(f"  {metric} <- {b.name}: {b.description} [{b.status}; {weights}]")
         warned = {}
         for s in rs:
             for e in s.metrics.values():
@@ -212,18 +211,18 @@ def _footer(runs: list[RunSummary], protocols: list[str], rule: RankRule) -> lis
     return lines
 
 
-def feature_dim(entry: MetricEntry, backend: dict[str, Any] | None = None) -> int | None:
+def feature_dim(entry: MetricEntry, backend: BackendRecord | None = None) -> int | None:
     """Feature dimension of a dataset-level metric (FID): recorded in the entry, or for
     older runs read from its backend's description ("512-d")."""
     if entry.feature_dim:
         return int(entry.feature_dim)
     if entry.ci_low is None and backend is not None:  # dataset-level
-        found = re.search(r"(\d+)-d\b", backend.get("description", ""))
+        found = re.search(r"(\d+)-d\b", backend.description)
         return int(found.group(1)) if found else None
     return None
 
 
-def small_sample_warning(entry: MetricEntry, backend: dict[str, Any] | None = None) -> str | None:
+def small_sample_warning(entry: MetricEntry, backend: BackendRecord | None = None) -> str | None:
     """A warning when a dataset-level metric saw fewer samples than its feature dimension."""
     dim = feature_dim(entry, backend)
     n = entry.n

@@ -47,7 +47,7 @@ def test_source_tops_identity_and_target_has_zero_attribute_error(demo_runs):
         for e in run.metrics.values():
             assert isinstance(e.unit, str) and e.backend
         for b in run.backends.values():
-            assert b["weights"] and all(len(sha) == 64 for _, sha in b["weights"])
+            assert b.weights and all(len(sha) == 64 for _, sha in b.weights)
 
 
 def test_pose_per_angle_columns_are_in_the_pair_data(demo_runs):
@@ -118,4 +118,4 @@ def test_the_stand_ins_still_run_by_name(tmp_path):
                          features)
     features.close()
     assert {"id_retrieval_top1_dlib", "pose_error_pnp", "expression_error_lmk"} <= set(summary.metrics)
-    assert all(not summary.backends[m]["standard"] for m in names)
+    assert all(not summary.backends[m].standard for m in names)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from faceeval.api import MetricKey
 from faceeval.summaries import (
+    BackendRecord,
     MetricEntry,
     RunSummary,
     arrow,
@@ -56,8 +57,10 @@ def test_a_summary_read_and_written_again_is_the_same_file(tmp_path):
     run_dir = out / "runs" / "demo" / "source-abc123"
     run_dir.mkdir(parents=True)
     entries = {k: MetricEntry.from_dict(k, e) for k, e in ENTRIES.items()}
+    backend = BackendRecord("dlib_resnet_v1", "dlib ResNet, 128-d", False, (("w.dat", "0" * 64),))
     record = RunSummary(run_id="abc123", protocol="demo", method="source", metrics=entries, notes=["a note"],
-                        finished="2026-12-07T12:00:00.000001+00:00", run_dir="runs/demo/source-abc123")
+                        backends={"identity": backend}, finished="2026-12-07T12:00:00.000001+00:00",
+                        run_dir="runs/demo/source-abc123")
     stored = {**record.to_dict(), "run_dir_in_out": True}  # as the runner writes it (write_summary)
     assert stored["metrics"] == ENTRIES
     text = _text(stored)
@@ -65,6 +68,7 @@ def test_a_summary_read_and_written_again_is_the_same_file(tmp_path):
     (summary,) = load_summaries(out)
     assert summary.run_dir == str(run_dir.resolve())
     assert list(summary.metrics) == list(entries) and summary.notes == ["a note"]
+    assert summary.backends == {"identity": backend} and summary.backend_of(summary.metrics["fid"]) is None
     assert _text(portable_summary(summary.to_dict(), out)) == text
     # keys this harness does not know are kept, in place after the known ones
     unknown = RunSummary.from_dict({**stored, "future_field": [1, 2]})

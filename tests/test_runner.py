@@ -42,7 +42,7 @@ def test_source_is_the_upper_bound_and_target_the_lower(demo_pairset, out):
     e = tgt.metrics["id_similarity_dlib"]
     assert e.ci_low <= e.value <= e.ci_high
     assert src.manifest_sha256 == demo_pairset.manifest_sha256
-    assert src.backends["identity"]["standard"] is False
+    assert src.backends["identity"].standard is False
     rows = pd.read_parquet(f"{tgt.run_dir}/pairs.parquet")
     assert len(rows) == n and rows["pair_id"].is_unique
 
