@@ -227,10 +227,12 @@ def train_stage1(
 
 @train_app.command("stage2")
 @with_settings(train=_stage_loop_options("stage2", ("ema_decay", "compile")),
-               swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden", "position",
-                                              "pos_std", "mask_level", "same_rate", *SWAP_NETS, "identity_augment")),
+               swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden",
+                                              "position", "pos_std", "mask_level", "same_rate", *SWAP_NETS,
+                                              "identity_augment")),
                weights=LOSS_WEIGHTS)
-def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights, resume: ResumeOpt = False) -> None:
+def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights,
+                 resume: ResumeOpt = False) -> None:
     """Stage 2 (paper section 3.2): symmetric code swapping on a frozen stage-1 model."""
     from codeswap.train.stage2 import Stage2Trainer
 
@@ -260,12 +262,16 @@ def figure_regions(
     source: Annotated[Path, typer.Option(help="Photo (or aligned crop, with --aligned) giving the identity.")],
     target: Annotated[Path, typer.Option(help="Photo (or aligned crop) giving pose, expression and background.")],
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Stage-2/3 checkpoint. Default: the tiny demo model (trained once and cached, as in `harness run`).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for regions.png, regions.npz, regions.json.")] = Path("harness-out/figures"),
-    regions: Annotated[str, typer.Option(help="Comma-separated regions, in column order: eyes, mouth, nose.")] = "eyes,mouth,nose",
+        help="Stage-2/3 checkpoint. Default: the tiny demo model (trained once and cached, "
+        "as in `harness run`).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for regions.png, regions.npz, regions.json.")] = Path("harness-out/figures"),
+    regions: Annotated[str, typer.Option(
+        help="Comma-separated regions, in column order: eyes, mouth, nose.")] = "eyes,mouth,nose",
     aligned: Annotated[bool, typer.Option(help="Inputs are FFHQ-aligned square crops already (no detection).")] = False,
     layer: Annotated[int, typer.Option(help="Fusion layer whose attention is shown (-1: the last).")] = -1,
-    margin: Annotated[float, typer.Option(min=0.0, help="Padding of a region's landmark box, as a share of its side.")] = 0.25,
+    margin: Annotated[float, typer.Option(
+        min=0.0, help="Padding of a region's landmark box, as a share of its side.")] = 0.25,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Regional swap (Figure 8) and region attention maps (Figure 9) for one source/target pair.

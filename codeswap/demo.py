@@ -257,7 +257,8 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     ckpt = stage1_dir / "checkpoints" / "last.pt"
     atomic_torch_save({"stage": "stage1", "step": recipe.stage1_steps, "model_config": plain(recipe.autoencoder()),
                        "model": {k: t.float() for k, t in bundle["autoencoder"].items()}, "ema": None,
-                       "unpacked_from": {"bundle_sha256": file_sha256(BUNDLE), "stage1_sha256": bundle["stage1_sha256"]}},
+                       "unpacked_from": {"bundle_sha256": file_sha256(BUNDLE),
+                                         "stage1_sha256": bundle["stage1_sha256"]}},
                       ckpt)
     (stage1_dir / "DONE").write_text("the shipped demo model's prior (codeswap.demo.stage1_from_bundle)\n")
     return ckpt
@@ -339,7 +340,8 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
                 f"{recipe.resolution}) in {s1_dir}")
             cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=every(recipe.stage1_steps),
                               restart_dead_every=recipe.restart_dead_every, **common)
-            Stage1Trainer(cfg, recipe.autoencoder(), LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
+            Stage1Trainer(cfg, recipe.autoencoder(),
+                          LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
             s1 = mark(s1_dir)
 
         from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,17 +31,17 @@ app = typer.Typer(
 )
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
-WeightsDirOpt = Annotated[Optional[Path], typer.Option(
+WeightsDirOpt = Annotated[Path | None, typer.Option(
     "--weights-dir", help="Folder of weight files (overrides $HARNESS_WEIGHTS_DIR).")]
 WeightsSearchOpt = Annotated[list[Path], typer.Option(
     "--weights-search", "--search", help="Extra folder to find weight files in, flat or in insightface/facefusion/"
     "torch-hub/face-parsing layout (also $HARNESS_WEIGHTS_SEARCH); repeat.")]
 ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")]
-RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
-NumPairsOpt = Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")]
+RootOpt = Annotated[Path | None, typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
+NumPairsOpt = Annotated[int | None, typer.Option(help="Number of pairs (default: the protocol's).")]
 OptionOpt = Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the same facts, machine-readable).")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
+WorkersOpt = Annotated[int | None, typer.Option(
     min=1, help="Processes for the CPU-bound stages (decoding, detection, landmarks, alignment, classical swaps); "
     "default: the cores available, shared among this machine's torchrun ranks. Results do not depend on it.")]
 
@@ -52,7 +52,7 @@ def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[int], options: list[str],
+def _protocol(name: str, root: Path | None, seed: int, num_pairs: int | None, options: list[str],
               cache: Path):
     from harness.evaluation import check_collisions
 
@@ -88,7 +88,7 @@ def run(settings: RunSettings) -> None:
 @app.command()
 def prepare(
     protocol: Annotated[str, typer.Argument(help="Protocol whose dataset to check and prepare (celebahq, ffpp, ...).")],
-    root: Annotated[Optional[Path], typer.Option(help="Dataset root in the protocol's official layout.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset root in the protocol's official layout.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = RunSettings.seed,
     num_pairs: NumPairsOpt = None,
     option: OptionOpt = [],  # noqa: B006
@@ -102,7 +102,8 @@ def prepare(
     identity_threshold: Annotated[float, typer.Option(
         "--identity-threshold", help="With --suggest-identity-map: the cosine between two videos' mean embeddings "
         "at or above which a merge is proposed.")] = 0.5,
-    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = RunSettings.device,
+    device: Annotated[str, typer.Option(
+        help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = RunSettings.device,
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
@@ -178,7 +179,7 @@ def export_pairs_cmd(
 def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
-    conventions: Annotated[Optional[str], typer.Option(
+    conventions: Annotated[str | None, typer.Option(
         "--conventions", help="Comma-separated presets (e.g. codeswap,reliableswap): score the newest run's cached "
         "swaps under each (nothing swapped again) and show each method's numbers and ranks per preset, with "
         "Kendall tau between presets (report/conventions.md).")] = None,
@@ -234,7 +235,8 @@ def list_cmd(
         if broken:
             typer.echo(f"{'':<24}   {broken}")
         for name, why in problems.items():  # one indented line per file: missing, or refused for its checksum
-            typer.echo(f"{'':<24}   {name}: {'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
+            typer.echo(f"{'':<24}   {name}: "
+                       f"{'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
 
 
 weights_app = typer.Typer(help="Weight files: where each is found (`harness weights`), getting the evaluators' "

@@ -53,7 +53,8 @@ def print_summary(result: Results, file: TextIO | None = None, width: int | None
     preset = next((s.get("convention") for s in result.summaries if s.get("convention")), "")
     if preset:
         where.append(f"convention: {preset} (every setting in summary.json, results.json and the report)")
-    where += [f"SUBSTITUTED: {x}" for x in dict.fromkeys(x for s in result.summaries for x in s.get("substitutions", []))]
+    where += [f"SUBSTITUTED: {x}"
+              for x in dict.fromkeys(x for s in result.summaries for x in s.get("substitutions", []))]
     if result.report_files:
         where += [f"report: {result.report_files['markdown']}",
                   f"html:   {result.report_files['html']}  (open in a browser; works from disk, no network)"]

@@ -382,7 +382,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     for m in metrics:
         for k in m.keys:
             if k.key in owners:
-                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: score them in separate runs")
+                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: "
+                                   "score them in separate runs")
             owners[k.key] = m.name
     for m in metrics:
         m.prepare(ctx)
@@ -390,7 +391,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                              "swap_sha256": [], "swap_file": [], "output_flag": []}
     values: dict[str, list[np.ndarray]] = {}
     pairs = list(pairset.pairs)
-    for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}", unit="batch"):
+    for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}",
+                           unit="batch"):
         stops.check()
         swapped = np.stack(store.get_many([keys[p.pair_id] for p in batch]))  # (B,S,S,3) uint8
         images.prefetch([rel for p in batch for rel in (p.source, p.target)])
@@ -416,7 +418,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                 if k.per_pair:
                     v = np.asarray(out[k.key], dtype=np.float64)
                     if v.shape != (len(batch),):
-                        raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, expected ({len(batch)},)")
+                        raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, "
+                                           f"expected ({len(batch)},)")
                     values.setdefault(k.key, []).append(v)
             for col in m.pair_columns:  # per-pair data only (e.g. each angle's error)
                 values.setdefault(col, []).append(np.asarray(out[col], dtype=np.float64))
@@ -431,7 +434,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     dataset_level: dict[str, float] = {}
     # what dataset-level values are a function of: every pair's three images and the gallery
     inputs = [[images.sha(p.source), images.sha(p.target), sha] for p, sha in zip(pairs, frame["swap_sha256"])]
-    gallery = [images.sha(g.path) for g in pairset.gallery] if any(not k.per_pair for m in metrics for k in m.keys) else []
+    gallery = ([images.sha(g.path) for g in pairset.gallery]
+               if any(not k.per_pair for m in metrics for k in m.keys) else [])
     for m in metrics:
         if not shard_only:
             dataset_level.update(_dataset_level(m, ctx, features, inputs, gallery))
@@ -448,7 +452,8 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
 DATASET_LEVEL_NS = "dataset_level:v1"
 
 
-def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: list, gallery: list) -> dict[str, float]:
+def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: list,
+                   gallery: list) -> dict[str, float]:
     """``m.compute(ctx)``, cached: the values depend only on the metric (its fingerprint: backend,
     weights, settings) and the images scored, so a re-run over cached swaps and features
     needs neither the computation nor its libraries (FID: torch-fidelity)."""
@@ -724,7 +729,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         "notes": notes,
         **_work_fields(run, shards or [], hits, misses, t_score, checks, t1, before),
         "device": cfg.device,
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
+        "finished": _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),  # orders runs of one second
         "environment": environment(),
         "run_dir": str(run_dir),
     }
@@ -750,7 +755,8 @@ def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
             for name in sorted(metric_names, key=len, reverse=True):  # identity_facenet before identity
                 for head in (f"{name}: ", f"{name} ("):
                     if rest.startswith(head):
-                        backend, _, tail = rest[len(name):].partition(": ") if head.endswith("(") else ("", "", rest[len(head):])
+                        backend, _, tail = (rest[len(name):].partition(": ") if head.endswith("(")
+                                            else ("", "", rest[len(head):]))
                         if tail:
                             fact, who = f"{method}: {backend.strip() + ' ' if backend.strip() else ''}{tail}", name
                         break

@@ -161,7 +161,8 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
     for f in ("net_sphere20_data_vggface2_acc_9955.pth", "hopenet_robust_alpha1.pkl", "deep3dfacerecon_epoch_20.pth"):
         assert f in text
     r = resolve("reliableswap", allow_substitute=True)
-    assert r.metrics["identity_sface"] == {"crop": "resize", "mask": "none", "gallery": "every_frame", "score": "cosine"}
+    assert r.metrics["identity_sface"] == {"crop": "resize", "mask": "none", "gallery": "every_frame",
+                                           "score": "cosine"}
     assert r.metrics["pose_whenet"] == {"formula": "hopenet_bins"}
     assert r.options == {"ffpp": {"sampling": "even", "compression": "c23"}}
     assert len(r.substitutions) == 3 and all("substituted by" in s for s in r.substitutions)

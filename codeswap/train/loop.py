@@ -264,4 +264,5 @@ class TrainLoop:
             (self.out / "ranks.json").write_text(json.dumps(
                 {"world_size": self.dist.world_size, "step": self.step, "agree": agree, "sha256": every}, indent=1))
             if not agree:
-                raise HarnessError(f"ranks hold different weights after step {self.step}; see {self.out / 'ranks.json'}")
+                raise HarnessError(f"ranks hold different weights after step {self.step}; "
+                                   f"see {self.out / 'ranks.json'}")
