@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,10 @@ from faceeval.weights import WeightMismatch
 from harness.evaluation import resolve_device, set_weights_dir
 from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.settings import CLI_FIELDS, DEFAULT_OUT, RunSettings
+
+if TYPE_CHECKING:
+    from faceeval.api import PairSet
+    from faceeval.parallel import World
 
 app = typer.Typer(
     name="harness",
@@ -108,14 +112,30 @@ def prepare(
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
     ranks share the videos/photos; --workers processes per rank decode, detect and align."""
-    from faceeval import parallel
-
     if suggest_identity_map:
-        if PROTOCOLS.resolve(protocol).name != "ffpp":
-            raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
-        from harness.evaluation import _check_weights
+        _check_identity_map_suggestion(protocol)
+    world, pairset = _validated_pairset(protocol, root, seed, num_pairs, option, out, workers)
+    if not world.is_main:
+        return  # rank 0 writes the manifest and says where everything is
+    _write_manifest(pairset, out)
+    if suggest_identity_map:
+        _propose_identity_map(pairset, out, identity_threshold, device)
 
-        _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
+
+def _check_identity_map_suggestion(protocol: str) -> None:
+    """--suggest-identity-map: only for ffpp, and the SFace weights must be there (fail now)."""
+    if PROTOCOLS.resolve(protocol).name != "ffpp":
+        raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
+    from harness.evaluation import _check_weights
+
+    _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
+
+
+def _validated_pairset(protocol: str, root: Path | None, seed: int, num_pairs: int | None, option: list[str],
+                       out: Path, workers: int | None) -> tuple[World, PairSet]:
+    """Validate the protocol's layout (rank 0 lists every problem) and build its pair set, with
+    the ranks and worker processes of ``prepare``; return this process's world and the pairs."""
+    from faceeval import parallel
 
     with parallel.joined() as world, parallel.single_threaded(), \
             parallel.worker_pool(workers or parallel.default_workers(world)):
@@ -129,8 +149,11 @@ def prepare(
         if world.is_main:
             _echo(f"{protocol}: layout ok")
         pairset = proto.build()
-    if not world.is_main:
-        return  # rank 0 writes the manifest and says where everything is
+    return world, pairset
+
+
+def _write_manifest(pairset: PairSet, out: Path) -> None:
+    """Write the pair set's manifest under ``out`` and say where the crops and it are."""
     folder = out.resolve() / "manifests" / f"{pairset.protocol}-{pairset.manifest_sha256[:12]}"
     pairset.write(folder)
     for note in pairset.notes:
@@ -139,19 +162,22 @@ def prepare(
                f"manifest sha256 {pairset.manifest_sha256}")
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
-    if suggest_identity_map:
-        from harness.runner import ImageSource
-        from protocols.identity_map import suggest_identity_map as suggest_map
 
-        dev = resolve_device(device)
-        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
-                                                  ImageSource(pairset), threshold=identity_threshold, device=dev)
-        merged = sum(len(g.videos) for g in groups)
-        plural = "s" if len(groups) != 1 else ""
-        typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
-                   f"{identity_threshold:g}; a proposal to confirm by hand:")
-        typer.echo(f"  page:     {html_path}")
-        typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
+
+def _propose_identity_map(pairset: PairSet, out: Path, identity_threshold: float, device: str) -> None:
+    """--suggest-identity-map: write the proposed identity map (CSV and HTML page) under ``out``."""
+    from harness.runner import ImageSource
+    from protocols.identity_map import suggest_identity_map as suggest_map
+
+    dev = resolve_device(device)
+    csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
+                                              ImageSource(pairset), threshold=identity_threshold, device=dev)
+    merged = sum(len(g.videos) for g in groups)
+    plural = "s" if len(groups) != 1 else ""
+    typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
+               f"{identity_threshold:g}; a proposal to confirm by hand:")
+    typer.echo(f"  page:     {html_path}")
+    typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
 
 
 @app.command("export-pairs")
