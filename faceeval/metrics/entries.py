@@ -17,6 +17,13 @@ from faceeval.registry import Registry
 
 def register(metrics: Registry) -> None:
     """Add the built-in metrics to ``metrics``."""
+    _register_identity(metrics)
+    _register_pose_expression_fid(metrics)
+    _register_default_suite(metrics)
+
+
+def _register_identity(metrics: Registry) -> None:
+    """The identity metrics of the dlib, FaceNet, ArcFace and CosFace embedders."""
     # identity metrics: (name, backend setting, description, aliases); weight files from the backends' table
     for name, backend, what, aka in (
         ("identity", "dlib",
@@ -39,6 +46,10 @@ def register(metrics: Registry) -> None:
     ):
         metrics.register(name, "faceeval.metrics.identity:IdentityMetric", description=what, aliases=aka,
                          options={} if backend == "dlib" else {"backend": backend}, requires=ID_BACKEND_FILES[backend])
+
+
+def _register_pose_expression_fid(metrics: Registry) -> None:
+    """The pose, expression and FID metrics outside the default suite."""
     metrics.register("pose", "faceeval.metrics.pose:PoseMetric",
                      description="pose error, L2 of (yaw, pitch, roll) vs target: dlib-68 + mean face + solvePnP "
                                  "(offline), degrees",
@@ -69,6 +80,10 @@ def register(metrics: Registry) -> None:
                                  "(torch-fidelity's weight file, else `harness weights fetch fid_inception`)",
                      options={"backend": "inception"},
                      requires=("weights-inception-2015-12-05-6726825d.pth|" + fetch_requires("fid_inception")[0],))
+
+
+def _register_default_suite(metrics: Registry) -> None:
+    """The default suite's metrics: SFace identity, WHENet pose, MediaPipe blendshape expression."""
     metrics.register("identity_sface", "faceeval.metrics.identity:IdentityMetric",
                      description="ID similarity and retrieval top-1/top-5 with SFace "
                                  "(ArcFace-family hypersphere loss, 128-d), "
