@@ -38,7 +38,8 @@ def main() -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     def fidelity():
         with mock.patch.object(torch, "load", lambda *a, **k: state):  # the dict already loaded weights_only
-            return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="-").eval()
+            return FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                               feature_extractor_weights_path="-").eval()
 
     variants = {"fidelity": fidelity(), "channels_last": fidelity().to(memory_format=torch.channels_last),
                 "harness": _build_extractor("inception", "cpu", path, "")}

@@ -176,7 +176,8 @@ def run_default_suite(device: str, pairs: int, batch: int, out: Path) -> None:
     finally:
         features.close()
     n = len(pairset.pairs)
-    print(f"default suite ({', '.join(DEFAULT_METRICS)}) on {device}: {n} pairs, score {summary['timing_s']['score']:.1f}s "
+    print(f"default suite ({', '.join(DEFAULT_METRICS)}) on {device}: {n} pairs, "
+          f"score {summary['timing_s']['score']:.1f}s "
           f"= {n / summary['timing_s']['score']:.2f} pairs/s (wall incl. swaps and model builds {wall:.1f}s)")
 
 
@@ -185,7 +186,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--suite", choices=["papers-random", "default"], default="papers-random",
                     help="papers-random: the papers' architectures with random weights (below); default: the "
-                         "harness's default suite with its fetched weights (`harness weights fetch all`), on demo pairs")
+                         "harness's default suite with its fetched weights (`harness weights fetch all`), "
+                         "on demo pairs")
     ap.add_argument("--out", type=Path, default=None, help="--suite default: output folder (default: a temporary one)")
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--naive-pairs", type=int, default=200, help="pairs timed for the naive path (rate extrapolates)")

@@ -148,7 +148,8 @@ def main() -> None:
         size = path.stat().st_size / 1e6
         thumbs = len(list((out / "report" / "thumbs").glob("*.jpg")))
         got = measure(path, args.chromium)
-        print(f"{args.pairs} pairs x {args.methods} methods: render {render:.1f}s wall / {render_cpu:.1f}s CPU (Python), page {size:.1f} MB, "
+        print(f"{args.pairs} pairs x {args.methods} methods: render {render:.1f}s wall / "
+              f"{render_cpu:.1f}s CPU (Python), page {size:.1f} MB, "
               f"{thumbs} thumbnails")
         print(f"interactive after {got['interactive_ms'] / 1000:.2f}s (performance.now() at ready; "
               f"navigation to ready {got['load_wall_s']:.2f}s wall); re-sorting the pair browser "

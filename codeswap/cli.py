@@ -33,6 +33,11 @@ from codeswap.config import (
 )
 from faceeval.errors import HarnessError
 
+if typing.TYPE_CHECKING:
+    import numpy as np
+
+    from codeswap.regions import RegionStudy
+
 train_app = typer.Typer(help="Train the CodeSwap networks (one command per stage; torchrun for several GPUs).",
                         no_args_is_help=True)
 figure_app = typer.Typer(help="CodeSwap figures beyond the tables (paper section 4.5).", no_args_is_help=True)
@@ -227,10 +232,12 @@ def train_stage1(
 
 @train_app.command("stage2")
 @with_settings(train=_stage_loop_options("stage2", ("ema_decay", "compile")),
-               swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden", "position",
-                                              "pos_std", "mask_level", "same_rate", *SWAP_NETS, "identity_augment")),
+               swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden",
+                                              "position", "pos_std", "mask_level", "same_rate", *SWAP_NETS,
+                                              "identity_augment")),
                weights=LOSS_WEIGHTS)
-def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights, resume: ResumeOpt = False) -> None:
+def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights,
+                 resume: ResumeOpt = False) -> None:
     """Stage 2 (paper section 3.2): symmetric code swapping on a frozen stage-1 model."""
     from codeswap.train.stage2 import Stage2Trainer
 
@@ -260,12 +267,16 @@ def figure_regions(
     source: Annotated[Path, typer.Option(help="Photo (or aligned crop, with --aligned) giving the identity.")],
     target: Annotated[Path, typer.Option(help="Photo (or aligned crop) giving pose, expression and background.")],
     checkpoint: Annotated[Path | None, typer.Option(
-        help="Stage-2/3 checkpoint. Default: the tiny demo model (trained once and cached, as in `harness run`).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for regions.png, regions.npz, regions.json.")] = Path("harness-out/figures"),
-    regions: Annotated[str, typer.Option(help="Comma-separated regions, in column order: eyes, mouth, nose.")] = "eyes,mouth,nose",
+        help="Stage-2/3 checkpoint. Default: the tiny demo model (trained once and cached, "
+        "as in `harness run`).")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for regions.png, regions.npz, regions.json.")] = Path("harness-out/figures"),
+    regions: Annotated[str, typer.Option(
+        help="Comma-separated regions, in column order: eyes, mouth, nose.")] = "eyes,mouth,nose",
     aligned: Annotated[bool, typer.Option(help="Inputs are FFHQ-aligned square crops already (no detection).")] = False,
     layer: Annotated[int, typer.Option(help="Fusion layer whose attention is shown (-1: the last).")] = -1,
-    margin: Annotated[float, typer.Option(min=0.0, help="Padding of a region's landmark box, as a share of its side.")] = 0.25,
+    margin: Annotated[float, typer.Option(
+        min=0.0, help="Padding of a region's landmark box, as a share of its side.")] = 0.25,
     device: Annotated[str, typer.Option()] = "auto",
 ) -> None:
     """Regional swap (Figure 8) and region attention maps (Figure 9) for one source/target pair.
@@ -275,28 +286,17 @@ def figure_regions(
     """
     import json
 
-    import numpy as np
-
     from codeswap.checkpoints import load_codeswap
-    from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_figure, region_study
+    from codeswap.regions import crop_with_landmarks, region_study
     from codeswap.train.dist import resolve_device
     from faceeval.faces.detect import DlibDetector
-    from faceeval.images import file_sha256, load_rgb, save_png
+    from faceeval.images import file_sha256, load_rgb
 
-    names = tuple(r.strip() for r in regions.split(",") if r.strip())
-    unknown = [r for r in names if r not in REGION_POINTS]
-    if unknown or not names:
-        raise HarnessError(f"--regions {regions!r}: choose from {', '.join(REGION_POINTS)}")
+    names = _region_names(regions)
     for p in (source, target):
         if not p.is_file():
             raise HarnessError(f"image not found: {p}")
-    ckpt = checkpoint
-    if ckpt is None:
-        from codeswap.demo import demo_checkpoint
-
-        ckpt = demo_checkpoint("full", log=_echo)
-    elif not ckpt.is_file():
-        raise HarnessError(f"checkpoint not found: {ckpt}")
+    ckpt = _regions_checkpoint(checkpoint)
     model, meta = load_codeswap(ckpt)
     model = model.to(resolve_device(device))
     side = model.cfg.autoencoder.resolution
@@ -308,12 +308,7 @@ def figure_regions(
     if not -n_layers <= layer < n_layers:
         raise HarnessError(f"--layer {layer} is out of range: the fusion has {n_layers} layers")
     study = region_study(model, src, tgt, tgt_lm, names, layer=layer, margin=margin)
-    out.mkdir(parents=True, exist_ok=True)
-    png = region_figure(study, src, tgt, out / "regions.png")
-    np.savez_compressed(out / "regions.npz", **{f"cells_{k}": v for k, v in study.regions.items()},
-                        **{f"attention_{k}": v for k, v in study.attention.items()})
-    for k, img in study.swaps.items():
-        save_png(out / f"swap_{k}.png", img)
+    png = _save_region_study(out, study, src, tgt)
     record = {"checkpoint": str(ckpt), "checkpoint_sha256": meta["sha256"], "stage": meta["stage"],
               "source": str(source), "source_sha256": file_sha256(source), "target": str(target),
               "target_sha256": file_sha256(target), "aligned": aligned, "layer": layer, "margin": margin,
@@ -325,3 +320,42 @@ def figure_regions(
         typer.echo(f"{k}: {int(study.regions[k].sum())} cells, {v:.1%} of their attention on the source")
     if not found:
         typer.echo("note: no face detected in the target crop; its landmarks were predicted in the expected box")
+
+
+def _region_names(regions: str) -> tuple[str, ...]:
+    """The region names of ``--regions`` (comma-separated), each one of ``REGION_POINTS``."""
+    from codeswap.regions import REGION_POINTS
+
+    names = tuple(r.strip() for r in regions.split(",") if r.strip())
+    unknown = [r for r in names if r not in REGION_POINTS]
+    if unknown or not names:
+        raise HarnessError(f"--regions {regions!r}: choose from {', '.join(REGION_POINTS)}")
+    return names
+
+
+def _regions_checkpoint(checkpoint: Path | None) -> Path:
+    """``--checkpoint``, checked, or the demo model's (trained on first use)."""
+    if checkpoint is None:
+        from codeswap.demo import demo_checkpoint
+
+        return demo_checkpoint("full", log=_echo)
+    if not checkpoint.is_file():
+        raise HarnessError(f"checkpoint not found: {checkpoint}")
+    return checkpoint
+
+
+def _save_region_study(out: Path, study: RegionStudy, src: np.ndarray, tgt: np.ndarray) -> Path:
+    """Write the figure (regions.png), regions.npz and each region's swap (swap_<region>.png) into
+    ``out``; return the figure's path. ``src``, ``tgt``: the (S, S, 3) uint8 crops studied."""
+    import numpy as np
+
+    from codeswap.regions import region_figure
+    from faceeval.images import save_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    png = region_figure(study, src, tgt, out / "regions.png")
+    np.savez_compressed(out / "regions.npz", **{f"cells_{k}": v for k, v in study.regions.items()},
+                        **{f"attention_{k}": v for k, v in study.attention.items()})
+    for k, img in study.swaps.items():
+        save_png(out / f"swap_{k}.png", img)
+    return png

@@ -18,8 +18,8 @@ Configs are never mutated; variants are made with :func:`dataclasses.replace` at
 (CLI, tests).
 
 Every training setting is declared once, here: a field whose default is a :func:`setting`
-also carries its command-line help (:func:`faceeval.options.setting`), and ``harness train`` (:mod:`codeswap.cli`) builds its
-options from those fields, so a default cannot differ between the CLI and the code.
+also carries its command-line help (:func:`faceeval.options.setting`), and ``harness train`` (:mod:`codeswap.cli`)
+builds its options from those fields, so a default cannot differ between the CLI and the code.
 :data:`STAGE_TRAIN` holds each stage's defaults for the shared loop settings.
 """
 
@@ -253,15 +253,16 @@ class SwapTrainConfig:
                           path=True, required=True)
     # NOTE: not in the paper: a warm start, e.g. from a model trained with the code teacher
     # (the teacher's weight then falls to 0 for the rest of training; README "CodeSwap CPU study")
-    init: str | None = setting(None, "Stage 2 only: a stage-2 or stage-3 checkpoint (same stage-1 prior) whose fusion weights "
-                            "start this training; steps and the optimiser start fresh.", path=True)
+    init: str | None = setting(None, "Stage 2 only: a stage-2 or stage-3 checkpoint (same stage-1 prior) whose "
+                            "fusion weights start this training; steps and the optimiser start fresh.", path=True)
     variant: str = setting("full", "full, or an ablation: wo_c, wo_s, wo_q1, wo_q2 (wo_m needs no training: "
                                    "it drops the mask).")
     layers: int = setting(6, "Fusion transformer layers (paper: 6).", min=1)
     heads: int = setting(8, "Fusion attention heads.", min=1)
     selector_hidden: int = setting(1024, "Hidden width of the code selector.", min=1)
-    position: Literal["relative", "absolute"] = setting("relative", "How the fusion knows where a code sits: relative (2D offset bias per head) "
-                                        "or absolute (a learned position code only; checkpoints from before).")
+    position: Literal["relative", "absolute"] = setting(
+        "relative", "How the fusion knows where a code sits: relative (2D offset bias per head) "
+        "or absolute (a learned position code only; checkpoints from before).")
     pos_std: float = setting(0.02, "Init std of the fusion's learned position code.")
     mask_level: int | None = setting(None, "Autoencoder level (0 = full resolution) whose features feed the mask "
                                            "(default: the level at resolution / 8, or the nearest).")

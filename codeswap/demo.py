@@ -257,7 +257,8 @@ def stage1_from_bundle(recipe: DemoRecipe, stage1_dir: Path) -> Path | None:
     ckpt = stage1_dir / "checkpoints" / "last.pt"
     atomic_torch_save({"stage": "stage1", "step": recipe.stage1_steps, "model_config": plain(recipe.autoencoder()),
                        "model": {k: t.float() for k, t in bundle["autoencoder"].items()}, "ema": None,
-                       "unpacked_from": {"bundle_sha256": file_sha256(BUNDLE), "stage1_sha256": bundle["stage1_sha256"]}},
+                       "unpacked_from": {"bundle_sha256": file_sha256(BUNDLE),
+                                         "stage1_sha256": bundle["stage1_sha256"]}},
                       ckpt)
     (stage1_dir / "DONE").write_text("the shipped demo model's prior (codeswap.demo.stage1_from_bundle)\n")
     return ckpt
@@ -310,83 +311,131 @@ def train_recipe(root: Path, variant: str, recipe: DemoRecipe, log=print, device
 
 
 def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, data: Path) -> Path:
-    from codeswap.config import LossConfig, TrainConfig
-    from codeswap.swap_losses import SwapLossWeights
+    """Train the stages of ``recipe`` for ``base`` not finished under ``root`` (stage 1, stage 2
+    and its second phase, stage 3, in that order) and return the stage-3 checkpoint."""
     from codeswap.train.dist import cleanup_distributed
 
     common = dict(data=str(data), batch_size=recipe.batch_size, lr=recipe.lr, device=device, num_workers=0,
                   holdout=recipe.holdout, cache_images=True, log_every=25, image_every=10**9, mlflow=False,
                   progress=sys.stderr.isatty(), seed=recipe.seed)
-
-    def done(stage_dir: Path) -> Path | None:
-        p = stage_dir / "checkpoints" / "last.pt"
-        return p if p.is_file() and (stage_dir / "DONE").is_file() else None
-
-    def mark(stage_dir: Path) -> Path:
-        (stage_dir / "DONE").write_text("ok\n")
-        return stage_dir / "checkpoints" / "last.pt"
-
-    def every(steps: int) -> int:
-        return max(1, min(steps, 250))  # checkpoint often: a killed training resumes
-
     try:
-        s1_dir = root / "stage1"
-        s1 = done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if data == DEMO_FACES else None)
-        if s1 is None:
-            from codeswap.train.stage1 import Stage1Trainer
-
-            log(f"codeswap demo: training stage 1 ({recipe.stage1_steps} steps, {recipe.resolution}x"
-                f"{recipe.resolution}) in {s1_dir}")
-            cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=every(recipe.stage1_steps),
-                              restart_dead_every=recipe.restart_dead_every, **common)
-            Stage1Trainer(cfg, recipe.autoencoder(), LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
-            s1 = mark(s1_dir)
-
-        from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
-
-        s2_dir = root / f"stage2-{base}"
-        s2 = done(s2_dir)
-        swap_kw = dict(layers=recipe.layers, heads=recipe.heads, selector_hidden=recipe.selector_hidden,
-                       position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level,
-                       weights=SwapLossWeights(*recipe.loss_weights),
-                       same_rate=recipe.same_rate, identity_net=recipe.identity_net,
-                       identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
-                       paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,
-                       expression_net=recipe.expression_net, perceptual_net="none")
-        if s2 is None and recipe.finetune_steps and data == DEMO_FACES:
-            s2 = shipped_stage2(recipe, base, root / f"shipped-{base}")  # the first phase, already trained
-        if s2 is None:
-            log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
-            cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=every(recipe.stage2_steps),
-                              **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
-            Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
-            s2 = mark(s2_dir)
-        if recipe.finetune_steps:
-            s2b_dir = root / f"stage2b-{base}"
-            s2b = done(s2b_dir)
-            if s2b is None:
-                log(f"codeswap demo: stage 2, second phase ({recipe.finetune_steps} steps from {s2}) in {s2b_dir}")
-                cfg = TrainConfig(out=str(s2b_dir), max_steps=recipe.finetune_steps,
-                                  ckpt_every=every(recipe.finetune_steps),
-                                  **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
-                sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
-                                     teacher_decay_steps=recipe.finetune_teacher_decay,
-                                     **{**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights)})
-                Stage2Trainer(cfg, sc).run(resume=True)
-                s2b = mark(s2b_dir)
-            s2 = s2b
-        # every fusion variant gets its own mask (stage 3), so Table 3 compares like with like
-        from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
-
-        s3_dir = root / f"stage3-{base}"
-        s3 = done(s3_dir)
-        if s3 is None:
-            log(f"codeswap demo: training stage 3, variant {base} ({recipe.stage3_steps} steps) in {s3_dir}")
-            cfg = TrainConfig(out=str(s3_dir), max_steps=recipe.stage3_steps, ckpt_every=every(recipe.stage3_steps),
-                              **common)
-            Stage3Trainer(cfg, SwapTrainConfig(stage1=str(s2), variant=base, **swap_kw),
-                          MaskTrainConfig(supervised_steps=recipe.stage3_supervised)).run(resume=True)
-            s3 = mark(s3_dir)
-        return s3
+        s1 = _demo_stage1(root / "stage1", recipe, log, data, common)
+        swap_kw = _swap_settings(recipe)
+        s2 = _demo_stage2(root, base, recipe, log, data, common, s1, swap_kw)
+        return _demo_stage3(root / f"stage3-{base}", base, recipe, log, common, s2, swap_kw)
     finally:
         cleanup_distributed()
+
+
+def _stage_done(stage_dir: Path) -> Path | None:
+    """The last checkpoint of a finished stage (``DONE`` written next to it), else None."""
+    p = stage_dir / "checkpoints" / "last.pt"
+    return p if p.is_file() and (stage_dir / "DONE").is_file() else None
+
+
+def _mark_done(stage_dir: Path) -> Path:
+    """Mark a stage finished and return its last checkpoint."""
+    (stage_dir / "DONE").write_text("ok\n")
+    return stage_dir / "checkpoints" / "last.pt"
+
+
+def _ckpt_every(steps: int) -> int:
+    """Checkpoint interval of a stage of ``steps`` steps."""
+    return max(1, min(steps, 250))  # checkpoint often: a killed training resumes
+
+
+def _swap_settings(recipe: DemoRecipe) -> dict[str, Any]:
+    """The ``SwapTrainConfig`` fields of ``recipe`` that stage 2 and stage 3 share."""
+    from codeswap.swap_losses import SwapLossWeights
+
+    return dict(layers=recipe.layers, heads=recipe.heads, selector_hidden=recipe.selector_hidden,
+                position=recipe.position, pos_std=recipe.pos_std, mask_level=recipe.mask_level,
+                weights=SwapLossWeights(*recipe.loss_weights),
+                same_rate=recipe.same_rate, identity_net=recipe.identity_net,
+                identity_size=recipe.identity_size, identity_augment=recipe.identity_augment,
+                paste_rate=recipe.paste_rate, position_lr_mult=recipe.position_lr_mult,
+                expression_net=recipe.expression_net, perceptual_net="none")
+
+
+def _demo_stage1(s1_dir: Path, recipe: DemoRecipe, log, data: Path, common: dict[str, Any]) -> Path:
+    """Stage 1 in ``s1_dir``: finished already, unpacked from the shipped bundle (demo faces
+    only), or trained; return its checkpoint."""
+    from codeswap.config import LossConfig, TrainConfig
+
+    s1 = _stage_done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if data == DEMO_FACES else None)
+    if s1 is None:
+        from codeswap.train.stage1 import Stage1Trainer
+
+        log(f"codeswap demo: training stage 1 ({recipe.stage1_steps} steps, {recipe.resolution}x"
+            f"{recipe.resolution}) in {s1_dir}")
+        cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=_ckpt_every(recipe.stage1_steps),
+                          restart_dead_every=recipe.restart_dead_every, **common)
+        Stage1Trainer(cfg, recipe.autoencoder(),
+                      LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
+        s1 = _mark_done(s1_dir)
+    return s1
+
+
+def _demo_stage2(root: Path, base: str, recipe: DemoRecipe, log, data: Path, common: dict[str, Any], s1: Path,
+                 swap_kw: dict[str, Any]) -> Path:
+    """Stage 2 of ``base`` on the prior ``s1`` (finished already, the shipped first phase, or
+    trained), then its second phase where ``recipe`` has one; return the checkpoint stage 3
+    starts from."""
+    from codeswap.config import TrainConfig
+    from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
+
+    s2_dir = root / f"stage2-{base}"
+    s2 = _stage_done(s2_dir)
+    if s2 is None and recipe.finetune_steps and data == DEMO_FACES:
+        s2 = shipped_stage2(recipe, base, root / f"shipped-{base}")  # the first phase, already trained
+    if s2 is None:
+        log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
+        cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=_ckpt_every(recipe.stage2_steps),
+                          **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
+        Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
+        s2 = _mark_done(s2_dir)
+    if recipe.finetune_steps:
+        s2 = _demo_stage2_second_phase(root / f"stage2b-{base}", base, recipe, log, common, s1, s2, swap_kw)
+    return s2
+
+
+def _demo_stage2_second_phase(s2b_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[str, Any], s1: Path,
+                              s2: Path, swap_kw: dict[str, Any]) -> Path:
+    """Stage 2's second phase in ``s2b_dir`` (``recipe.finetune_steps`` from ``s2``, with the
+    fine-tuning loss weights and the teacher's decay): finished already, or trained."""
+    from codeswap.config import TrainConfig
+    from codeswap.swap_losses import SwapLossWeights
+    from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
+
+    s2b = _stage_done(s2b_dir)
+    if s2b is None:
+        log(f"codeswap demo: stage 2, second phase ({recipe.finetune_steps} steps from {s2}) in {s2b_dir}")
+        cfg = TrainConfig(out=str(s2b_dir), max_steps=recipe.finetune_steps,
+                          ckpt_every=_ckpt_every(recipe.finetune_steps),
+                          **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
+        sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
+                             teacher_decay_steps=recipe.finetune_teacher_decay,
+                             **{**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights)})
+        Stage2Trainer(cfg, sc).run(resume=True)
+        s2b = _mark_done(s2b_dir)
+    return s2b
+
+
+def _demo_stage3(s3_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[str, Any], s2: Path,
+                 swap_kw: dict[str, Any]) -> Path:
+    """Stage 3 (the mask) of ``base`` on the stage-2 checkpoint ``s2``, in ``s3_dir``: finished
+    already, or trained; return its checkpoint."""
+    # every fusion variant gets its own mask (stage 3), so Table 3 compares like with like
+    from codeswap.config import TrainConfig
+    from codeswap.train.stage2 import SwapTrainConfig
+    from codeswap.train.stage3 import MaskTrainConfig, Stage3Trainer
+
+    s3 = _stage_done(s3_dir)
+    if s3 is None:
+        log(f"codeswap demo: training stage 3, variant {base} ({recipe.stage3_steps} steps) in {s3_dir}")
+        cfg = TrainConfig(out=str(s3_dir), max_steps=recipe.stage3_steps, ckpt_every=_ckpt_every(recipe.stage3_steps),
+                          **common)
+        Stage3Trainer(cfg, SwapTrainConfig(stage1=str(s2), variant=base, **swap_kw),
+                      MaskTrainConfig(supervised_steps=recipe.stage3_supervised)).run(resume=True)
+        s3 = _mark_done(s3_dir)
+    return s3

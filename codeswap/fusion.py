@@ -163,7 +163,8 @@ class FusionBlock(nn.Module):
         return x + self.ffn(self.norm2(x))
 
 
-def quantize_codes(logits: torch.Tensor, codebook: torch.Tensor, mode: str, training: bool, tau: float = 1.0) -> torch.Tensor:
+def quantize_codes(logits: torch.Tensor, codebook: torch.Tensor, mode: str, training: bool,
+                   tau: float = 1.0) -> torch.Tensor:
     """Codes from selector logits (B, T, N) and codebook (N, d) -> (B, T, d).
 
     soft:   softmax(P) Q                                (paper Eq. 8)
@@ -207,7 +208,8 @@ class GlobalFusion(nn.Module):
     def forward(self, za: torch.Tensor, zb: torch.Tensor, codebook: torch.Tensor | None) -> FusionOutput:
         """za, zb: (B, L, d) flattened encoder features; codebook: (N, d) frozen entries."""
         if za.shape != zb.shape or za.shape[1:] != (self.cfg.tokens, self.cfg.dim):
-            raise ValueError(f"expected two (B, {self.cfg.tokens}, {self.cfg.dim}) inputs, got {tuple(za.shape)} and {tuple(zb.shape)}")
+            raise ValueError(f"expected two (B, {self.cfg.tokens}, {self.cfg.dim}) inputs, "
+                             f"got {tuple(za.shape)} and {tuple(zb.shape)}")
         x = torch.cat([za + self.pos, zb + self.pos], dim=1)  # (B, 2L, d)
         for block in self.blocks:
             x = block(x)

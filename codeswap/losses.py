@@ -64,7 +64,8 @@ class Stage1Loss(nn.Module):
         return self.cfg.disc_weight > 0 and step >= self.cfg.disc_start
 
     def generator_loss(self, x: Tensor, rec: Tensor, q: QuantizerOutput, step: int,
-                       disc: nn.Module | None = None, last_layer: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                       disc: nn.Module | None = None,
+                       last_layer: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """x, rec: (B, 3, H, W) in [-1, 1]. ``disc`` and ``last_layer`` are needed once the
         adversarial term is on (``step >= disc_start``).
 

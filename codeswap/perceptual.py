@@ -55,7 +55,8 @@ class PerceptualLoss(nn.Module):
         needed = {k for k in features.state_dict() if int(k.split(".")[0]) <= taps[-1]}
         missing = needed - feats.keys()
         if missing:
-            raise HarnessError(f"{net} weights lack {len(missing)} feature tensors (e.g. features.{sorted(missing)[0]}); "
+            raise HarnessError(f"{net} weights lack {len(missing)} feature tensors "
+                               f"(e.g. features.{sorted(missing)[0]}); "
                                f"is this torchvision's {WEIGHT_FILES[net]}?")
         self.features = features[: taps[-1] + 1]
         self.features.load_state_dict({k: v for k, v in feats.items() if k in needed})

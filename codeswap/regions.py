@@ -99,7 +99,8 @@ def region_study(model, source: np.ndarray, target: np.ndarray, target_landmarks
     return RegionStudy(cells, swaps, attention, layer)
 
 
-def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool, detector=None) -> tuple[np.ndarray, np.ndarray, bool]:
+def crop_with_landmarks(image: np.ndarray, size: int, aligned: bool,
+                        detector=None) -> tuple[np.ndarray, np.ndarray, bool]:
     """A photo -> (FFHQ-aligned crop (size, size, 3), its 68 landmarks in crop pixels, face found).
 
     ``aligned=True`` takes the image as an aligned crop already (only resized); its landmarks

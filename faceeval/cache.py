@@ -89,7 +89,8 @@ class DamagedSwaps(HarnessError):
     """Cached swapped crops that did not decode (now deleted); ``keys`` says which."""
 
     def __init__(self, keys: list[str], example: Path) -> None:
-        super().__init__(f"{len(keys)} cached swapped crops did not decode (e.g. {example}); deleted, to be swapped again")
+        super().__init__(f"{len(keys)} cached swapped crops did not decode (e.g. {example}); "
+                         "deleted, to be swapped again")
         self.keys = keys
 
 

@@ -23,7 +23,7 @@ Frame sampling and the FF++ compression folder are the ffpp protocol's ``samplin
 Example:
     >>> IdentityConvention(score="dot").score
     'dot'
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

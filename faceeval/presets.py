@@ -58,7 +58,8 @@ class Preset:
 _HOPENET = (HOPENET_FILE,)
 _HOPENET_GET = "Hopenet's release (natanielruiz/deep-head-pose README: hopenet_robust_alpha1.pkl)"
 _DEEP3D = (DEEP3D_FILE,)
-_DEEP3D_GET = "Deep3DFaceRecon_pytorch's release (checkpoints/<name>/epoch_20.pth), renamed deep3dfacerecon_epoch_20.pth"
+_DEEP3D_GET = ("Deep3DFaceRecon_pytorch's release (checkpoints/<name>/epoch_20.pth), "
+               "renamed deep3dfacerecon_epoch_20.pth")
 _FID = Role("fid", "fid", "Inception-v3 (TF 2015-12-05)", (), "`harness weights fetch fid_inception`", "fid")
 
 PRESETS: dict[str, Preset] = {
@@ -115,13 +116,15 @@ PRESETS: dict[str, Preset] = {
                  "pose_whenet", (("formula", "l2_3angles"),),
                  (f"{REFACE_POSE} line 306: hopenet_robust_alpha1.pkl; line 91: resized to 224; line 106: "
                   "softmax expectation * 3 - 99 (degrees)",
-                  f"{REFACE_POSE} lines 322-323: mean over pairs of the L2 of (yaw, pitch, roll) (formula=l2_3angles)")),
+                  f"{REFACE_POSE} lines 322-323: mean over pairs of the L2 of (yaw, pitch, roll) "
+                  "(formula=l2_3angles)")),
             Role("expression", "expression_deep3d", "Deep3DFaceRecon ResNet-50, 64 expression coefficients", _DEEP3D,
                  _DEEP3D_GET, "expression_blendshapes", (("formula", "l2"),),
                  (f"{REFACE_EXPR} line 197: coeff['exp']; lines 369-375: sqrt of the summed squares per pair, "
                   "then the mean (formula=l2)",)),
             Role("fid", "fid", _FID.network, (), _FID.get, "fid", (("reference", "targets"),),
-                 ("Sanoojan/REFace@64615dc8 evaluate_all.sh lines 50-53 and 31: eval_tool/fid/fid_score.py (pytorch-fid, "
+                 ("Sanoojan/REFace@64615dc8 evaluate_all.sh lines 50-53 and 31: "
+                  "eval_tool/fid/fid_score.py (pytorch-fid, "
                   "InceptionV3 pool3, 2048-d: the same TF 2015-12-05 network) between the swaps and the whole "
                   "dataset folder (FFHQ images512)",
                   "NOTE: the harness has no whole-dataset reference set; its nearest, the targets (reference=targets), "
@@ -159,7 +162,8 @@ PRESETS: dict[str, Preset] = {
     "codeswap": Preset(
         "codeswap", "the CodeSwap paper's own account (§4.3.1)",
         roles=(
-            Role("identity", "identity_sface", "SFace (the default suite)", (), "`harness weights fetch sface retinaface`",
+            Role("identity", "identity_sface", "SFace (the default suite)", (),
+                 "`harness weights fetch sface retinaface`",
                  "identity_sface", (("crop", "model"), ("mask", "none"), ("gallery", "one_per_identity"),
                                     ("score", "cosine")),
                  (f"{PAPER} lines 470-472: 'a specialized face recognition model [41] ... employing cosine similarity' "

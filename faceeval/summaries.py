@@ -300,7 +300,8 @@ def local_summary(summary: dict[str, Any], out_dir: Path, run_dir: Path | None =
     if out.pop("root_in_out", False):
         rel = Path(str(out.get("root")))
         full = (base / rel).resolve()
-        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base) else base / "cache" / "missing-root")
+        out["root"] = str(full if not rel.is_absolute() and full.is_relative_to(base)
+                          else base / "cache" / "missing-root")
     return out
 
 

@@ -393,7 +393,8 @@ def _ensure_sqlite_store(db: Path, log) -> None:
 
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")  # new name: MLflow caches engines by URI
+    # a new name: MLflow caches engines by URI
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         store = SqlAlchemyStore(f"sqlite:///{tmp}", (db.parent / "mlartifacts").resolve().as_uri())
         store.engine.dispose()
@@ -427,7 +428,8 @@ def relocate_artifacts(db: Path, old: str, new: str) -> None:
     try:
         with con:
             con.execute("UPDATE experiments SET artifact_location = ? WHERE name = ?", (new, EXPERIMENT))
-            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE substr(artifact_uri, 1, ?) = ?",
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE substr(artifact_uri, 1, ?) = ?",
                         (new, len(old) + 1, len(old), old))
     finally:
         con.close()

@@ -90,7 +90,8 @@ register_weight(WeightFile(
 ))
 register_weight(WeightFile(
     "w600k_r50.onnx", "4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
-    "identity: insightface ArcFace ResNet-50 (WebFace600K), 512-d (swappers' source embedding; identity_arcface metric)",
+    "identity: insightface ArcFace ResNet-50 (WebFace600K), 512-d "
+    "(swappers' source embedding; identity_arcface metric)",
     None, None,
     "insightface buffalo_l.zip (models/buffalo_l/w600k_r50.onnx); facefusion names it arcface_w600k_r50.onnx",
     "insightface: non-commercial research use",
@@ -158,15 +159,18 @@ register_weight(WeightFile(
 ))
 _AT_SRC = ("insightface arcface_torch model zoo (recognition/arcface_torch README: ms1mv3_arcface_r50/r100, "
            "glint360k_cosface_r50/r100 backbone.pth); save as the name shown")
-register_weight(WeightFile("arcface_r100_ms1mv3.pth", None, "identity: ArcFace iresnet-100, MS1MV3 (arcface_torch backbone.pth)",
+register_weight(WeightFile("arcface_r100_ms1mv3.pth", None,
+                           "identity: ArcFace iresnet-100, MS1MV3 (arcface_torch backbone.pth)",
                            source=_AT_SRC, licence=_IF_LIC))
-register_weight(WeightFile("arcface_r50_ms1mv3.pth", None, "identity: ArcFace iresnet-50, MS1MV3 (arcface_torch backbone.pth)",
+register_weight(WeightFile("arcface_r50_ms1mv3.pth", None,
+                           "identity: ArcFace iresnet-50, MS1MV3 (arcface_torch backbone.pth)",
                            source=_AT_SRC, licence=_IF_LIC))
 register_weight(WeightFile("cosface_r100_glint360k.pth", None,
                            "identity: CosFace iresnet-100, Glint360K (arcface_torch backbone.pth)", source=_AT_SRC,
                            licence=_IF_LIC))
 register_weight(WeightFile("cosface_r50_glint360k.pth", None,
-                           "identity: CosFace iresnet-50, Glint360K (arcface_torch backbone.pth; FaceDancer's evaluator)",
+                           "identity: CosFace iresnet-50, Glint360K "
+                           "(arcface_torch backbone.pth; FaceDancer's evaluator)",
                            source=_AT_SRC, licence=_IF_LIC))
 register_weight(WeightFile(
     "model_ir_se50.pth", None,  # not pinned: no checksum is published for it
@@ -191,7 +195,8 @@ register_weight(WeightFile(
 register_weight(WeightFile(
     "hopenet_robust_alpha1.pkl", None,
     "pose: Hopenet ResNet-50, 300W-LP, alpha 1 (torch.save'd state dict)",
-    source="github natanielruiz/deep-head-pose README ('Hopenet robust alpha 1' link)", licence="Apache-2.0 (code); see repo",
+    source="github natanielruiz/deep-head-pose README ('Hopenet robust alpha 1' link)",
+    licence="Apache-2.0 (code); see repo",
 ))
 register_weight(WeightFile(
     "deep3dfacerecon_epoch_20.pth", None,
@@ -202,7 +207,8 @@ register_weight(WeightFile(
 register_weight(WeightFile(
     "weights-inception-2015-12-05-6726825d.pth", None,
     "FID: Inception-v3 (TF 2015-12-05 graph) in torch-fidelity's own format",
-    source="torch-fidelity release assets (github toshas/torch-fidelity, release v0.2.0: weights-inception-2015-12-05-6726825d.pth)",
+    source="torch-fidelity release assets (github toshas/torch-fidelity, release v0.2.0: "
+           "weights-inception-2015-12-05-6726825d.pth)",
     licence="Apache-2.0 (TensorFlow models)", sha256_prefix="6726825d",
     elsewhere=(("torch hub", "hub/checkpoints/weights-inception-2015-12-05-6726825d.pth"),),  # torch-fidelity's cache
 ))
@@ -275,7 +281,8 @@ def candidates(name: str) -> list[Candidate]:
     for root in search_roots():
         out.append(Candidate(root / name, f"search root {root}"))
         for _, rel in w.elsewhere:
-            out += [Candidate(root / rel, f"search root {root}"), Candidate(root / Path(rel).name, f"search root {root}")]
+            out += [Candidate(root / rel, f"search root {root}"),
+                    Candidate(root / Path(rel).name, f"search root {root}")]
     if w.package:
         spec = importlib.util.find_spec(w.package)
         if spec is not None and spec.submodule_search_locations:

@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,10 @@ from harness.evaluation import resolve_device, set_weights_dir
 from harness.registry import METHODS, METRICS, PROTOCOLS
 from harness.settings import CLI_FIELDS, DEFAULT_OUT, RunSettings
 
+if TYPE_CHECKING:
+    from faceeval.api import PairSet
+    from faceeval.parallel import World
+
 app = typer.Typer(
     name="harness",
     help="Face-swap benchmark harness: build pair sets, run methods, score them, report, log to MLflow.",
@@ -31,17 +35,17 @@ app = typer.Typer(
 )
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder: cache, runs, report, MLflow store.")]
-WeightsDirOpt = Annotated[Optional[Path], typer.Option(
+WeightsDirOpt = Annotated[Path | None, typer.Option(
     "--weights-dir", help="Folder of weight files (overrides $HARNESS_WEIGHTS_DIR).")]
 WeightsSearchOpt = Annotated[list[Path], typer.Option(
     "--weights-search", "--search", help="Extra folder to find weight files in, flat or in insightface/facefusion/"
     "torch-hub/face-parsing layout (also $HARNESS_WEIGHTS_SEARCH); repeat.")]
 ProtocolOpt = Annotated[str, typer.Option("--protocol", "-p", help="Pair-set protocol (see `harness list protocols`).")]
-RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
-NumPairsOpt = Annotated[Optional[int], typer.Option(help="Number of pairs (default: the protocol's).")]
+RootOpt = Annotated[Path | None, typer.Option(help="Dataset root (folder, celebahq, ffpp).")]
+NumPairsOpt = Annotated[int | None, typer.Option(help="Number of pairs (default: the protocol's).")]
 OptionOpt = Annotated[list[str], typer.Option("--option", help="Extra protocol setting key=value; repeat.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (the same facts, machine-readable).")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
+WorkersOpt = Annotated[int | None, typer.Option(
     min=1, help="Processes for the CPU-bound stages (decoding, detection, landmarks, alignment, classical swaps); "
     "default: the cores available, shared among this machine's torchrun ranks. Results do not depend on it.")]
 
@@ -52,7 +56,7 @@ def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _protocol(name: str, root: Optional[Path], seed: int, num_pairs: Optional[int], options: list[str],
+def _protocol(name: str, root: Path | None, seed: int, num_pairs: int | None, options: list[str],
               cache: Path):
     from harness.evaluation import check_collisions
 
@@ -88,7 +92,7 @@ def run(settings: RunSettings) -> None:
 @app.command()
 def prepare(
     protocol: Annotated[str, typer.Argument(help="Protocol whose dataset to check and prepare (celebahq, ffpp, ...).")],
-    root: Annotated[Optional[Path], typer.Option(help="Dataset root in the protocol's official layout.")] = None,
+    root: Annotated[Path | None, typer.Option(help="Dataset root in the protocol's official layout.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for the pair set (random frames depend on it).")] = RunSettings.seed,
     num_pairs: NumPairsOpt = None,
     option: OptionOpt = [],  # noqa: B006
@@ -102,19 +106,36 @@ def prepare(
     identity_threshold: Annotated[float, typer.Option(
         "--identity-threshold", help="With --suggest-identity-map: the cosine between two videos' mean embeddings "
         "at or above which a merge is proposed.")] = 0.5,
-    device: Annotated[str, typer.Option(help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = RunSettings.device,
+    device: Annotated[str, typer.Option(
+        help="With --suggest-identity-map: cpu, cuda, cuda:N or auto.")] = RunSettings.device,
 ) -> None:
     """Check the dataset layout (listing everything missing or malformed), then prepare the
     aligned crops into --out's cache (resumable) and write the manifest. Under torchrun the
     ranks share the videos/photos; --workers processes per rank decode, detect and align."""
-    from faceeval import parallel
-
     if suggest_identity_map:
-        if PROTOCOLS.resolve(protocol).name != "ffpp":
-            raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
-        from harness.evaluation import _check_weights
+        _check_identity_map_suggestion(protocol)
+    world, pairset = _validated_pairset(protocol, root, seed, num_pairs, option, out, workers)
+    if not world.is_main:
+        return  # rank 0 writes the manifest and says where everything is
+    _write_manifest(pairset, out)
+    if suggest_identity_map:
+        _propose_identity_map(pairset, out, identity_threshold, device)
 
-        _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
+
+def _check_identity_map_suggestion(protocol: str) -> None:
+    """--suggest-identity-map: only for ffpp, and the SFace weights must be there (fail now)."""
+    if PROTOCOLS.resolve(protocol).name != "ffpp":
+        raise HarnessError(f"--suggest-identity-map is for protocol ffpp (videos of one person), not {protocol!r}")
+    from harness.evaluation import _check_weights
+
+    _check_weights("metric", "identity_sface", METRICS.resolve("identity_sface"))  # missing weights: fail now
+
+
+def _validated_pairset(protocol: str, root: Path | None, seed: int, num_pairs: int | None, option: list[str],
+                       out: Path, workers: int | None) -> tuple[World, PairSet]:
+    """Validate the protocol's layout (rank 0 lists every problem) and build its pair set, with
+    the ranks and worker processes of ``prepare``; return this process's world and the pairs."""
+    from faceeval import parallel
 
     with parallel.joined() as world, parallel.single_threaded(), \
             parallel.worker_pool(workers or parallel.default_workers(world)):
@@ -128,8 +149,11 @@ def prepare(
         if world.is_main:
             _echo(f"{protocol}: layout ok")
         pairset = proto.build()
-    if not world.is_main:
-        return  # rank 0 writes the manifest and says where everything is
+    return world, pairset
+
+
+def _write_manifest(pairset: PairSet, out: Path) -> None:
+    """Write the pair set's manifest under ``out`` and say where the crops and it are."""
     folder = out.resolve() / "manifests" / f"{pairset.protocol}-{pairset.manifest_sha256[:12]}"
     pairset.write(folder)
     for note in pairset.notes:
@@ -138,19 +162,22 @@ def prepare(
                f"manifest sha256 {pairset.manifest_sha256}")
     typer.echo(f"crops:    {pairset.root}")
     typer.echo(f"manifest: {folder}")
-    if suggest_identity_map:
-        from harness.runner import ImageSource
-        from protocols.identity_map import suggest_identity_map as suggest_map
 
-        dev = resolve_device(device)
-        csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
-                                                  ImageSource(pairset), threshold=identity_threshold, device=dev)
-        merged = sum(len(g.videos) for g in groups)
-        plural = "s" if len(groups) != 1 else ""
-        typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
-                   f"{identity_threshold:g}; a proposal to confirm by hand:")
-        typer.echo(f"  page:     {html_path}")
-        typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
+
+def _propose_identity_map(pairset: PairSet, out: Path, identity_threshold: float, device: str) -> None:
+    """--suggest-identity-map: write the proposed identity map (CSV and HTML page) under ``out``."""
+    from harness.runner import ImageSource
+    from protocols.identity_map import suggest_identity_map as suggest_map
+
+    dev = resolve_device(device)
+    csv_path, html_path, groups = suggest_map(pairset, out.resolve(), METRICS.create("identity_sface", device=dev),
+                                              ImageSource(pairset), threshold=identity_threshold, device=dev)
+    merged = sum(len(g.videos) for g in groups)
+    plural = "s" if len(groups) != 1 else ""
+    typer.echo(f"identity map: {len(groups)} proposed group{plural} ({merged} videos) at cosine >= "
+               f"{identity_threshold:g}; a proposal to confirm by hand:")
+    typer.echo(f"  page:     {html_path}")
+    typer.echo(f"  proposal: {csv_path}  (edit, then: harness run ... --option identity_map=PATH)")
 
 
 @app.command("export-pairs")
@@ -178,7 +205,7 @@ def export_pairs_cmd(
 def report_cmd(
     out: OutOpt = DEFAULT_OUT,
     grid_rows: Annotated[int, typer.Option(min=1, help="Pairs shown in each qualitative grid.")] = 6,
-    conventions: Annotated[Optional[str], typer.Option(
+    conventions: Annotated[str | None, typer.Option(
         "--conventions", help="Comma-separated presets (e.g. codeswap,reliableswap): score the newest run's cached "
         "swaps under each (nothing swapped again) and show each method's numbers and ranks per preset, with "
         "Kendall tau between presets (report/conventions.md).")] = None,
@@ -234,7 +261,8 @@ def list_cmd(
         if broken:
             typer.echo(f"{'':<24}   {broken}")
         for name, why in problems.items():  # one indented line per file: missing, or refused for its checksum
-            typer.echo(f"{'':<24}   {name}: {'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
+            typer.echo(f"{'':<24}   {name}: "
+                       f"{'refused (wrong sha256)' if isinstance(why, WeightMismatch) else 'not found'}")
 
 
 weights_app = typer.Typer(help="Weight files: where each is found (`harness weights`), getting the evaluators' "

@@ -106,7 +106,8 @@ def export_pairs(pairset: PairSet, out: Path) -> Path:
     out = Path(out).expanduser().resolve()
     manifest = out / "manifest" / "pairs.csv"
     if manifest.is_file() and manifest.read_bytes() != pairset.manifest_bytes():
-        raise HarnessError(f"{out} already holds a different pair set (manifest/pairs.csv differs): choose another --out")
+        raise HarnessError(f"{out} already holds a different pair set (manifest/pairs.csv differs): "
+                           "choose another --out")
     for sub in ("source", "target", "outputs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for p in pairset.pairs:

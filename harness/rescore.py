@@ -26,7 +26,8 @@ def rescore(out: Path, presets: list[str], allow_substitute: bool,
         log(f"convention {name}: scoring {', '.join(last['methods'])} from the cache")
         res = evaluate(last["protocol"], last["methods"], root=last.get("root"), seed=last["seed"],
                        num_pairs=last.get("num_pairs"), options=last.get("options") or {},
-                       method_options=last.get("method_options") or {}, batch_size=last.get("batch_size", RunSettings.batch_size),
+                       method_options=last.get("method_options") or {},
+                       batch_size=last.get("batch_size", RunSettings.batch_size),
                        out=out, mlflow=False, report=False, progress=False, convention=name,
                        allow_substitute=allow_substitute, cached_swaps_only=True, preset_protocol=False, log=log)
         found[name] = res.runs

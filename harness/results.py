@@ -139,7 +139,7 @@ class Results:
         return _plain({
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "protocol": self.protocol,
             "manifest_sha256": self.manifest_sha256,
             "gallery_sha256": None if first is None else first.gallery_sha256,
@@ -162,7 +162,8 @@ class Results:
 def _tracking_uri(stored: str | None, out_dir: Path) -> str | None:
     """The MLflow store of a results file: the SQLite store inside ``out_dir`` where the
     file named one (its path as it is now, the folder may have moved), else as stored."""
-    if stored and stored.startswith("sqlite:///") and stored.endswith("/mlflow.db") and (out_dir / "mlflow.db").is_file():
+    if (stored and stored.startswith("sqlite:///") and stored.endswith("/mlflow.db")
+            and (out_dir / "mlflow.db").is_file()):
         from faceeval.tracking import default_uri
 
         return default_uri(out_dir)
@@ -193,7 +194,7 @@ def write_results(results: Results) -> Path:
 
     data = results.to_dict()
     text = json.dumps(data, indent=1) + "\n"
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = results.out_dir / "results" / f"{results.protocol}-{stamp}-{stable_hash(data)[:8]}.json"
     atomic_write_text(path, text)
     atomic_write_text(results.out_dir / LATEST, text)
@@ -226,5 +227,5 @@ def load_results(out_dir: Path | str) -> Results:
     return Results(protocol=data["protocol"], manifest_sha256=data["manifest_sha256"], out_dir=out,
                    runs=runs, settings=data["settings"],
                    report_files={k: _inside(out, v) for k, v in data.get("report", {}).items()},
-                   tracking_uri=_tracking_uri(data.get("tracking_uri"), out), seconds=data.get("seconds", 0.0), path=file.resolve(),
-                   scale=data.get("scale", {}))
+                   tracking_uri=_tracking_uri(data.get("tracking_uri"), out), seconds=data.get("seconds", 0.0),
+                   path=file.resolve(), scale=data.get("scale", {}))

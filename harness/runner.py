@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from faceeval import stops, timing
-from faceeval.api import EvalBatch, EvalContext, Metric, PairSet, SwapMethod
+from faceeval.api import EvalBatch, EvalContext, FacePair, Metric, PairSet, SwapMethod
 from faceeval.cache import DamagedSwaps, FeatureStore, SwapStore, stable_hash
 from faceeval.checks import check_name, resolve_device
 from faceeval.conventions import aggregate
@@ -377,60 +377,101 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
     values that a share is too small for are skipped: rank 0 computes them on the whole)."""
     ctx = EvalContext(pairset=pairset, device=cfg.device, feature_cache=features, load_image=images.load,
                       image_sha=images.sha)
-    owners: dict[str, str] = {}
-    for m in metrics:
-        for k in m.keys:
-            if k.key in owners:
-                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: score them in separate runs")
-            owners[k.key] = m.name
+    _check_distinct_keys(metrics)
     for m in metrics:
         m.prepare(ctx)
     rows: dict[str, list] = {"pair_id": [], "source": [], "target": [], "source_id": [], "target_id": [],
                              "swap_sha256": [], "swap_file": [], "output_flag": []}
     values: dict[str, list[np.ndarray]] = {}
     pairs = list(pairset.pairs)
-    for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}", unit="batch"):
+    for batch in _progress(list(_batches(pairs, cfg.batch_size)), cfg.progress, desc=f"score {method_name}",
+                           unit="batch"):
         stops.check()
-        swapped = np.stack(store.get_many([keys[p.pair_id] for p in batch]))  # (B,S,S,3) uint8
-        images.prefetch([rel for p in batch for rel in (p.source, p.target)])
-        eb = EvalBatch(
-            pair_ids=[p.pair_id for p in batch],
-            source=np.stack([images.load(p.source) for p in batch]),
-            target=np.stack([images.load(p.target) for p in batch]),
-            swapped=swapped,
-            source_sha=[images.sha(p.source) for p in batch],
-            target_sha=[images.sha(p.target) for p in batch],
-            swapped_sha=[pixel_sha256(s) for s in swapped],
-        )
-        flags = output_flags(swapped, eb.swapped_sha, [store.flag(keys[p.pair_id]) for p in batch], features)
-        rows["output_flag"].extend(flags)
-        for p, sha in zip(batch, eb.swapped_sha):
-            for col in ("pair_id", "source", "target", "source_id", "target_id"):
-                rows[col].append(getattr(p, col))
-            rows["swap_sha256"].append(sha)
-            rows["swap_file"].append(store.path(keys[p.pair_id]).relative_to(cfg.out_dir).as_posix())
-        for m in metrics:
-            out = m.update(eb, ctx)
-            for k in m.keys:
-                if k.per_pair:
-                    v = np.asarray(out[k.key], dtype=np.float64)
-                    if v.shape != (len(batch),):
-                        raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, expected ({len(batch)},)")
-                    values.setdefault(k.key, []).append(v)
-            for col in m.pair_columns:  # per-pair data only (e.g. each angle's error)
-                values.setdefault(col, []).append(np.asarray(out[col], dtype=np.float64))
+        eb = _eval_batch(batch, keys, store, images)
+        _add_pair_rows(rows, batch, eb, keys, store, features, cfg)
+        _update_metrics(metrics, eb, ctx, values)
         if shard_only:
             _exit_hook(len(batch))
+    frame = _pair_frame(rows, values)
+    return frame, _dataset_values(metrics, ctx, features, images, pairset, pairs, frame, shard_only)
+
+
+def _check_distinct_keys(metrics: list[Metric]) -> None:
+    """Refuse two metrics that produce the same key (their values would overwrite each other)."""
+    owners: dict[str, str] = {}
+    for m in metrics:
+        for k in m.keys:
+            if k.key in owners:
+                raise HarnessError(f"metrics {owners[k.key]} and {m.name} both produce {k.key}: "
+                                   "score them in separate runs")
+            owners[k.key] = m.name
+
+
+def _eval_batch(batch: list[FacePair], keys: dict[str, str], store: SwapStore, images: ImageSource) -> EvalBatch:
+    """A batch of pairs with their cached swaps, as the metrics see it."""
+    swapped = np.stack(store.get_many([keys[p.pair_id] for p in batch]))  # (B,S,S,3) uint8
+    images.prefetch([rel for p in batch for rel in (p.source, p.target)])
+    return EvalBatch(
+        pair_ids=[p.pair_id for p in batch],
+        source=np.stack([images.load(p.source) for p in batch]),
+        target=np.stack([images.load(p.target) for p in batch]),
+        swapped=swapped,
+        source_sha=[images.sha(p.source) for p in batch],
+        target_sha=[images.sha(p.target) for p in batch],
+        swapped_sha=[pixel_sha256(s) for s in swapped],
+    )
+
+
+def _add_pair_rows(rows: dict[str, list], batch: list[FacePair], eb: EvalBatch, keys: dict[str, str],
+                   store: SwapStore, features: FeatureStore, cfg: RunConfig) -> None:
+    """Append a batch's pair columns, swap hashes and files, and output flags to ``rows``."""
+    flags = output_flags(eb.swapped, eb.swapped_sha, [store.flag(keys[p.pair_id]) for p in batch], features)
+    rows["output_flag"].extend(flags)
+    for p, sha in zip(batch, eb.swapped_sha):
+        for col in ("pair_id", "source", "target", "source_id", "target_id"):
+            rows[col].append(getattr(p, col))
+        rows["swap_sha256"].append(sha)
+        rows["swap_file"].append(store.path(keys[p.pair_id]).relative_to(cfg.out_dir).as_posix())
+
+
+def _update_metrics(metrics: list[Metric], eb: EvalBatch, ctx: EvalContext,
+                    values: dict[str, list[np.ndarray]]) -> None:
+    """Run every metric on a batch and append its per-pair values (checked: one per pair) to ``values``."""
+    n = len(eb.pair_ids)
+    for m in metrics:
+        out = m.update(eb, ctx)
+        for k in m.keys:
+            if k.per_pair:
+                v = np.asarray(out[k.key], dtype=np.float64)
+                if v.shape != (n,):
+                    raise HarnessError(f"metric {m.name} returned shape {v.shape} for {k.key}, "
+                                       f"expected ({n},)")
+                values.setdefault(k.key, []).append(v)
+        for col in m.pair_columns:  # per-pair data only (e.g. each angle's error)
+            values.setdefault(col, []).append(np.asarray(out[col], dtype=np.float64))
+
+
+def _pair_frame(rows: dict[str, list], values: dict[str, list[np.ndarray]]) -> pd.DataFrame:
+    """The per-pair table: ``rows`` and one column per per-pair value, NaN for flagged outputs."""
     frame = pd.DataFrame(rows)
     flagged = (frame["output_flag"] != "").to_numpy()  # (N,) outputs that are not faces
     for key, parts in values.items():
         v = np.concatenate(parts)
         v[flagged] = np.nan  # never scored as if they were faces: out of the means and of n
         frame[key] = v
+    return frame
+
+
+def _dataset_values(metrics: list[Metric], ctx: EvalContext, features: FeatureStore, images: ImageSource,
+                    pairset: PairSet, pairs: list[FacePair], frame: pd.DataFrame,
+                    shard_only: bool) -> dict[str, float]:
+    """Each metric's dataset-level values (:func:`_dataset_level`). ``shard_only``: computed
+    only for the features they cache, and dropped."""
     dataset_level: dict[str, float] = {}
     # what dataset-level values are a function of: every pair's three images and the gallery
     inputs = [[images.sha(p.source), images.sha(p.target), sha] for p, sha in zip(pairs, frame["swap_sha256"])]
-    gallery = [images.sha(g.path) for g in pairset.gallery] if any(not k.per_pair for m in metrics for k in m.keys) else []
+    gallery = ([images.sha(g.path) for g in pairset.gallery]
+               if any(not k.per_pair for m in metrics for k in m.keys) else [])
     for m in metrics:
         if not shard_only:
             dataset_level.update(_dataset_level(m, ctx, features, inputs, gallery))
@@ -441,13 +482,14 @@ def score(method_name: str, pairset: PairSet, keys: dict[str, str], store: SwapS
                 m.compute(ctx)
         except HarnessError:
             pass  # e.g. FID on fewer than 2 images: rank 0's pass over every pair computes it
-    return frame, dataset_level
+    return dataset_level
 
 
 DATASET_LEVEL_NS = "dataset_level:v1"
 
 
-def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: list, gallery: list) -> dict[str, float]:
+def _dataset_level(m: Metric, ctx: EvalContext, features: FeatureStore, inputs: list,
+                   gallery: list) -> dict[str, float]:
     """``m.compute(ctx)``, cached: the values depend only on the metric (its fingerprint: backend,
     weights, settings) and the images scored, so a re-run over cached swaps and features
     needs neither the computation nor its libraries (FID: torch-fidelity)."""
@@ -724,7 +766,7 @@ def run_method(method: SwapMethod, pairset: PairSet, metrics: list[Metric], cfg:
         notes=notes,
         **_work_fields(run, shards or [], hits, misses, t_score, checks, t1, before),
         device=cfg.device,
-        finished=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),  # orders runs of one second
+        finished=_dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds"),  # orders runs of one second
         environment=environment(),
         run_dir=str(run_dir),
     )
@@ -748,7 +790,8 @@ def group_notes(notes: list[str], metric_names: list[str]) -> list[str]:
             for name in sorted(metric_names, key=len, reverse=True):  # identity_facenet before identity
                 for head in (f"{name}: ", f"{name} ("):
                     if rest.startswith(head):
-                        backend, _, tail = rest[len(name):].partition(": ") if head.endswith("(") else ("", "", rest[len(head):])
+                        backend, _, tail = (rest[len(name):].partition(": ") if head.endswith("(")
+                                            else ("", "", rest[len(head):]))
                         if tail:
                             fact, who = f"{method}: {backend.strip() + ' ' if backend.strip() else ''}{tail}", name
                         break

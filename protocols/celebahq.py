@@ -196,10 +196,30 @@ class CelebAHQProtocol(FaceProtocol):
         missing or malformed item (files, mapping rows, identity lines, image headers)."""
         if not self.root.is_dir():
             raise LayoutError(self.name, self.root, [f"dataset root not found: {self.root}"])
-        problems: list[str] = []
         image_dir = self.root / self.image_dir
         mapping_path = self.root / MAPPING_FILE
         identity_path = self._identity_path()
+        problems = self._missing_files(image_dir, mapping_path, identity_path)
+        if problems:
+            raise LayoutError(self.name, self.root, problems)
+        assert identity_path is not None
+
+        files = self._image_files(image_dir, problems)
+        mapping = _parse_mapping(mapping_path, problems)
+        identities = _parse_identities(identity_path, problems)
+        inside = self.root in identity_path.parents
+        id_name = identity_path.relative_to(self.root).as_posix() if inside else str(identity_path)
+        images = self._mapped_images(files, mapping, identities, id_name, problems)
+        self._check_image_headers(images, problems)
+        if problems:
+            raise LayoutError(self.name, self.root, problems)
+        self._layout = CelebAHQLayout(self.root, tuple(images), mapping_path, identity_path)
+        return self._layout
+
+    def _missing_files(self, image_dir: Path, mapping_path: Path, identity_path: Path | None) -> list[str]:
+        """One problem for each of the image folder, the mapping file and the identity file that
+        is missing."""
+        problems: list[str] = []
         if not image_dir.is_dir():
             problems.append(f"missing folder {self.image_dir}/ (expected {self.image_dir}/0.jpg ... 29999.jpg)")
         if not mapping_path.is_file():
@@ -207,10 +227,11 @@ class CelebAHQProtocol(FaceProtocol):
         if identity_path is None:
             where = self.identity_file or " or ".join(IDENTITY_LOCATIONS)
             problems.append(f"missing file {IDENTITY_FILE} (looked for {where})")
-        if problems:
-            raise LayoutError(self.name, self.root, problems)
-        assert identity_path is not None
+        return problems
 
+    def _image_files(self, image_dir: Path, problems: list[str]) -> dict[int, str]:
+        """idx -> file (relative to the root) of the images in ``image_dir``. Badly named and
+        duplicated indices are added to ``problems``."""
         files: dict[int, str] = {}
         for p in sorted(image_dir.iterdir()):
             if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -226,12 +247,13 @@ class CelebAHQProtocol(FaceProtocol):
             files[idx] = rel
         if not files:
             problems.append(f"{self.image_dir}/ holds no <index>.jpg or <index>.png images")
+        return files
 
-        mapping = _parse_mapping(mapping_path, problems)
-        identities = _parse_identities(identity_path, problems)
-        inside = self.root in identity_path.parents
-        id_name = identity_path.relative_to(self.root).as_posix() if inside else str(identity_path)
-
+    def _mapped_images(self, files: dict[int, str], mapping: dict[int, tuple[str, int]], identities: dict[str, str],
+                       id_name: str, problems: list[str]) -> list[CelebAHQImage]:
+        """The images with a mapping row and an identity, sorted by idx (the others are added to
+        ``problems``); the mapping rows without an image become ``self.absent`` (and problems
+        when ``strict``)."""
         images = []
         for idx in sorted(files):
             if idx not in mapping:
@@ -247,7 +269,10 @@ class CelebAHQProtocol(FaceProtocol):
         if self.strict:
             problems.extend(absent)
         self.absent = absent
+        return images
 
+    def _check_image_headers(self, images: list[CelebAHQImage], problems: list[str]) -> None:
+        """Add to ``problems`` each image that does not open or is not square (its header only)."""
         for im in tqdm(images, desc="check CelebA-HQ images", unit="image", leave=False, disable=None):
             try:
                 with Image.open(self.root / im.file) as handle:
@@ -257,10 +282,6 @@ class CelebAHQProtocol(FaceProtocol):
                 continue
             if width != height:
                 problems.append(f"{im.file}: {width}x{height}, expected a square aligned face")
-        if problems:
-            raise LayoutError(self.name, self.root, problems)
-        self._layout = CelebAHQLayout(self.root, tuple(images), mapping_path, identity_path)
-        return self._layout
 
     # -- selection and crops -----------------------------------------------------------
 

@@ -19,5 +19,6 @@ def register(protocols: Registry) -> None:
                                    "(--root, the user's copy)",
                        aliases=("celeba-hq",))
     protocols.register("ffpp", "protocols.ffpp:FFppProtocol",
-                       description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs (--root, the user's copy)",
+                       description="CodeSwap's FF++ set: 10 frames x 1,000 videos, 10,000 pairs "
+                                   "(--root, the user's copy)",
                        aliases=("ff++", "faceforensics"))

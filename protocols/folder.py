@@ -117,7 +117,8 @@ class FolderProtocol(FaceProtocol):
         for rel, _ in photos:
             key = str(Path(rel).with_suffix(""))
             stems[key] = stems.get(key, 0) + 1
-        return {rel: (f"{Path(rel).with_suffix('')}.png" if stems[str(Path(rel).with_suffix(""))] == 1 else f"{rel}.png")
+        return {rel: (f"{Path(rel).with_suffix('')}.png" if stems[str(Path(rel).with_suffix(""))] == 1
+                      else f"{rel}.png")
                 for rel, _ in photos}
 
     def _read_index(self) -> dict[str, dict]:

@@ -85,8 +85,20 @@ def read_identity_map(path: Path | str, videos: Sequence[str], where: str = "the
         return None, [f"identity map {name}: file not found"]
     except (OSError, UnicodeDecodeError) as exc:
         return None, [f"identity map {name}: unreadable ({exc})"]
-    problems: list[str] = []
     known = set(videos)
+    person_of, problems = _read_rows(text, path, known, where)
+    problems += _person_id_clashes(person_of, known, path.name)
+    if problems:
+        return None, problems
+    persons = tuple(sorted((v, p) for v, (p, _) in person_of.items()))
+    return IdentityMap(path.resolve(), hashlib.sha256(data).hexdigest(), persons), []
+
+
+def _read_rows(text: str, path: Path, known: set[str], where: str
+               ) -> tuple[dict[str, tuple[str, int]], list[str]]:
+    """video -> (person, line) of the map's rows, and the problems of its rows (header, columns,
+    ids, duplicated rows, a video in two persons, unknown videos, an empty file), in file order."""
+    problems: list[str] = []
     rows: dict[tuple[str, str], int] = {}  # (video, person) -> first line
     person_of: dict[str, tuple[str, int]] = {}  # video -> (person, line)
     header_seen = False
@@ -95,28 +107,16 @@ def read_identity_map(path: Path | str, videos: Sequence[str], where: str = "the
         cells = [c.strip() for c in fields]
         if not header_seen:
             header_seen = True
-            got = tuple(c.lower() for c in cells)
-            if got == HEADER:
+            problem, is_row = _header_problem(at, cells)
+            if problem:
+                problems.append(problem)
+            if not is_row:
                 continue
-            hint = suggest(",".join(got), [",".join(HEADER)])
-            if hint or (len(cells) == 2 and not all(ID_PATTERN.match(c) for c in cells)):
-                problems.append(f"{at}: expected the header 'video,person', got {','.join(cells)!r}{hint}")
-                continue
-            problems.append(f"{at}: header missing: the first row must be 'video,person', got {','.join(cells)!r}")
-            if len(cells) != 2:
-                continue  # neither header nor row: reported once
-        if len(cells) != 2:
-            problems.append(f"{at}: expected 2 columns (video,person), got {len(cells)}: {','.join(cells)!r}")
+        problem = _cells_problem(at, cells)
+        if problem:
+            problems.append(problem)
             continue
         video, person = cells
-        empty = [h for h, c in zip(HEADER, cells) if not c]
-        if empty:
-            problems.append(f"{at}: empty {' and '.join(empty)} id in {','.join(cells)!r}")
-            continue
-        bad = [f"{h} {c!r}" for h, c in zip(HEADER, cells) if not ID_PATTERN.match(c)]
-        if bad:
-            problems.append(f"{at}: {' and '.join(bad)}: ids use only letters, digits, '_' and '-'")
-            continue
         if (video, person) in rows:
             problems.append(f"{at}: duplicated row {video},{person} (first on line {rows[(video, person)]})")
             continue
@@ -130,18 +130,48 @@ def read_identity_map(path: Path | str, videos: Sequence[str], where: str = "the
         if video not in known:
             problems.append(f"{at}: unknown video {video}: not a video of {where}{suggest(video, sorted(known))}")
     if not header_seen:
-        problems.append(f"identity map {name}: empty file (expected the header 'video,person' and one row per video)")
+        problems.append(f"identity map {path}: empty file (expected the header 'video,person' and one row per video)")
+    return person_of, problems
+
+
+def _header_problem(at: str, cells: list[str]) -> tuple[str | None, bool]:
+    """The first row's problem (None for the header ``video,person``) and whether it is to be
+    read as a row of the map (a header missing, the row itself well formed)."""
+    got = tuple(c.lower() for c in cells)
+    if got == HEADER:
+        return None, False
+    hint = suggest(",".join(got), [",".join(HEADER)])
+    if hint or (len(cells) == 2 and not all(ID_PATTERN.match(c) for c in cells)):
+        return f"{at}: expected the header 'video,person', got {','.join(cells)!r}{hint}", False
+    problem = f"{at}: header missing: the first row must be 'video,person', got {','.join(cells)!r}"
+    return problem, len(cells) == 2  # neither header nor row: reported once
+
+
+def _cells_problem(at: str, cells: list[str]) -> str | None:
+    """The problem of one row on its own: the number of columns, an empty or badly formed id."""
+    if len(cells) != 2:
+        return f"{at}: expected 2 columns (video,person), got {len(cells)}: {','.join(cells)!r}"
+    empty = [h for h, c in zip(HEADER, cells) if not c]
+    if empty:
+        return f"{at}: empty {' and '.join(empty)} id in {','.join(cells)!r}"
+    bad = [f"{h} {c!r}" for h, c in zip(HEADER, cells) if not ID_PATTERN.match(c)]
+    if bad:
+        return f"{at}: {' and '.join(bad)}: ids use only letters, digits, '_' and '-'"
+    return None
+
+
+def _person_id_clashes(person_of: dict[str, tuple[str, int]], known: set[str], file: str) -> list[str]:
+    """A person id that is also the id of a video of the tree must hold that video: one problem
+    for each that does not."""
+    problems = []
     for person in sorted({p for p, _ in person_of.values()}):
         if person in known and person_of.get(person, ("",))[0] != person:
             line = min(n for p, n in person_of.values() if p == person)
             held = person_of.get(person)
             why = f"the map puts video {person} in person {held[0]}" if held else f"video {person} is not listed"
-            problems.append(f"identity map {path.name} line {line}: person id {person} is also the id of video "
+            problems.append(f"identity map {file} line {line}: person id {person} is also the id of video "
                             f"{person}, but {why}: list {person},{person} or choose another person id")
-    if problems:
-        return None, problems
-    persons = tuple(sorted((v, p) for v, (p, _) in person_of.items()))
-    return IdentityMap(path.resolve(), hashlib.sha256(data).hexdigest(), persons), []
+    return problems
 
 
 def _rows(text: str):

@@ -243,7 +243,7 @@ def _notes_html(rs: list[RunSummary]) -> str:
     if not groups:
         return '<p class="muted">No notes.</p>'
     items = []
-    for template, found in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+    for _template, found in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         unique = list(dict.fromkeys(n for _, n in found))
         who = sorted({m for m, _ in found})
         detail = "".join(f"<li>{ESC(n)}</li>" for n in unique)
@@ -282,7 +282,8 @@ def _provenance_html(runs: list[RunSummary], protocol: str, report_dir: Path) ->
     conv = {m: c for s in rs for m, c in s.conventions.items()}
     subs = list(dict.fromkeys(x for s in rs for x in s.substitutions))
     parts.append(f"<h4>Convention: {ESC(preset)}</h4><ul>"
-                 + "".join(f"<li>{ESC(m)}: {ESC(', '.join(f'{k}={v}' for k, v in c.items()))}</li>" for m, c in conv.items())
+                 + "".join(f"<li>{ESC(m)}: {ESC(', '.join(f'{k}={v}' for k, v in c.items()))}</li>"
+                           for m, c in conv.items())
                  + "".join(f"<li><strong>SUBSTITUTED</strong>: {ESC(x)}</li>" for x in subs) + "</ul>")
     parts.append(f"<h4>Notes</h4>{_notes_html(rs)}")
     rows = []
@@ -305,7 +306,8 @@ def _provenance_html(runs: list[RunSummary], protocol: str, report_dir: Path) ->
             f'<td>{ESC(s.device)}</td><td>{ESC(s.finished)}</td><td>{links}</td></tr>')
     parts.append('<h4>Runs</h4><table class="plain"><thead><tr><th>Method</th><th>Run id</th><th>Fingerprint</th>'
                  '<th>Settings</th><th>Images</th><th>Unscored pairs (no face / no solution)</th><th>Time</th>'
-                 f'<th>Device</th><th>Finished</th><th>Run folder</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+                 '<th>Device</th><th>Finished</th><th>Run folder</th></tr></thead>'
+                 f'<tbody>{"".join(rows)}</tbody></table>')
     return "".join(parts)
 
 
@@ -324,8 +326,10 @@ def _agreement_html(items: list[dict]) -> str:
         rows = "".join(f"<tr><td>{ESC(p['method'])}</td><td>{_two(p['rho'])}</td><td>{p['n']}</td></tr>"
                        for p in a["per_method"])
         out.append(f'<div class="agreement"><h4>{ESC(a["quantity"])}: <code>{ESC(a["backend_a"])}</code> vs '
-                   f'<code>{ESC(a["backend_b"])}</code></h4><p>Kendall τ of the methods\' means: <b class="tau">{tau}</b>'
-                   f' over {len(a["tau_methods"])} methods{ESC(scope)}.</p><table class="plain"><thead><tr><th>Method</th>'
+                   f'<code>{ESC(a["backend_b"])}</code></h4>'
+                   f'<p>Kendall τ of the methods\' means: <b class="tau">{tau}</b>'
+                   f' over {len(a["tau_methods"])} methods{ESC(scope)}.</p>'
+                   '<table class="plain"><thead><tr><th>Method</th>'
                    f'<th>Spearman ρ over pairs</th><th>pairs</th></tr></thead><tbody>{rows}</tbody></table></div>')
     return "".join(out)
 
@@ -353,7 +357,8 @@ def render_html(summaries: list[RunSummary], out_dir: Path, thumb_size: int = 11
             f'<section id="tables-{ESC(p)}"><h2>Results on {ESC(p)}</h2>{_warnings_html(runs, p)}'
             f'<h3>{ESC(table1.title)}</h3>{_table_html(table1, p)}{t3}'
             f'<p class="rule">Ranking: {ESC(_rule_text(table1))}. Click a column header to sort. Hover a cell for its '
-            f'CI, n and rank. <i>source</i>/<i>target</i> are reference rows (identity upper bound / no swap), not ranked.</p>'
+            f'CI, n and rank. <i>source</i>/<i>target</i> are reference rows (identity upper bound / no swap), '
+            f'not ranked.</p>'
             f'</section>'
             f'<section><h2>Distributions over pairs</h2><p class="muted">Every pair\'s value per method: box = '
             f'quartiles, line = median, ◆ = mean, dots = pairs (jittered). A mean driven by a few pairs shows here.</p>'
@@ -366,7 +371,7 @@ def render_html(summaries: list[RunSummary], out_dir: Path, thumb_size: int = 11
     css = (STATIC / "report.css").read_text()
     js = (STATIC / "report.js").read_text()
     picker = "".join(f'<option value="{ESC(p)}">{ESC(p)}</option>' for p in table1.protocols)
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    when = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -378,7 +383,7 @@ def render_html(summaries: list[RunSummary], out_dir: Path, thumb_size: int = 11
 <main>{"".join(sections)}</main>
 <script id="report-data" type="application/json">{payload}</script>
 <script>{js}</script></body></html>
-"""
+"""  # noqa: E501
     return doc, thumbs
 
 

@@ -3,10 +3,11 @@
 Layout as in the paper: one row per method, one block of metric columns per protocol,
 side by side; a direction arrow on every column; within each column the best method in
 bold and the second underlined, only where the difference to the next method is
-significant on the same pairs (``reports.ranking``; ties share a rank). The reference rows ``source`` and ``target`` bound the
-table (identity upper bound, no-swap lower bound) and are not ranked. Each cell shows the
-mean and, after ±, half the width of its bootstrap confidence interval. Under the table:
-the backend that produced each column, its unit, and whether it is the papers' standard.
+significant on the same pairs (``reports.ranking``; ties share a rank). The reference
+rows ``source`` and ``target`` bound the table (identity upper bound, no-swap lower
+bound) and are not ranked. Each cell shows the mean and, after ±, half the width of its
+bootstrap confidence interval. Under the table: the backend that produced each column, its
+unit, and whether it is the papers' standard.
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ def to_markdown(t: Table) -> str:
 
 def _tex_escape(s: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("±", r"$\pm$"), ("–", "--"), ("<-", r"$\leftarrow$"), ("†", r"$^\dagger$")):
+                 ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"), ("±", r"$\pm$"), ("–", "--"), ("<-", r"$\leftarrow$"),
+                 ("†", r"$^\dagger$")):
         s = s.replace(a, b)
     return s
 
@@ -266,7 +268,8 @@ def to_latex(t: Table) -> str:
         n = sum(c.protocol == p for c in t.columns)
         groups.append((p, start, start + n - 1))
         start += n
-    out.append(" & " + " & ".join(rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex_escape(p)}}}" for p, a, b in groups) + r" \\")
+    out.append(" & " + " & ".join(rf"\multicolumn{{{b - a + 1}}}{{c}}{{{_tex_escape(p)}}}" for p, a, b in groups)
+               + r" \\")
     out.append(" ".join(rf"\cmidrule(lr){{{a}-{b}}}" for _, a, b in groups))
     out.append("Method & " + " & ".join(_tex_escape(c.header) for c in t.columns) + r" \\")
     out.append(r"\midrule")

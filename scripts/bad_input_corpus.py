@@ -35,7 +35,8 @@ WIDTH = 38  # case-name column
 
 def harness(args: list[str], bad_methods: bool = False) -> subprocess.Popen:
     head = [sys.executable, "-c", bi.CLI_WITH_BAD_METHODS] if bad_methods else [sys.executable, "-m", "harness.cli"]
-    return subprocess.Popen([*head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
+    return subprocess.Popen([*head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=REPO)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -166,13 +167,18 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
                    "foo://bar", *CHEAP]], None),
         ("mlflow: half-migrated store", "handled", half_migrated, "half-created"),
         ("cache: features.sqlite not a database", "clear error", garbage_features, None),
-        ("folder: unreadable file", "counted skip", folder("unreadable", lambda r: with_bad(r, lambda r: bi.not_an_image(r / "x.jpg"))), "skipped"),
-        ("folder: truncated PNG", "counted skip", folder("truncated", lambda r: with_bad(r, lambda r: bi.truncated_png(r / "t.png", 4))), "skipped"),
-        ("folder: decompression bomb", "counted skip", folder("bomb", lambda r: with_bad(r, lambda r: bi.decompression_bomb(r / "b.png"))), "skipped"),
-        ("folder: 16-bit grey PNG", "handled", folder("sixteen", lambda r: with_bad(r, lambda r: bi.png_16bit_grey(r / "g.png", 4))), "4 aligned"),
+        ("folder: unreadable file", "counted skip",
+         folder("unreadable", lambda r: with_bad(r, lambda r: bi.not_an_image(r / "x.jpg"))), "skipped"),
+        ("folder: truncated PNG", "counted skip",
+         folder("truncated", lambda r: with_bad(r, lambda r: bi.truncated_png(r / "t.png", 4))), "skipped"),
+        ("folder: decompression bomb", "counted skip",
+         folder("bomb", lambda r: with_bad(r, lambda r: bi.decompression_bomb(r / "b.png"))), "skipped"),
+        ("folder: 16-bit grey PNG", "handled",
+         folder("sixteen", lambda r: with_bad(r, lambda r: bi.png_16bit_grey(r / "g.png", 4))), "4 aligned"),
         ("folder: same-stem photos", "handled", folder("stem", bi.same_stem_folder), "4 aligned"),
         ("folder: root below a dot-folder", "handled", folder(".dot", lambda r: bi.photo_folder(r, 3)), "3 aligned"),
-        ("folder: symlinks out / dangling", "counted skip", folder("links", lambda r: bi.folder_with_links(r, work / "private")), "2 skipped"),
+        ("folder: symlinks out / dangling", "counted skip",
+         folder("links", lambda r: bi.folder_with_links(r, work / "private")), "2 skipped"),
         ("folder: comma in a file name", "counted skip", folder("comma", bi.comma_named_folder), "1 skipped"),
         ("folder: one identity", "clear error", folder("one", lambda r: bi.photo_folder(r, 1)), None),
         ("folder: --num-pairs > photos", "clear error",
@@ -189,7 +195,8 @@ def cases(work: Path) -> list[tuple[str, str, Callable[[], list], str | None]]:
         ("output: NaN/Inf", "flagged output", lambda: demo("nan", "-m", "nan_method"), "outputs flagged"),
         ("output: all white", "flagged output", lambda: demo("blank", "-m", "blank_method"), "outputs flagged"),
         ("output: no face", "flagged output", lambda: demo("noface", "-m", "noface_method"), "outputs flagged"),
-        ("output: half blank", "flagged output", lambda: demo("half", "-m", "halfbad_method"), "2 of 4 outputs flagged"),
+        ("output: half blank", "flagged output", lambda: demo("half", "-m", "halfbad_method"),
+         "2 of 4 outputs flagged"),
         ("precomputed: 4x4 outputs", "flagged output", precomputed("tiny", "tiny"), "smaller than the protocol"),
         ("precomputed: white outputs", "flagged output", precomputed("white", "white"), "outputs flagged"),
         ("precomputed: 16-bit outputs", "handled", precomputed("sixteen_out", "sixteen"), "precomputed:"),

@@ -37,7 +37,8 @@ def main() -> None:
                "psnr": prior["psnr"]}
     faces = json.loads((DEMO_FACES / "faces.json").read_text())
     training = {"faces": summary["train_faces"], "resolution": recipe.resolution,
-                "data": "protocols/demo_faces (every face)", "faces_json_sha256": file_sha256(DEMO_FACES / "faces.json"),
+                "data": "protocols/demo_faces (every face)",
+                "faces_json_sha256": file_sha256(DEMO_FACES / "faces.json"),
                 "command": "python benchmarks/codeswap_short_training.py --out runs/demo-model",
                 "listed_faces": len(faces) if isinstance(faces, list) else len(faces.get("faces", []))}
     out = pack(recipe, args.src, args.out, training, ceiling)

@@ -1,8 +1,9 @@
 """Run the tests against the lowest versions pyproject.toml allows (not part of CI).
 
 Reads every runtime and dev requirement's lower bound (``name>=X``) from pyproject.toml,
-writes them as ``name==X.*`` constraints (the newest patch of the lowest series), builds a separate venv with them (pip resolves
-everything else) and runs pytest there. A requirement without a lower bound is left to pip.
+writes them as ``name==X.*`` constraints (the newest patch of the lowest series), builds a
+separate venv with them (pip resolves everything else) and runs pytest there. A requirement
+without a lower bound is left to pip.
 
     python3 scripts/lowest_versions.py                         # whole suite, venv .venv-lowest
     python3 scripts/lowest_versions.py -- tests/test_api.py -x # pytest arguments after --

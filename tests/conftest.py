@@ -120,7 +120,8 @@ def demo_photos(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("photos")
     astro = skimage.data.astronaut()
-    hopper = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
+    hopper = np.asarray(
+        Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
     for name, img in (("collins", astro), ("hopper", hopper)):
         (root / name).mkdir()
         Image.fromarray(img).save(root / name / "a.jpg", quality=92)

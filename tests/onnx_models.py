@@ -45,7 +45,8 @@ def returns_target_swapper(path: Path, size: int, source_shape: tuple[int, ...],
     if output_scale is not None:
         inits.append(numpy_helper.from_array(np.asarray(output_scale, np.float32).reshape(1, 3, 1, 1), "scale"))
         inits.append(numpy_helper.from_array(np.asarray(output_shift, np.float32).reshape(1, 3, 1, 1), "shift"))
-        nodes += [helper.make_node("Mul", [cur, "scale"], ["scaled"]), helper.make_node("Add", ["scaled", "shift"], ["shifted"])]
+        nodes += [helper.make_node("Mul", [cur, "scale"], ["scaled"]),
+                  helper.make_node("Add", ["scaled", "shift"], ["shifted"])]
         cur = "shifted"
     out = _uses_source(nodes, inits, cur, src_name)
     graph = helper.make_graph(

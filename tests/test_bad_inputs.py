@@ -434,7 +434,8 @@ def _summary(tmp_path: Path, run_id: str = "abc"):
     return RunSummary.from_dict({"run_id": run_id, "protocol": "demo", "protocol_version": "1", "manifest_sha256": "m",
             "gallery_sha256": "g", "seed": 0, "num_pairs": 2, "resolution": 256, "method": "source",
             "method_key": "k", "device": "cpu", "environment": {"git_commit": "x", "python": "3", "packages": {}},
-            "protocol_settings": {}, "method_info": {}, "backends": {}, "metrics": {"m": {"label": "m", "higher_is_better": True, "unit": "", "value": 1.0}},
+            "protocol_settings": {}, "method_info": {}, "backends": {},
+            "metrics": {"m": {"label": "m", "higher_is_better": True, "unit": "", "value": 1.0}},
             "swaps": {"computed": 0, "cached": 2}, "finished": "", "run_dir": str(run_dir)})
 
 

@@ -374,7 +374,8 @@ def test_a_truncated_cached_swap_is_named_once_and_swapped_again(tmp_path):
     assert s["swaps"]["computed"] == 1 and _numbers(again) == _numbers(first)
     assert sum("did not decode" in n for n in s["notes"]) == 1, s["notes"]
     third = _evaluate(tmp_path)  # repaired for good
-    assert third.summaries[0]["swaps"]["computed"] == 0 and not any("did not decode" in n for n in third.summaries[0]["notes"])
+    assert (third.summaries[0]["swaps"]["computed"] == 0
+            and not any("did not decode" in n for n in third.summaries[0]["notes"]))
 
 
 def test_a_truncated_feature_row_is_named_once_and_recomputed(tmp_path, capfd):

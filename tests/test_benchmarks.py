@@ -52,7 +52,8 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
         shutil.copy(f, data / f.name)
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "benchmarks" / "codeswap_short_training.py"), "--data", str(data),
-           "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage2-batch-size", "2", "--stage1-steps", "2", "--stage2-steps", "2",
+           "--out", str(out), "--holdout", "3", "--batch-size", "2", "--stage2-batch-size", "2",
+           "--stage1-steps", "2", "--stage2-steps", "2",
            "--stage3-steps", "2", "--stage3-supervised", "1", "--layers", "1", "--heads", "2",
            "--selector-hidden", "32", "--channels", "16,16,32", "--norm-groups", "8", "--num-codes", "32",
            "--code-dim", "16", "--variants", "full,wo_m", "--identity-net", "none"]
@@ -73,7 +74,8 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
     assert sorted(readouts) == ["hard", "hull", "raw"] and "wo_m/train_pairs_readouts" not in summary
     assert all(0.0 <= r["dlib/top1"] <= 1.0 for r in readouts.values())
     # the target-to-source similarity does not depend on the model
-    assert summary["full/train_pairs"]["dlib/target_cos_to_source"] == summary["wo_m/train_pairs"]["dlib/target_cos_to_source"]
+    assert (summary["full/train_pairs"]["dlib/target_cos_to_source"]
+            == summary["wo_m/train_pairs"]["dlib/target_cos_to_source"])
     assert (out / "grid_full_heldout.png").is_file()
     # finished stages are kept: a second run only judges, with the same figures
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)

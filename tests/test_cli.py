@@ -72,11 +72,13 @@ def test_report_command_renders_existing_runs(demo_run):
         (["run", "-p", "demo", "-m", "sorce"], "error: unknown method 'sorce'; did you mean 'source'?"),
         (["run", "-p", "dmeo", "-m", "source"], "error: unknown protocol 'dmeo'; did you mean 'demo'?"),
         (["run", "-p", "folder", "-m", "source"], "error: protocol 'folder' needs --root"),
-        (["run", "-p", "folder", "--root", "/nonexistent/photos", "-m", "source"], "error: folder not found: /nonexistent/photos"),
+        (["run", "-p", "folder", "--root", "/nonexistent/photos", "-m", "source"],
+         "error: folder not found: /nonexistent/photos"),
         (["list", "method"], "error: cannot list 'method'; did you mean 'methods'?"),
         (["figure", "regions", "--source", __file__, "--target", __file__, "--regions", "eyes,ears"],
          "error: --regions 'eyes,ears': choose from eyes, mouth, nose"),
-        (["figure", "regions", "--source", "/nonexistent.png", "--target", __file__], "error: image not found: /nonexistent.png"),
+        (["figure", "regions", "--source", "/nonexistent.png", "--target", __file__],
+         "error: image not found: /nonexistent.png"),
     ],
 )
 def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):

@@ -18,7 +18,8 @@ def test_train_three_stages_then_run_codeswap_and_report_table3(tmp_path):
     harness_cli("train", "stage1", *COMMON, "--out", str(tmp_path / "s1"), "--config", "tiny", "--max-steps", "3",
                 "--perceptual", "none", "--disc-start", "1000", check=True)
     s1 = tmp_path / "s1" / "checkpoints" / "last.pt"
-    tiny = ["--layers", "1", "--heads", "2", "--selector-hidden", "32", "--identity-net", "none", "--perceptual", "none"]
+    tiny = ["--layers", "1", "--heads", "2", "--selector-hidden", "32", "--identity-net", "none",
+            "--perceptual", "none"]
     p2 = harness_cli("train", "stage2", *COMMON, "--out", str(tmp_path / "s2"), "--stage1", str(s1), *tiny,
                      "--max-steps", "2", check=True)
     assert "stage2: step 2" in p2.stdout

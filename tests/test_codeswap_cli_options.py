@@ -29,8 +29,8 @@ BEFORE = {
                "--perceptual-weight": 1.0, "--ema-decay": 0.0, "--compile": False, "--channels-last": True,
                "--checkpoint-levels": 0, "--holdout": 0, "--ckpt-every": 5000, "--keep-every": 0,
                "--restart-dead-every": 0, "--fused-adam": True, "--fused-attention": True},  # issue 18
-    "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--init": None, "--variant": "full", "--layers": 6,
-               "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
+    "stage2": {**LOOP, **NETS, "--out": Path("runs/stage2"), "--stage1": ..., "--init": None, "--variant": "full",
+               "--layers": 6, "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
                "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,
                # added with the stage-2 recipe study (issue 17)
                "--position": "relative", "--pos-std": 0.02, "--mask-level": None, "--identity-augment": 0.0},
@@ -109,7 +109,8 @@ def test_stage1_builds_the_named_model_with_its_settings(record):
 @pytest.mark.parametrize("args, message", [
     (("stage2", "--data", "d", "--stage1", "s", "--precision", "fp64"),
      "unknown --precision 'fp64'; choose auto, bf16, fp16 or fp32"),
-    (("stage1", "--data", "d", "--perceptual", "vgg19"), "unknown --perceptual 'vgg19'; choose vgg16, mobilenet_v2 or none"),
+    (("stage1", "--data", "d", "--perceptual", "vgg19"),
+     "unknown --perceptual 'vgg19'; choose vgg16, mobilenet_v2 or none"),
     (("stage2", "--data", "d", "--stage1", "s", "--same-rate", "2"), "same_rate must be in [0, 1], got 2.0"),
     (("stage3", "--data", "d", "--stage2", "s", "--mask-source", "segformer"), "mask source 'segformer'"),
 ])

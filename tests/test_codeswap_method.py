@@ -113,7 +113,8 @@ def test_shipped_bundle_unpacks_to_the_trained_model(trained, tmp_path, monkeypa
     demo.pack(recipe, root, bundle_path, {"faces": 28, "resolution": 64, "faces_json_sha256": demo._faces_sha256()},
               {"dlib_top1": 0.9, "facenet_top1": 0.8, "psnr": 25.0})
     logs = []
-    demo.train_recipe(tmp_path / "later", "full", replace(recipe, stage2_steps=recipe.stage2_steps + 1), log=logs.append)
+    demo.train_recipe(tmp_path / "later", "full", replace(recipe, stage2_steps=recipe.stage2_steps + 1),
+                      log=logs.append)
     assert not any("stage 1" in m for m in logs) and any("stage 2" in m for m in logs)
     prior, _ = load_stage1(tmp_path / "later" / "stage1" / "checkpoints" / "last.pt")
     shipped = demo.load_bundle(bundle_path)["autoencoder"]

@@ -28,7 +28,8 @@ def _results(tmp_path: Path) -> Results:
                 "fid_facenet": {**_entry(12.345, None, None, "FID [FaceNet features]", "", 1.0, False), "n": 28}},
         "tgt": {"id_retrieval_top1_dlib": _entry(0.0, 0.0, 0.0, "ID retrieval top-1 [dlib]"),
                 "id_retrieval_top5_dlib": _entry(0.15, 0.1, 0.2, "ID retrieval top-5 [dlib]"),
-                "pose_error_pnp": _entry(float("nan"), float("nan"), float("nan"), "Pose error [PnP]", "deg", 1.0, False)},
+                "pose_error_pnp": _entry(float("nan"), float("nan"), float("nan"),
+                                         "Pose error [PnP]", "deg", 1.0, False)},
     }
     res = Results("demo", "ab" * 32, tmp_path, path=tmp_path / "results" / "demo-x.json")
     res.runs = [RunSummary.from_dict({"method": m, "protocol": "demo", "metrics": e, "finished": "",
@@ -66,7 +67,8 @@ def test_cli_run_prints_k_of_n_then_the_table(tmp_path):
     assert err.index("method 1 of 2: source") < err.index("method 2 of 2: target")
     table = res.stdout
     assert "demo: 2 methods, 95 % CI shown as ±" in table and "ID retrieval top-1 [dlib] ↑ (%)" in table
-    rows = {ln.strip("│ ").split()[0]: ln for ln in table.splitlines() if ln.strip("│ ").startswith(("source ", "target "))}
+    rows = {ln.strip("│ ").split()[0]: ln for ln in table.splitlines()
+            if ln.strip("│ ").startswith(("source ", "target "))}
     assert "100.0 ± 0.0" in rows["source"] and "0.0 ± 0.0" in rows["target"]
     assert table.splitlines()[-1].startswith(f"results: {out.resolve() / 'results'}")
 

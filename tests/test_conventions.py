@@ -162,7 +162,8 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
     for f in ("net_sphere20_data_vggface2_acc_9955.pth", "hopenet_robust_alpha1.pkl", "deep3dfacerecon_epoch_20.pth"):
         assert f in text
     r = resolve("reliableswap", allow_substitute=True)
-    assert r.metrics["identity_sface"] == {"crop": "resize", "mask": "none", "gallery": "every_frame", "score": "cosine"}
+    assert r.metrics["identity_sface"] == {"crop": "resize", "mask": "none", "gallery": "every_frame",
+                                           "score": "cosine"}
     assert r.metrics["pose_whenet"] == {"formula": "hopenet_bins"}
     assert r.options == {"ffpp": {"sampling": "even", "compression": "c23"}}
     assert len(r.substitutions) == 3 and all("substituted by" in s for s in r.substitutions)
@@ -172,7 +173,8 @@ def test_missing_networks_are_one_line_naming_the_files_or_substituted():
 def test_flat_mlflow_params_carry_the_convention():
     from faceeval.tracking import _flat_params
 
-    summary = RunSummary.from_dict({"finished": "", "environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
+    summary = RunSummary.from_dict({
+               "finished": "", "environment": {"git_commit": "x", "python": "3", "packages": {}}, "protocol": "demo",
                "protocol_version": "1", "manifest_sha256": "m", "gallery_sha256": "g", "seed": 0, "num_pairs": 1,
                "resolution": 256, "method": "source", "method_key": "k", "device": "cpu", "protocol_settings": {},
                "method_info": {}, "backends": {}, "convention": "reface",

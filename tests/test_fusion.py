@@ -66,7 +66,8 @@ def test_gumbel_is_stochastic_in_training_and_deterministic_in_eval():
     a = quantize_codes(logits, q, "gumbel", training=True)
     b = quantize_codes(logits, q, "gumbel", training=True)
     assert not torch.allclose(a, b)
-    torch.testing.assert_close(quantize_codes(logits, q, "gumbel", training=False, tau=2.0), (logits / 2).softmax(-1) @ q)
+    torch.testing.assert_close(quantize_codes(logits, q, "gumbel", training=False, tau=2.0),
+                               (logits / 2).softmax(-1) @ q)
 
 
 def test_cross_attention_ignores_the_own_image():

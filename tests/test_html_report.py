@@ -103,7 +103,8 @@ def test_page_loads_offline_without_errors(page):
 
 def test_table_has_one_row_per_method_and_warns_about_small_fid(page, demo_report):
     _, _, summaries = demo_report
-    rows = page.eval_on_selector_all('table.results[data-protocol="demo"] tbody tr', "rs => rs.map(r => r.dataset.method)")
+    rows = page.eval_on_selector_all('table.results[data-protocol="demo"] tbody tr',
+                                     "rs => rs.map(r => r.dataset.method)")
     assert sorted(rows) == sorted(summaries) and len(rows) == 3
     warning = page.inner_text(".warning")
     assert "28 samples with 2048-d features" in warning
@@ -156,7 +157,8 @@ def test_pair_browser_sorts_worst_first_and_by_difference(page, demo_report):
     page.select_option(f'{browser} select[data-role="metric"]', key)
     page.select_option(f'{browser} select[data-role="a"]', "classical")
     page.select_option(f'{browser} select[data-role="order"]', "worst")
-    frames = {m: pd.read_parquet(out / s["run_dir"] / "pairs.parquet").set_index("pair_id") for m, s in summaries.items()}
+    frames = {m: pd.read_parquet(out / s["run_dir"] / "pairs.parquet").set_index("pair_id")
+              for m, s in summaries.items()}
     first = page.locator(f"{browser} .pair").first.get_attribute("data-pair")
     assert first == frames["classical"][key].idxmin()
     page.select_option(f'{browser} select[data-role="b"]', "target")
@@ -168,7 +170,8 @@ def test_pair_browser_sorts_worst_first_and_by_difference(page, demo_report):
 
 
 def test_distributions_are_drawn_and_screenshot_is_not_blank(page, tmp_path):
-    assert page.locator('.dists[data-protocol="demo"] canvas').count() == 5  # every per-pair metric: 3 identity, pose, expression
+    # every per-pair metric: 3 identity, pose, expression
+    assert page.locator('.dists[data-protocol="demo"] canvas').count() == 5
     path = tmp_path / "shot.png"
     page.screenshot(path=str(path), full_page=True)
     from PIL import Image

@@ -80,7 +80,8 @@ def reference_embedding(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.T
         r = F.conv2d(bn(f"{p}.res_layer.0", x), sd[f"{p}.res_layer.1.weight"], padding=1)
         r = F.conv2d(F.prelu(r, sd[f"{p}.res_layer.2.weight"]), sd[f"{p}.res_layer.3.weight"], stride=s, padding=1)
         r = bn(f"{p}.res_layer.4", r)
-        squeezed = F.relu(F.conv2d(r.mean(dim=(2, 3), keepdim=True), sd[f"{p}.res_layer.5.fc1.weight"]))  # (B, C/16, 1, 1)
+        squeezed = F.relu(F.conv2d(r.mean(dim=(2, 3), keepdim=True),
+                                   sd[f"{p}.res_layer.5.fc1.weight"]))  # (B, C/16, 1, 1)
         gate = torch.sigmoid(F.conv2d(squeezed, sd[f"{p}.res_layer.5.fc2.weight"]))  # (B, C, 1, 1)
         x = r * gate + short
         unit += 1

@@ -210,7 +210,8 @@ def test_options_arrive_as_strings_and_typos_are_caught(tree):
     assert (proto.frames_per_video, proto.resolution, proto.upsample, proto.sampling) == (4, 128, 0, "even")
     with pytest.raises(HarnessError, match="option sampling must be one of random, even"):
         FFppProtocol(root=tree.root, sampling="uniform")
-    with pytest.raises(HarnessError, match=r"unknown setting 'compresion' for protocol 'ffpp'; did you mean 'compression'\?"):
+    with pytest.raises(HarnessError,
+                       match=r"unknown setting 'compresion' for protocol 'ffpp'; did you mean 'compression'\?"):
         PROTOCOLS.create("ffpp", root=tree.root, compresion="c40")
     assert PROTOCOLS.create("ffpp", root=tree.root, frames_per_video="4").frames_per_video == 4
 

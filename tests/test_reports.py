@@ -18,7 +18,8 @@ def _summary(protocol, method, values, manifest="m1", finished="2026-01-01T00:00
         "pose_error": {"label": "Pose error", "higher_is_better": False, "unit": "deg", "scale": 1.0,
                        "metric": "pose", "backend": "p", "value": values[1], "ci_low": None, "ci_high": None, "n": 10},
     }
-    return RunSummary.from_dict({"protocol": protocol, "method": method, "metrics": metrics, "manifest_sha256": manifest,
+    return RunSummary.from_dict({"protocol": protocol, "method": method, "metrics": metrics,
+                                 "manifest_sha256": manifest,
             "gallery_sha256": "g", "finished": finished, "num_pairs": 10, "seed": 0, "resolution": 256,
             "confidence": 0.95, "bootstrap_resamples": 100, "notes": [],
             "backends": {"identity": {"name": "b", "description": "test id", "standard": False, "weights": []},

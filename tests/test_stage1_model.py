@@ -78,7 +78,8 @@ def _gn(c: int) -> int:
 
 
 def _res(cin: int, cout: int) -> int:
-    return _gn(cin) + _conv(cin, cout, 3) + _gn(cout) + _conv(cout, cout, 3) + (_conv(cin, cout, 1) if cin != cout else 0)
+    return (_gn(cin) + _conv(cin, cout, 3) + _gn(cout) + _conv(cout, cout, 3)
+            + (_conv(cin, cout, 1) if cin != cout else 0))
 
 
 def _attn(c: int) -> int:  # norm, q, k, v, proj_out

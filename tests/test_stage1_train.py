@@ -82,7 +82,8 @@ def test_folders_listing_and_errors(faces, tmp_path):
 
 
 def test_sampler_shards_and_resumes():
-    s0, s1 = ResumableSampler(10, 2, seed=3, rank=0, world_size=2), ResumableSampler(10, 2, seed=3, rank=1, world_size=2)
+    s0, s1 = (ResumableSampler(10, 2, seed=3, rank=0, world_size=2),
+              ResumableSampler(10, 2, seed=3, rank=1, world_size=2))
     a, b = [i for i, _ in s0], [i for i, _ in s1]
     assert len(a) == len(b) == 4 and not set(a) & set(b)  # 10 cut to 2 ranks x 2 batches x 2
     full = list(s0)
@@ -226,7 +227,8 @@ def test_cli_trains_resumes_and_logs_to_mlflow(faces, tmp_path):
     assert run.data.params["perceptual_net"] == "none" and run.data.params["stage"] == "stage1"
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/rec_l1")
     assert [m.step for m in history] == [2, 4, 6]
-    assert {"codebook/dead_codes", "train/lr_g", "perf/images_per_s", "val/psnr", "train/d_loss"} <= set(run.data.metrics)
+    assert ({"codebook/dead_codes", "train/lr_g", "perf/images_per_s", "val/psnr", "train/d_loss"}
+            <= set(run.data.metrics))
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reconstructions")]
     assert any(p.endswith("recon_00000004.png") for p in arts)
 

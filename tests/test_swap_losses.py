@@ -150,7 +150,8 @@ def test_the_teacher_warm_up_falls_linearly_to_zero_and_then_leaves_the_loss():
     cb = model.codebook.detach()
     idx = torch.randint(n, (2, 2 * side * side))
     out = SimpleNamespace(za=cb[idx[:, :side * side]], zb=cb[idx[:, side * side:]], ab=torch.rand(2, 3, 8, 8),
-                          ba=torch.rand(2, 3, 8, 8), fusion=FusionOutput(cb[idx], torch.randn(2, 2 * side * side, n), None))
+                          ba=torch.rand(2, 3, 8, 8),
+                          fusion=FusionOutput(cb[idx], torch.randn(2, 2 * side * side, n), None))
     a, b, same = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.zeros(2, dtype=torch.bool)
     loss = SwapLoss(SwapLossWeights(recon=0.0, identity=0.0, perceptual=0.0, expression=0.0, cycle=0.0, teacher=2.0),
                     None, None, None)

@@ -146,7 +146,8 @@ def test_only_wrong_files_give_a_clear_error_and_wrong_sha_status(places, monkey
                                    str(places / "out"), "--no-mlflow"])
     assert res.exit_code != 0  # harness.cli.main turns the error into one stderr line and exit code 1
     line = str(res.exception)
-    assert "\n" not in line and "inswapper_128: cannot use its weights" in line and "does not match the expected" in line
+    assert ("\n" not in line and "inswapper_128: cannot use its weights" in line
+            and "does not match the expected" in line)
     assert str(bad) in line and "missing" not in line
     listed = CliRunner().invoke(app, ["list", "methods"]).output
     assert "w600k_r50.onnx: refused (wrong sha256)" in listed and "inswapper_128.onnx: not found" in listed

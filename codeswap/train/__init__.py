@@ -1,1 +1,2 @@
-"""Training: ``loop`` is the loop every stage shares (helpers in ``dist``, ``state``, ``tracking``); one module per stage (``stage1``)."""
+"""Training: ``loop`` is the loop every stage shares (helpers in ``dist``, ``state``, ``tracking``); one module per
+stage (``stage1``)."""

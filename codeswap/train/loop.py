@@ -187,8 +187,24 @@ class TrainLoop:
 
     def run(self, resume: bool = False) -> dict[str, float]:
         """Train to ``max_steps``; returns the last logged figures."""
-        from torch.utils.data import DataLoader
+        cfg = self.cfg
+        self._start_run(resume)
+        last: dict[str, float] = {}
+        if self.dist.is_main and self.step == 0:
+            last.update(self._evaluate(0))
+        # a bar on a terminal (with --progress), plain lines in a log (codeswap.train.progress)
+        bar = StepProgress(self.stage, cfg.max_steps, self.step, enabled=self.dist.is_main, bar=cfg.progress)
+        try:
+            self._train_to_max_steps(bar, last)
+            self._record_rank_agreement()
+        finally:
+            bar.close()
+            self.tracker.end()
+        return last
 
+    def _start_run(self, resume: bool) -> None:
+        """Build the stage, resume from the last checkpoint (``resume``; else refuse to overwrite
+        one), start the metrics file over or trim it, and start the tracking run."""
         cfg = self.cfg
         self.setup()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -204,52 +220,60 @@ class TrainLoop:
                   "autocast": str(self.amp_dtype), **{f"train.{k}": v for k, v in plain(cfg).items()},
                   **self.run_params()}
         self.run_id = self.tracker.start(f"{self.stage} {self.out.name}", params, self.run_id)
-        last: dict[str, float] = {}
-        if self.dist.is_main and self.step == 0:
-            last.update(self._evaluate(0))
-        # a bar on a terminal (with --progress), plain lines in a log (codeswap.train.progress)
-        bar = StepProgress(self.stage, cfg.max_steps, self.step, enabled=self.dist.is_main, bar=cfg.progress)
+
+    def _train_to_max_steps(self, bar: StepProgress, last: dict[str, float]) -> None:
+        """Epochs of batches from the resumable sampler until ``max_steps``: log, evaluate and
+        checkpoint on their schedules; ``last`` gets every logged figure."""
+        from torch.utils.data import DataLoader
+
+        cfg = self.cfg
         global_batch = cfg.batch_size * self.dist.world_size
         t_window, n_window = time.perf_counter(), 0
-        try:
-            while self.step < cfg.max_steps:
-                self.epoch, self.batch_in_epoch = self._position()
-                self.sampler.set_position(self.epoch, self.batch_in_epoch)
-                loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
-                                    num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
-                                    drop_last=True, persistent_workers=False)
-                for batch in loader:
-                    batch = batch.to(self.device, non_blocking=True)
-                    if self.channels_last:
-                        batch = batch.contiguous(memory_format=torch.channels_last)
-                    logs = self.train_step(batch, self.step)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    n_window += 1
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                        figures = self._reduce_logs(logs)
-                        if self.device.type == "cuda":
-                            torch.cuda.synchronize()
-                        now = time.perf_counter()
-                        figures["perf/images_per_s"] = n_window * global_batch / max(now - t_window, 1e-9)
-                        t_window, n_window = now, 0
-                        figures["perf/epoch"] = float(self.epoch)
-                        self._write_metrics(self.step, figures)
-                        last.update(figures)
-                        bar.set_postfix(loss=f"{figures.get('train/g_total', float('nan')):.4f}",
-                                        img_s=f"{figures['perf/images_per_s']:.1f}")
-                    if self.dist.is_main and (self.step % cfg.image_every == 0 or self.step == cfg.max_steps):
-                        last.update(self._evaluate(self.step))
-                    if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
-                        self.save_checkpoint()
-                    if self.step >= cfg.max_steps:
-                        break
-            self._record_rank_agreement()
-        finally:
-            bar.close()
-            self.tracker.end()
-        return last
+        while self.step < cfg.max_steps:
+            self.epoch, self.batch_in_epoch = self._position()
+            self.sampler.set_position(self.epoch, self.batch_in_epoch)
+            loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler,
+                                num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                drop_last=True, persistent_workers=False)
+            for batch in loader:
+                logs = self._train_batch(batch)
+                n_window += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    figures, t_window = self._log_figures(logs, n_window * global_batch, t_window)
+                    n_window = 0
+                    last.update(figures)
+                    bar.set_postfix(loss=f"{figures.get('train/g_total', float('nan')):.4f}",
+                                    img_s=f"{figures['perf/images_per_s']:.1f}")
+                if self.dist.is_main and (self.step % cfg.image_every == 0 or self.step == cfg.max_steps):
+                    last.update(self._evaluate(self.step))
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+                if self.step >= cfg.max_steps:
+                    break
+
+    def _train_batch(self, batch: Tensor) -> dict[str, Tensor]:
+        """One step on this rank's batch (moved to the device): ``train_step``, then the step and
+        the position in the epoch advance."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logs = self.train_step(batch, self.step)
+        self.step += 1
+        self.batch_in_epoch += 1
+        return logs
+
+    def _log_figures(self, logs: dict[str, Tensor], images: int, since: float) -> tuple[dict[str, float], float]:
+        """The step's figures (logs averaged over ranks, throughput of the ``images`` trained since
+        ``since``, epoch), written to the metrics; returns them and the time they were taken."""
+        figures = self._reduce_logs(logs)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        figures["perf/images_per_s"] = images / max(now - since, 1e-9)
+        figures["perf/epoch"] = float(self.epoch)
+        self._write_metrics(self.step, figures)
+        return figures, now
 
     def _record_rank_agreement(self) -> None:
         """Under several processes, write ``<out>/ranks.json``: each rank's own checksum of
@@ -264,4 +288,5 @@ class TrainLoop:
             (self.out / "ranks.json").write_text(json.dumps(
                 {"world_size": self.dist.world_size, "step": self.step, "agree": agree, "sha256": every}, indent=1))
             if not agree:
-                raise HarnessError(f"ranks hold different weights after step {self.step}; see {self.out / 'ranks.json'}")
+                raise HarnessError(f"ranks hold different weights after step {self.step}; "
+                                   f"see {self.out / 'ranks.json'}")

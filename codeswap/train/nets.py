@@ -126,7 +126,8 @@ def load_expression_net(name: str, path: str | None = None) -> nn.Module | None:
         return None
     if name == "deep3d":
         if not path:
-            raise HarnessError("expression network deep3d needs --expression-checkpoint PATH (Deep3DFaceRecon epoch_20.pth)")
+            raise HarnessError("expression network deep3d needs --expression-checkpoint PATH "
+                               "(Deep3DFaceRecon epoch_20.pth)")
         from pathlib import Path
 
         from faceeval.models.deep3d import load_deep3d

@@ -217,7 +217,8 @@ class Stage1Trainer(TrainLoop):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         stored = autoencoder_config(state["model_config"])
-        if replace(stored, checkpoint_levels=0) != replace(self.model_cfg, checkpoint_levels=0):  # a memory setting only
+        # checkpoint_levels is a memory setting only
+        if replace(stored, checkpoint_levels=0) != replace(self.model_cfg, checkpoint_levels=0):
             hint = (" (it is the narrow schedule now called `fast`: resume with --config fast)"
                     if is_fast_schedule(stored) and not is_fast_schedule(self.model_cfg) else "")
             raise HarnessError("checkpoint was trained with a different model config; use the same "

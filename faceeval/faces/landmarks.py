@@ -52,7 +52,8 @@ class LandmarkStats:
                          f"(distinct contents), {self.fallback_name} did (its box and points used)")
         if self.not_found:
             facts.append(f"{'no detector' if self.fallback_name else 'detector'} found "
-                         f"{'a face' if self.fallback_name else 'no face'} in {len(self.not_found)} of {len(self.seen)} "
+                         f"{'a face' if self.fallback_name else 'no face'} in {len(self.not_found)} "
+                         f"of {len(self.seen)} "
                          "images (distinct contents); for input crops the landmarks were predicted inside the "
                          "expected box of the aligned crop (method outputs without a face are not scored)")
         return f"{who}: {'; '.join(facts)}" if facts else None

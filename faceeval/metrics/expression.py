@@ -163,7 +163,8 @@ class ExpressionMetric(Metric):
         template = ((ARCFACE_TEMPLATE_112 - ARCFACE_SIZE / 2) * (INPUT_SIZE / ARCFACE_SIZE) * DEEP3D_FRAME
                     + INPUT_SIZE / 2).astype(np.float32)
         five = np.stack([it[1] for it in items])  # (N, 5, 2)
-        crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE) for it, f in zip(items, five)])  # (N,224,224,3)
+        crops = np.stack([similarity_crop(it[0], f, template, INPUT_SIZE)
+                          for it, f in zip(items, five)])  # (N,224,224,3)
 
         def forward(batch: np.ndarray) -> np.ndarray:  # (B, 224, 224, 3) uint8 -> (B, 64)
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float() / 255.0

@@ -15,7 +15,7 @@ Each embedder maps aligned face crops (uint8 RGB, FFHQ-aligned, any size) and th
 | ``cosface`` / ``cosface_r50`` | arcface_torch CosFace iresnet-100/-50, Glint360K | ArcFace 112        | yes      |
 | ``arcface_irse50`` | ArcFace IR-SE-50, pSp's / REFace's ``model_ir_se50.pth`` (TreB1eN) | ArcFace 112 (REFace: ``crop=psp``) | yes |
 | ``cosface_sphere20`` | CosFace sphere20, VGGFace2 (ReliableSwap's evaluator), 512-d | ArcFace 112; ``crop=resize``: bilinear ``align_corners=True`` to 112x112 | yes |
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ def similarity_crop(image: np.ndarray, five: np.ndarray, template: np.ndarray, s
 
 
 def facenet_crops(images: list[np.ndarray], five: np.ndarray) -> np.ndarray:
-    return np.stack([similarity_crop(img, f, FACENET_TEMPLATE_160, 160) for img, f in zip(images, five)])  # (N,160,160,3)
+    return np.stack([similarity_crop(img, f, FACENET_TEMPLATE_160, 160)
+                     for img, f in zip(images, five)])  # (N,160,160,3)
 
 
 #: version of the embedders run in fixed batches (faceeval.parallel.fixed_batches): features
@@ -409,7 +410,8 @@ class SFaceForward(NetworkTask):
 #: backend setting -> (weight file, embedder name, description) of insightface ONNX files
 ONNX_BACKENDS = {
     "arcface": ("w600k_r50.onnx", "arcface_w600k_r50", "ArcFace ResNet-50 WebFace600K (insightface buffalo_l), 512-d"),
-    "arcface_glint": ("glintr100.onnx", "arcface_glintr100", "ArcFace ResNet-100 Glint360K (insightface antelopev2), 512-d"),
+    "arcface_glint": ("glintr100.onnx", "arcface_glintr100",
+                      "ArcFace ResNet-100 Glint360K (insightface antelopev2), 512-d"),
 }
 #: backend setting -> (weight file, iresnet depth, embedder name, description) of arcface_torch checkpoints
 IRESNET_BACKENDS = {
@@ -421,7 +423,8 @@ IRESNET_BACKENDS = {
 #: backend setting -> (weight file, architecture, embedder name, description) of pSp-format IR-SE checkpoints
 IRSE_BACKENDS = {
     "arcface_irse50": ("model_ir_se50.pth", "ir_se50", "arcface_irse50_psp",
-                       "ArcFace IR-SE-50 (TreB1eN InsightFace_Pytorch; pSp's model_ir_se50.pth, REFace's evaluator), 512-d"),
+                       "ArcFace IR-SE-50 (TreB1eN InsightFace_Pytorch; pSp's model_ir_se50.pth, "
+                       "REFace's evaluator), 512-d"),
 }
 #: backend setting -> the weight files it cannot run without (the registry's ``requires``)
 BACKEND_FILES: dict[str, tuple[str, ...]] = {

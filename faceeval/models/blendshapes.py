@@ -423,7 +423,8 @@ def _mixer_state(ops) -> dict[str, torch.Tensor]:
     eps = {float(ins[1]) for name, ins in ops if name == "ADD" and ins[1] is not None and ins[1].ndim == 0}
     per_block = 4
     if (len(linears) != 3 + per_block * NUM_MIXER_BLOCKS or len(gammas) != 2 * NUM_MIXER_BLOCKS
-            or len(cls) != 1 or len(scale) != 1 or len(eps) != 1 or not np.isclose(eps.pop(), LN_EPS, rtol=1e-6, atol=0)):
+            or len(cls) != 1 or len(scale) != 1 or len(eps) != 1
+            or not np.isclose(eps.pop(), LN_EPS, rtol=1e-6, atol=0)):
         raise HarnessError(f"{BLENDSHAPES_FILE}: not the MLP-Mixer layout this port expects")
 
     def lin(i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,7 +184,8 @@ def load_from_graph(path: Path) -> InceptionResnetV1:
         model.bottleneck_bn.running_var.copy_(torch.from_numpy(take(f"{bn}/moving_variance")))
     weights_left = [k for k, v in consts.items() if k not in used and v.ndim >= 1 and v.size > 4]
     if weights_left:
-        raise HarnessError(f"{path.name}: {len(weights_left)} weight tensors not used by the port, e.g. {weights_left[:2]}")
+        raise HarnessError(f"{path.name}: {len(weights_left)} weight tensors not used by the port, "
+                           f"e.g. {weights_left[:2]}")
     return model.eval()
 
 

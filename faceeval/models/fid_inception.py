@@ -160,6 +160,24 @@ def convert(src: Path, dst: Path) -> None:
     (``torch.save``; loads with ``weights_only=True``). Every source tensor is placed on its
     key by the module structure above, shapes and conv strides / paddings checked."""
     src, dst = Path(src), Path(dst)
+    ts, source = _load_source(src)
+    skeleton = fidelity_skeleton()
+    target = fidelity_keys(skeleton)
+    out, used = _map_tensors(ts.net.layers, skeleton, target, source, src.name)
+    if used != set(source):
+        raise HarnessError(f"{src.name}: tensors not mapped: {sorted(set(source) - used)[:3]}")
+    if set(out) != set(target):
+        raise HarnessError(f"keys not written: {sorted(set(target) - set(out))[:3]}")
+    state = OrderedDict((k, out[k]) for k in target)  # torch-fidelity's own key order
+    buf = io.BytesIO()  # in memory: the archive's inner folder is then "archive", not dst's stem,
+    torch.save(state, buf)  # so the bytes do not depend on the (temporary) name the file is written as
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(buf.getvalue())
+
+
+def _load_source(src: Path) -> tuple[torch.jit.ScriptModule, dict[str, torch.Tensor]]:
+    """The pinned TorchScript ``src`` (its sha256 checked before it is opened, its block layout
+    after) and its parameters, keyed below ``net.layers``."""
     sha = file_sha256(src)
     if sha != SOURCE_SHA256:  # only the pinned file is ever opened with torch.jit.load
         raise HarnessError(f"{src.name}: sha256 {sha[:12]}... is not the pinned {SOURCE_SHA256[:12]}... "
@@ -167,14 +185,18 @@ def convert(src: Path, dst: Path) -> None:
     with warnings.catch_warnings():  # torch announces TorchScript's deprecation on every load
         warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
         ts = torch.jit.load(str(src), map_location="cpu")  # TorchScript IR, not pickle (see module docstring)
-    layers = ts.net.layers
-    _check_layout(layers)
+    _check_layout(ts.net.layers)
     source = {k.removeprefix("net.layers."): v.detach() for k, v in ts.named_parameters()}
     if len(source) != SOURCE_TENSORS or any(True for _ in ts.named_buffers()):
         raise HarnessError(f"{src.name}: {len(source)} parameters (expected {SOURCE_TENSORS}, no buffers)")
+    return ts, source
 
-    skeleton = fidelity_skeleton()
-    target = fidelity_keys(skeleton)
+
+def _map_tensors(layers, skeleton, target: dict[str, torch.Size], source: dict[str, torch.Tensor],
+                 name: str) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """torch-fidelity key -> tensor for each conv of :func:`conv_mapping` (its batch norm's scale
+    1) and for the logits layer (``MISSING_LOGITS``), and the source keys used. ``name``: the
+    source file's, for the messages."""
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
 
@@ -188,31 +210,27 @@ def convert(src: Path, dst: Path) -> None:
         out[key] = value.to(torch.float32).contiguous().clone()
 
     for ts_path, fid_prefix in conv_mapping().items():
-        conv_ts, conv_fid = _submodule(layers, ts_path), _submodule(skeleton, fid_prefix).conv
-        if conv_ts.original_name != "Conv2dLayer":
-            raise HarnessError(f"{ts_path} is a {conv_ts.original_name}, expected Conv2dLayer")
-        if f"{BN_EPS}" not in conv_ts.code:  # batch_norm(x, mean, var, None, beta, False, 0.1, 0.001)
-            raise HarnessError(f"{ts_path}: batch norm eps is not {BN_EPS}")
-        stride, padding = _pair(conv_ts._c.getattr("stride")), _pair(conv_ts._c.getattr("padding"))
-        if stride != _pair(conv_fid.stride) or padding != _pair(conv_fid.padding):
-            raise HarnessError(f"{ts_path}: stride {stride} padding {padding} != {fid_prefix}'s "
-                               f"{conv_fid.stride} {conv_fid.padding}")
-        for name, suffix in TENSORS.items():
-            key = f"{ts_path}.{name}"
+        _check_conv(ts_path, fid_prefix, _submodule(layers, ts_path), _submodule(skeleton, fid_prefix).conv)
+        for tensor, suffix in TENSORS.items():
+            key = f"{ts_path}.{tensor}"
             if key not in source or key in used:
-                raise HarnessError(f"{src.name}: {key} missing or used twice")
+                raise HarnessError(f"{name}: {key} missing or used twice")
             used.add(key)
             put(f"{fid_prefix}.{suffix}", source[key])
         put(f"{fid_prefix}.bn.weight", torch.ones(target[f"{fid_prefix}.bn.weight"]))  # no scale in the graph
     put("fc.weight", torch.full(target["fc.weight"], MISSING_LOGITS))  # (1008, 2048): not in the source
     put("fc.bias", torch.full(target["fc.bias"], MISSING_LOGITS))  # (1008,)
+    return out, used
 
-    if used != set(source):
-        raise HarnessError(f"{src.name}: tensors not mapped: {sorted(set(source) - used)[:3]}")
-    if set(out) != set(target):
-        raise HarnessError(f"keys not written: {sorted(set(target) - set(out))[:3]}")
-    state = OrderedDict((k, out[k]) for k in target)  # torch-fidelity's own key order
-    buf = io.BytesIO()  # in memory: the archive's inner folder is then "archive", not dst's stem,
-    torch.save(state, buf)  # so the bytes do not depend on the (temporary) name the file is written as
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(buf.getvalue())
+
+def _check_conv(ts_path: str, fid_prefix: str, conv_ts, conv_fid) -> None:
+    """The TorchScript layer at ``ts_path`` is a Conv2dLayer with the batch norm eps and the
+    stride and padding of torch-fidelity's conv at ``fid_prefix``."""
+    if conv_ts.original_name != "Conv2dLayer":
+        raise HarnessError(f"{ts_path} is a {conv_ts.original_name}, expected Conv2dLayer")
+    if f"{BN_EPS}" not in conv_ts.code:  # batch_norm(x, mean, var, None, beta, False, 0.1, 0.001)
+        raise HarnessError(f"{ts_path}: batch norm eps is not {BN_EPS}")
+    stride, padding = _pair(conv_ts._c.getattr("stride")), _pair(conv_ts._c.getattr("padding"))
+    if stride != _pair(conv_fid.stride) or padding != _pair(conv_fid.padding):
+        raise HarnessError(f"{ts_path}: stride {stride} padding {padding} != {fid_prefix}'s "
+                           f"{conv_fid.stride} {conv_fid.padding}")

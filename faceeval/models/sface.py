@@ -175,7 +175,8 @@ def _check_graph(src: Path, consts: dict[str, Any], kept: list[Any]) -> None:
     expect = {"conv_1_conv2d": (STEM[2], 1)} | {
         f"conv_{i + FIRST_BLOCK}{part}_conv2d": (stride if part else 1, cin if part else 1)
         for i, (cin, _, stride) in enumerate(BLOCKS) for part in ("_dw", "")}
-    eps = {f"conv_{n}": TRUNK_BN_EPS for n in range(1, FIRST_BLOCK + len(BLOCKS))} | {"bn1": HEAD_BN_EPS, "fc1": HEAD_BN_EPS}
+    eps = ({f"conv_{n}": TRUNK_BN_EPS for n in range(1, FIRST_BLOCK + len(BLOCKS))}
+           | {"bn1": HEAD_BN_EPS, "fc1": HEAD_BN_EPS})
     seen = set()
     for node in kept:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
