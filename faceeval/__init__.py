@@ -5,5 +5,5 @@ files (weights, fetch), images, caches, parallel work, timing, provenance, stops
 stores (tracking), the ``Registry`` class, and the evaluators: faces/, models/, metrics/.
 
 It imports nothing from ``harness`` (the application), ``methods``, ``protocols``,
-``reports`` or ``codeswap``; ``tests/test_architecture.py`` checks that with import-linter.
+``reports`` or ``codeswap``; ``tests/project/test_architecture.py`` checks that with import-linter.
 """

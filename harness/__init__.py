@@ -3,7 +3,7 @@
 It runs a job (``cli``, ``evaluation``, ``runner``, ``results``, ``console``, ``export``,
 ``rescore``) and holds the table of built-in entries (``registry``); it builds on the parts
 (``methods``, ``reports``, ``protocols``, ``codeswap``) and the foundation (``faceeval``), and
-nothing imports it (docs/architecture.md, checked by tests/test_architecture.py).
+nothing imports it (docs/architecture.md, checked by tests/project/test_architecture.py).
 
 The Python API (the same function ``harness run`` calls, with the same defaults)::
 

@@ -6,7 +6,7 @@ separate venv with them (pip resolves everything else) and runs pytest there. A 
 without a lower bound is left to pip.
 
     python3 scripts/lowest_versions.py                         # whole suite, venv .venv-lowest
-    python3 scripts/lowest_versions.py -- tests/test_api.py -x # pytest arguments after --
+    python3 scripts/lowest_versions.py -- tests/harness/test_api.py -x # pytest arguments after --
     python3 scripts/lowest_versions.py --print                 # only print the constraints
 
 Exit status: pip's if the install fails (a lower bound that does not install together with

@@ -1,6 +1,6 @@
 """The bad-input corpus: every kind of broken input, generated (no binaries shipped).
 
-Used by tests/test_bad_inputs.py and by scripts/bad_input_corpus.py, which runs each case
+Used by tests/harness/test_bad_inputs.py and by scripts/bad_input_corpus.py, which runs each case
 end to end through the CLI. Photos are the demo faces (real people, shipped with the
 repository); everything bad is made from them or from scratch here.
 """

@@ -13,7 +13,7 @@ def _share_the_cores_among_workers() -> None:
     every subprocess a test starts) and as many threads per library. Without it every worker
     and each of its subprocesses sizes torch's, OpenMP's and BLAS's thread pools (and the
     harness its ``--workers`` default) to the whole machine: on 2 cores with 2 workers the
-    spinning threads made a test three times slower (measured, tests/test_benchmarks.py's
+    spinning threads made a test three times slower (measured, tests/project/test_benchmarks.py's
     recipe smoke run twice at once: 69 s with the defaults, 22 s with one thread each).
     Runs at import, before any test module imports torch; a thread count the caller set is kept."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")

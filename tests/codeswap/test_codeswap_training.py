@@ -13,7 +13,7 @@ from codeswap.config import TINY, LossConfig, TrainConfig
 from codeswap.swap_losses import SwapLossWeights
 from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig, make_pairs
 
-DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+DEMO = Path(__file__).resolve().parents[2] / "protocols" / "demo_faces"
 
 
 class MeanColourId(nn.Module):

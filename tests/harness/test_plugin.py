@@ -17,7 +17,7 @@ import pytest
 
 from helpers import REPO, harness_cli
 
-PLUGIN = Path(__file__).resolve().parent / "plugin_example"
+PLUGIN = Path(__file__).resolve().parents[1] / "plugin_example"
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from faceeval.summaries import (
     portable_summary,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: the three shapes the runner writes: a mean over pairs, an RMS aggregate, a dataset-level value
 ENTRIES = {

@@ -15,7 +15,7 @@ from codeswap.regions import REGION_POINTS, crop_with_landmarks, region_cells, r
 from faceeval.errors import HarnessError
 from faceeval.images import load_rgb
 
-DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+DEMO = Path(__file__).resolve().parents[2] / "protocols" / "demo_faces"
 
 
 def _landmarks_at(points: dict[tuple[int, ...], tuple[float, float, float, float]]) -> np.ndarray:

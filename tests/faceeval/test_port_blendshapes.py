@@ -24,8 +24,8 @@ from faceeval.models.blendshapes import (
     roi_crop,
 )
 
-REF = Path(__file__).parent / "data/reference/blendshapes.npz"
-ROOT = Path(__file__).resolve().parents[1]
+REF = Path(__file__).parents[1] / "data/reference/blendshapes.npz"
+ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-4
 IDX = {n: i for i, n in enumerate(BLENDSHAPE_NAMES)}
 

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import harness_cli
 
-DEMO = Path(__file__).resolve().parents[1] / "protocols" / "demo_faces"
+DEMO = Path(__file__).resolve().parents[2] / "protocols" / "demo_faces"
 COMMON = ["--data", str(DEMO), "--batch-size", "4", "--num-workers", "0", "--holdout", "4", "--cache-images",
           "--no-mlflow", "--device", "cpu", "--log-every", "1"]
 

@@ -147,7 +147,7 @@ def test_every_preset_setting_cites_a_file_and_line_or_a_note():
 
 
 def test_the_conventions_page_shows_every_presets_sources():
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "conventions.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "conventions.md").read_text()
     for p in PRESETS.values():
         assert f"### `{p.name}`" in doc
         for line in [c for role in p.roles for c in role.cite] + list(p.cite):

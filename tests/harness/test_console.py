@@ -128,7 +128,7 @@ def test_a_training_stage_reports_progress_in_a_log(tmp_path, capsys, monkeypatc
     from codeswap.train.stage1 import Stage1Trainer
 
     monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
-    faces = sorted((Path(__file__).resolve().parents[1] / "protocols" / "demo_faces").glob("*.png"))[:4]
+    faces = sorted((Path(__file__).resolve().parents[2] / "protocols" / "demo_faces").glob("*.png"))[:4]
     data = tmp_path / "faces"
     data.mkdir()
     for f in faces:

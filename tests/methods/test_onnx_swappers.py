@@ -1,7 +1,7 @@
 """ONNX swapper adapters on tiny graphs in each model's official format.
 
 * a swapper that returns its target must come back through alignment and paste-back
-  within the round-trip tolerance of tests/test_paste.py (same warps, same bound);
+  within the round-trip tolerance of tests/faceeval/test_paste.py (same warps, same bound);
 * input normalisation, output ranges and the identity paths (emap, converter, raw
   ArcFace, source image) are checked with constructed values.
 """
@@ -32,7 +32,7 @@ from methods.onnx_swappers import (
 )
 from protocols.demo import DemoProtocol
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnx_models
 
 RNG = np.random.default_rng(7)
@@ -79,7 +79,7 @@ def pairs():
     return src, tgt
 
 
-# Same bounds as the identity round trip in tests/test_paste.py (uint8 levels, whole crop).
+# Same bounds as the identity round trip in tests/faceeval/test_paste.py (uint8 levels, whole crop).
 TOL = {128: (1.5, 14.0), 256: (1.0, 9.0), 512: (1.0, 9.0)}
 
 

@@ -101,7 +101,7 @@ def test_evaluate_defaults_match_harness_run():
     from harness.evaluation import evaluate
     from harness.settings import RunSettings
 
-    # evaluate() declares no default: its keywords are RunSettings' fields (tests/test_run_settings.py)
+    # evaluate() declares no default: its keywords are RunSettings' fields (tests/harness/test_run_settings.py)
     assert [p.kind for p in inspect.signature(evaluate).parameters.values()][-1] is inspect.Parameter.VAR_KEYWORD
     cli = inspect.signature(run).parameters
     for name in ("seed", "num_pairs", "device", "batch_size", "out", "save_images", "mlflow", "tracking_uri",
@@ -130,7 +130,7 @@ def test_list_and_weights_json():
 
 
 def _in_git_checkout() -> bool:
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
     return proc.returncode == 0
 
@@ -152,6 +152,6 @@ def test_mlflow_parent_run_has_the_manifest_dataset_and_git_tag(tmp_path):
     assert json.loads(ds.profile)["num_rows"] == 28
     if _in_git_checkout():
         sha = parent.data.tags["mlflow.source.git.commit"]
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
                               capture_output=True, text=True).stdout.strip()
         assert sha == head
