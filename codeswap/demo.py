@@ -421,6 +421,19 @@ def _demo_stage2_second_phase(s2b_dir: Path, base: str, recipe: DemoRecipe, log,
     return s2b
 
 
+def _stage3_settings(recipe: DemoRecipe, swap_kw: dict[str, Any]) -> dict[str, Any]:
+    """Stage 3's ``SwapTrainConfig`` fields: stage 2's; with a second stage-2 phase, its
+    weights (the paper's L_swap with L_exp) act in the mask's unsupervised phase, the teacher
+    (codes only, the fusion is frozen here) off. The supervised phase uses none of them."""
+    from dataclasses import replace
+
+    from codeswap.swap_losses import SwapLossWeights
+
+    if not recipe.finetune_steps:
+        return swap_kw
+    return {**swap_kw, "weights": replace(SwapLossWeights(*recipe.finetune_weights), teacher=0.0)}
+
+
 def _demo_stage3(s3_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[str, Any], s2: Path,
                  swap_kw: dict[str, Any]) -> Path:
     """Stage 3 (the mask) of ``base`` on the stage-2 checkpoint ``s2``, in ``s3_dir``: finished
@@ -435,7 +448,7 @@ def _demo_stage3(s3_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[
         log(f"codeswap demo: training stage 3, variant {base} ({recipe.stage3_steps} steps) in {s3_dir}")
         cfg = TrainConfig(out=str(s3_dir), max_steps=recipe.stage3_steps, ckpt_every=_ckpt_every(recipe.stage3_steps),
                           **common)
-        Stage3Trainer(cfg, SwapTrainConfig(stage1=str(s2), variant=base, **swap_kw),
+        Stage3Trainer(cfg, SwapTrainConfig(stage1=str(s2), variant=base, **_stage3_settings(recipe, swap_kw)),
                       MaskTrainConfig(supervised_steps=recipe.stage3_supervised)).run(resume=True)
         s3 = _mark_done(s3_dir)
     return s3

@@ -161,3 +161,15 @@ def test_a_second_stage2_phase_starts_from_the_shipped_model_only_when_the_first
     assert shipped_stage2(replace(later, stage2_steps=599), "full", tmp_path / "other") is None
     assert shipped_stage2(replace(later, stage2_lr=2e-3), "full", tmp_path / "other") is None
     assert not (tmp_path / "other").exists()
+
+
+def test_the_mask_learns_with_the_second_phase_losses_and_no_teacher():
+    """With a second stage-2 phase, stage 3's unsupervised phase uses its weights (L_exp on),
+    the code teacher off; the shipped recipe keeps its own weights."""
+    from codeswap.demo import DemoRecipe, _stage3_settings, _swap_settings
+
+    shipped = DemoRecipe()
+    assert _stage3_settings(shipped, _swap_settings(shipped)) == _swap_settings(shipped)
+    later = DemoRecipe(finetune_steps=5, expression_net="whenet", finetune_weights=(1.0, 1.5, 0.0, 0.5, 1.0, 1.0))
+    w = _stage3_settings(later, _swap_settings(later))["weights"]
+    assert (w.expression, w.identity, w.teacher) == (0.5, 1.5, 0.0)
