@@ -180,7 +180,7 @@ def judge_demo_protocol(ckpts: dict[str, Path], out: Path, device: str) -> dict[
     res = evaluate("demo", ["source", "target", "classical", *runs], metrics=DEMO_METRICS,
                    method_options={m: {"checkpoint": str(ck)} for m, ck in runs.items()}, device=device,
                    out=out / "demo-run", mlflow=False, progress=False, log=lambda _: None)
-    table = {s["method"]: {k: e["value"] for k, e in s["metrics"].items()} for s in res.summaries}
+    table = {r.method: {k: e.value for k, e in r.metrics.items()} for r in res.runs}
     ratios = {m: {k: table[m][k] / table["classical"][k] for k in ATTRIBUTE_KEYS
                   if k in table[m] and table["classical"].get(k)} for m in runs}
     return {"means": table, "attribute_error_x_classical": ratios, "report": str(out / "demo-run" / "report")}

@@ -10,9 +10,11 @@ A summary is one JSON object per method x protocol run, at
 Paths inside the output folder are stored relative to it (:func:`portable_summary`), so the
 folder can be moved or copied; :func:`local_summary` re-derives them where it is now.
 
-A metric entry is read and written as a :class:`MetricEntry`, which owns how it is shown:
-the direction :func:`arrow`, the :func:`digits` rule and the table :meth:`MetricEntry.cell`
-(the console, Table 1/3 and the HTML report all format through it).
+A summary is read and written as a :class:`RunSummary` (typed fields in the file's order;
+:func:`write_summary` stores one, :func:`load_summaries` reads them back), its metric entries
+as :class:`MetricEntry`, which owns how a number is shown: the direction :func:`arrow`, the
+:func:`digits` rule and the table :meth:`MetricEntry.cell` (the console, Table 1/3 and the
+HTML report all format through it), and each metric's network as :class:`BackendRecord`.
 """
 
 from __future__ import annotations
@@ -262,8 +264,6 @@ def write_summary(summary: RunSummary, out_dir: Path) -> RunSummary:
 def cell(entry: MetricEntry | None, scale: float | None = None) -> str:
     """:meth:`MetricEntry.cell`, or ``–`` where a method has no entry."""
     return NO_VALUE if entry is None else entry.cell(scale)
-
-
 
 
 def portable_summary(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
