@@ -177,8 +177,8 @@ def run_default_suite(device: str, pairs: int, batch: int, out: Path) -> None:
         features.close()
     n = len(pairset.pairs)
     print(f"default suite ({', '.join(DEFAULT_METRICS)}) on {device}: {n} pairs, "
-          f"score {summary['timing_s']['score']:.1f}s "
-          f"= {n / summary['timing_s']['score']:.2f} pairs/s (wall incl. swaps and model builds {wall:.1f}s)")
+          f"score {summary.timing_s['score']:.1f}s "
+          f"= {n / summary.timing_s['score']:.2f} pairs/s (wall incl. swaps and model builds {wall:.1f}s)")
 
 
 def main() -> None:

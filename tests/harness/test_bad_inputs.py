@@ -442,7 +442,7 @@ def _summary(tmp_path: Path, run_id: str = "abc"):
 _KILLED = """
 import os, sys
 from pathlib import Path
-sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests"]
+sys.path[:0] = [sys.argv[2], sys.argv[2] + "/tests", sys.argv[2] + "/tests/harness"]
 from test_bad_inputs import _summary
 from faceeval.tracking import Tracker
 out = Path(sys.argv[1])
