@@ -269,7 +269,8 @@ class SwapTrainConfig:
     weights: SwapLossWeights = field(default_factory=SwapLossWeights)
     # share of pairs made of one image twice (reconstruction pairs)
     same_rate: float = setting(0.2, "Share of pairs made of one image twice (L_recon).")
-    identity_net: str = setting("facenet", "Differentiable identity network for L_id: facenet (offline port) or none.")
+    identity_net: str = setting("facenet", "Differentiable identity network for L_id: facenet (offline port), "
+                                           "sface (the default suite's judge: a study setting) or none.")
     identity_size: int | None = None  # input side of the identity network (None: its own, 160 for FaceNet)
     # NOTE: not in the paper; with a weak identity network at low resolution it keeps L_id
     # from drawing adversarial patterns (see the stage-2 study, docs/codeswap-cpu-study.md)

@@ -95,6 +95,8 @@ class DemoRecipe:
     finetune_weights: tuple[float, ...] = (1.0, 1.5, 0.0, 0.5, 1.0, 0.0)
     # steps over which the second phase's teacher weight (finetune_weights[5]) falls linearly to 0
     finetune_teacher_decay: int = 0
+    # the second phase's L_id network ("": identity_net's); sface is a study setting (the judge)
+    finetune_identity_net: str = ""
     holdout: int = 0  # train on every demo face
     seed: int = 0
     # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
@@ -119,7 +121,8 @@ def cache_root() -> Path:
 
 #: recipe fields added after the shipped bundle was built: they enter the key only when set
 #: away from their default, so the bundle of a recipe that leaves them alone keeps its key
-LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights", "finetune_teacher_decay")
+LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights", "finetune_teacher_decay",
+                "finetune_identity_net")
 #: the fields that only shape stage 3 (and which variants a bundle holds)
 STAGE3_FIELDS = ("stage3_steps", "stage3_supervised", "variants")
 
@@ -413,9 +416,10 @@ def _demo_stage2_second_phase(s2b_dir: Path, base: str, recipe: DemoRecipe, log,
         cfg = TrainConfig(out=str(s2b_dir), max_steps=recipe.finetune_steps,
                           ckpt_every=_ckpt_every(recipe.finetune_steps),
                           **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
+        phase = {"weights": SwapLossWeights(*recipe.finetune_weights),
+                 "identity_net": recipe.finetune_identity_net or recipe.identity_net}
         sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
-                             teacher_decay_steps=recipe.finetune_teacher_decay,
-                             **{**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights)})
+                             teacher_decay_steps=recipe.finetune_teacher_decay, **{**swap_kw, **phase})
         Stage2Trainer(cfg, sc).run(resume=True)
         s2b = _mark_done(s2b_dir)
     return s2b
@@ -431,7 +435,8 @@ def _stage3_settings(recipe: DemoRecipe, swap_kw: dict[str, Any]) -> dict[str, A
 
     if not recipe.finetune_steps:
         return swap_kw
-    return {**swap_kw, "weights": replace(SwapLossWeights(*recipe.finetune_weights), teacher=0.0)}
+    return {**swap_kw, "weights": replace(SwapLossWeights(*recipe.finetune_weights), teacher=0.0),
+            "identity_net": recipe.finetune_identity_net or recipe.identity_net}  # what the checkpoint names
 
 
 def _demo_stage3(s3_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[str, Any], s2: Path,

@@ -104,13 +104,17 @@ class AugmentedIdentity(nn.Module):
         return self.net(xs.reshape(b, 3, h, w))
 
 
+#: identity networks for L_id (``--identity-net``)
+IDENTITY_NETS = ("facenet", "sface", "none")
+
+
 def load_identity_net(name: str, size: int | None = None, augment: float = 0.0) -> nn.Module | None:
     if name == "none":
         return None
-    if name == "facenet":
-        net = FaceNetIdentity(size)
+    if name in ("facenet", "sface"):
+        net = FaceNetIdentity(size) if name == "facenet" else SFaceIdentity()
         return AugmentedIdentity(net, augment) if augment > 0 else net
-    raise HarnessError(f"unknown identity network {name!r}; choose facenet or none")
+    raise HarnessError(f"unknown identity network {name!r}; choose {', '.join(IDENTITY_NETS)}")
 
 
 #: expression networks for L_exp (``--expression-net``); "a+b" concatenates codes
@@ -224,6 +228,41 @@ class BlendshapeExpression(PackagedNet):
         roi = F.grid_sample(img, grid.expand(b, -1, -1, -1), mode="bilinear", padding_mode="border",
                             align_corners=False)  # (B, 3, 256, 256)
         return self.net(roi, inverse.expand(b, -1, -1))  # (B, 52)
+
+
+class SFaceIdentity(PackagedNet):
+    """[-1, 1] FFHQ-aligned crops -> unit 128-d SFace embeddings, differentiably: the crop's
+    template 5 points (:func:`template_face`) aligned onto the ArcFace 112 px template by the
+    same similarity transform as the metrics' ``arcface_crop`` (bilinear, zero border), the
+    network fed RGB in 0..255 (``faceeval.models.sface.sface_input``).
+
+    NOTE: SFace is also the default suite's identity judge; a model trained with it is scored
+    by its own trainer unless the run picks another recogniser (the runs say so). A study
+    setting (docs/codeswap-cpu-study.md), not the shipped recipe's."""
+
+    name, asset, loader = "sface", "sface", "faceeval.models.sface:load_sface"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._grids: dict[tuple[int, str], Tensor] = {}
+
+    def _grid(self, r: int, x: Tensor) -> Tensor:
+        """(1, 112, 112, 2) sampling grid of the ArcFace crop of an aligned crop of side r."""
+        key = (r, str(x.device))
+        if key not in self._grids:
+            from faceeval.faces.arcface import ARCFACE_SIZE, arcface_matrix
+            from faceeval.models.blendshapes import invert_affine
+
+            inverse = invert_affine(arcface_matrix(template_face(r)[1]))  # 112 px crop -> image px
+            theta = _pixel_affine_to_theta(inverse, ARCFACE_SIZE, r).to(x.device)
+            self._grids[key] = F.affine_grid(theta, [1, 3, ARCFACE_SIZE, ARCFACE_SIZE], align_corners=False)
+        return self._grids[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        img = (x.float() + 1.0) * 127.5  # (B, 3, R, R) RGB in 0..255
+        grid = self._grid(x.shape[-1], x).expand(x.shape[0], -1, -1, -1)
+        face = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, 3, 112, 112)
+        return F.normalize(self.net(face), dim=-1)  # (B, 128)
 
 
 #: degrees per unit of the pose code: 10 deg of yaw weigh in L_exp's squared L2 as a

@@ -155,3 +155,28 @@ def test_stage2_trains_with_the_attribute_networks_and_refuses_them_missing(stag
     assert p.returncode != 0
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "harness weights fetch face_landmarker" in lines[0], p.stderr
+
+
+def test_sface_as_l_id_matches_the_metric_crop_and_passes_gradients(evaluator_file, faces):
+    """--identity-net sface: the template 5 points aligned as the metrics' arcface_crop aligns
+    them (cv2 there, grid_sample here) give the same embedding; faces are nearest themselves;
+    the gradient reaches the image."""
+    from codeswap.train.nets import load_identity_net, template_face
+    from faceeval.faces.arcface import arcface_crop
+    from faceeval.models.sface import sface_input
+
+    evaluator_file("sface")
+    net = load_identity_net("sface")
+    five = template_face(faces.shape[1])[1]
+    crops = np.stack([arcface_crop(img, five) for img in faces])  # (N, 112, 112, 3) uint8
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(net.net(sface_input(torch.from_numpy(crops))), dim=-1)
+        got = net(as_input(faces))  # (N, 128)
+    assert got.shape == (N_FACES, 128)
+    cos = (got * want).sum(-1)
+    assert float(cos.min()) > 0.98, cos  # two bilinear samplers on the same region
+    sims = got @ got.T
+    assert bool((sims.argmax(1) == torch.arange(N_FACES)).all())
+    x = as_input(faces[:2]).requires_grad_(True)
+    net(x).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0

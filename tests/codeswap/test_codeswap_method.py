@@ -141,7 +141,7 @@ def test_the_shipped_bundle_holds_the_default_recipe():
 
     from codeswap.demo import LATER_FIELDS  # added later: in the key only when set
     changed = {"expression_net": "whenet", "finetune_steps": 5, "finetune_weights": (1.0,) * 6,
-               "finetune_teacher_decay": 3}
+               "finetune_teacher_decay": 3, "finetune_identity_net": "sface"}
     assert set(changed) == set(LATER_FIELDS)
     assert all(recipe_key(replace(DemoRecipe(), **{f: v})) != listing["recipe_key"] for f, v in changed.items())
     assert listing["sha256"] == file_sha256(BUNDLE)  # the listing describes the file that ships
