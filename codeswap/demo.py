@@ -407,7 +407,6 @@ def _demo_stage2_second_phase(s2b_dir: Path, base: str, recipe: DemoRecipe, log,
     """Stage 2's second phase in ``s2b_dir`` (``recipe.finetune_steps`` from ``s2``, with the
     fine-tuning loss weights and the teacher's decay): finished already, or trained."""
     from codeswap.config import TrainConfig
-    from codeswap.swap_losses import SwapLossWeights
     from codeswap.train.stage2 import Stage2Trainer, SwapTrainConfig
 
     s2b = _stage_done(s2b_dir)
@@ -416,13 +415,21 @@ def _demo_stage2_second_phase(s2b_dir: Path, base: str, recipe: DemoRecipe, log,
         cfg = TrainConfig(out=str(s2b_dir), max_steps=recipe.finetune_steps,
                           ckpt_every=_ckpt_every(recipe.finetune_steps),
                           **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
-        phase = {"weights": SwapLossWeights(*recipe.finetune_weights),
-                 "identity_net": recipe.finetune_identity_net or recipe.identity_net}
         sc = SwapTrainConfig(stage1=str(s1), init=str(s2), variant=base,
-                             teacher_decay_steps=recipe.finetune_teacher_decay, **{**swap_kw, **phase})
+                             teacher_decay_steps=recipe.finetune_teacher_decay,
+                             **_second_phase_settings(recipe, swap_kw))
         Stage2Trainer(cfg, sc).run(resume=True)
         s2b = _mark_done(s2b_dir)
     return s2b
+
+
+def _second_phase_settings(recipe: DemoRecipe, swap_kw: dict[str, Any]) -> dict[str, Any]:
+    """The ``SwapTrainConfig`` fields of stage 2's second phase: stage 2's, with the
+    fine-tuning loss weights and its L_id network."""
+    from codeswap.swap_losses import SwapLossWeights
+
+    return {**swap_kw, "weights": SwapLossWeights(*recipe.finetune_weights),
+            "identity_net": recipe.finetune_identity_net or recipe.identity_net}
 
 
 def _stage3_settings(recipe: DemoRecipe, swap_kw: dict[str, Any]) -> dict[str, Any]:
@@ -431,12 +438,10 @@ def _stage3_settings(recipe: DemoRecipe, swap_kw: dict[str, Any]) -> dict[str, A
     (codes only, the fusion is frozen here) off. The supervised phase uses none of them."""
     from dataclasses import replace
 
-    from codeswap.swap_losses import SwapLossWeights
-
     if not recipe.finetune_steps:
         return swap_kw
-    return {**swap_kw, "weights": replace(SwapLossWeights(*recipe.finetune_weights), teacher=0.0),
-            "identity_net": recipe.finetune_identity_net or recipe.identity_net}  # what the checkpoint names
+    phase = _second_phase_settings(recipe, swap_kw)  # its L_id network is what the checkpoint names
+    return {**phase, "weights": replace(phase["weights"], teacher=0.0)}
 
 
 def _demo_stage3(s3_dir: Path, base: str, recipe: DemoRecipe, log, common: dict[str, Any], s2: Path,

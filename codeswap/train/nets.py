@@ -183,15 +183,17 @@ def template_face(r: int) -> tuple[tuple[float, float, float, float], np.ndarray
     return (x0 * r, y0 * r, x1 * r, y1 * r), WARP_TEMPLATES["ffhq_512"] * np.array([r, r])  # (5, 2)
 
 
-def _pixel_affine_to_theta(inverse: np.ndarray, out_side: int, in_side: int) -> Tensor:
-    """(2, 3) crop pixel -> image pixel affine as ``F.affine_grid``'s theta (1, 2, 3), in
-    normalised coordinates of each side (align_corners=False: pixel centre i at (2i + 1) / n - 1)."""
+def _crop_grid(inverse: np.ndarray, out_side: int, in_side: int, device) -> Tensor:
+    """(2, 3) crop pixel -> image pixel affine as ``F.grid_sample``'s (1, out_side, out_side, 2)
+    grid over an image of side ``in_side``: ``F.affine_grid``'s theta in normalised coordinates
+    of each side (align_corners=False: pixel centre i at (2i + 1) / n - 1)."""
     import numpy as np
 
     to_px = np.array([[out_side / 2, 0, out_side / 2 - 0.5], [0, out_side / 2, out_side / 2 - 0.5], [0, 0, 1]])
     to_norm = np.array([[2 / in_side, 0, 1 / in_side - 1], [0, 2 / in_side, 1 / in_side - 1], [0, 0, 1]])
     m = to_norm @ np.vstack([inverse, [0, 0, 1]]) @ to_px  # normalised crop -> normalised image
-    return torch.tensor(m[:2], dtype=torch.float32)[None]
+    theta = torch.tensor(m[:2], dtype=torch.float32, device=device)[None]  # (1, 2, 3)
+    return F.affine_grid(theta, [1, 3, out_side, out_side], align_corners=False)
 
 
 class BlendshapeExpression(PackagedNet):
@@ -216,9 +218,8 @@ class BlendshapeExpression(PackagedNet):
 
             box, five = template_face(r)
             inverse = invert_affine(roi_matrix(box, five, INPUT_SIZE))  # crop px -> image px
-            theta = _pixel_affine_to_theta(inverse, INPUT_SIZE, r).to(x.device)
-            grid = F.affine_grid(theta, [1, 3, INPUT_SIZE, INPUT_SIZE], align_corners=False)
-            self._grids[key] = grid, torch.tensor(inverse, dtype=torch.float32, device=x.device)[None]
+            self._grids[key] = (_crop_grid(inverse, INPUT_SIZE, r, x.device),
+                                torch.tensor(inverse, dtype=torch.float32, device=x.device)[None])
         return self._grids[key]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -254,8 +255,7 @@ class SFaceIdentity(PackagedNet):
             from faceeval.models.blendshapes import invert_affine
 
             inverse = invert_affine(arcface_matrix(template_face(r)[1]))  # 112 px crop -> image px
-            theta = _pixel_affine_to_theta(inverse, ARCFACE_SIZE, r).to(x.device)
-            self._grids[key] = F.affine_grid(theta, [1, 3, ARCFACE_SIZE, ARCFACE_SIZE], align_corners=False)
+            self._grids[key] = _crop_grid(inverse, ARCFACE_SIZE, r, x.device)
         return self._grids[key]
 
     def forward(self, x: Tensor) -> Tensor:
