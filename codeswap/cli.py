@@ -231,10 +231,10 @@ def train_stage1(
 
 
 @train_app.command("stage2")
-@with_settings(train=_stage_loop_options("stage2", ("ema_decay", "compile")),
+@with_settings(train=_stage_loop_options("stage2", ("ema_decay", "compile", "hflip")),
                swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden",
                                               "position", "pos_std", "mask_level", "same_rate", *SWAP_NETS,
-                                              "identity_augment")),
+                                              "identity_augment", "teacher_decay_steps")),
                weights=LOSS_WEIGHTS)
 def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights,
                  resume: ResumeOpt = False) -> None:

@@ -210,7 +210,7 @@ class TrainConfig:
     fused_attention: bool = setting(True, "SDPA in the autoencoder's attention blocks (off: plain maths).")
     ema_decay: float = setting(0.0, "EMA of the trained weights (0: off; 0.999 is a common choice).")
     num_workers: int = setting(4, "Data-loading processes.", min=0)
-    hflip: bool = True
+    hflip: bool = setting(True, "Mirror each training image at random (--no-hflip: never).")
     # last N images (sorted order) are kept out of training for validation
     holdout: int = setting(0, "Keep the last N images out of training, for validation.", min=0)
     cache_images: bool = setting(False, "Keep decoded images in memory (small folders).")

@@ -33,7 +33,9 @@ BEFORE = {
                "--layers": 6, "--heads": 8, "--selector-hidden": 1024, "--same-rate": 0.2, "--max-steps": 600_000,
                "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,
                # added with the stage-2 recipe study (issue 17)
-               "--position": "relative", "--pos-std": 0.02, "--mask-level": None, "--identity-augment": 0.0},
+               "--position": "relative", "--pos-std": 0.02, "--mask-level": None, "--identity-augment": 0.0,
+               # issue 27's study: the teacher's warm-up, no mirroring
+               "--teacher-decay-steps": 0, "--hflip": True},
     "stage3": {**LOOP, **NETS, "--out": Path("runs/stage3"), "--stage2": ..., "--supervised-steps": 5000,
                "--mask-source": "landmarks", "--max-steps": 10_000, "--holdout": 8, "--ckpt-every": 2000},
 }
@@ -98,6 +100,14 @@ def test_given_values_land_in_their_fields(record):
     assert mask == MaskTrainConfig(supervised_steps=7)
 
 
+def test_stage2_study_options_land_in_their_fields(record):
+    result = _invoke("stage2", "--data", "d", "--stage1", "s1.pt", "--w-teacher", "1", "--teacher-decay-steps", "100",
+                     "--no-hflip")
+    assert result.exit_code == 0, result.output
+    [(train, swap)] = record
+    assert train.hflip is False and swap.weights.teacher == 1.0 and swap.teacher_decay_steps == 100
+
+
 def test_stage1_builds_the_named_model_with_its_settings(record):
     assert _invoke("stage1", "--data", "d", "--config", "tiny", "--checkpoint-levels", "2",
                    "--perceptual", "mobilenet_v2").exit_code == 0
@@ -123,5 +133,5 @@ def test_bad_values_are_one_line_errors_before_any_training(record, args, messag
 def test_only_declared_settings_can_become_options():
     from codeswap.cli import Offer, with_settings
 
-    with pytest.raises(TypeError, match="TrainConfig.hflip"):
-        with_settings(train=Offer(TrainConfig(), ("hflip",)))(lambda train: None)
+    with pytest.raises(TypeError, match="TrainConfig.betas"):
+        with_settings(train=Offer(TrainConfig(), ("betas",)))(lambda train: None)
