@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import HANG_GUARD_S, REPO
@@ -96,3 +97,39 @@ def test_short_training_runs_and_judges_training_and_held_out_pairs(tmp_path):
         for key in ATTRIBUTE_KEYS:
             assert ratios[method][key] == pytest.approx(means[method][key] / means["classical"][key], nan_ok=True)
     assert (Path(demo["report"]) / "table1.md").is_file()
+
+
+def test_teacher_oracle_similarity_fit_recovers_a_known_transform():
+    from codeswap_teacher_oracle import similarity_onto
+
+    rng = np.random.default_rng(0)
+    src = rng.uniform(20, 230, size=(68, 2))  # (68, 2) landmark-like points
+    a = np.deg2rad(12.0)
+    rot = 1.1 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    dst = src @ rot.T + np.array([7.0, -4.0])
+    assert np.abs(similarity_onto(src, dst) - dst).max() < 1e-3
+
+
+def test_teacher_oracle_warp_puts_a_moved_face_back_on_the_target_geometry():
+    """A source that is the target moved by (6, -4) px, warped onto the target's landmarks
+    (shape 0), lands back on the target inside the face; kept in its own shape (shape 1, its
+    landmarks similarity-aligned onto the target's) it lands there too; the unwarped paste does not."""
+    import cv2
+
+    from codeswap_teacher_oracle import hull_mask, warped_answer
+    from faceeval.images import load_rgb
+    from methods.classical import ClassicalSwap
+
+    target = load_rgb(DEMO / "astronaut.png")  # (256, 256, 3)
+    lm_t = ClassicalSwap().landmarks(target).astype(np.float64)  # (68, 2)
+    shift = np.array([6.0, -4.0])
+    source = cv2.warpAffine(target, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (256, 256),
+                            borderMode=cv2.BORDER_REFLECT)
+    inner = hull_mask(lm_t, 256, 1.0) > 0.99  # well inside the face
+
+    def err(img):
+        return np.abs(img.astype(np.float32) - target.astype(np.float32))[inner].mean()
+
+    for shape in (0.0, 1.0):
+        assert err(warped_answer(source, target, lm_t + shift, lm_t, shape, colour=False)) < 2.0
+    assert err(source) > 4 * err(warped_answer(source, target, lm_t + shift, lm_t, 0.0, colour=False))
