@@ -213,6 +213,8 @@ def main() -> None:
         if isinstance(cur, tuple):
             typ = str if f.name == "variants" else type(cur[0])
             change[f.name] = tuple(typ(p) for p in v.split(","))
+        elif isinstance(cur, bool):
+            change[f.name] = v.lower() in ("1", "true", "yes", "on")
         elif cur is None or f.name == "mask_level":
             change[f.name] = None if v.lower() == "none" else int(v)
         else:

@@ -234,7 +234,7 @@ def train_stage1(
 @with_settings(train=_stage_loop_options("stage2", ("ema_decay", "compile", "hflip")),
                swap=Offer(SwapTrainConfig(), ("stage1", "init", "variant", "layers", "heads", "selector_hidden",
                                               "position", "pos_std", "mask_level", "same_rate", *SWAP_NETS,
-                                              "identity_augment", "teacher_decay_steps")),
+                                              "identity_augment", "teacher_decay_steps", "teacher_answers")),
                weights=LOSS_WEIGHTS)
 def train_stage2(train: TrainConfig, swap: SwapTrainConfig, weights: SwapLossWeights,
                  resume: ResumeOpt = False) -> None:

@@ -290,6 +290,13 @@ class SwapTrainConfig:
     # NOTE: not in the paper (issue 27): the teacher as a warm-up whose weight falls to 0
     teacher_decay_steps: int = setting(0, "Stage 2: the code teacher's weight falls linearly from --w-teacher to 0 "
                                           "over this many steps, then stays 0 (0: constant).", min=0)
+    # NOTE: not in the paper (issue 27): the teacher's answers given per pair of training
+    # images (codeswap.swap_losses.TeacherAnswers) instead of the source's codes pasted in
+    teacher_answers: str | None = setting(
+        None, "Stage 2: a teacher-answers file (benchmarks/codeswap_teacher_oracle.py --teacher-answers): the code "
+              "teacher learns these answers instead of pasting the source's codes in the face cells "
+              "(needs --no-hflip).",
+        path=True)
     # learning-rate multiplier of the fusion's attention biases and position code (study setting)
     position_lr_mult: float = 1.0
     # "deep3d" with expression_checkpoint; blendshapes / whenet / blendshapes+whenet: the default

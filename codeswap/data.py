@@ -88,12 +88,14 @@ class FaceFolder(Dataset):
     process happened to load it: a resumed run sees the same flips as an uninterrupted one.
     """
 
-    def __init__(self, files: list[Path], resolution: int, hflip: bool = True, cache: bool = False) -> None:
+    def __init__(self, files: list[Path], resolution: int, hflip: bool = True, cache: bool = False,
+                 with_index: bool = False) -> None:
         if not files:
             raise HarnessError("empty image list")
         self.files = list(files)
         self.resolution = resolution
         self.hflip = hflip
+        self.with_index = with_index  # items are (image, index): a trainer that looks up per-image data
         self._cache: dict[int, Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -109,14 +111,14 @@ class FaceFolder(Dataset):
             self._cache[index] = x
         return x
 
-    def __getitem__(self, key: tuple[int, int] | int) -> Tensor:
+    def __getitem__(self, key: tuple[int, int] | int) -> Tensor | tuple[Tensor, int]:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
         x = self.load(index)
         if self.hflip and aug_seed is not None:
             g = torch.Generator().manual_seed(aug_seed)
             if torch.rand((), generator=g).item() < 0.5:
                 x = x.flip(-1)  # (3, R, R), mirrored left-right
-        return x
+        return (x, index) if self.with_index else x
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):

@@ -97,6 +97,14 @@ class DemoRecipe:
     finetune_teacher_decay: int = 0
     # the second phase's L_id network ("": identity_net's); sface is a study setting (the judge)
     finetune_identity_net: str = ""
+    # Issue 27's study, NOT in the paper (docs/codeswap-cpu-study.md, "which answer"): stage 1
+    # on another image folder (e.g. the faces plus every pair's warped answer, so the prior can
+    # express them), stage 2's code teacher on given answers per pair (a teacher-answers file
+    # from benchmarks/codeswap_teacher_oracle.py) and random mirroring off (the answers are of
+    # unmirrored pairs; stages 2 and 3). "" / True: the shipped recipe.
+    prior_data: str = ""
+    teacher_answers: str = ""
+    hflip: bool = True
     holdout: int = 0  # train on every demo face
     seed: int = 0
     # the variants the shipped bundle holds (w/o M runs the full model without its mask); the
@@ -122,7 +130,9 @@ def cache_root() -> Path:
 #: recipe fields added after the shipped bundle was built: they enter the key only when set
 #: away from their default, so the bundle of a recipe that leaves them alone keeps its key
 LATER_FIELDS = ("expression_net", "finetune_steps", "finetune_weights", "finetune_teacher_decay",
-                "finetune_identity_net")
+                "finetune_identity_net", "prior_data", "teacher_answers", "hflip")
+#: later fields naming files or folders: the key holds their content's hash, not the path
+CONTENT_FIELDS = ("prior_data", "teacher_answers")
 #: the fields that only shape stage 3 (and which variants a bundle holds)
 STAGE3_FIELDS = ("stage3_steps", "stage3_supervised", "variants")
 
@@ -132,9 +142,25 @@ def recipe_key(recipe: DemoRecipe) -> str:
     for name in LATER_FIELDS:
         if fields[name] == getattr(DemoRecipe, name):
             del fields[name]
+        elif name in CONTENT_FIELDS:
+            fields[name] = _content_sha256(Path(fields[name]))
     h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     h.update((DEMO_FACES / "faces.json").read_bytes())
     return h.hexdigest()[:16]
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative paths and contents, sorted)."""
+    from faceeval.images import file_sha256
+
+    if path.is_file():
+        return file_sha256(path)
+    if not path.is_dir():
+        raise HarnessError(f"recipe file or folder not found: {path}")
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{file_sha256(f)}\n".encode())
+    return h.hexdigest()
 
 
 def _base(variant: str) -> str:
@@ -324,6 +350,7 @@ def _train_missing(root: Path, base: str, recipe: DemoRecipe, log, device: str, 
     try:
         s1 = _demo_stage1(root / "stage1", recipe, log, data, common)
         swap_kw = _swap_settings(recipe)
+        common = {**common, "hflip": recipe.hflip}  # stages 2 and 3 (the prior mirrors at will)
         s2 = _demo_stage2(root, base, recipe, log, data, common, s1, swap_kw)
         return _demo_stage3(root / f"stage3-{base}", base, recipe, log, common, s2, swap_kw)
     finally:
@@ -365,14 +392,19 @@ def _demo_stage1(s1_dir: Path, recipe: DemoRecipe, log, data: Path, common: dict
     only), or trained; return its checkpoint."""
     from codeswap.config import LossConfig, TrainConfig
 
-    s1 = _stage_done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if data == DEMO_FACES else None)
+    if recipe.prior_data and recipe.holdout:
+        raise HarnessError("a recipe with prior_data cannot hold faces out: the prior's folder is not split "
+                           "(its images may show the held-out faces)")
+    shipped = data == DEMO_FACES and not recipe.prior_data
+    s1 = _stage_done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if shipped else None)
     if s1 is None:
         from codeswap.train.stage1 import Stage1Trainer
 
+        prior_data = recipe.prior_data or str(data)
         log(f"codeswap demo: training stage 1 ({recipe.stage1_steps} steps, {recipe.resolution}x"
-            f"{recipe.resolution}) in {s1_dir}")
+            f"{recipe.resolution}) on {prior_data} in {s1_dir}")
         cfg = TrainConfig(out=str(s1_dir), max_steps=recipe.stage1_steps, ckpt_every=_ckpt_every(recipe.stage1_steps),
-                          restart_dead_every=recipe.restart_dead_every, **common)
+                          restart_dead_every=recipe.restart_dead_every, **{**common, "data": prior_data})
         Stage1Trainer(cfg, recipe.autoencoder(),
                       LossConfig(perceptual_net="none", disc_start=10**9)).run(resume=True)
         s1 = _mark_done(s1_dir)
@@ -389,13 +421,14 @@ def _demo_stage2(root: Path, base: str, recipe: DemoRecipe, log, data: Path, com
 
     s2_dir = root / f"stage2-{base}"
     s2 = _stage_done(s2_dir)
-    if s2 is None and recipe.finetune_steps and data == DEMO_FACES:
+    if s2 is None and recipe.finetune_steps and data == DEMO_FACES and not recipe.prior_data:
         s2 = shipped_stage2(recipe, base, root / f"shipped-{base}")  # the first phase, already trained
     if s2 is None:
         log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")
         cfg = TrainConfig(out=str(s2_dir), max_steps=recipe.stage2_steps, ckpt_every=_ckpt_every(recipe.stage2_steps),
                           **{**common, "batch_size": recipe.stage2_batch_size, "lr": recipe.stage2_lr})
-        Stage2Trainer(cfg, SwapTrainConfig(stage1=str(s1), variant=base, **swap_kw)).run(resume=True)
+        sc = SwapTrainConfig(stage1=str(s1), variant=base, teacher_answers=recipe.teacher_answers or None, **swap_kw)
+        Stage2Trainer(cfg, sc).run(resume=True)
         s2 = _mark_done(s2_dir)
     if recipe.finetune_steps:
         s2 = _demo_stage2_second_phase(root / f"stage2b-{base}", base, recipe, log, common, s1, s2, swap_kw)

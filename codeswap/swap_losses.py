@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -87,7 +88,8 @@ def teacher_cells_mask(side: int, cells: tuple[float, float, float, float], devi
     return (rows[:, None] & cols[None, :]).flatten()
 
 
-def code_teacher_loss(model, out, cells: tuple[float, float, float, float]) -> tuple[Tensor, Logs]:
+def code_teacher_loss(model, out, cells: tuple[float, float, float, float],
+                      answers: Tensor | None = None) -> tuple[Tensor, Logs]:
     """Cross-entropy of the code selector against a teacher swap, both directions.
 
     NOTE: not in the paper. The teacher for I_ab is b's own stage-1 codes (nearest codebook
@@ -98,17 +100,23 @@ def code_teacher_loss(model, out, cells: tuple[float, float, float, float]) -> t
     (docs/codeswap-cpu-study.md); this term teaches the fusion to take codes from the other face, and L_id, the
     reconstruction and the cycle loss then act on top of it. w/o C (no selector) regresses
     the teacher's code vectors instead (squared L2).
+
+    ``answers`` (B, 2L) code indices, in the order of the fused tokens ([I_ba; I_ab]), replace
+    the pasted face cells with given answers (:class:`TeacherAnswers`: e.g. the source warped
+    onto the target's landmarks, which keeps the target's pose and expression).
     """
     from codeswap.model import grid
 
-    za, zb = out.za.detach(), out.zb.detach()  # (B, L, d) frozen encoder tokens
     codebook = model.codebook.detach()  # (N, d)
-    quant = model.autoencoder.quantize
-    side = model.cfg.autoencoder.latent_size
-    ia = quant.nearest(grid(za, side)).flatten(1)  # (B, L) code indices, row-major like the tokens
-    ib = quant.nearest(grid(zb, side)).flatten(1)
-    face = teacher_cells_mask(side, cells, za.device)[None]  # (1, L)
-    teacher = torch.cat([torch.where(face, ib, ia), torch.where(face, ia, ib)], 1)  # (B, 2L): [I_ba; I_ab] positions
+    teacher = answers
+    if teacher is None:
+        za, zb = out.za.detach(), out.zb.detach()  # (B, L, d) frozen encoder tokens
+        quant = model.autoencoder.quantize
+        side = model.cfg.autoencoder.latent_size
+        ia = quant.nearest(grid(za, side)).flatten(1)  # (B, L) code indices, row-major like the tokens
+        ib = quant.nearest(grid(zb, side)).flatten(1)
+        face = teacher_cells_mask(side, cells, za.device)[None]  # (1, L)
+        teacher = torch.cat([torch.where(face, ib, ia), torch.where(face, ia, ib)], 1)  # (B, 2L): [I_ba; I_ab]
     logits = out.fusion.logits
     if logits is None:  # w/o C: features straight to the decoder
         loss = F.mse_loss(out.fusion.codes.float(), codebook[teacher].float())
@@ -116,6 +124,74 @@ def code_teacher_loss(model, out, cells: tuple[float, float, float, float]) -> t
     loss = F.cross_entropy(logits.float().flatten(0, 1), teacher.flatten())
     acc = (logits.argmax(-1) == teacher).float().mean()
     return loss, {"train/teacher": loss.detach(), "train/teacher_acc": acc.detach()}
+
+
+#: format tag of a teacher-answers file (:meth:`TeacherAnswers.load`)
+TEACHER_ANSWERS_FORMAT = "codeswap-teacher-answers/1"
+
+
+class TeacherAnswers:
+    """The code teacher's answer for every ordered pair of training images, as code indices.
+
+    NOTE: not in the paper (issue 27). The answers come as images in a file (written by
+    ``benchmarks/codeswap_teacher_oracle.py --teacher-answers``): ``{"format":
+    TEACHER_ANSWERS_FORMAT, "files": [N training images, relative to the data folder],
+    "answer": name, "images": uint8 (N, N, 3, R, R)}``, where ``images[s, t]`` is I_st, the
+    swap with s's identity on t. The trainer encodes them with its own stage-1 prior (nearest
+    codes), so the file does not depend on the prior; a pair of one image twice is taught the
+    image's own codes.
+    """
+
+    def __init__(self, indices: Tensor, answer: str) -> None:
+        self.indices = indices  # (N, N, L) int64: [s, t] = codes of I_st, row-major like the tokens
+        self.answer = answer
+
+    @staticmethod
+    def read(path: str | Path, files: list[str], resolution: int) -> tuple[Tensor, str]:
+        """The answer images (N, N, 3, R, R) uint8 and the answer's name, checked against the
+        training ``files`` (relative posix paths, in training order) and ``resolution``."""
+        import pickle
+
+        from faceeval.errors import HarnessError
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            raise HarnessError(f"cannot read teacher answers {path}: {str(exc).splitlines()[0][:200]}") from exc
+        if not isinstance(state, dict) or state.get("format") != TEACHER_ANSWERS_FORMAT:
+            raise HarnessError(f"{path} is not a teacher-answers file ({TEACHER_ANSWERS_FORMAT})")
+        theirs = list(state.get("files") or [])
+        if theirs != list(files):
+            raise HarnessError(f"{path} answers pairs of other training images than these {len(files)} "
+                               f"(it has {len(theirs)}); write it again for this data folder")
+        images = state.get("images")
+        want = (len(files), len(files), 3, resolution, resolution)
+        if not isinstance(images, Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != want:
+            got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+            raise HarnessError(f"{path}: answer images are {got}, this training needs {want} uint8")
+        return images, str(state.get("answer", "?"))
+
+    @classmethod
+    @torch.no_grad()
+    def load(cls, path: str | Path, files: list[str], own: Tensor, autoencoder) -> TeacherAnswers:
+        """Read ``path`` and encode its answers with ``autoencoder``; ``own`` (N, 3, R, R) in
+        [-1, 1] are the training images themselves (the answers of one image twice)."""
+        n, res = len(files), own.shape[-1]
+        images, answer = cls.read(path, files, res)
+        dev = next(autoencoder.parameters()).device
+        flat = images.flatten(0, 1)  # (N * N, 3, R, R)
+        codes = torch.cat([autoencoder.encode(flat[k : k + 64].to(dev).float().div(127.5).sub(1)).indices.cpu()
+                           for k in range(0, len(flat), 64)])  # (N * N, side, side)
+        indices = codes.flatten(1).view(n, n, -1)  # (N, N, L)
+        diag = autoencoder.encode(own.to(dev)).indices.cpu().flatten(1)  # (N, L)
+        indices[torch.arange(n), torch.arange(n)] = diag
+        return cls(indices, answer)
+
+    def teacher(self, ia: Tensor, ib: Tensor) -> Tensor:
+        """(B, 2L) indices for pairs of training images ``ia``, ``ib`` (B,), in the fused
+        tokens' order: [I_ba at a's place; I_ab at b's place]."""
+        ia, ib = ia.cpu(), ib.cpu()
+        return torch.cat([self.indices[ib, ia], self.indices[ia, ib]], 1)
 
 
 def mask_loss(mask: torch.Tensor, target_mask: torch.Tensor) -> tuple[torch.Tensor, Logs]:
@@ -145,9 +221,10 @@ class SwapLoss(nn.Module):
         it has a network and a weight above 0."""
         return getattr(self, term) is not None and getattr(self.w, term) > 0
 
-    def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out,
-                teacher_scale: float = 1.0) -> tuple[Tensor, Logs]:
-        """``teacher_scale`` multiplies the teacher's weight (its warm-up schedule; 0 turns it off)."""
+    def forward(self, model, a: Tensor, b: Tensor, same: Tensor, out, teacher_scale: float = 1.0,
+                answers: Tensor | None = None) -> tuple[Tensor, Logs]:
+        """``teacher_scale`` multiplies the teacher's weight (its warm-up schedule; 0 turns it off);
+        ``answers`` (B, 2L) are the teacher's codes when given (:class:`TeacherAnswers`)."""
         swaps = (a, b, out.ab, out.ba)
         terms: list[tuple[float, Callable[[], tuple[Tensor, Logs]]]] = [
             (self.w.recon, lambda: reconstruction_loss(*swaps, same))]
@@ -158,7 +235,8 @@ class SwapLoss(nn.Module):
         if self.w.cycle > 0:
             terms.append((self.w.cycle, lambda: code_cycle_loss(*model.cycle_codes(out.fusion), out.za, out.zb)))
         if self.w.teacher * teacher_scale > 0:
-            terms.append((self.w.teacher * teacher_scale, lambda: code_teacher_loss(model, out, self.teacher_cells)))
+            terms.append((self.w.teacher * teacher_scale,
+                          lambda: code_teacher_loss(model, out, self.teacher_cells, answers)))
         total = a.new_zeros((), dtype=torch.float32)
         logs: Logs = {}
         for weight, term in terms:

@@ -252,13 +252,15 @@ class TrainLoop:
                 if self.step >= cfg.max_steps:
                     break
 
-    def _train_batch(self, batch: Tensor) -> dict[str, Tensor]:
+    def _train_batch(self, batch: Tensor | list[Tensor]) -> dict[str, Tensor]:
         """One step on this rank's batch (moved to the device): ``train_step``, then the step and
-        the position in the epoch advance."""
-        batch = batch.to(self.device, non_blocking=True)
+        the position in the epoch advance. A dataset of (image, index) items gives ``[images,
+        indices]``: the images move to the device, the indices stay."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        images = images.to(self.device, non_blocking=True)
         if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        logs = self.train_step(batch, self.step)
+            images = images.contiguous(memory_format=torch.channels_last)
+        logs = self.train_step([images, batch[1]] if isinstance(batch, list | tuple) else images, self.step)
         self.step += 1
         self.batch_in_epoch += 1
         return logs

@@ -23,7 +23,7 @@ from codeswap.checkpoints import codeswap_config, load_codeswap, load_stage1, pl
 from codeswap.config import SwapTrainConfig, TrainConfig
 from codeswap.data import FaceFolder, list_images
 from codeswap.model import CodeSwap, CodeSwapConfig
-from codeswap.swap_losses import SwapLoss
+from codeswap.swap_losses import SwapLoss, TeacherAnswers
 from codeswap.train.dist import DistInfo
 from codeswap.train.loop import TrainLoop
 from codeswap.train.nets import load_expression_net, load_identity_net
@@ -143,7 +143,9 @@ class Stage2Trainer(TrainLoop):
             raise HarnessError(f"--holdout {cfg.holdout} leaves no training images (found {len(files)})")
         train_files = files[: len(files) - cfg.holdout]
         val_files = files[len(files) - cfg.holdout :] if cfg.holdout else files[: 2 * VAL_PAIRS]
-        self.dataset = FaceFolder(train_files, res, hflip=cfg.hflip, cache=cfg.cache_images)
+        self.dataset = FaceFolder(train_files, res, hflip=cfg.hflip, cache=cfg.cache_images,
+                                  with_index=bool(self.swap_cfg.teacher_answers))
+        self.answers = self._teacher_answers(train_files)
         val = FaceFolder(val_files, res, hflip=False)
         v = torch.stack([val.load(i) for i in range(len(val))]).to(dev)  # (V, 3, R, R)
         n = len(v) // 2
@@ -175,6 +177,20 @@ class Stage2Trainer(TrainLoop):
                                     lr=cfg.lr, betas=cfg.betas)
         self.scaler = torch.amp.GradScaler(dev.type, enabled=self.amp_dtype == torch.float16)
 
+    def _teacher_answers(self, train_files: list[Path]) -> TeacherAnswers | None:
+        """The given teacher answers (``--teacher-answers``), encoded with this prior, or None."""
+        sc, cfg = self.swap_cfg, self.cfg
+        if not sc.teacher_answers:
+            return None
+        if cfg.hflip:
+            raise HarnessError("--teacher-answers holds answers for unmirrored pairs: train with --no-hflip")
+        if sc.paste_rate > 0:
+            raise HarnessError("--teacher-answers cannot be combined with face-pasted pairs (paste_rate)")
+        root = Path(cfg.data)
+        own = torch.stack([self.dataset.load(i) for i in range(len(self.dataset))])  # (N, 3, R, R)
+        return TeacherAnswers.load(sc.teacher_answers, [f.relative_to(root).as_posix() for f in train_files],
+                                   own, self.model.autoencoder)
+
     def trained_modules(self) -> dict[str, nn.Module]:
         """The whole CodeSwap (trained part and frozen stages alike) and its EMA copy."""
         mods: dict[str, nn.Module] = {"codeswap": self.model}
@@ -196,14 +212,20 @@ class Stage2Trainer(TrainLoop):
         n = self.swap_cfg.teacher_decay_steps
         return 1.0 if n == 0 else max(0.0, 1.0 - step / n)
 
-    def train_step(self, x: Tensor, step: int) -> dict[str, Tensor]:
+    def train_step(self, batch: Tensor | list[Tensor], step: int) -> dict[str, Tensor]:
+        x, index = batch if isinstance(batch, list) else (batch, None)  # index (B,): with --teacher-answers
         a, b, same = make_pairs(x, self.swap_cfg.same_rate, step, self.cfg.seed)
+        answers = None
+        if self.answers is not None:  # b's image indices are a's rolled as make_pairs rolled the images
+            ib = torch.where(same.cpu(), index, torch.roll(index, shifts=1, dims=0))
+            answers = self.answers.teacher(index, ib).to(x.device)  # (B, 2L)
         paste = None
         if self.swap_cfg.paste_rate > 0:
             b, paste = paste_pairs(a, b, same, self.swap_cfg.paste_rate, step, self.cfg.seed)
         with self.autocast():
             out = self.model_ddp(a, b, blend_mask=self.blend_mask)
-            loss, logs = self.loss(self.model, a, b, same, out, teacher_scale=self.teacher_scale(step))
+            loss, logs = self.loss(self.model, a, b, same, out, teacher_scale=self.teacher_scale(step),
+                                   answers=answers)
             if paste is not None:
                 lp = paste_loss(a, b, out.ab, out.ba, paste)
                 loss = loss + self.swap_cfg.paste_weight * lp

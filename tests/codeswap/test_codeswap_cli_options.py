@@ -34,8 +34,8 @@ BEFORE = {
                "--ema-decay": 0.0, "--compile": False, "--holdout": 8, "--ckpt-every": 5000,
                # added with the stage-2 recipe study (issue 17)
                "--position": "relative", "--pos-std": 0.02, "--mask-level": None, "--identity-augment": 0.0,
-               # issue 27's study: the teacher's warm-up, no mirroring
-               "--teacher-decay-steps": 0, "--hflip": True},
+               # issue 27's study: the teacher's warm-up, answers given per pair, no mirroring
+               "--teacher-decay-steps": 0, "--teacher-answers": None, "--hflip": True},
     "stage3": {**LOOP, **NETS, "--out": Path("runs/stage3"), "--stage2": ..., "--supervised-steps": 5000,
                "--mask-source": "landmarks", "--max-steps": 10_000, "--holdout": 8, "--ckpt-every": 2000},
 }
@@ -102,10 +102,11 @@ def test_given_values_land_in_their_fields(record):
 
 def test_stage2_study_options_land_in_their_fields(record):
     result = _invoke("stage2", "--data", "d", "--stage1", "s1.pt", "--w-teacher", "1", "--teacher-decay-steps", "100",
-                     "--no-hflip")
+                     "--teacher-answers", "answers.pt", "--no-hflip")
     assert result.exit_code == 0, result.output
     [(train, swap)] = record
-    assert train.hflip is False and swap.weights.teacher == 1.0 and swap.teacher_decay_steps == 100
+    assert train.hflip is False and swap.weights.teacher == 1.0
+    assert (swap.teacher_decay_steps, swap.teacher_answers) == (100, "answers.pt")
 
 
 def test_stage1_builds_the_named_model_with_its_settings(record):

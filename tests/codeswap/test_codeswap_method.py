@@ -127,7 +127,7 @@ def test_shipped_bundle_unpacks_to_the_trained_model(trained, tmp_path, monkeypa
         demo.load_bundle(bad)
 
 
-def test_the_shipped_bundle_holds_the_default_recipe():
+def test_the_shipped_bundle_holds_the_default_recipe(tmp_path):
     """A change to DemoRecipe must come with a rebuilt bundle (scripts/build_demo_model.py):
     otherwise the demo silently trains for an hour on first use instead of unpacking it."""
     import json
@@ -140,12 +140,36 @@ def test_the_shipped_bundle_holds_the_default_recipe():
     from dataclasses import replace
 
     from codeswap.demo import LATER_FIELDS  # added later: in the key only when set
+    (tmp_path / "answers.pt").write_bytes(b"answers")
     changed = {"expression_net": "whenet", "finetune_steps": 5, "finetune_weights": (1.0,) * 6,
-               "finetune_teacher_decay": 3, "finetune_identity_net": "sface"}
+               "finetune_teacher_decay": 3, "finetune_identity_net": "sface", "prior_data": str(tmp_path),
+               "teacher_answers": str(tmp_path / "answers.pt"), "hflip": False}
     assert set(changed) == set(LATER_FIELDS)
     assert all(recipe_key(replace(DemoRecipe(), **{f: v})) != listing["recipe_key"] for f, v in changed.items())
     assert listing["sha256"] == file_sha256(BUNDLE)  # the listing describes the file that ships
     assert demo_info() is not None and demo_info()["ceiling"]["dlib_top1"] >= 0.9
+
+
+def test_a_recipe_keys_its_prior_folder_and_answers_file_by_content(tmp_path):
+    """Two copies of one folder give one key wherever they are; a changed byte another key. A
+    prior folder is not split, so it cannot be combined with held-out faces."""
+    import shutil
+
+    from codeswap.demo import DemoRecipe, recipe_key, train_recipe
+    from faceeval.errors import HarnessError
+
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "sub" / "x.png").write_bytes(b"one")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    keys = [recipe_key(DemoRecipe(prior_data=str(tmp_path / d))) for d in ("a", "b")]
+    assert keys[0] == keys[1]
+    (tmp_path / "b" / "sub" / "x.png").write_bytes(b"two")
+    assert recipe_key(DemoRecipe(prior_data=str(tmp_path / "b"))) != keys[0]
+    with pytest.raises(HarnessError, match="not found"):
+        recipe_key(DemoRecipe(teacher_answers=str(tmp_path / "missing.pt")))
+    with pytest.raises(HarnessError, match="cannot hold faces out"):
+        train_recipe(tmp_path / "run", "full", DemoRecipe(prior_data=str(tmp_path / "a"), holdout=6))
+    assert not (tmp_path / "run" / "stage1").exists()
 
 
 def test_a_second_stage2_phase_starts_from_the_shipped_model_only_when_the_first_is_its_recipe(tmp_path):

@@ -215,3 +215,81 @@ def test_warm_start_copies_the_fusion_and_refuses_another_prior_or_shape(stage1_
     with pytest.raises(HarnessError, match="stage-2 warm start"):
         Stage3Trainer(_train_cfg(tmp_path / "s3", 1), replace(_swap_cfg(stage2_ckpt), init=str(stage2_ckpt)),
                       MaskTrainConfig(supervised_steps=1)).setup()
+
+
+def _answers_file(path: Path, trainer: Stage2Trainer, source_of: bool = True) -> torch.Tensor:
+    """A teacher-answers file for the trainer's training images whose answer for I_st is s
+    itself (not the paste of the default teacher); returns the images (N, 3, R, R) in [-1, 1]."""
+    from codeswap.swap_losses import TEACHER_ANSWERS_FORMAT
+
+    own = torch.stack([trainer.dataset.load(i) for i in range(len(trainer.dataset))])  # (N, 3, R, R)
+    u8 = ((own + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    n = len(own)
+    images = u8[:, None].expand(n, n, *u8.shape[1:]).contiguous()  # [s, t] = s
+    files = [f.relative_to(DEMO).as_posix() for f in trainer.dataset.files]
+    torch.save({"format": TEACHER_ANSWERS_FORMAT, "files": files, "answer": "source", "images": images}, path)
+    return u8.float().div(127.5).sub(1)
+
+
+def test_given_teacher_answers_are_encoded_by_the_prior_and_looked_up_per_pair(stage1_ckpt, tmp_path):
+    from codeswap.swap_losses import TeacherAnswers
+
+    plain_cfg = _train_cfg(tmp_path / "a", 1, hflip=False)
+    trainer = Stage2Trainer(plain_cfg, _swap_cfg(stage1_ckpt), nets={"identity": None}).setup()
+    sources = _answers_file(tmp_path / "answers.pt", trainer)
+    files = [f.relative_to(DEMO).as_posix() for f in trainer.dataset.files]
+    own = torch.stack([trainer.dataset.load(i) for i in range(len(files))])
+    ae = trainer.model.autoencoder
+    bank = TeacherAnswers.load(tmp_path / "answers.pt", files, own, ae)
+    n = len(files)
+    with torch.no_grad():
+        src_codes = ae.encode(sources).indices.flatten(1)  # (N, L)
+        own_codes = ae.encode(own).indices.flatten(1)
+    assert bank.answer == "source" and bank.indices.shape == (n, n, src_codes.shape[1])
+    for s, t in ((0, 1), (3, 2), (5, 0)):
+        assert torch.equal(bank.indices[s, t], src_codes[s])
+    assert torch.equal(bank.indices[4, 4], own_codes[4])  # one image twice: its own codes
+    ia, ib = torch.tensor([0, 1, 2]), torch.tensor([3, 1, 0])
+    teacher = bank.teacher(ia, ib)  # (3, 2L): [I_ba; I_ab]
+    assert torch.equal(teacher[0], torch.cat([src_codes[3], src_codes[0]]))
+    assert torch.equal(teacher[1], torch.cat([own_codes[1], own_codes[1]]))
+
+    from faceeval.errors import HarnessError
+
+    with pytest.raises(HarnessError, match="other training images"):
+        TeacherAnswers.load(tmp_path / "answers.pt", files[:-1], own[:-1], ae)
+    with pytest.raises(HarnessError, match="this training needs"):
+        TeacherAnswers.read(tmp_path / "answers.pt", files, 32)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HarnessError, match="cannot read teacher answers"):
+        TeacherAnswers.read(tmp_path / "junk.pt", files, 64)
+
+
+def test_code_teacher_uses_given_answers_instead_of_the_paste():
+    from types import SimpleNamespace
+
+    from codeswap.swap_losses import code_teacher_loss
+
+    answers = torch.tensor([[1, 2, 3, 0], [0, 0, 1, 1]])  # (B, 2L), L = 2
+    logits = torch.nn.functional.one_hot(answers, 4).float() * 50  # (B, 2L, N): certain of the answers
+    out = SimpleNamespace(fusion=SimpleNamespace(logits=logits))
+    loss, logs = code_teacher_loss(SimpleNamespace(codebook=torch.zeros(4, 2)), out, (0, 0, 1, 1), answers)
+    assert loss.item() < 1e-6 and logs["train/teacher_acc"].item() == 1.0
+    loss, logs = code_teacher_loss(SimpleNamespace(codebook=torch.zeros(4, 2)), out, (0, 0, 1, 1),
+                                   torch.roll(answers, 1, 1))
+    assert loss.item() > 10 and logs["train/teacher_acc"].item() < 1.0
+
+
+def test_stage2_trains_on_given_teacher_answers_and_refuses_mirroring(stage1_ckpt, tmp_path):
+    from faceeval.errors import HarnessError
+
+    probe = Stage2Trainer(_train_cfg(tmp_path / "p", 1, hflip=False), _swap_cfg(stage1_ckpt),
+                          nets={"identity": None}).setup()
+    _answers_file(tmp_path / "answers.pt", probe)
+    teach = replace(_swap_cfg(stage1_ckpt), teacher_answers=str(tmp_path / "answers.pt"),
+                    weights=SwapLossWeights(teacher=1.0))
+    trainer = Stage2Trainer(_train_cfg(tmp_path / "t", 3, hflip=False), teach, nets={"identity": None})
+    last = trainer.run()
+    assert torch.isfinite(torch.tensor(last["train/teacher"])) and "train/teacher_acc" in last
+    with pytest.raises(HarnessError, match="--no-hflip"):
+        Stage2Trainer(_train_cfg(tmp_path / "m", 3), teach, nets={"identity": None}).setup()
