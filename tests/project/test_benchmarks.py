@@ -115,8 +115,8 @@ def test_teacher_oracle_warp_puts_a_moved_face_back_on_the_target_geometry():
     (shape 0), lands back on the target inside the face; kept in its own shape (shape 1, its
     landmarks similarity-aligned onto the target's) it lands there too; the unwarped paste does not."""
     import cv2
-
     from codeswap_teacher_oracle import hull_mask, warped_answer
+
     from faceeval.images import load_rgb
     from methods.classical import ClassicalSwap
 
