@@ -92,9 +92,13 @@ def to_model(images: list[np.ndarray], res: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def through_prior(ae, x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, r, r) -> the prior's reconstruction from nearest codes, same shape."""
-    return torch.cat([ae.decode(ae.encode(x[k : k + 32]).z_q).clamp(-1, 1) for k in range(0, len(x), 32)])
+def through_prior(ae, x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """(N, 3, r, r) -> the prior's reconstruction from nearest codes (or, without ``quantize``,
+    from the encoder's features themselves), same shape."""
+    def rec(b: torch.Tensor) -> torch.Tensor:
+        return ae.decode(ae.encode(b).z_q if quantize else ae.encoder(b)).clamp(-1, 1)
+
+    return torch.cat([rec(x[k : k + 32]) for k in range(0, len(x), 32)])
 
 
 @torch.no_grad()
@@ -134,14 +138,14 @@ def blended(faces: list[np.ndarray], lms: list[np.ndarray], pairs: list[tuple[in
 
 
 def build_answers(kind: str, faces: list[np.ndarray], lms: list[np.ndarray], pairs: list[tuple[int, int]],
-                  ae, res: int) -> tuple[torch.Tensor, list[np.ndarray] | None]:
+                  ae, res: int, quantize: bool = True) -> tuple[torch.Tensor, list[np.ndarray] | None]:
     """Every pair's answer for ``kind`` through the prior, blended into the target at ``res``
     (P, 3, res, res), and the pixel answers it came from (None for ``paste``, made in codes)."""
     if kind == "paste":
         xs, xt = to_model([faces[s] for s, _ in pairs], res), to_model([faces[t] for _, t in pairs], res)
         return blended(faces, lms, pairs, pasted_codes(ae, xs, xt), res), None
     images = answer_images(kind, faces, lms, pairs)
-    return blended(faces, lms, pairs, through_prior(ae, to_model(images, res)), res), images
+    return blended(faces, lms, pairs, through_prior(ae, to_model(images, res), quantize), res), images
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -256,6 +260,9 @@ def main() -> None:
                     help="write the demo faces and every pair's pixel answer ANSWER (e.g. shape0.3) at full size "
                          "to FOLDER (training data for a prior that can express them), then stop")
     ap.add_argument("--no-demo-run", action="store_true", help="only the 756-pair dlib retrieval")
+    ap.add_argument("--unquantized", action="store_true",
+                    help="decode the encoder's features without quantizing them (is it the codebook or the "
+                         "autoencoder that loses the answer?)")
     ap.add_argument("--without-prior", action="store_true",
                     help="the demo protocol judges the pixel answers at the prior's size, not put through it")
     ap.add_argument("--pixel-resolutions", type=int, nargs="*", default=[],
@@ -287,10 +294,10 @@ def main() -> None:
         return
     demo_pairs = {names_key(p) for p in DemoProtocol().build().pairs}  # the demo protocol's 28 pairs
     summary: dict[str, object] = {"pairs": len(pairs), "faces": len(faces), "resolution": res,
-                                  "demo_run_without_prior": args.without_prior}
+                                  "demo_run_without_prior": args.without_prior, "unquantized": args.unquantized}
     folders = {}
     for kind in args.answers:
-        answers, images = build_answers(kind, faces, lms, pairs, ae, res)
+        answers, images = build_answers(kind, faces, lms, pairs, ae, res, not args.unquantized)
         summary[kind] = dlib_top1(faces, answers, pairs)
         if images is not None:  # the same answer without the prior, at the model's and other sizes
             pixels = blended(faces, lms, pairs, to_model(images, res), res)
