@@ -48,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codeswap.demo import DEMO_FACES
-from faceeval.images import load_rgb, save_png
+from faceeval.images import load_rgb, save_png, to_uint8
 
 DEFAULT_ANSWERS = ("paste", "warp", "warp-colour", "shape0.3", "shape0.5", "shape0.7", "shape1.0", "classical")
 HULL_FEATHER = 0.03  # Gaussian sigma of the hull masks, as a share of the side
@@ -160,17 +160,21 @@ def dlib_embedder():
     return DlibEmbedder()
 
 
-def dlib_top1(gallery: list[np.ndarray], answers: torch.Tensor, pairs: list[tuple[int, int]]) -> dict[str, float]:
-    """dlib retrieval of each answer among the faces' photos: top-1 = the source, and how often the target."""
+def as_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, r, r) in [-1, 1] -> (N, r, r, 3) uint8."""
+    return to_uint8((x + 1) * 0.5)
+
+
+def dlib_top1(gallery: np.ndarray, answers: torch.Tensor, pairs: list[tuple[int, int]]) -> dict[str, float]:
+    """dlib retrieval of each answer among the faces' photos (``gallery``: their dlib
+    embeddings, (N, 128)): top-1 = the source, and how often the target."""
     from faceeval.metrics.identity import retrieval_hits
 
-    emb = dlib_embedder()
-    g = emb(gallery)
-    q = emb(list(((answers.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)))
+    q = dlib_embedder()(list(as_uint8(answers)))
     ids = [str(i) for i in range(len(gallery))]
     src, tgt = [str(s) for s, _ in pairs], [str(t) for _, t in pairs]
-    return {"dlib_top1": float(retrieval_hits(q, g, ids, src, ks=(1,))[1].mean()),
-            "nearest_is_target": float(retrieval_hits(q, g, ids, tgt, ks=(1,))[1].mean())}
+    return {"dlib_top1": float(retrieval_hits(q, gallery, ids, src, ks=(1,))[1].mean()),
+            "nearest_is_target": float(retrieval_hits(q, gallery, ids, tgt, ks=(1,))[1].mean())}
 
 
 def judge_demo(folders: dict[str, Path], out: Path, suffix: str = "") -> dict[str, object]:
@@ -209,7 +213,7 @@ def write_teacher_answers(kind: str, path: Path, files: list[Path], faces: list[
     """A teacher-answers file (``codeswap.swap_losses.TeacherAnswers``): images[s, t] = the
     answer ``kind`` for I_st at ``res``, resized as training resizes its images; [i, i] = face i."""
     from codeswap.swap_losses import TEACHER_ANSWERS_FORMAT
-    from faceeval.images import to_tensor, to_uint8
+    from faceeval.images import to_tensor
 
     n = len(faces)
     off = [(s, t) for s in range(n) for t in range(n) if s != t]
@@ -223,17 +227,12 @@ def write_teacher_answers(kind: str, path: Path, files: list[Path], faces: list[
     print(f"{kind} answers for {n} x {n} ordered pairs at {res} px written to {path}")
 
 
-def as_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, r, r) in [-1, 1] -> (r, r, 3) uint8."""
-    return ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-
-
 def save_answers(folder: Path, names: list[str], answers: torch.Tensor, keep: set[str]) -> Path:
     """The answers whose ``<source>__<target>`` name is in ``keep``, as PNGs in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, a in zip(names, answers):
+    for name, a in zip(names, as_uint8(answers)):
         if name in keep:
-            save_png(folder / f"{name}.png", as_uint8(a))
+            save_png(folder / f"{name}.png", a)
     return folder
 
 
@@ -242,7 +241,7 @@ def save_grid(path: Path, faces: list[np.ndarray], pairs: list[tuple[int, int]],
     res = answers.shape[-1]
     show = np.linspace(0, len(pairs) - 1, 8).round().astype(int)
     rows = [[cv2.resize(faces[pairs[i][r]], (res, res), interpolation=cv2.INTER_AREA) for i in show] for r in (0, 1)]
-    rows.append([as_uint8(answers[i]) for i in show])
+    rows.append(list(as_uint8(answers[show])))
     save_png(path, np.concatenate([np.concatenate(r, 1) for r in rows], 0))
 
 
@@ -272,7 +271,7 @@ def main() -> None:
     from codeswap.data import list_images
     from codeswap.demo import DemoRecipe, demo_checkpoint
     from methods.classical import ClassicalSwap
-    from methods.precomputed import names_key
+    from methods.precomputed import NAME_SEPARATOR, names_key
     from protocols.demo import DemoProtocol
 
     t0 = time.perf_counter()
@@ -293,24 +292,25 @@ def main() -> None:
         write_teacher_answers(args.teacher_answers[0], Path(args.teacher_answers[1]), files, faces, lms, res)
         return
     demo_pairs = {names_key(p) for p in DemoProtocol().build().pairs}  # the demo protocol's 28 pairs
+    gallery = dlib_embedder()(faces)  # (N, 128): the faces' photos, embedded once
     summary: dict[str, object] = {"pairs": len(pairs), "faces": len(faces), "resolution": res,
                                   "demo_run_without_prior": args.without_prior, "unquantized": args.unquantized}
     folders = {}
     for kind in args.answers:
         answers, images = build_answers(kind, faces, lms, pairs, ae, res, not args.unquantized)
-        summary[kind] = dlib_top1(faces, answers, pairs)
+        summary[kind] = dlib_top1(gallery, answers, pairs)
         if images is not None:  # the same answer without the prior, at the model's and other sizes
             pixels = blended(faces, lms, pairs, to_model(images, res), res)
             summary[kind]["prior_psnr_db"] = psnr(answers, pixels)
             for r in sorted({res, *args.pixel_resolutions}):
                 px = pixels if r == res else blended(faces, lms, pairs, to_model(images, r), r)
-                summary[kind][f"without_prior_{r}px"] = dlib_top1(faces, px, pairs)
+                summary[kind][f"without_prior_{r}px"] = dlib_top1(gallery, px, pairs)
             if args.without_prior:
                 answers = pixels
         elif args.without_prior:
             continue  # made in codes: there is no answer without the prior
         print(kind, summary[kind], flush=True)
-        names = [f"{files[s].stem}__{files[t].stem}" for s, t in pairs]
+        names = [f"{files[s].stem}{NAME_SEPARATOR}{files[t].stem}" for s, t in pairs]  # as names_key
         folders[kind] = save_answers(args.out / "answers" / kind, names, answers, demo_pairs)
         save_grid(args.out / f"grid_{kind}.png", faces, pairs, answers)
     if not args.no_demo_run:
