@@ -387,6 +387,12 @@ def _swap_settings(recipe: DemoRecipe) -> dict[str, Any]:
                 expression_net=recipe.expression_net, perceptual_net="none")
 
 
+def _shipped_prior(recipe: DemoRecipe, data: Path) -> bool:
+    """Whether the recipe's prior is trained on the demo faces alone, as the shipped bundle's
+    is (so the bundle's stage 1, and its stage 2 under a second phase, can stand in)."""
+    return data == DEMO_FACES and not recipe.prior_data
+
+
 def _demo_stage1(s1_dir: Path, recipe: DemoRecipe, log, data: Path, common: dict[str, Any]) -> Path:
     """Stage 1 in ``s1_dir``: finished already, unpacked from the shipped bundle (demo faces
     only), or trained; return its checkpoint."""
@@ -395,8 +401,7 @@ def _demo_stage1(s1_dir: Path, recipe: DemoRecipe, log, data: Path, common: dict
     if recipe.prior_data and recipe.holdout:
         raise HarnessError("a recipe with prior_data cannot hold faces out: the prior's folder is not split "
                            "(its images may show the held-out faces)")
-    shipped = data == DEMO_FACES and not recipe.prior_data
-    s1 = _stage_done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if shipped else None)
+    s1 = _stage_done(s1_dir) or (stage1_from_bundle(recipe, s1_dir) if _shipped_prior(recipe, data) else None)
     if s1 is None:
         from codeswap.train.stage1 import Stage1Trainer
 
@@ -421,7 +426,7 @@ def _demo_stage2(root: Path, base: str, recipe: DemoRecipe, log, data: Path, com
 
     s2_dir = root / f"stage2-{base}"
     s2 = _stage_done(s2_dir)
-    if s2 is None and recipe.finetune_steps and data == DEMO_FACES and not recipe.prior_data:
+    if s2 is None and recipe.finetune_steps and _shipped_prior(recipe, data):
         s2 = shipped_stage2(recipe, base, root / f"shipped-{base}")  # the first phase, already trained
     if s2 is None:
         log(f"codeswap demo: training stage 2, variant {base} ({recipe.stage2_steps} steps) in {s2_dir}")

@@ -256,11 +256,11 @@ class TrainLoop:
         """One step on this rank's batch (moved to the device): ``train_step``, then the step and
         the position in the epoch advance. A dataset of (image, index) items gives ``[images,
         indices]``: the images move to the device, the indices stay."""
-        images = batch[0] if isinstance(batch, list | tuple) else batch
+        images, indices = batch if isinstance(batch, list | tuple) else (batch, None)
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logs = self.train_step([images, batch[1]] if isinstance(batch, list | tuple) else images, self.step)
+        logs = self.train_step(images if indices is None else [images, indices], self.step)
         self.step += 1
         self.batch_in_epoch += 1
         return logs
